@@ -1,0 +1,58 @@
+# The two commands of the README:
+#   make demo   set up everything, start the local cluster with cachewarden in it
+#   make test   set up everything, run the whole test suite (unit, integration, e2e)
+# Both install what they need: Debian packages (redis-server), the virtual environment, and the
+# local cluster's binaries (built once from Go modules into ~/.cache/cachewarden/bin).
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+PIP_STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down
+
+demo: setup binaries
+	$(VENV)/bin/cachewarden dev up
+
+down:
+	$(VENV)/bin/cachewarden dev down
+
+test: setup binaries
+	$(VENV)/bin/pytest tests
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: setup
+	$(VENV)/bin/pytest tests/unit tests/integration
+
+test-e2e: setup binaries
+	$(VENV)/bin/pytest tests/e2e
+
+setup: system-deps venv
+
+# redis-server for the integration tests and the demo's Redis pod; openssl for TLS test certificates.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server from Debian packages"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  $$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+
+venv: $(PIP_STAMP)
+
+$(PIP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench,dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+binaries:
+	devcluster/build.sh
+
+bench: setup
+	$(PY) bench/engine.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy cache_runtime cache_operator devcluster
