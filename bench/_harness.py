@@ -455,3 +455,36 @@ def print_table(figures: list[Figure]) -> None:
         if row[5]:
             line += "  " + row[5]
         print("  " + line.rstrip())
+
+
+async def time_async_interleaved(
+    candidates: dict[str, Callable[[int], Awaitable[None]]], iterations: int, repeats: int
+) -> dict[str, Timing]:
+    """Time several async loops in rotation (a, b, a, b, ...) so a burst of noise from a neighbour
+    on the shared machine lands on all of them instead of biasing the ratio."""
+    for fn in candidates.values():
+        await fn(min(iterations, 1000))
+    results: dict[str, list[float]] = {name: [] for name in candidates}
+    with gc_paused():
+        for _ in range(repeats):
+            for name, fn in candidates.items():
+                start = time.perf_counter_ns()
+                await fn(iterations)
+                results[name].append((time.perf_counter_ns() - start) / iterations)
+    return {name: Timing(values) for name, values in results.items()}
+
+
+def time_sync_interleaved(
+    candidates: dict[str, Callable[[int], None]], iterations: int, repeats: int
+) -> dict[str, Timing]:
+    """Sync twin of time_async_interleaved."""
+    for fn in candidates.values():
+        fn(min(iterations, 1000))
+    results: dict[str, list[float]] = {name: [] for name in candidates}
+    with gc_paused():
+        for _ in range(repeats):
+            for name, fn in candidates.items():
+                start = time.perf_counter_ns()
+                fn(iterations)
+                results[name].append((time.perf_counter_ns() - start) / iterations)
+    return {name: Timing(values) for name, values in results.items()}
