@@ -486,6 +486,7 @@ class ControlPlane:
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         extra_args: Mapping[str, Sequence[str]] | None = None,
         timeout_scale: float = 1.0,
+        on_process_started: Callable[[ProcessRecord], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.bin_dir = binaries.bin_dir() if bin_dir is None else Path(bin_dir)
@@ -495,6 +496,9 @@ class ControlPlane:
         # tests to break a component on purpose and by users to tune one.
         self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.timeout_scale = timeout_scale
+        # Called as soon as each process exists, so a caller can persist its pid before waiting for
+        # readiness: a CLI killed mid-start still leaves a state file that `dev down` can act on.
+        self.on_process_started = on_process_started
         self.ports = Ports()
         self.processes: list[ManagedProcess] = []
         self.timings = StartTimings()
@@ -588,7 +592,9 @@ class ControlPlane:
         process = ManagedProcess(component, argv, self.log_path(component), self.cluster_id,
                                  cwd=self.run_dir)
         self.processes.append(process)
-        process.start()
+        record = process.start()
+        if self.on_process_started is not None:
+            self.on_process_started(record)
         return process
 
     def _wait_ready(self, process: ManagedProcess) -> None:
