@@ -96,17 +96,18 @@ def describe_config(config: Any) -> dict[str, Any]:
 
 def l1_disabled_overrides() -> dict[str, Any]:
     """Overrides that turn L1 off (every get goes to Redis)."""
-    return {"l1_max_entries": 0}
+    return {"l1.max_entries": 0}
 
 
 def l1_size_overrides(entries: int) -> dict[str, Any]:
     """Overrides that size L1 to hold `entries` entries."""
-    return {"l1_max_entries": entries}
+    # Bytes are raised too, so the entry count is the binding limit.
+    return {"l1.max_entries": entries, "l1.max_bytes": 512 * 1024 * 1024}
 
 
 def lease_overrides(enabled: bool) -> dict[str, Any] | None:
     """Overrides that turn the Redis lease lock of get_or_compute on or off."""
-    return {"lease_lock": enabled}
+    return {"stampede.lease_lock": enabled}
 
 
 def redis_timeouts(config: Any) -> tuple[float, float]:
@@ -125,59 +126,55 @@ def _stats(cache: Any) -> dict[str, Any]:
     return stats if isinstance(stats, dict) else {}
 
 
-def _find_number(tree: Any, *path_words: str) -> float | None:
-    """First numeric leaf whose dotted path contains every word (a tolerant stats reader)."""
-    found: list[float] = []
+def _at(tree: Any, *path: str) -> Any:
+    """The value at a path of the stats snapshot, or None when any step is missing."""
+    for step in path:
+        if not isinstance(tree, dict) or step not in tree:
+            return None
+        tree = tree[step]
+    return tree
 
-    def walk(prefix: str, value: Any) -> None:
-        if found:
-            return
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        elif (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and all(word in prefix for word in path_words)
-        ):
-            found.append(float(value))
 
-    walk("", tree)
-    return found[0] if found else None
+def _number_at(tree: Any, *path: str) -> float | None:
+    value = _at(tree, *path)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def l2_hits(cache: Any) -> int | None:
     """Number of gets answered by Redis so far, from stats()."""
-    value = _find_number(_stats(cache), "hits_l2")
+    value = _number_at(_stats(cache), "requests", "hits_l2")
     return None if value is None else int(value)
 
 
 def compression_ratio_from_stats(cache: Any) -> float | None:
-    """Compression ratio the engine reports about itself, if any."""
-    return _find_number(_stats(cache), "compression", "ratio")
+    """Compression ratio the engine reports about itself (bytes in / bytes out), if any."""
+    return _number_at(_stats(cache), "compression", "ratio")
 
 
-def coherence_lag_from_stats(cache: Any) -> float | None:
-    """Coherence lag (ms) the engine reports about itself, if any."""
-    return _find_number(_stats(cache), "coherence", "lag")
+def coherence_lag_from_stats(cache: Any) -> tuple[float, float, int] | None:
+    """(p50 ms, p95 ms, samples) of the coherence lag histogram the engine keeps, if any."""
+    histogram = _at(_stats(cache), "coherence_lag")
+    if not isinstance(histogram, dict) or not histogram.get("count"):
+        return None
+    try:
+        from cache_runtime.stats import histogram_from_dict
+
+        parsed = histogram_from_dict(histogram)
+        p50, p95 = parsed.quantile(0.5), parsed.quantile(0.95)
+    except Exception:
+        return None
+    if p50 is None or p95 is None:
+        return None
+    return p50 * 1000, p95 * 1000, int(histogram["count"])
 
 
-def namespaced_key(cache: Any, namespace: str, name: str) -> str:
-    """A key the facade files under `namespace`."""
-    return name
+def namespace_overrides(namespace: str) -> dict[str, Any]:
+    """Overrides that file every key of the engine under `namespace`."""
+    return {"keys.namespace": namespace}
 
 
-async def set_many_in_namespace(cache: Any, namespace: str, items: dict[str, Any]) -> None:
-    """set_many into a namespace."""
-    await cache.set_many(items)
-
-
-async def get_many_in_namespace(cache: Any, namespace: str, keys: list[str]) -> list[Any]:
-    """get_many from a namespace."""
-    result = await cache.get_many(keys)
-    return list(result.values()) if isinstance(result, dict) else list(result)
-
-
-def pattern_for_all(cache: Any, namespace: str) -> str:
-    """A pattern matching every key of the namespace."""
-    return "*"
+def pattern_for_namespace(namespace: str) -> str:
+    """A glob (relative to the key prefix) matching every data key of the namespace, any version."""
+    return f"{namespace}:*"
