@@ -151,6 +151,16 @@ async def scenario_b1(run: Run) -> None:
         for _ in range(iterations):
             await get(key)
 
+    from aiocache import SimpleMemoryCache
+
+    aiocache = SimpleMemoryCache()
+    await aiocache.set(key, value, ttl=3600)
+
+    async def aiocache_get(iterations: int) -> None:
+        get = aiocache.get
+        for _ in range(iterations):
+            await get(key)
+
     async def noop(_key: str) -> object:
         return value
 
@@ -160,6 +170,7 @@ async def scenario_b1(run: Run) -> None:
 
     candidates: dict[str, Callable[[int], Awaitable[None]]] = {
         "cashews": cashews_get,
+        "aiocache": aiocache_get,
         "floor": floor_await,
     }
     cache = None
@@ -183,6 +194,16 @@ async def scenario_b1(run: Run) -> None:
         run.add(
             Figure(
                 "B1", "floor: await of a trivial coroutine", floor.median, "ns/op", note=timing_note(floor)
+            )
+        )
+        aiocache_t = timings["aiocache"]
+        run.add(
+            Figure(
+                "B1",
+                "aiocache SimpleMemoryCache get (anchor)",
+                aiocache_t.median,
+                "ns/op",
+                note=timing_note(aiocache_t),
             )
         )
         cashews_t = timings["cashews"]
