@@ -1,0 +1,820 @@
+"""RedisL2: the Redis tier of the cache, built so that Redis trouble never reaches the caller.
+
+Every public coroutine is bounded by the settings' timeouts (connect, read, pool wait) and never raises
+because of Redis: a failure is counted by kind (see cache_runtime.l2.errors), reported to the circuit
+breaker, and the call returns its "nothing" value (None, False, 0, []). Only programming errors (a
+negative TTL, a pattern outside the key prefix) raise ValueError, and cancellation propagates.
+
+While the breaker is open, calls return at once without touching the network. When ``open_seconds``
+are up, the next call starts a background PING as the half-open probe and still returns "nothing" at
+once; the probe's success closes the breaker. So during an outage only the calls that opened the
+breaker (``breaker_failure_threshold``, plus those already in flight) pay a timeout, and recovery
+needs no caller to pay one either.
+
+Concurrent single ``get`` calls are coalesced: a get that finds nothing in flight goes straight to
+Redis (no added latency for a lone caller); gets issued while a round trip is in flight are
+collected during the current event-loop tick and sent as one MGET (split per slot in cluster mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
+from cache_runtime.l2.coherence import CoherenceListener
+from cache_runtime.l2.connect import RedisClients, build_clients, mask_url, parse_redis_url, scrub_secrets
+from cache_runtime.l2.errors import BREAKER_KINDS, ERROR_KINDS, classify_error, describe_error
+from cache_runtime.l2.settings import RedisSettings
+
+__all__ = ["RedisL2"]
+
+logger = logging.getLogger("cache_runtime.l2")
+
+T = TypeVar("T")
+
+_CLOSED = BreakerState.CLOSED
+
+#: Keys of one coalesced MGET, each with the futures of the gets waiting for it.
+_Batch = dict[str, list["asyncio.Future[bytes | None]"]]
+
+# Deletes the lease only if it still holds our token, so a lease that expired and was taken by
+# another pod is never released by us.
+_RELEASE_LEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+_OPS = (
+    "get",
+    "mget",
+    "set",
+    "set_many",
+    "delete",
+    "scan_unlink",
+    "get_version",
+    "bump_version",
+    "acquire_lease",
+    "release_lease",
+    "publish",
+    "ping",
+    "memory_info",
+    "probe",
+)
+
+#: Fields of INFO memory / INFO stats that memory_info() reports (numbers unless noted).
+_MEMORY_FIELDS = (
+    "used_memory",
+    "used_memory_rss",
+    "used_memory_peak",
+    "maxmemory",
+    "mem_fragmentation_ratio",
+)
+_STATS_FIELDS = (
+    "evicted_keys",
+    "expired_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+    "rejected_connections",
+    "instantaneous_ops_per_sec",
+    "total_connections_received",
+)
+
+
+def _probe_timeout(settings: RedisSettings) -> float:
+    # A probe is one PING: it reports within pool wait + connect + handshake and reply reads.
+    return settings.pool_timeout_s + settings.connect_timeout_s + 2 * settings.socket_timeout_s
+
+
+def summarize_memory_info(nodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge INFO memory+stats dicts of one or more primaries into the memory_info() shape.
+
+    Sizes and counters are summed over the nodes (cluster); the policy is the first node's, and
+    ``maxmemory_policies`` lists them all so a mismatch between nodes is visible.
+    """
+    summary: dict[str, Any] = {"nodes": len(nodes)}
+    for name in (*_MEMORY_FIELDS, *_STATS_FIELDS):
+        values = [node.get(name) for node in nodes if isinstance(node.get(name), (int, float))]
+        if name == "mem_fragmentation_ratio":
+            summary[name] = max(values) if values else None
+        else:
+            summary[name] = sum(values) if values else None
+    policies = [str(node["maxmemory_policy"]) for node in nodes if node.get("maxmemory_policy") is not None]
+    summary["maxmemory_policy"] = policies[0] if policies else None
+    summary["maxmemory_policies"] = sorted(set(policies))
+    used, limit = summary.get("used_memory"), summary.get("maxmemory")
+    summary["used_memory_ratio"] = (used / limit) if used is not None and limit else None
+    return summary
+
+
+class RedisL2:
+    """The Redis tier: bounded, breaker-protected, never raising on Redis trouble.
+
+    Usage::
+
+        l2 = RedisL2(RedisSettings(url="redis://127.0.0.1:6379/0"))
+        await l2.start()
+        await l2.set("k", b"v", ttl_ms=60_000); await l2.get("k")
+        await l2.close()
+    """
+
+    __slots__ = (
+        "_batch",
+        "_breaker",
+        "_client",
+        "_clients",
+        "_closed",
+        "_coalesced_batches",
+        "_coalesced_keys",
+        "_errors",
+        "_in_flight",
+        "_last_error",
+        "_last_errors",
+        "_listeners",
+        "_loop",
+        "_ops",
+        "_probes_started",
+        "_release_script",
+        "_round_trip_max",
+        "_round_trip_seconds",
+        "_round_trips",
+        "_rtt_samples",
+        "_secrets",
+        "_settings",
+        "_short_circuited",
+        "_tasks",
+        "_url_masked",
+    )
+
+    def __init__(self, settings: RedisSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(settings, RedisSettings):
+            raise TypeError(f"settings: expected RedisSettings, got {type(settings).__name__}")
+        self._settings = settings
+        self._breaker = CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_open_seconds,
+            settings.breaker_half_open_probes,
+            probe_timeout_s=_probe_timeout(settings),
+            clock=clock,
+            on_transition=self._on_breaker_transition,
+        )
+        self._clients: RedisClients | None = None
+        self._client: Any = None
+        self._release_script: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._batch: _Batch | None = None
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[CoherenceListener] = []
+        self._secrets = self._secrets_of(settings)
+        self._url_masked = mask_url(settings.url)
+        # Plain counters: the hot path only does integer additions.
+        self._ops: dict[str, int] = dict.fromkeys(_OPS, 0)
+        self._errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self._last_errors: dict[str, dict[str, Any]] = {}
+        self._last_error: dict[str, Any] | None = None
+        self._short_circuited = 0
+        self._probes_started = 0
+        self._coalesced_batches = 0
+        self._coalesced_keys = 0
+        self._round_trips = 0
+        self._round_trip_seconds = 0.0
+        self._round_trip_max = 0.0
+        self._rtt_samples: deque[float] = deque(maxlen=64)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def _secrets_of(settings: RedisSettings) -> tuple[str | None, ...]:
+        parsed = parse_redis_url(settings.url)
+        return (settings.password, parsed.password, settings.sentinel_password)
+
+    async def start(self) -> None:
+        """Build the clients (no network I/O: connections open on first use, so start never blocks).
+
+        Raises RedisSettingsError only for configuration that can never work (a TLS file that does
+        not exist); Redis being down is not an error here.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._install(build_clients(self._settings))
+
+    def _install(self, clients: RedisClients) -> None:
+        self._clients = clients
+        self._client = clients.client
+        self._release_script = clients.client.register_script(_RELEASE_LEASE_LUA)
+
+    async def close(self) -> None:
+        """Stop listeners, answer pending coalesced gets with None, close every connection."""
+        self._closed = True
+        for listener in self._listeners:
+            await listener.stop()
+        self._listeners.clear()
+        batch, self._batch = self._batch, None
+        if batch:
+            self._resolve(batch, None)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        clients, self._clients, self._client = self._clients, None, None
+        if clients is not None:
+            await clients.aclose()
+
+    async def __aenter__(self) -> RedisL2:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def reconnect(self, settings: RedisSettings | None = None) -> None:
+        """Drop every pooled connection and build new clients (optionally from new settings).
+
+        The breaker is reset to closed, and each pub/sub listener reconnects too (its ``on_reset``
+        fires once it has resubscribed).
+        """
+        if settings is not None:
+            if not isinstance(settings, RedisSettings):
+                raise TypeError(f"settings: expected RedisSettings, got {type(settings).__name__}")
+            self._settings = settings
+            self._secrets = self._secrets_of(settings)
+            self._url_masked = mask_url(settings.url)
+            self._breaker = CircuitBreaker(
+                settings.breaker_failure_threshold,
+                settings.breaker_open_seconds,
+                settings.breaker_half_open_probes,
+                probe_timeout_s=_probe_timeout(settings),
+                on_transition=self._on_breaker_transition,
+            )
+        old = self._clients
+        self._install(build_clients(self._settings))
+        self._closed = False
+        self._breaker.reset()
+        if old is not None:
+            await old.aclose()
+        for listener in self._listeners:
+            listener.restart(self._settings)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def settings(self) -> RedisSettings:
+        """The settings in force."""
+        return self._settings
+
+    @property
+    def available(self) -> bool:
+        """True when calls go to Redis (started, and the breaker is not open)."""
+        return self._client is not None and self._breaker.state is not BreakerState.OPEN
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        """Current circuit breaker state."""
+        return self._breaker.state
+
+    @property
+    def client(self) -> Any:
+        """The underlying redis.asyncio client (for diagnostics and tests; bypasses the breaker)."""
+        return self._client
+
+    # ------------------------------------------------------------------ failure accounting
+
+    def _on_breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        last = self._last_error["message"] if self._last_error else "none"
+        if new is BreakerState.OPEN:
+            logger.warning(
+                "redis breaker %s -> open for %.2fs (redis=%s, last error: %s)",
+                old.value,
+                self._settings.breaker_open_seconds,
+                self._url_masked,
+                last,
+            )
+            self._spawn(self._drop_idle_connections())
+        elif new is BreakerState.CLOSED and old is not BreakerState.CLOSED:
+            logger.warning("redis breaker %s -> closed: redis=%s answers again", old.value, self._url_masked)
+
+    async def _drop_idle_connections(self) -> None:
+        # After an outage idle pooled sockets are dead; the probe must use a fresh connection.
+        clients = self._clients
+        if clients is not None and clients.pool is not None:
+            # Closing dead sockets may fail; there is nothing to do about it.
+            with contextlib.suppress(Exception):
+                await clients.pool.disconnect(inuse_connections=False)
+
+    def _record_failure(self, exc: BaseException, op: str) -> str:
+        kind = classify_error(exc)
+        self._errors[kind] += 1
+        entry = {
+            "kind": kind,
+            "op": op,
+            "at": time.time(),
+            "message": scrub_secrets(describe_error(exc), self._secrets),
+        }
+        self._last_errors[kind] = entry
+        self._last_error = entry
+        logger.debug("redis %s failed (%s): %s", op, kind, entry["message"])
+        breaker = self._breaker
+        if kind in BREAKER_KINDS:
+            breaker.record_failure()
+        elif kind == "pool":
+            # Local congestion says nothing about the server: neither success nor failure.
+            breaker.abandon()
+        else:
+            # The server answered (OOM, NOPERM, WRONGTYPE...): it is up.
+            breaker.record_success()
+        return kind
+
+    def _record_data_error(self, op: str, message: str) -> None:
+        self._errors["data"] += 1
+        entry = {"kind": "data", "op": op, "at": time.time(), "message": message}
+        self._last_errors["data"] = entry
+        self._last_error = entry
+
+    def _admit(self) -> bool:
+        """Breaker gate. While not closed, a free probe slot starts a background PING instead."""
+        breaker = self._breaker
+        if breaker._state is _CLOSED:
+            return True
+        if breaker.allow():
+            self._probes_started += 1
+            self._spawn(self._probe())
+        self._short_circuited += 1
+        return False
+
+    async def _probe(self) -> None:
+        client = self._client
+        self._ops["probe"] += 1
+        if client is None:
+            self._breaker.abandon()
+            return
+        try:
+            await client.ping()
+        except Exception as exc:
+            self._record_failure(exc, "probe")
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        else:
+            self._breaker.record_success()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            return
+        task = loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _note_round_trip(self, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self._round_trips += 1
+        self._round_trip_seconds += elapsed
+        if elapsed > self._round_trip_max:
+            self._round_trip_max = elapsed
+
+    async def _run(self, op: str, call: Callable[[Any], Awaitable[T]], nothing: T) -> T:
+        """Run one Redis call through the breaker; failures become ``nothing``."""
+        self._ops[op] += 1
+        client = self._client
+        if client is None or not self._admit():
+            return nothing
+        self._in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await call(client)
+        except Exception as exc:
+            self._record_failure(exc, op)
+            return nothing
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        finally:
+            self._in_flight -= 1
+        self._note_round_trip(started)
+        self._breaker.record_success()
+        return result
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, key: str) -> bytes | None:
+        """Value of ``key`` or None (missing, or Redis unavailable). Coalesced with concurrent gets."""
+        self._ops["get"] += 1
+        client = self._client
+        if client is None:
+            return None
+        breaker = self._breaker
+        if breaker._state is not _CLOSED and not self._admit():
+            return None
+        if self._batch is not None or self._in_flight:
+            return await self._join_batch(key)
+        self._in_flight += 1
+        started = time.perf_counter()
+        try:
+            value = await client.get(key)
+        except Exception as exc:
+            self._record_failure(exc, "get")
+            return None
+        except BaseException:
+            breaker.abandon()
+            raise
+        finally:
+            self._in_flight -= 1
+        self._note_round_trip(started)
+        breaker.record_success()
+        return value  # type: ignore[no-any-return]
+
+    def _join_batch(self, key: str) -> asyncio.Future[bytes | None]:
+        loop = self._loop
+        assert loop is not None
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = {}
+            # Runs after every task already scheduled for this tick, so they all join this batch.
+            loop.call_soon(self._flush_batch)
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        waiters = batch.get(key)
+        if waiters is None:
+            batch[key] = [future]
+        else:
+            waiters.append(future)
+        return future
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        if self._client is None or self._closed:
+            self._resolve(batch, None)
+            return
+        # The gate was passed when each get joined; a breaker that opened since then still wins.
+        if self._breaker._state is not _CLOSED and not self._admit():
+            self._resolve(batch, None)
+            return
+        self._spawn(self._fetch_batch(batch))
+
+    @staticmethod
+    def _resolve(batch: _Batch, values: Sequence[bytes | None] | None) -> None:
+        for index, waiters in enumerate(batch.values()):
+            value = values[index] if values is not None else None
+            for future in waiters:
+                if not future.done():  # a waiter cancelled by its caller
+                    future.set_result(value)
+
+    async def _fetch_batch(self, batch: _Batch) -> None:
+        keys = list(batch)
+        self._coalesced_batches += 1
+        self._coalesced_keys += len(keys)
+        self._in_flight += 1
+        started = time.perf_counter()
+        values: list[bytes | None] | None = None
+        try:
+            values = await self._read_many(self._client, keys)
+        except Exception as exc:
+            self._record_failure(exc, "get")
+        except BaseException:
+            self._breaker.abandon()
+            self._resolve(batch, None)
+            raise
+        else:
+            self._note_round_trip(started)
+            self._breaker.record_success()
+        finally:
+            self._in_flight -= 1
+        self._resolve(batch, values)
+
+    async def _read_many(self, client: Any, keys: list[str]) -> list[bytes | None]:
+        if len(keys) == 1:
+            return [await client.get(keys[0])]
+        if self._clients is not None and self._clients.kind == "cluster":
+            return list(await client.mget_nonatomic(keys))
+        step = self._settings.coalesce_max_keys
+        if len(keys) <= step:
+            return list(await client.mget(keys))
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, len(keys), step):
+            pipe.mget(keys[start : start + step])
+        parts = await pipe.execute()
+        return [value for part in parts for value in part]
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of ``keys`` in order (None where missing); all None when Redis is unavailable."""
+        keys = list(keys)
+        if not keys:
+            self._ops["mget"] += 1
+            return []
+        nothing: list[bytes | None] = [None] * len(keys)
+        return await self._run("mget", lambda client: self._read_many(client, keys), nothing)
+
+    # ------------------------------------------------------------------ writes
+
+    @staticmethod
+    def _check_ttl(ttl_ms: int, name: str = "ttl_ms") -> None:
+        if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms < 1:
+            raise ValueError(
+                f"{name}: invalid value {ttl_ms!r}; accepted: an integer number of milliseconds >= 1"
+            )
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """Store ``value`` under ``key`` for ``ttl_ms`` milliseconds; False if Redis did not take it."""
+        self._check_ttl(ttl_ms)
+
+        async def call(client: Any) -> bool:
+            return bool(await client.set(key, value, px=ttl_ms))
+
+        return await self._run("set", call, False)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> bool:
+        """Store (key, value, ttl_ms) items through pipelines; True only if every item was stored."""
+        items = list(items)
+        for _, _, ttl_ms in items:
+            self._check_ttl(ttl_ms)
+        if not items:
+            self._ops["set_many"] += 1
+            return True
+        step = self._settings.pipeline_max_commands
+
+        async def call(client: Any) -> bool:
+            stored_all = True
+            for start in range(0, len(items), step):
+                pipe = client.pipeline(transaction=False)
+                for key, value, ttl_ms in items[start : start + step]:
+                    pipe.set(key, value, px=ttl_ms)
+                results = await pipe.execute(raise_on_error=False)
+                failures = [r for r in results if isinstance(r, BaseException)]
+                if failures:
+                    # One error per call, not per item: a full Redis would otherwise count thousands.
+                    self._record_failure(failures[0], "set_many")
+                    stored_all = False
+                elif not all(results):
+                    stored_all = False
+            return stored_all
+
+        return await self._run("set_many", call, False)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        """UNLINK ``keys`` (in batches); returns how many existed. 0 when Redis is unavailable."""
+        keys = list(keys)
+        if not keys:
+            self._ops["delete"] += 1
+            return 0
+        step = self._settings.unlink_batch
+
+        async def call(client: Any) -> int:
+            removed = 0
+            for start in range(0, len(keys), step):
+                removed += int(await client.unlink(*keys[start : start + step]))
+            return removed
+
+        return await self._run("delete", call, 0)
+
+    async def scan_unlink(self, match: str) -> int:
+        """Delete every key matching the glob ``match`` with SCAN (COUNT scan_count) + UNLINK batches.
+
+        Never KEYS. Returns how many keys were removed (a partial count if Redis failed midway).
+        With ``key_prefix`` set, ``match`` must start with "<key_prefix>:" (ValueError otherwise).
+        """
+        if not isinstance(match, str) or not match:
+            raise ValueError(f"match: invalid value {match!r}; accepted: a non-empty glob pattern")
+        prefix = self._settings.key_prefix
+        if prefix is not None and not match.startswith(prefix + ":"):
+            raise ValueError(
+                f"match: invalid value {match!r}; accepted: a pattern starting with {prefix + ':'!r} "
+                "(redis.key_prefix keeps pattern invalidation inside this cache's keys)"
+            )
+        self._ops["scan_unlink"] += 1
+        client = self._client
+        if client is None or not self._admit():
+            return 0
+        settings = self._settings
+        removed = 0
+        pending: list[bytes] = []
+        self._in_flight += 1
+        try:
+            async for key in client.scan_iter(match=match, count=settings.scan_count):
+                pending.append(key)
+                if len(pending) >= settings.unlink_batch:
+                    removed += int(await client.unlink(*pending))
+                    pending = []
+            if pending:
+                removed += int(await client.unlink(*pending))
+        except Exception as exc:
+            self._record_failure(exc, "scan_unlink")
+            return removed
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        finally:
+            self._in_flight -= 1
+        self._breaker.record_success()
+        return removed
+
+    # ------------------------------------------------------------------ namespace versions
+
+    async def get_version(self, name: str) -> int | None:
+        """Current version of namespace key ``name`` (0 if never bumped); None if Redis is unavailable."""
+
+        async def call(client: Any) -> int | None:
+            raw = await client.get(name)
+            if raw is None:
+                return 0
+            try:
+                return int(raw)
+            except (TypeError, ValueError):
+                # Bytes from outside: reject them with the key named rather than guess a version.
+                shown = bytes(raw)[:40]
+                self._record_data_error("get_version", f"key {name!r} holds {shown!r}, not an integer")
+                return None
+
+        return await self._run("get_version", call, None)
+
+    async def bump_version(self, name: str) -> int | None:
+        """INCR the namespace version ``name`` (O(1) invalidation of the namespace); None on failure."""
+
+        async def call(client: Any) -> int:
+            return int(await client.incr(name))
+
+        return await self._run("bump_version", call, None)
+
+    # ------------------------------------------------------------------ leases
+
+    async def acquire_lease(self, key: str, ttl_ms: int) -> str | None:
+        """Take the lease ``key`` for ``ttl_ms`` (SET NX PX); returns its token, or None.
+
+        None means "not acquired": held by someone else, or Redis unavailable (``available`` tells
+        which; a caller should not wait for another holder while Redis is down).
+        """
+        self._check_ttl(ttl_ms)
+        token = secrets.token_hex(16)
+
+        async def call(client: Any) -> str | None:
+            taken = await client.set(key, token, nx=True, px=ttl_ms)
+            return token if taken else None
+
+        return await self._run("acquire_lease", call, None)
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Release the lease if it still holds ``token`` (compare-and-delete script); True if released."""
+        script = self._release_script
+
+        async def call(client: Any) -> bool:
+            return bool(await script(keys=[key], args=[token]))
+
+        return await self._run("release_lease", call, False)
+
+    # ------------------------------------------------------------------ pub/sub
+
+    async def publish(self, channel: str, message: bytes) -> bool:
+        """PUBLISH ``message`` on ``channel``; True when Redis accepted it (whoever listens)."""
+
+        async def call(client: Any) -> bool:
+            await client.publish(channel, message)
+            return True
+
+        return await self._run("publish", call, False)
+
+    def subscribe(
+        self,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        on_reset: Callable[[], None],
+    ) -> CoherenceListener:
+        """Start a background listener on ``channel`` over its own connection (not the pool).
+
+        ``on_message(payload)`` is called for every message; ``on_reset()`` each time the listener
+        has resubscribed after its subscription dropped (messages may have been missed meanwhile).
+        The listener reconnects by itself with bounded backoff; close() stops it.
+        """
+        if self._loop is None:
+            raise RuntimeError("RedisL2.subscribe() needs start() first")
+        listener = CoherenceListener(self._settings, channel, on_message, on_reset)
+        listener.start()
+        self._listeners.append(listener)
+        return listener
+
+    # ------------------------------------------------------------------ diagnostics
+
+    async def ping(self) -> float | None:
+        """Round-trip time of one PING in seconds; None if Redis is unavailable."""
+
+        async def call(client: Any) -> float:
+            started = time.perf_counter()
+            await client.ping()
+            return time.perf_counter() - started
+
+        rtt = await self._run("ping", call, None)
+        if rtt is not None:
+            self._rtt_samples.append(rtt)
+        return rtt
+
+    async def memory_info(self) -> dict[str, Any] | None:
+        """Memory facts for diagnosis: used_memory, maxmemory, maxmemory_policy, evicted_keys, ...
+
+        Read from INFO memory and INFO stats (of every primary in a cluster). CONFIG GET is only a
+        fallback for the policy and may be forbidden by an ACL without failing the call.
+        """
+
+        async def call(client: Any) -> dict[str, Any]:
+            if self._clients is not None and self._clients.kind == "cluster":
+                from redis.asyncio.cluster import RedisCluster
+
+                memory = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                stats = await client.info("stats", target_nodes=RedisCluster.PRIMARIES)
+                nodes = self._per_node(memory, stats)
+            else:
+                memory = await client.info("memory")
+                stats = await client.info("stats")
+                nodes = [{**stats, **memory}]
+            if any(node.get("maxmemory_policy") is None for node in nodes):
+                # CONFIG is often forbidden to application ACL users: then the policy stays unknown.
+                with contextlib.suppress(Exception):
+                    policy = await client.config_get("maxmemory-policy")
+                    value = policy.get(b"maxmemory-policy", policy.get("maxmemory-policy"))
+                    text = value.decode() if isinstance(value, bytes) else value
+                    for node in nodes:
+                        node.setdefault("maxmemory_policy", text)
+            return summarize_memory_info(nodes)
+
+        return await self._run("memory_info", call, None)
+
+    @staticmethod
+    def _per_node(memory: Any, stats: Any) -> list[dict[str, Any]]:
+        # redis-py answers a multi-node INFO with {node_name: info} (or one dict for one node).
+        if isinstance(memory, dict) and memory and all(isinstance(v, dict) for v in memory.values()):
+            stats_by_node = stats if isinstance(stats, dict) else {}
+            return [{**stats_by_node.get(name, {}), **info} for name, info in memory.items()]
+        return [{**(stats or {}), **(memory or {})}]
+
+    def stats(self) -> dict[str, Any]:
+        """A plain snapshot of counters (cheap; read at scrape/diagnosis time, not on the hot path).
+
+        Keys: available, breaker{state, opened_total, consecutive_failures, seconds_until_half_open,
+        probes_started}, deployment, url (password masked), ops{op: calls}, short_circuited,
+        errors{kind: count}, errors_total, last_errors{kind: {op, at, message}}, last_error,
+        coalesced_batches, coalesced_keys, round_trips, round_trip_seconds_total,
+        round_trip_seconds_max, rtt_seconds{last, samples}, pool{max_connections, in_use, idle, waits,
+        timeouts}, coherence{listeners, connected, messages, resets, reconnects, ...}.
+        """
+        breaker = self._breaker
+        pool_stats: dict[str, Any] = {
+            "max_connections": self._settings.max_connections,
+            "in_use": None,
+            "idle": None,
+            "waits": 0,
+            "timeouts": self._errors["pool"],
+        }
+        clients = self._clients
+        if clients is not None and clients.pool is not None:
+            pool = clients.pool
+            pool_stats["in_use"] = len(getattr(pool, "_in_use_connections", ()))
+            pool_stats["idle"] = len(getattr(pool, "_available_connections", ()))
+            pool_stats["waits"] = getattr(pool, "waits", 0)
+        listeners = [listener.stats() for listener in self._listeners]
+        coherence: dict[str, Any] = {
+            "listeners": len(listeners),
+            "connected": all(item["connected"] for item in listeners) if listeners else None,
+            "messages": sum(item["messages"] for item in listeners),
+            "resets": sum(item["resets"] for item in listeners),
+            "reconnects": sum(item["reconnects"] for item in listeners),
+            "channels": listeners,
+        }
+        return {
+            "available": self.available,
+            "deployment": clients.kind if clients is not None else None,
+            "url": self._url_masked,
+            "breaker": {
+                "state": breaker.state.value,
+                "opened_total": breaker.opened_total,
+                "consecutive_failures": breaker.consecutive_failures,
+                "seconds_until_half_open": breaker.seconds_until_half_open(),
+                "probes_started": self._probes_started,
+            },
+            "ops": dict(self._ops),
+            "short_circuited": self._short_circuited,
+            "errors": dict(self._errors),
+            "errors_total": sum(self._errors.values()),
+            "last_errors": {kind: dict(entry) for kind, entry in self._last_errors.items()},
+            "last_error": dict(self._last_error) if self._last_error else None,
+            "coalesced_batches": self._coalesced_batches,
+            "coalesced_keys": self._coalesced_keys,
+            "round_trips": self._round_trips,
+            "round_trip_seconds_total": self._round_trip_seconds,
+            "round_trip_seconds_max": self._round_trip_max,
+            "rtt_seconds": {
+                "last": self._rtt_samples[-1] if self._rtt_samples else None,
+                "samples": list(self._rtt_samples),
+            },
+            "pool": pool_stats,
+            "coherence": coherence,
+        }
