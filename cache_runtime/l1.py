@@ -1,0 +1,245 @@
+"""L1: the in-process tier. An LRU bounded by entry count AND bytes, with per-entry expiry.
+
+Every operation is O(1) (an ``OrderedDict`` keeps LRU order in C). There are no per-key timers:
+an expired entry is dropped when it is read (lazy expiry), and each write also checks the
+``sweep_batch`` least recently used entries and drops the expired ones among them (amortised sweep),
+so entries nobody reads again do not sit in memory until LRU pressure pushes them out.
+
+Entries hold the *decoded* value (an L1 hit costs no decoding) and the encoded size, which is what
+the byte budget counts. The hit path (:meth:`L1Cache.get`) is deliberately tiny: no logging, no
+metrics, no isinstance checks; hit/miss counting is the caller's (the facade's plain counters).
+
+``epoch`` guards against a race the facade has: a read that started before an invalidation must not
+put its (stale) value into L1 after it. Writers pass the epoch they saw; :meth:`L1Cache.bump_epoch`
+(used when coherence messages may have been missed) clears L1 and makes those late writes no-ops.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any
+
+__all__ = ["MISSING", "L1Cache", "L1Entry"]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+"""Returned by :meth:`L1Cache.get` on a miss (None is a value that can be cached)."""
+
+
+class L1Entry:
+    """One cached value: the decoded value, its encoded size, its deadline and the TTL it was given."""
+
+    __slots__ = ("deadline", "size", "ttl", "value")
+
+    def __init__(self, value: Any, size: int, deadline: float, ttl: float) -> None:
+        self.value = value
+        self.size = size
+        self.deadline = deadline
+        self.ttl = ttl
+
+    def remaining(self, now: float) -> float:
+        """Seconds left before expiry at monotonic time ``now``."""
+        return self.deadline - now
+
+
+class L1Cache:
+    """LRU bounded by ``max_entries`` and ``max_bytes``; per-entry TTLs on a monotonic clock.
+
+    ``clock`` is injectable so tests advance time instead of sleeping.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_data",
+        "bytes",
+        "epoch",
+        "evictions",
+        "expirations",
+        "max_bytes",
+        "max_entries",
+        "rejected",
+        "sweep_batch",
+    )
+
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int,
+        sweep_batch: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._data: OrderedDict[str, L1Entry] = OrderedDict()
+        self._clock = clock
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.sweep_batch = sweep_batch
+        self.bytes = 0
+        self.epoch = 0
+        self.evictions = 0
+        self.expirations = 0
+        self.rejected = 0
+
+    # hot path -----------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = MISSING) -> Any:
+        """The value under ``key``, or ``default`` if absent or expired. Marks the entry as recently used."""
+        entry = self._data.get(key)
+        if entry is None:
+            return default
+        if entry.deadline <= self._clock():
+            self._drop_expired(key, entry)
+            return default
+        self._data.move_to_end(key)
+        return entry.value
+
+    def get_entry(self, key: str) -> L1Entry | None:
+        """The live entry under ``key`` (for callers that need its remaining TTL), else None."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.deadline <= self._clock():
+            self._drop_expired(key, entry)
+            return None
+        self._data.move_to_end(key)
+        return entry
+
+    # writes -------------------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, size: int, ttl: float, epoch: int | None = None) -> bool:
+        """Store ``value`` (``size`` encoded bytes) for ``ttl`` seconds. Returns whether it was stored.
+
+        Not stored when L1 is off (a zero budget), when the entry alone exceeds the byte budget, when
+        ``ttl`` is not positive, or when ``epoch`` is given and L1 was invalidated since.
+        """
+        if (epoch is not None and epoch != self.epoch) or ttl <= 0:
+            return False
+        if self.max_entries <= 0 or size > self.max_bytes:
+            self.rejected += 1
+            self._remove(key)
+            return False
+        data = self._data
+        old = data.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        now = self._clock()
+        data[key] = L1Entry(value, size, now + ttl, ttl)
+        self.bytes += size
+        if self.sweep_batch:
+            self._sweep(now)
+        self._enforce_budgets()
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; returns whether it was present."""
+        return self._remove(key)
+
+    def _remove(self, key: str) -> bool:
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return False
+        self.bytes -= entry.size
+        return True
+
+    def _drop_expired(self, key: str, entry: L1Entry) -> None:
+        del self._data[key]
+        self.bytes -= entry.size
+        self.expirations += 1
+
+    def _sweep(self, now: float) -> None:
+        data = self._data
+        expired = [(k, e) for k, e in islice(data.items(), self.sweep_batch) if e.deadline <= now]
+        for key, entry in expired:
+            self._drop_expired(key, entry)
+
+    def _enforce_budgets(self) -> None:
+        data = self._data
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            _, entry = data.popitem(last=False)
+            self.bytes -= entry.size
+            self.evictions += 1
+
+    # bulk ---------------------------------------------------------------------------------------
+
+    def resize(self, max_entries: int, max_bytes: int) -> int:
+        """Change the budgets live, keeping the most recently used entries. Returns how many were evicted."""
+        before = self.evictions
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._enforce_budgets()
+        return self.evictions - before
+
+    def invalidate_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with ``prefix``; returns the count (O(n), rare)."""
+        doomed = [key for key in self._data if key.startswith(prefix)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def invalidate_matching(self, pattern: re.Pattern[str]) -> int:
+        """Drop every entry whose key fully matches ``pattern`` (see ``keys.redis_glob_to_regex``)."""
+        match = pattern.fullmatch
+        doomed = [key for key in self._data if match(key)]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def clear(self) -> int:
+        """Drop everything; returns how many entries there were."""
+        count = len(self._data)
+        self._data.clear()
+        self.bytes = 0
+        return count
+
+    def bump_epoch(self) -> int:
+        """Clear L1 and start a new epoch so writes prepared before now are ignored; returns the epoch."""
+        self.clear()
+        self.epoch += 1
+        return self.epoch
+
+    def purge_expired(self) -> int:
+        """Drop every expired entry now (the runtime's gc action); returns the count."""
+        now = self._clock()
+        expired = [(k, e) for k, e in self._data.items() if e.deadline <= now]
+        for key, entry in expired:
+            self._drop_expired(key, entry)
+        return len(expired)
+
+    # introspection ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        entry = self._data.get(key)  # type: ignore[call-overload]
+        return entry is not None and entry.deadline > self._clock()
+
+    def keys(self) -> Iterator[str]:
+        """Keys from least to most recently used (including not yet swept expired ones)."""
+        return iter(list(self._data))
+
+    def stats(self) -> dict[str, int]:
+        """Plain numbers for EngineStats/metrics: size, budgets and counters."""
+        return {
+            "entries": len(self._data),
+            "bytes": self.bytes,
+            "max_entries": self.max_entries,
+            "max_bytes": self.max_bytes,
+            "evictions": self.evictions,
+            "expirations": self.expirations,
+            "rejected": self.rejected,
+            "epoch": self.epoch,
+        }
