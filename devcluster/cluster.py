@@ -52,6 +52,8 @@ LOCK_FILE = ".lock"
 DEFAULT_NODE_NAME = "devcluster-node"
 KUBELET_MODULE = "devcluster.kubelet"
 NODE_READY_TIMEOUT = 90.0
+# The kubelet stops its pods on SIGTERM (each with a capped grace period of its own) before exiting.
+KUBELET_STOP_GRACE = 25.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -292,6 +294,8 @@ class Cluster:
             "--kubeconfig", str(self.kubeconfig),
             "--run-dir", str(self.run_dir / "kubelet"),
             "--node-name", self.node_name,
+            # One place for every component's log; stdout/stderr (tracebacks) land in the same file.
+            "--log-file", str(self.log_path("kubelet")),
             *self.extra_args.get("kubelet", []),
         ]
         self.kubelet = ManagedProcess("kubelet", argv, self.log_path("kubelet"), self.cluster_id,
@@ -316,7 +320,7 @@ class Cluster:
         """Stop the kubelet first (it stops its pods gracefully), then the control plane, then
         sweep anything left carrying the cluster id; remove the state file."""
         if self.kubelet is not None:
-            self.kubelet.stop()
+            self.kubelet.stop(KUBELET_STOP_GRACE)
         self.control_plane.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / STATE_FILE).unlink()
@@ -340,7 +344,7 @@ def stop_cluster(run_dir: Path) -> list[ProcessRecord]:
     if state is None:
         return []
     running = state.running_processes()
-    stop_records(state.processes, state.cluster_id)
+    stop_records(state.processes, state.cluster_id, grace_by_name={"kubelet": KUBELET_STOP_GRACE})
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return running
 

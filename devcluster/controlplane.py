@@ -750,10 +750,10 @@ class ControlPlane:
 
 
 def stop_records(records: Iterable[ProcessRecord], cluster_id: str | None,
-                 grace: float = STOP_GRACE_SECONDS) -> None:
+                 grace: float = STOP_GRACE_SECONDS, grace_by_name: Mapping[str, float] | None = None) -> None:
     """Stop processes known only from a state file (``dev down`` in a later CLI invocation), in
     reverse order of start, then sweep the cluster's marked processes."""
     for record in reversed(list(records)):
-        stop_process_group(record, grace)
+        stop_process_group(record, (grace_by_name or {}).get(record.name, grace))
     if cluster_id:
         kill_marked_processes(cluster_id)
