@@ -701,18 +701,23 @@ class L2Snapshot(TypedDict):
 
 
 class ConfigSnapshot(TypedDict, total=False):
-    """The config facts the diagnosis needs to phrase recommendations."""
+    """The config facts the diagnosis needs to phrase recommendations (all optional).
+
+    Names follow the config's override paths: ``ttl_default_s`` is ``ttl.default_s``,
+    ``normalize`` is the ``keys.normalize`` group (flag name -> bool), and so on.
+    """
 
     hash: str
     preset: str
     enabled: bool
-    normalize_text: bool
+    normalize: dict[str, bool]  # keys.normalize: whitespace, line_endings, invisible_chars, case
+    normalize_text: bool  # shorthand when the flags are not given: all on / all off
     ttl_default_s: float
     operation_ttls_s: dict[str, float]
     l1_max_entries: int
     l1_max_bytes: int
-    compression_enabled: bool
     compression_threshold_bytes: int
+    compression_level: int
     redis_max_connections: int
 
 
