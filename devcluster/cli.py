@@ -93,6 +93,10 @@ def main(argv: Sequence[str]) -> int:
     except (ClusterError, binaries.BinariesError, ComponentStartError) as exc:
         _err(f"cachewarden dev {args.command}: {exc}")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # Cluster.start stops whatever it had started before the interrupt reached us.
+        _err(f"cachewarden dev {args.command}: interrupted")
+        return 130
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -391,7 +391,8 @@ def wait_until(
                 process.log_path,
             )
         time.sleep(interval)
-        interval = min(interval * 1.5, 1.0)
+        # Cheap local requests: poll often, every extra half second shows up in `dev up`'s time.
+        interval = min(interval * 1.5, 0.5)
 
 
 def _address_in_use(process: ManagedProcess) -> bool:
@@ -450,8 +451,14 @@ class Ports:
 
     @classmethod
     def pick(cls) -> Ports:
-        """Fresh free ports."""
-        return cls(free_port(), free_port(), free_port(), free_port())
+        """Fresh free ports, all distinct (held open together while picking)."""
+        with contextlib.ExitStack() as stack:
+            ports = []
+            for _ in range(4):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((LOOPBACK, 0))
+                ports.append(int(sock.getsockname()[1]))
+        return cls(*ports)
 
 
 @dataclass
