@@ -135,6 +135,7 @@ class RedisL2:
         "_coalesced_batches",
         "_coalesced_keys",
         "_errors",
+        "_errors_by_op",
         "_in_flight",
         "_last_error",
         "_last_errors",
@@ -180,6 +181,7 @@ class RedisL2:
         # Plain counters: the hot path only does integer additions.
         self._ops: dict[str, int] = dict.fromkeys(_OPS, 0)
         self._errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self._errors_by_op: dict[str, int] = dict.fromkeys(_OPS, 0)
         self._last_errors: dict[str, dict[str, Any]] = {}
         self._last_error: dict[str, Any] | None = None
         self._short_circuited = 0
@@ -314,6 +316,7 @@ class RedisL2:
     def _record_failure(self, exc: BaseException, op: str) -> str:
         kind = classify_error(exc)
         self._errors[kind] += 1
+        self._errors_by_op[op] += 1
         entry = {
             "kind": kind,
             "op": op,
@@ -336,6 +339,7 @@ class RedisL2:
 
     def _record_data_error(self, op: str, message: str) -> None:
         self._errors["data"] += 1
+        self._errors_by_op[op] += 1
         entry = {"kind": "data", "op": op, "at": time.time(), "message": message}
         self._last_errors["data"] = entry
         self._last_error = entry
@@ -643,7 +647,9 @@ class RedisL2:
         """INCR the namespace version ``name`` (O(1) invalidation of the namespace); None on failure."""
 
         async def call(client: Any) -> int:
-            return int(await client.incr(name))
+            # INCR itself (redis-py's incr() sends INCRBY): the ACL rules documented for the engine
+            # grant exactly the commands it sends.
+            return int(await client.execute_command("INCR", name))
 
         return await self._run("bump_version", call, None)
 
@@ -759,12 +765,13 @@ class RedisL2:
     def stats(self) -> dict[str, Any]:
         """A plain snapshot of counters (cheap; read at scrape/diagnosis time, not on the hot path).
 
-        Keys: available, breaker{state, opened_total, consecutive_failures, seconds_until_half_open,
-        probes_started}, deployment, url (password masked), ops{op: calls}, short_circuited,
-        errors{kind: count}, errors_total, last_errors{kind: {op, at, message}}, last_error,
-        coalesced_batches, coalesced_keys, round_trips, round_trip_seconds_total,
-        round_trip_seconds_max, rtt_seconds{last, samples}, pool{max_connections, in_use, idle, waits,
-        timeouts}, coherence{listeners, connected, messages, resets, reconnects, ...}.
+        Keys: available, deployment, url (password masked),
+        breaker{state, opened_total, consecutive_failures, seconds_until_half_open, probes_started},
+        ops{op: calls}, short_circuited, errors{kind: count}, errors_total, errors_by_op{op: count},
+        last_errors{kind: {kind, op, at, message}}, last_error, coalesced_batches, coalesced_keys,
+        round_trips, round_trip_seconds_total, round_trip_seconds_max, rtt_seconds{last, samples},
+        pool{max_connections, in_use, idle, waits, timeouts},
+        coherence{listeners, connected, messages, resets, reconnects, channels}.
         """
         breaker = self._breaker
         pool_stats: dict[str, Any] = {
@@ -804,6 +811,7 @@ class RedisL2:
             "short_circuited": self._short_circuited,
             "errors": dict(self._errors),
             "errors_total": sum(self._errors.values()),
+            "errors_by_op": dict(self._errors_by_op),
             "last_errors": {kind: dict(entry) for kind, entry in self._last_errors.items()},
             "last_error": dict(self._last_error) if self._last_error else None,
             "coalesced_batches": self._coalesced_batches,

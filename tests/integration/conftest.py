@@ -498,7 +498,6 @@ ACL_USER_RULES = (
     "+evalsha",
     "+eval",
     "+script|load",
-    "+client|setinfo",
     "+client|setname",
     "+hello",
     "+select",
