@@ -67,6 +67,8 @@ MAX_L1_ENTRIES = 1_000_000
 MAX_REDIS_CONNECTIONS = 1000
 # lz4 reliably pays on text-like values from a few KiB up; below ~1 KiB it rarely does.
 SUGGESTED_COMPRESSION_THRESHOLD = 4096
+# Error kinds that mean "Redis cannot serve us now" (as opposed to credentials or data).
+NETWORK_ERROR_KINDS = ("connection", "timeout", "tls", "readonly", "loading", "cluster")
 NORMALIZE_FLAGS = ("whitespace", "line_endings", "invisible_chars", "case")
 
 
@@ -528,7 +530,14 @@ def redis_latency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     if not l2:
         return None
     warning_s = t.latency_warning_ms / 1000
-    rtt = l2.get("rtt_p95_seconds") or l2.get("rtt_seconds")
+    rtt = max(
+        [
+            v
+            for v in (l2.get("rtt_p95_seconds"), l2.get("rtt_seconds"), l2.get("round_trip_mean_seconds"))
+            if v
+        ],
+        default=None,
+    )
     l2_get = _p95_seconds(snapshot, "l2_get", t.min_latency_samples)
     l2_set = _p95_seconds(snapshot, "l2_set", t.min_latency_samples)
     timeouts = l2["errors"].get("timeout", 0)
@@ -545,6 +554,7 @@ def redis_latency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
         evidence={
             "rtt_ms": _ms(l2.get("rtt_seconds")),
             "rtt_p95_ms": _ms(l2.get("rtt_p95_seconds")),
+            "round_trip_mean_ms": _ms(l2.get("round_trip_mean_seconds")),
             "l2_get_p95_ms": _ms(l2_get),
             "l2_set_p95_ms": _ms(l2_set),
             "timeouts": timeouts,
@@ -571,7 +581,9 @@ def pool_exhaustion(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     l2 = snapshot.get("l2")
     if not l2:
         return None
-    waits, ops = l2.get("pool_waits", 0), l2.get("ops", 0)
+    # Waits that ended in a pool timeout count too: they waited the longest.
+    timeouts = l2["errors"].get("pool", 0)
+    waits, ops = l2.get("pool_waits", 0) + timeouts, l2.get("ops", 0)
     share = _share(waits, max(ops, 1))
     if waits < t.pool_min_waits or share < t.pool_wait_share:
         return None
@@ -593,7 +605,13 @@ def pool_exhaustion(snapshot: Snapshot, t: Thresholds) -> Cause | None:
         name="PoolExhaustion",
         symptoms=("SlowOperations",),
         summary=f"{waits} waits for a pooled connection over {ops} Redis operations (pool of {current})",
-        evidence={"pool_waits": waits, "redis_ops": ops, "waits_per_op": share, "max_connections": current},
+        evidence={
+            "pool_waits": l2.get("pool_waits", 0),
+            "pool_timeouts": timeouts,
+            "redis_ops": ops,
+            "waits_per_op": share,
+            "max_connections": current,
+        },
         recommendations=tuple(recommendations),
         score=_clip(share * 10),
     )
@@ -646,24 +664,32 @@ def compression_too_costly(snapshot: Snapshot, t: Thresholds) -> Cause | None:
 
 
 def redis_authentication_failure(snapshot: Snapshot) -> Cause | None:
-    """Redis rejects the credentials (wrong password, ACL user missing or without permissions)."""
+    """Redis rejects the credentials (wrong password, missing ACL user) or the ACL user's rights."""
     l2 = snapshot.get("l2")
-    if not l2 or l2["errors"].get("auth", 0) == 0:
+    if not l2:
         return None
+    auth, permission = l2["errors"].get("auth", 0), l2["errors"].get("permission", 0)
+    if auth == 0 and permission == 0:
+        return None
+    if auth:
+        summary = f"Redis rejected the credentials {auth} times; the cache runs from L1 only"
+        fix = "fix the password / ACL user in the Secret the CachePolicy's spec.redis refers to"
+    else:
+        summary = f"the Redis ACL user may not run the cache's commands ({permission} NOPERM errors)"
+        fix = "grant the ACL user the commands and key patterns the cache uses (see last_error)"
     return Cause(
         name="RedisAuthenticationFailure",
         symptoms=("RedisAuthFailure", "RedisUnavailable"),
-        summary=f"Redis rejected the credentials {l2['errors']['auth']} times; the cache runs from L1 only",
+        summary=summary,
         evidence={
-            "auth_errors": l2["errors"]["auth"],
+            "auth_errors": auth,
+            "permission_errors": permission,
             "breaker_state": l2.get("breaker_state"),
             "last_error": l2.get("last_error"),
         },
         recommendations=(
-            Recommendation(
-                None, "fix the password / ACL user in the Secret the CachePolicy's spec.redis refers to"
-            ),
-            Recommendation("reconnect-redis", "reconnect once the Secret is fixed"),
+            Recommendation(None, fix),
+            Recommendation("reconnect-redis", "reconnect once the Secret / ACL is fixed"),
         ),
         score=1.0,
     )
@@ -683,7 +709,10 @@ def redis_unreachable(snapshot: Snapshot, symptoms: tuple[str, ...]) -> Cause | 
     if l2.get("breaker_state") == "closed" and l2.get("available", True) and not any(network.values()):
         return None
     readonly = errors.get("readonly", 0) > 0
-    observed = ", ".join(f"{count} {kind}" for kind, count in network.items() if count) or "breaker open"
+    tls = errors.get("tls", 0) > 0
+    observed = (
+        ", ".join(f"{count} {kind} errors" for kind, count in network.items() if count) or "breaker open"
+    )
     return Cause(
         name="RedisUnreachable",
         symptoms=symptoms,
@@ -701,7 +730,12 @@ def redis_unreachable(snapshot: Snapshot, symptoms: tuple[str, ...]) -> Cause | 
                 if readonly
                 else "force fresh connections once Redis is back",
             ),
-            Recommendation(None, "check that Redis runs and that its Service/URL resolves from the pods"),
+            Recommendation(
+                None,
+                "check the TLS settings: CA bundle, server certificate and host name (tls errors)"
+                if tls
+                else "check that Redis runs and that its Service/URL resolves from the pods",
+            ),
         ),
         score=0.9,
     )

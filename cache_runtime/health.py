@@ -436,16 +436,21 @@ def detect_symptoms(snapshot: Snapshot, thresholds: Thresholds) -> list[Symptom]
                     {"breaker_state": l2.get("breaker_state"), "errors": dict(l2["errors"])},
                 )
             )
-    if l2 and l2["errors"].get("auth", 0) > 0:
+    credential_errors = (l2["errors"].get("auth", 0) + l2["errors"].get("permission", 0)) if l2 else 0
+    if l2 and credential_errors > 0:
         symptoms.append(
             Symptom(
                 SymptomName.REDIS_AUTH_FAILURE,
                 Severity.CRITICAL,
-                l2["errors"]["auth"],
+                credential_errors,
                 0,
                 "errors",
-                f"Redis rejected the credentials {l2['errors']['auth']} times",
-                {"last_error": l2.get("last_error")},
+                f"Redis rejected the credentials or the ACL user's rights {credential_errors} times",
+                {
+                    "auth": l2["errors"].get("auth", 0),
+                    "permission": l2["errors"].get("permission", 0),
+                    "last_error": l2.get("last_error"),
+                },
             )
         )
     if l2 and l2["errors"].get("oom", 0) > 0:
@@ -456,7 +461,7 @@ def detect_symptoms(snapshot: Snapshot, thresholds: Thresholds) -> list[Symptom]
                 l2["errors"]["oom"],
                 0,
                 "errors",
-                f"Redis refused {l2['errors']['oom']} writes: out of memory",
+                f"Redis refused writes {l2['errors']['oom']} times: out of memory",
                 {"memory": dict(l2.get("memory") or {})},
             )
         )

@@ -246,7 +246,16 @@ class EngineCollector(Collector):
         for kind in ERROR_KINDS:
             errors.add_metric([kind], by_kind.get(kind, 0))
         yield errors
-        yield CounterMetricFamily(f"{p}_operations", "Redis round trips.", value=l2["ops"] if l2 else 0)
+        yield CounterMetricFamily(f"{p}_operations", "Redis calls made.", value=l2["ops"] if l2 else 0)
+        yield CounterMetricFamily(
+            f"{p}_round_trips", "Network round trips to Redis.", value=l2.get("round_trips", 0) if l2 else 0
+        )
+        yield CounterMetricFamily(
+            f"{p}_round_trip",
+            "Total time of the round trips to Redis.",
+            value=l2.get("round_trip_seconds", 0.0) if l2 else 0.0,
+            unit="seconds",
+        )
         yield CounterMetricFamily(
             f"{p}_pool_waits",
             "Times a caller waited for a free pooled connection.",

@@ -685,18 +685,25 @@ class RedisMemorySnapshot(TypedDict, total=False):
 
 
 class L2Snapshot(TypedDict):
-    """L2 (Redis) state, normalized from RedisL2.stats() by :func:`build_snapshot`."""
+    """L2 (Redis) state, normalized from RedisL2.stats() by :func:`normalize_l2_stats`.
+
+    Counters (``ops``, ``errors``, ``pool_waits``, ``round_trips``, ``round_trip_seconds``) are
+    cumulative and subtracted by :func:`diff_snapshots`; the rest are gauges.
+    """
 
     enabled: bool
     available: bool
     breaker_state: str  # "closed" | "open" | "half_open"
-    ops: int
-    errors: dict[str, int]  # by kind: timeout, connection, auth, oom, readonly, cluster, other
-    pool_waits: int
+    ops: int  # calls made (all operations)
+    errors: dict[str, int]  # by kind, see ERROR_KINDS
+    pool_waits: int  # callers that had to wait for a pooled connection
     pool_max_connections: int | None
-    rtt_seconds: float | None  # recent typical round trip (median of samples or last ping)
+    round_trips: int
+    round_trip_seconds: float  # total time of those round trips
+    round_trip_mean_seconds: float | None  # of real traffic in the snapshot's window
+    rtt_seconds: float | None  # PING round trip (median of recent samples), or the mean above
     rtt_p95_seconds: float | None
-    last_error: str | None
+    last_error: str | None  # message only (RedisL2 keeps secrets out of it)
     memory: RedisMemorySnapshot | None
 
 
@@ -772,7 +779,16 @@ def _percentile(values: Iterable[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-ERROR_KINDS: tuple[str, ...] = ("timeout", "connection", "auth", "oom", "readonly", "cluster", "other")
+# The error kinds RedisL2 reports (cache_runtime.l2.errors.ERROR_KINDS; a test keeps them equal).
+# Repeated here so the stats module stays free of the Redis client's imports.
+ERROR_KINDS: tuple[str, ...] = (
+    "timeout", "connection", "tls", "auth", "permission", "pool", "oom", "readonly", "loading", "cluster",
+    "data", "other",
+)  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def normalize_l2_stats(
@@ -781,48 +797,75 @@ def normalize_l2_stats(
 ) -> L2Snapshot | None:
     """Turn RedisL2.stats() (+ memory_info()) into the :class:`L2Snapshot` shape.
 
-    Tolerant of the producer's spelling so the engine's pieces can evolve apart: errors under
-    ``errors`` or ``errors_by_kind``; RTT as ``rtt_seconds`` (float) or ``rtt_samples`` (list of
-    seconds); breaker state as an Enum or a string. Unknown error kinds are folded into ``other``.
-    Returns None when there is no L2 (memory-only engine).
+    Reads RedisL2's shape (``breaker.state``, ``ops`` by operation, ``errors`` by kind,
+    ``pool.waits`` / ``pool.max_connections``, ``rtt_seconds.samples``, ``round_trips``,
+    ``round_trip_seconds_total``, ``last_error.message``) and also accepts flat spellings
+    (``breaker_state``, ``ops`` as an int, ``pool_waits``, ``rtt_seconds`` as a float,
+    ``rtt_samples``) so tests and other producers can give plain numbers. Unknown error kinds are
+    folded into ``other``. Returns None when there is no L2 (memory-only engine).
     """
     if l2_stats is None:
         return None
-    raw_errors = l2_stats.get("errors", l2_stats.get("errors_by_kind")) or {}
     errors = dict.fromkeys(ERROR_KINDS, 0)
-    for kind, count in raw_errors.items():
+    for kind, count in (l2_stats.get("errors") or l2_stats.get("errors_by_kind") or {}).items():
         key = str(kind).lower()
-        errors[key if key in errors else "other"] += int(count)
-    samples = [float(s) for s in l2_stats.get("rtt_samples") or ()]
-    rtt = l2_stats.get("rtt_seconds")
-    rtt_p95 = l2_stats.get("rtt_p95_seconds")
+        errors[key if key in errors else "other"] += int(count or 0)
+
+    raw_ops = l2_stats.get("ops", 0)
+    ops = sum(int(v or 0) for v in raw_ops.values()) if isinstance(raw_ops, Mapping) else int(raw_ops or 0)
+
+    breaker = l2_stats.get("breaker")
+    breaker_state = breaker.get("state") if isinstance(breaker, Mapping) else l2_stats.get("breaker_state")
+
+    raw_pool = l2_stats.get("pool")
+    pool: Mapping[str, Any] = raw_pool if isinstance(raw_pool, Mapping) else {}
+    pool_waits = pool.get("waits", l2_stats.get("pool_waits", 0))
+    max_connections = pool.get("max_connections", l2_stats.get("max_connections"))
+
+    rtt_field = l2_stats.get("rtt_seconds")
+    samples: list[float] = []
+    rtt: float | None = None
+    if isinstance(rtt_field, Mapping):
+        samples = [float(v) for v in rtt_field.get("samples") or () if _number(v) is not None]
+    else:
+        rtt = _number(rtt_field)
+    samples += [float(v) for v in l2_stats.get("rtt_samples") or () if _number(v) is not None]
+    round_trips = int(l2_stats.get("round_trips", 0) or 0)
+    round_trip_seconds = float(l2_stats.get("round_trip_seconds_total", 0.0) or 0.0)
+    round_trip_mean = _ratio(round_trip_seconds, round_trips)
     if rtt is None:
-        rtt = _median(samples)
+        rtt = _median(samples) if samples else round_trip_mean
+    rtt_p95 = _number(l2_stats.get("rtt_p95_seconds"))
     if rtt_p95 is None:
         rtt_p95 = _percentile(samples, 0.95)
+
     memory: RedisMemorySnapshot | None = None
     source_memory = memory_info if memory_info is not None else l2_stats.get("memory")
-    if source_memory is not None:
+    if isinstance(source_memory, Mapping):
         memory = {}
-        for field in ("used_memory", "maxmemory", "evicted_keys", "expired_keys"):
-            if source_memory.get(field) is not None:
-                memory[field] = int(source_memory[field])  # type: ignore[literal-required]
+        for name in ("used_memory", "maxmemory", "evicted_keys", "expired_keys"):
+            value = _number(source_memory.get(name))
+            if value is not None:
+                memory[name] = int(value)  # type: ignore[literal-required]
         if source_memory.get("maxmemory_policy") is not None:
             memory["maxmemory_policy"] = str(source_memory["maxmemory_policy"])
-    breaker = l2_stats.get("breaker_state", "closed")
+
     last_error = l2_stats.get("last_error")
+    if isinstance(last_error, Mapping):
+        last_error = last_error.get("message")
     return {
         "enabled": bool(l2_stats.get("enabled", True)),
         "available": bool(l2_stats.get("available", True)),
-        "breaker_state": _enum_text(breaker),
-        "ops": int(l2_stats.get("ops", 0) or 0),
+        "breaker_state": _enum_text(breaker_state if breaker_state is not None else "closed"),
+        "ops": ops,
         "errors": errors,
-        "pool_waits": int(l2_stats.get("pool_waits", 0) or 0),
-        "pool_max_connections": (
-            int(l2_stats["max_connections"]) if l2_stats.get("max_connections") is not None else None
-        ),
-        "rtt_seconds": float(rtt) if rtt is not None else None,
-        "rtt_p95_seconds": float(rtt_p95) if rtt_p95 is not None else None,
+        "pool_waits": int(pool_waits or 0),
+        "pool_max_connections": int(max_connections) if max_connections is not None else None,
+        "round_trips": round_trips,
+        "round_trip_seconds": round_trip_seconds,
+        "round_trip_mean_seconds": round_trip_mean,
+        "rtt_seconds": rtt,
+        "rtt_p95_seconds": rtt_p95,
         "last_error": str(last_error) if last_error is not None else None,
         "memory": memory,
     }
@@ -840,7 +883,9 @@ def build_snapshot(
 ) -> Snapshot:
     """Assemble the JSON-ready :class:`Snapshot` from the engine's parts (read time only).
 
-    ``l1`` carries the L1 store's gauges: ``entries``, ``bytes``, ``max_entries``, ``max_bytes``.
+    ``l1`` carries the L1 store's gauges: ``entries``, ``bytes``, ``max_entries``, ``max_bytes``,
+    and, if the store counts them itself, ``inserts``/``evictions``/``expirations``/``rejected``
+    (these then replace EngineStats' ``l1_*`` counters; ``L1.stats()`` can be passed as is).
     ``l2`` is RedisL2.stats() (None for a memory-only engine), ``redis_memory`` its
     memory_info(), ``config`` the facts of :class:`ConfigSnapshot`.
     """
@@ -882,11 +927,12 @@ def build_snapshot(
             "bytes": int(l1.get("bytes", 0)),
             "max_entries": int(l1.get("max_entries", 0)),
             "max_bytes": int(l1.get("max_bytes", 0)),
-            "inserts": stats.l1_inserts,
-            "evictions": stats.l1_evictions,
-            "expirations": stats.l1_expirations,
-            "invalidated": stats.l1_invalidated,
-            "rejections": stats.l1_rejections,
+            # The L1 store may count these itself (l1.stats()); its numbers win over EngineStats'.
+            "inserts": int(l1.get("inserts", stats.l1_inserts)),
+            "evictions": int(l1.get("evictions", stats.l1_evictions)),
+            "expirations": int(l1.get("expirations", stats.l1_expirations)),
+            "invalidated": int(l1.get("invalidated", stats.l1_invalidated)),
+            "rejections": int(l1.get("rejected", l1.get("rejections", stats.l1_rejections))),
         },
         "compression": {
             "attempts": stats.compress_attempts,
@@ -1006,6 +1052,9 @@ def diff_snapshots(newer: Snapshot, older: Snapshot) -> Snapshot:
         l2["ops"] = l2["ops"] - older_l2["ops"]
         l2["pool_waits"] = l2["pool_waits"] - older_l2["pool_waits"]
         l2["errors"] = {kind: count - older_l2["errors"].get(kind, 0) for kind, count in l2["errors"].items()}
+        l2["round_trips"] = l2.get("round_trips", 0) - older_l2.get("round_trips", 0)
+        l2["round_trip_seconds"] = l2.get("round_trip_seconds", 0.0) - older_l2.get("round_trip_seconds", 0.0)
+        l2["round_trip_mean_seconds"] = _ratio(l2["round_trip_seconds"], l2["round_trips"])
     return {
         "schema": newer["schema"],
         "taken_at": newer["taken_at"],

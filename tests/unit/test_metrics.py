@@ -59,13 +59,15 @@ def make_source(stats: EngineStats, **overrides: object):  # type: ignore[no-unt
     def source() -> Snapshot:
         arguments: dict[str, object] = {
             "l1": {"entries": 12, "bytes": 3456, "max_entries": 100, "max_bytes": 1 << 20},
-            "l2": {
+            "l2": {  # the shape of RedisL2.stats()
                 "errors": {"timeout": 4, "connection": 2},
-                "breaker_state": Breaker.OPEN,
+                "breaker": {"state": Breaker.OPEN},
                 "available": False,
-                "ops": 50,
-                "pool_waits": 6,
-                "rtt_seconds": 0.0009,
+                "ops": {"get": 30, "set": 20},
+                "round_trips": 40,
+                "round_trip_seconds_total": 0.036,
+                "pool": {"max_connections": 20, "waits": 6},
+                "rtt_seconds": {"last": 0.0009, "samples": [0.0009]},
             },
             "redis_memory": {"used_memory": 2048, "maxmemory": 4096, "maxmemory_policy": "noeviction"},
             "config": {"hash": "cafe01", "preset": "ai-production"},
@@ -110,6 +112,9 @@ def test_scrape_reflects_the_driven_counters() -> None:
     assert value(samples, "cachewarden_redis_errors_total", kind="connection") == 2
     assert value(samples, "cachewarden_redis_errors_total", kind="auth") == 0
     assert value(samples, "cachewarden_redis_pool_waits_total") == 6
+    assert value(samples, "cachewarden_redis_operations_total") == 50
+    assert value(samples, "cachewarden_redis_round_trips_total") == 40
+    assert value(samples, "cachewarden_redis_round_trip_seconds_total") == pytest.approx(0.036)
     assert value(samples, "cachewarden_redis_rtt_seconds") == pytest.approx(0.0009)
     assert value(samples, "cachewarden_redis_used_memory_bytes") == 2048
     assert value(samples, "cachewarden_redis_maxmemory_bytes") == 4096

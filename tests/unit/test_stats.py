@@ -355,3 +355,53 @@ def test_window_across_a_restart_is_the_newer_snapshot() -> None:
     new_engine = _driven_stats()
     newer = build_snapshot(new_engine, now=new_engine.started_at + 5)
     assert diff_snapshots(newer, older) is newer
+
+
+def test_redis_l2_stats_shape_is_normalized() -> None:
+    l2_stats = {
+        "available": True,
+        "breaker": {"state": "half_open", "opened_total": 2},
+        "ops": {"get": 70, "set": 30},
+        "errors": {"timeout": 1, "tls": 2, "pool": 3},
+        "last_error": {"op": "get", "at": 1.0, "message": "Timeout reading from 127.0.0.1:6379"},
+        "round_trips": 80,
+        "round_trip_seconds_total": 0.08,
+        "rtt_seconds": {"last": 0.004, "samples": [0.001, 0.002, 0.004]},
+        "pool": {"max_connections": 20, "waits": 9, "timeouts": 3},
+    }
+    l2 = normalize_l2_stats(
+        l2_stats, {"used_memory": 10, "maxmemory": None, "maxmemory_policy": "noeviction"}
+    )
+    assert l2 is not None
+    assert l2["breaker_state"] == "half_open"
+    assert l2["ops"] == 100
+    assert (l2["errors"]["timeout"], l2["errors"]["tls"], l2["errors"]["pool"]) == (1, 2, 3)
+    assert l2["last_error"] == "Timeout reading from 127.0.0.1:6379"
+    assert l2["round_trip_mean_seconds"] == pytest.approx(0.001)
+    assert l2["rtt_seconds"] == pytest.approx(0.002)  # median of the PING samples
+    assert l2["rtt_p95_seconds"] == pytest.approx(0.004)
+    assert (l2["pool_waits"], l2["pool_max_connections"]) == (9, 20)
+    assert l2["memory"] == {"used_memory": 10, "maxmemory_policy": "noeviction"}  # None values dropped
+
+
+def test_stats_of_a_real_redis_l2_normalize_without_a_server() -> None:
+    from cache_runtime.l2 import RedisL2, RedisSettings
+
+    l2 = normalize_l2_stats(RedisL2(RedisSettings(url="redis://127.0.0.1:1/0")).stats())
+    assert l2 is not None
+    assert l2["breaker_state"] == "closed"
+    assert l2["pool_max_connections"] == 20
+    assert set(l2["errors"]) >= {"timeout", "connection", "auth", "oom"}
+    json.dumps(l2)
+
+
+def test_l1_store_counters_win_over_engine_counters() -> None:
+    stats = EngineStats()
+    stats.l1_evictions = 1
+    snapshot = build_snapshot(stats, l1={"entries": 1, "evictions": 7, "expirations": 3, "rejected": 2})
+    assert (snapshot["l1"]["evictions"], snapshot["l1"]["expirations"], snapshot["l1"]["rejections"]) == (
+        7,
+        3,
+        2,
+    )
+    assert build_snapshot(stats)["l1"]["evictions"] == 1
