@@ -1,0 +1,227 @@
+"""The pub/sub listener for cross-pod L1 coherence, in RESP2 and RESP3, through drops and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
+
+if TYPE_CHECKING:
+    from conftest import RedisFactory, RedisProcess
+
+pytestmark = pytest.mark.integration
+
+HANG_GUARD_S = 30
+CHANNEL = "cw:coherence"
+
+
+class Recorder:
+    """Collects what the listener delivers, in order, with the resets interleaved."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes | str] = []
+
+    def on_message(self, payload: bytes) -> None:
+        self.events.append(payload)
+
+    def on_reset(self) -> None:
+        self.events.append("RESET")
+
+    @property
+    def messages(self) -> list[bytes]:
+        return [e for e in self.events if isinstance(e, bytes)]
+
+    @property
+    def resets(self) -> int:
+        return self.events.count("RESET")
+
+
+def settings_for(url: str, protocol: int, **overrides: object) -> RedisSettings:
+    values: dict[str, object] = {
+        "url": url,
+        "protocol": protocol,
+        "connect_timeout_s": 0.5,
+        "socket_timeout_s": 0.3,
+        "breaker_open_seconds": 0.2,
+        "coherence_reconnect_min_s": 0.02,
+        "coherence_reconnect_max_s": 0.2,
+    }
+    values.update(overrides)
+    return RedisSettings(**values)  # type: ignore[arg-type]
+
+
+async def eventually(condition: Callable[[], bool], attempts: int = 300, interval: float = 0.02) -> bool:
+    for _ in range(attempts):
+        if condition():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+async def publish_until_delivered(publisher: RedisL2, recorder: Recorder, payload: bytes) -> bool:
+    """Publish (repeatedly while the publisher's breaker recovers) until the subscriber got it."""
+    for _ in range(100):
+        await publisher.publish(CHANNEL, payload)
+        if await eventually(lambda: payload in recorder.messages, attempts=10):
+            return True
+    return False
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def protocol(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+async def test_messages_are_delivered_in_order(
+    redis_server: RedisProcess, redis_url: str, protocol: int
+) -> None:
+    recorder = Recorder()
+    async with (
+        asyncio.timeout(HANG_GUARD_S),
+        RedisL2(settings_for(redis_url, protocol)) as subscriber,
+        RedisL2(settings_for(redis_url, protocol)) as publisher,
+    ):
+        listener = subscriber.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await listener.wait_subscribed(5)
+        # The subscription really speaks the protocol under test.
+        pubsub_clients = redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        assert f"resp={protocol}" in pubsub_clients
+        payloads = [f"inval:{i}".encode() for i in range(200)] + [b"", b"\x00\xff binary"]
+        for payload in payloads:
+            assert await publisher.publish(CHANNEL, payload)
+        await publisher.publish("cw:other-channel", b"not for us")
+        assert await eventually(lambda: len(recorder.messages) == len(payloads))
+        assert recorder.messages == payloads
+        assert recorder.resets == 0  # the first subscription is not a reset
+        stats = subscriber.stats()["coherence"]
+        assert stats["connected"] is True
+        assert stats["messages"] == len(payloads)
+
+
+async def test_client_kill_of_the_subscription_triggers_reset_and_resubscribe(
+    redis_server: RedisProcess, redis_url: str, protocol: int
+) -> None:
+    recorder = Recorder()
+    async with (
+        asyncio.timeout(HANG_GUARD_S),
+        RedisL2(settings_for(redis_url, protocol)) as subscriber,
+        RedisL2(settings_for(redis_url, protocol)) as publisher,
+    ):
+        listener = subscriber.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await listener.wait_subscribed(5)
+        assert await publish_until_delivered(publisher, recorder, b"before")
+
+        killed = redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed >= 1
+        assert await eventually(lambda: recorder.resets == 1)
+        assert await eventually(lambda: listener.connected)
+        assert await publish_until_delivered(publisher, recorder, b"after")
+        # The reset comes before anything delivered on the new subscription.
+        assert recorder.events.index("RESET") < recorder.events.index(b"after")
+        stats = listener.stats()
+        assert stats["resets"] == 1
+        assert stats["reconnects"] >= 1
+        assert sum(stats["errors"].values()) >= 1
+
+
+async def test_redis_restart_triggers_reset_and_the_listener_comes_back(
+    redis_factory: RedisFactory, protocol: int
+) -> None:
+    server = redis_factory.start()
+    recorder = Recorder()
+    async with (
+        asyncio.timeout(HANG_GUARD_S),
+        RedisL2(settings_for(server.url, protocol)) as subscriber,
+        RedisL2(settings_for(server.url, protocol)) as publisher,
+    ):
+        listener = subscriber.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await listener.wait_subscribed(5)
+        server.stop()
+        assert await eventually(lambda: not listener.connected)
+        # While Redis is down the listener keeps retrying with bounded backoff.
+        await asyncio.sleep(0.3)
+        assert listener.stats()["reconnects"] >= 2
+        assert recorder.resets == 0
+        server.start()
+        assert await eventually(lambda: recorder.resets == 1)
+        assert await publish_until_delivered(publisher, recorder, b"back")
+
+
+async def test_a_silently_hung_server_is_detected_by_the_ping(redis_factory: RedisFactory) -> None:
+    server = redis_factory.start()
+    recorder = Recorder()
+    settings = settings_for(server.url, 2, coherence_ping_interval_s=0.1, socket_timeout_s=0.2)
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings) as subscriber:
+        listener = subscriber.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await listener.wait_subscribed(5)
+        server.pause()  # the socket stays open: only the missing PONG reveals the outage
+        try:
+            assert await eventually(lambda: not listener.connected)
+            assert listener.stats()["errors"].get("timeout", 0) >= 1
+        finally:
+            server.resume()
+        assert await eventually(lambda: recorder.resets == 1)
+        assert listener.connected
+
+
+async def test_a_failing_callback_does_not_stop_the_listener(redis_url: str) -> None:
+    seen: list[bytes] = []
+
+    def fragile(payload: bytes) -> None:
+        seen.append(payload)
+        if payload == b"boom":
+            raise RuntimeError("facade bug")
+
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings_for(redis_url, 2)) as l2:
+        listener = l2.subscribe(CHANNEL, fragile, lambda: None)
+        assert await listener.wait_subscribed(5)
+        await l2.publish(CHANNEL, b"boom")
+        await l2.publish(CHANNEL, b"fine")
+        assert await eventually(lambda: seen == [b"boom", b"fine"])
+        assert listener.stats()["callback_errors"] == 1
+        assert listener.stats()["resets"] == 0
+
+
+async def test_close_stops_the_listener(redis_server: RedisProcess, redis_url: str) -> None:
+    recorder = Recorder()
+    l2 = RedisL2(settings_for(redis_url, 2))
+    await l2.start()
+    listener = l2.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+    assert await listener.wait_subscribed(5)
+    assert redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 1
+    await l2.close()
+    assert not listener.connected
+    assert await eventually(lambda: redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 0)
+
+
+async def test_reconnect_restarts_the_listener_with_a_reset(redis_url: str) -> None:
+    recorder = Recorder()
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings_for(redis_url, 3)) as l2:
+        listener = l2.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await listener.wait_subscribed(5)
+        await l2.reconnect()
+        assert await eventually(lambda: recorder.resets == 1)
+        assert await publish_until_delivered(l2, recorder, b"after-reconnect")
+
+
+async def test_stamped_messages_measure_the_lag(redis_url: str) -> None:
+    lags: list[float] = []
+    payloads: list[bytes] = []
+
+    def on_message(message: bytes) -> None:
+        stamped = unpack_stamped(message)
+        payloads.append(stamped.payload)
+        lags.append(lag_seconds(stamped))
+
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings_for(redis_url, 2)) as l2:
+        listener = l2.subscribe(CHANNEL, on_message, lambda: None)
+        assert await listener.wait_subscribed(5)
+        for i in range(20):
+            await l2.publish(CHANNEL, pack_stamped(f"k{i}".encode()))
+        assert await eventually(lambda: len(lags) == 20)
+        assert payloads == [f"k{i}".encode() for i in range(20)]
+        assert all(lag >= 0 for lag in lags)
