@@ -23,6 +23,7 @@ import itertools
 import math
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from typing import Any, TypedDict
@@ -1073,3 +1074,39 @@ def diff_snapshots(newer: Snapshot, older: Snapshot) -> Snapshot:
         "ttl": ttl,  # type: ignore[typeddict-item]
         "l2": l2,
     }
+
+
+class SnapshotWindow:
+    """Turns a stream of cumulative snapshots into snapshots of the last ``window_seconds``.
+
+    The facade's ``health()`` (or the runtime's probe handler) calls :meth:`observe` with each new
+    cumulative snapshot and evaluates what it returns: the activity since the newest retained
+    snapshot that is at least ``window_seconds`` old (or since the oldest one kept, early on).
+    Memory is bounded by ``max_snapshots``.
+    """
+
+    __slots__ = ("_history", "max_snapshots", "window_seconds")
+
+    def __init__(self, window_seconds: float = 300.0, max_snapshots: int = 32) -> None:
+        if not window_seconds > 0:
+            raise ValueError(f"window_seconds must be > 0, got {window_seconds!r}")
+        if max_snapshots < 2:
+            raise ValueError(f"max_snapshots must be >= 2, got {max_snapshots!r}")
+        self.window_seconds = window_seconds
+        self.max_snapshots = max_snapshots
+        self._history: deque[Snapshot] = deque()
+
+    def observe(self, snapshot: Snapshot) -> Snapshot:
+        """Record ``snapshot`` and return the window ending with it (itself if it is the first)."""
+        history = self._history
+        if history and snapshot["window_seconds"] < history[-1]["window_seconds"]:
+            history.clear()  # the engine restarted: older counters do not belong to this one
+        history.append(snapshot)
+        now = snapshot["taken_at"]
+        # Keep exactly one baseline at least window_seconds old: drop it once a younger one qualifies.
+        while len(history) > 2 and now - history[1]["taken_at"] >= self.window_seconds:
+            history.popleft()
+        while len(history) > self.max_snapshots:
+            history.popleft()
+        baseline = history[0]
+        return snapshot if baseline is snapshot else diff_snapshots(snapshot, baseline)

@@ -20,6 +20,7 @@ from cache_runtime.stats import (
     KeyVariantSampler,
     LatencyHistogram,
     ReuseTracker,
+    SnapshotWindow,
     build_snapshot,
     diff_snapshots,
     histogram_from_dict,
@@ -405,3 +406,36 @@ def test_l1_store_counters_win_over_engine_counters() -> None:
         2,
     )
     assert build_snapshot(stats)["l1"]["evictions"] == 1
+
+
+def test_snapshot_window_keeps_a_baseline_about_one_window_old() -> None:
+    stats = EngineStats()
+    window = SnapshotWindow(window_seconds=60)
+    first = window.observe(build_snapshot(stats, now=stats.started_at + 0))
+    assert first["requests"]["lookups"] == 0
+    results = []
+    for minute in range(1, 6):  # one probe every 30 s, 20 misses between probes
+        for half in (0, 30):
+            stats.misses += 20
+            results.append(
+                window.observe(build_snapshot(stats, now=stats.started_at + 60 * minute + half - 30))
+            )
+    # Once warmed up, each window covers 60 s = two probes = 40 misses (not the cumulative 200).
+    assert results[-1]["window_seconds"] == pytest.approx(60)
+    assert results[-1]["requests"]["misses"] == 40
+    assert len(window._history) <= 4
+
+
+def test_snapshot_window_is_bounded_and_survives_a_restart() -> None:
+    stats = EngineStats()
+    window = SnapshotWindow(window_seconds=10_000, max_snapshots=3)
+    for second in range(10):
+        stats.misses += 1
+        window.observe(build_snapshot(stats, now=stats.started_at + second + 1))
+    assert len(window._history) == 3
+    restarted = EngineStats()
+    restarted.misses = 1
+    fresh = window.observe(build_snapshot(restarted, now=restarted.started_at + 1))
+    assert fresh["requests"]["misses"] == 1
+    with pytest.raises(ValueError, match="window_seconds must be > 0"):
+        SnapshotWindow(window_seconds=0)
