@@ -1,13 +1,18 @@
 """Cache keys: one layout, no collisions, no raw text where the config does not allow it.
 
-Layout (``KEY_SCHEMA`` is the layout version, bumped if this format ever changes)::
+Callers deal in *logical* keys; the facade files every logical key under the namespace and its
+current version, so invalidating a namespace is one INCR and nobody holds a key with a stale version::
 
-    {prefix}:{namespace}:v{namespace_version}:k{KEY_SCHEMA}:ai:{operation}:{tier}:h{digest}
-    {prefix}:{namespace}:v{namespace_version}:k{KEY_SCHEMA}:ai:{operation}:{tier}:r{escaped text}:{digest}
-    {prefix}:{namespace}:v{namespace_version}:k{KEY_SCHEMA}:d:{escaped user key}
+    Redis key      {prefix}:{namespace}:v{namespace_version}:{logical key}
+    AI response    ai{KEY_SCHEMA}:{operation}:{tier}:h{digest}                   (text hashed)
+                   ai{KEY_SCHEMA}:{operation}:{tier}:r{escaped text}:{digest}    (small text readable)
+    data API key   d:{escaped user key}
 
-Bookkeeping keys live beside the data under ``{prefix}#...`` (namespace versions, leases), so a
-pattern invalidation of ``{prefix}:*`` never deletes them.
+``KEY_SCHEMA`` versions the AI key format. Any other string is a valid logical key too (the Python
+API takes keys as they are); :meth:`KeyBuilder.data_key` keeps the data API's clients out of the
+``ai…`` keys. Bookkeeping lives under ``{prefix}#...`` (namespace versions, leases; the coherence
+channel is ``{prefix}#coherence``): a pattern invalidation, always confined to ``{prefix}:``, can
+never delete it.
 
 Why it cannot collide: the digest is taken over a *framed* encoding of (operation, text, canonical
 options, question) -- every field is length-prefixed and an absent question has its own marker --
@@ -219,28 +224,38 @@ class KeyBuilder:
         return self.config.keys.namespace
 
     def base(self, namespace: str | None = None, version: int | None = None) -> str:
-        """``{prefix}:{namespace}:v{version}:k{KEY_SCHEMA}`` for the current (or a given) namespace."""
+        """``{prefix}:{namespace}:v{version}:`` for the current (or a given) namespace and version."""
         ns = self.namespace if namespace is None else namespace
         ver = self.namespace_version if version is None else version
-        return f"{self.prefix}:{ns}:v{ver}:k{KEY_SCHEMA}"
+        return f"{self.prefix}:{ns}:v{ver}:"
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of a logical key in the current namespace version."""
+        return f"{self.prefix}:{self.namespace}:v{self.namespace_version}:{key}"
 
     def version_key(self, namespace: str | None = None) -> str:
         """The Redis counter holding a namespace's version (INCR invalidates the namespace)."""
         return f"{self.prefix}#nsver:{self.namespace if namespace is None else namespace}"
 
     def lease_key(self, key: str) -> str:
-        """The Redis key of the stampede lease guarding ``key``."""
-        return f"{self.prefix}#lease:{self._digest(_utf8(key))}"
+        """The Redis key of the stampede lease guarding the logical ``key`` (current version)."""
+        return f"{self.prefix}#lease:{self._digest(_utf8(self.redis_key(key)))}"
+
+    def namespace_prefix(self, namespace: str | None = None) -> str:
+        """``{prefix}:{namespace}:``: every Redis key of the namespace, any version, starts with it."""
+        return f"{self.prefix}:{self.namespace if namespace is None else namespace}:"
 
     def namespace_pattern(self, namespace: str | None = None) -> str:
-        """Glob matching every data key of a namespace, all versions."""
-        return f"{self.prefix}:{self.namespace if namespace is None else namespace}:v*"
+        """Glob matching every Redis key of a namespace, all versions."""
+        return f"{self.namespace_prefix(namespace)}v*"
 
     def pattern(self, user_pattern: str) -> str:
-        """A user's glob confined to this prefix (so invalidation never touches another app's keys).
+        """A user's glob over Redis keys, confined to ``{prefix}:`` (never another app's keys, never
+        the ``{prefix}#`` bookkeeping keys).
 
         A pattern already starting with ``{prefix}:`` is taken as is; anything else is relative to
-        the prefix: ``summarize`` matches nothing on its own, ``*:ai:summarize:*`` every summary.
+        the prefix: ``tenant-a:*`` is every key of namespace ``tenant-a``, ``*:ai1:qa:*`` every qa
+        answer of every namespace.
         """
         if not isinstance(user_pattern, str) or not user_pattern:
             raise ValueError(f"pattern: {user_pattern!r} is not accepted; accepted: a non-empty Redis glob")
@@ -250,23 +265,23 @@ class KeyBuilder:
     def operation_pattern(self, operation: str, namespace: str | None = None) -> str:
         """Glob matching every AI key of one operation in a namespace (any version)."""
         _check_operation(operation)
-        return f"{self.namespace_pattern(namespace)}:k{KEY_SCHEMA}:ai:{operation}:*"
+        return f"{self.namespace_pattern(namespace)}:{_AI_HEAD}{operation}:*"
 
     # keys ---------------------------------------------------------------------------------------
 
     def data_key(self, user_key: str) -> str:
-        """A plain data key (the data API's get/set by key) inside the current namespace."""
+        """The logical key of a data API key (``d:`` + escaped): such keys can never meet AI keys."""
         if not isinstance(user_key, str) or not user_key or len(user_key) > _MAX_USER_KEY_CHARS:
             raise ValueError(
                 f"key: {user_key!r:.80} is not accepted; accepted: a string of 1 to "
                 f"{_MAX_USER_KEY_CHARS} characters"
             )
-        return f"{self.base()}:d:{_escape_user_key(user_key)}"
+        return f"d:{_escape_user_key(user_key)}"
 
     def key_for(
         self, operation: str, text: str, options: Mapping[str, Any] | None = None, question: str | None = None
     ) -> str:
-        """The key of an AI response to ``operation`` on ``text`` with ``options`` (and ``question``)."""
+        """The logical key of the AI response to ``operation`` on ``text`` with ``options``/``question``."""
         return self._build(operation, text, options, question)[0]
 
     def _build(
@@ -286,15 +301,14 @@ class KeyBuilder:
         if self.config.ai_features and length > keys.max_text_length:
             raise TextTooLongError(length, keys.max_text_length)
         tiers = keys.tiers
-        tier = (
-            "s"
-            if length <= tiers.small
-            else "m"
-            if length <= tiers.medium
-            else "l"
-            if length <= tiers.large
-            else "x"
-        )
+        if length <= tiers.small:
+            tier = "s"
+        elif length <= tiers.medium:
+            tier = "m"
+        elif length <= tiers.large:
+            tier = "l"
+        else:
+            tier = "x"
         opts = canonical_options(options)
         q = None if question is None else _utf8(question)
         op = operation.encode()
@@ -303,19 +317,17 @@ class KeyBuilder:
             tail = f"r{_escape(text)}:{self._digest(_frame([op, opts, q]))}"
         else:
             tail = f"h{self._digest(_frame([op, _utf8(text), opts, q]))}"
-        return f"{self.base()}:ai:{operation}:{tier}:{tail}", tier, text, readable
+        return f"{_AI_HEAD}{operation}:{tier}:{tail}", tier, text, readable
 
     def operation_of(self, key: str) -> str | None:
-        """The operation an AI key was built for (None for data keys and foreign keys).
+        """The operation a logical AI key was built for (None for any other key).
 
         The facade uses it to pick the per-operation TTL when such a key is written.
         """
-        # prefix and namespace cannot contain ":", so the segments before the operation are fixed;
-        # a data key whose user part contains ":k1:ai:" is not mistaken for an AI key.
-        parts = key.split(":", 6)
-        if len(parts) == 7 and parts[3] == f"k{KEY_SCHEMA}" and parts[4] == "ai":
-            return parts[5]
-        return None
+        if not key.startswith(_AI_HEAD):
+            return None
+        end = key.find(":", len(_AI_HEAD))
+        return key[len(_AI_HEAD):end] if end > len(_AI_HEAD) else None
 
     def describe(
         self, operation: str, text: str, options: Mapping[str, Any] | None = None, question: str | None = None
@@ -328,6 +340,7 @@ class KeyBuilder:
         key, tier, normalized, readable = self._build(operation, text, options, question)
         return {
             "key": key,
+            "redis_key": self.redis_key(key),
             "operation": operation,
             "namespace": self.namespace,
             "namespace_version": self.namespace_version,
@@ -344,6 +357,9 @@ class KeyBuilder:
             "options_canonical": canonical_options(options).decode(),
             "question_length": None if question is None else len(question),
         }
+
+
+_AI_HEAD = f"ai{KEY_SCHEMA}:"
 
 
 def _check_operation(operation: str) -> None:

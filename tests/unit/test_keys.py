@@ -25,13 +25,15 @@ def builder(preset: str = "ai-production", **overrides: Any) -> KeyBuilder:
     return KeyBuilder(resolve_config(preset, overrides))
 
 
-def test_layout_is_versioned_prefix_namespace_version_schema() -> None:
+def test_layout_is_versioned_prefix_namespace_version_then_logical_key() -> None:
     keys = builder(**{"keys.prefix": "app", "keys.namespace": "tenant-a"})
     keys.namespace_version = 7
     key = keys.key_for("summarize", "hello")
-    assert key.startswith(f"app:tenant-a:v7:k{KEY_SCHEMA}:ai:summarize:s:h")
-    assert keys.data_key("user:42").startswith(f"app:tenant-a:v7:k{KEY_SCHEMA}:d:")
+    assert key.startswith(f"ai{KEY_SCHEMA}:summarize:s:h")
+    assert keys.redis_key(key) == f"app:tenant-a:v7:{key}"
+    assert keys.data_key("user:42") == "d:user:42"
     assert keys.version_key() == "app#nsver:tenant-a"
+    assert keys.base() == "app:tenant-a:v7:" and keys.base("b", 2) == "app:b:v2:"
     assert not re.fullmatch(redis_glob_to_regex(keys.pattern("*")), keys.version_key())
 
 
@@ -96,7 +98,7 @@ def test_data_keys_are_injective_and_escape_glob_characters(user_key: str, other
     keys = HASHED
     if user_key != other:
         assert keys.data_key(user_key) != keys.data_key(other)
-    tail = keys.data_key(user_key).split(":d:", 1)[1]
+    tail = keys.data_key(user_key)[2:]
     assert not set(tail) & set("*?[]\\ \t\n")
     assert unquote(tail, errors="surrogatepass") == user_key
 
@@ -195,19 +197,24 @@ def test_each_normalization_rule(rule: str, text: str, expected: str) -> None:
 def test_operation_of_reads_ai_keys_only() -> None:
     keys = HASHED
     assert keys.operation_of(keys.key_for("key_points", "t")) == "key_points"
-    assert keys.operation_of(keys.data_key("x:k1:ai:qa:zz")) is None
-    assert keys.operation_of("foreign:key") is None
+    assert keys.operation_of(keys.data_key("ai1:qa:zz")) is None
+    assert keys.operation_of("foreign:key") is None and keys.operation_of("ai1:") is None
 
 
 def test_namespace_and_operation_patterns() -> None:
     keys = HASHED
     keys_v3 = KeyBuilder(keys.config, namespace_version=3)
+    other = builder(**{"keys.namespace": "other"})
     regex = redis_glob_to_regex(keys.namespace_pattern())
-    assert regex.fullmatch(keys.key_for("qa", "t")) and regex.fullmatch(keys_v3.key_for("qa", "t"))
-    assert not regex.fullmatch(builder(**{"keys.namespace": "other"}).key_for("qa", "t"))
+    key = keys.key_for("qa", "t")
+    assert regex.fullmatch(keys.redis_key(key)) and regex.fullmatch(keys_v3.redis_key(key))
+    assert not regex.fullmatch(other.redis_key(key))
+    assert keys.namespace_prefix() == "cw:default:"
     op = redis_glob_to_regex(keys.operation_pattern("qa"))
-    assert op.fullmatch(keys.key_for("qa", "t")) and not op.fullmatch(keys.key_for("qa_x", "t"))
-    assert keys.pattern("*:ai:qa:*") == "cw:*:ai:qa:*"
+    assert op.fullmatch(keys_v3.redis_key(key))
+    assert not op.fullmatch(keys.redis_key(keys.key_for("qa_x", "t")))
+    assert keys.pattern("*:ai1:qa:*") == "cw:*:ai1:qa:*"
+    assert keys.pattern("default:*") == "cw:default:*"
     assert keys.pattern("cw:default:*") == "cw:default:*"
     with pytest.raises(ValueError):
         keys.pattern("")
@@ -232,5 +239,5 @@ def test_redis_glob_translation(pattern: str, matches: list[str], misses: list[s
 def test_lease_keys_live_outside_the_data_space() -> None:
     keys = HASHED
     lease = keys.lease_key(keys.key_for("qa", "t"))
-    assert lease.startswith("cw#lease:")
+    assert lease.startswith("cw#lease:") and lease != keys.lease_key(keys.key_for("qa", "u"))
     assert not redis_glob_to_regex(keys.pattern("*")).fullmatch(lease)
