@@ -11,7 +11,9 @@ import pytest
 from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
 
 if TYPE_CHECKING:
-    from conftest import RedisProcess
+    from pathlib import Path
+
+    from conftest import RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -196,3 +198,28 @@ async def test_stats_snapshot_shape(l2: RedisL2) -> None:
     assert stats["ops"]["get"] == 1
     assert stats["pool"]["max_connections"] == 8
     assert set(stats["errors"]) >= {"timeout", "connection", "auth", "oom", "other"}
+
+
+async def test_the_pool_never_opens_more_than_max_connections(
+    redis_url: str, redis_server: RedisProcess
+) -> None:
+    async with RedisL2(
+        RedisSettings(url=redis_url, max_connections=3, client_name="cw-pool-test")
+    ) as backend:
+        results = await asyncio.gather(*(backend.set(f"cw:p:{i}", b"v", ttl_ms=60_000) for i in range(300)))
+        assert results == [True] * 300
+        clients = redis_server.command("CLIENT", "LIST").decode()
+        assert clients.count("name=cw-pool-test") == 3
+        pool = backend.stats()["pool"]
+        assert pool["in_use"] + pool["idle"] == 3
+        assert pool["waits"] >= 1  # 300 concurrent callers queued for 3 connections...
+        assert pool["timeouts"] == 0  # ...and none waited longer than pool_timeout_s
+
+
+async def test_unix_socket(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    redis_factory.start("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    async with RedisL2(RedisSettings(url=f"unix://{socket_path}?db=2")) as backend:
+        assert await backend.set("cw:u", b"v", ttl_ms=60_000)
+        assert await backend.get("cw:u") == b"v"
+        assert backend.stats()["deployment"] == "unix"
