@@ -87,6 +87,9 @@ class ImageSpec:
     default_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     working_dir: str = "/"
+    # The official redis image's entrypoint script runs `redis-server "$@"` when the first argument
+    # is a flag or a .conf file, so `args: ["--maxmemory", "10mb"]` works there; so it does here.
+    program_for_flags: str | None = None
 
     @property
     def image_id(self) -> str:
@@ -159,6 +162,7 @@ def resolve_image(
             entrypoint=(),
             default_args=("redis-server",),
             working_dir="/data",
+            program_for_flags="redis-server",
         )
     if name == "python":
         return ImageSpec(
@@ -196,7 +200,10 @@ def container_argv(spec: ImageSpec, command: Sequence[str] | None, args: Sequenc
     default args."""
     if command:
         return [*command, *(args or [])]
-    return [*spec.entrypoint, *(args if args else spec.default_args)]
+    argv = [*spec.entrypoint, *(args if args else spec.default_args)]
+    if spec.program_for_flags and argv and (argv[0].startswith("-") or argv[0].endswith(".conf")):
+        argv.insert(0, spec.program_for_flags)
+    return argv
 
 
 def complete_redis_args(args: Sequence[str], pod_ip: str, container_ports: Sequence[int]) -> list[str]:
@@ -213,3 +220,15 @@ def complete_redis_args(args: Sequence[str], pod_ip: str, container_ports: Seque
         completed += ["--port", str(port)]
     completed += ["--bind", pod_ip, "--daemonize", "no"]
     return completed
+
+
+def complete_redis_cli_args(args: Sequence[str], pod_ip: str, container_ports: Sequence[int]) -> list[str]:
+    """redis-cli's arguments (without the program) aimed at the pod's own server: ``-h <pod IP>``
+    unless a host or URL is given, ``-p <first declared port>`` unless a port is given."""
+    completed = list(args)
+    prefix: list[str] = []
+    if not {"-h", "-u", "-s"} & set(completed):
+        prefix += ["-h", pod_ip]
+    if "-p" not in completed and "-u" not in completed and container_ports:
+        prefix += ["-p", str(container_ports[0])]
+    return prefix + completed

@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import http.client
 import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -494,6 +496,7 @@ class ProbeState:
     passed: bool = False
     future: Future[tuple[bool, str]] | None = None
     last_message: str = ""
+    fixed_failure: str = ""
 
 
 @dataclass
@@ -1467,7 +1470,7 @@ class Kubelet:
             container.name,
             popen.pid,
             runtime.pod_ip,
-            " ".join(argv),
+            shlex.join(argv)[:500],
         )
         self._event(
             runtime.pod,
@@ -1569,7 +1572,24 @@ class Kubelet:
             container.last_error = exc.message
 
         def state(plan: podspec.ProbePlan | None) -> ProbeState | None:
-            return ProbeState(plan=plan, next_at=now + plan.initial_delay) if plan else None
+            if plan is None:
+                return None
+            probe = ProbeState(plan=plan, next_at=now + plan.initial_delay)
+            if plan.kind == "exec" and container.image_spec is not None:
+                # As the real kubelet does, exec commands are $(VAR)-expanded with the environment.
+                command = [podspec.expand(arg, container.env) for arg in plan.command]
+                try:
+                    argv = podspec.local_argv(
+                        command,
+                        spec,
+                        container.image_spec,
+                        pod_ip=runtime.pod_ip,
+                        root=container.env.get("DEVCLUSTER_ROOT", ""),
+                    )
+                    probe.plan = dataclasses.replace(plan, command=tuple(argv))
+                except podspec.PodSpecError as exc:
+                    probe.fixed_failure = exc.message
+            return probe
 
         container.readiness = state(plans["readiness"])
         container.liveness = state(plans["liveness"])
@@ -1643,9 +1663,11 @@ class Kubelet:
                     return False
             return None
         if now >= probe.next_at:
-            probe.future = self.probes.submit(
-                run_probe, probe.plan, container.env, container.cwd, container.image_spec
-            )
+            if probe.fixed_failure:
+                probe.future = Future()
+                probe.future.set_result((False, probe.fixed_failure))
+            else:
+                probe.future = self.probes.submit(run_probe, probe.plan, container.env, container.cwd)
         return None
 
     def _kill_for_probe(
@@ -1861,10 +1883,9 @@ def prepare_root(root: Path, links: Iterable[podspec.MountLink], working_dir: st
 # --- probes ---------------------------------------------------------------------------------------
 
 
-def run_probe(
-    plan: podspec.ProbePlan, env: Mapping[str, str], cwd: str, image_spec: images.ImageSpec | None
-) -> tuple[bool, str]:
-    """Run one probe attempt (in a probe worker thread); returns (success, message)."""
+def run_probe(plan: podspec.ProbePlan, env: Mapping[str, str], cwd: str) -> tuple[bool, str]:
+    """Run one probe attempt (in a probe worker thread); returns (success, message). An exec
+    probe's command is already a local command line."""
     if plan.kind == "tcp":
         if _port_open(plan.host, plan.port, plan.timeout):
             return True, ""
@@ -1893,11 +1914,6 @@ def run_probe(
         finally:
             connection.close()
     argv = list(plan.command)
-    if image_spec is not None:
-        try:
-            argv[0] = image_spec.program_path(argv[0])
-        except images.ProgramNotFoundError as exc:
-            return False, str(exc)
     try:
         process = subprocess.Popen(
             argv,

@@ -506,16 +506,27 @@ def build_command(
             REASON_RUN_ERROR,
             f"container {container.get('name')!r}: no command and image {spec.image!r} has no default",
         )
+    return local_argv(argv, container, spec, pod_ip=pod_ip, root=root)
+
+
+def local_argv(
+    argv: Sequence[str], container: Obj, spec: images.ImageSpec, *, pod_ip: str, root: str
+) -> list[str]:
+    """An in-image command line (container command or exec probe) as a local one: the program
+    mapped to its executable; redis-server's arguments completed for the pod's address and redis-cli
+    pointed at it (inside a real pod, 127.0.0.1 is the pod itself; here it is the host)."""
     try:
         program = spec.program_path(argv[0])
     except images.ProgramNotFoundError as exc:
         raise PodSpecError(exc.reason, f"container {container.get('name')!r}: {exc}") from None
-    rest = argv[1:]
+    rest = list(argv[1:])
     if program == images.REDIS_SERVER:
         # A config file is the first argument; the process cannot see the container's mount paths.
         if rest and rest[0].startswith("/"):
             rest[0] = root.rstrip("/") + rest[0]
         rest = images.complete_redis_args(rest, pod_ip, container_ports(container))
+    elif program == images.REDIS_CLI:
+        rest = images.complete_redis_cli_args(rest, pod_ip, container_ports(container))
     return [program, *rest]
 
 
