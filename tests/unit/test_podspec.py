@@ -112,7 +112,8 @@ def test_env_order_expansion_and_precedence() -> None:
     assert env["token"] == "t0k"
     assert env["EMPTY"] == ""
     assert "CFG_bad key" in env  # relaxed names: printable ASCII without '='
-    assert list(env)[:2] == ["CFG_PORT", "CFG_MODE"] or "CFG_PORT" in env
+    # envFrom first, in source order; env entries after (a redefinition keeps its first position).
+    assert list(env)[:6] == ["CFG_PORT", "CFG_MODE", "CFG_bad key", "CFG_blob", "password", "token"]
 
 
 def test_env_from_skips_invalid_names() -> None:
@@ -883,4 +884,5 @@ def test_pod_addresses_are_distinct_across_kubelets_and_kept_across_restarts(tmp
     restarted.release("uid-2")
     restarted.keep_only({"uid-9"})
     assert restarted.assigned == {}
-    assert second.allocate("uid-4") not in {b1}
+    # The released addresses are free again, for any kubelet on the machine.
+    assert second.allocate("uid-4") in {a1, a2}
