@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -588,17 +589,17 @@ def plan_volume(
     source = volume.get(kind) or {}
     if kind in ("configMap", "secret"):
         default_mode = int(source.get("defaultMode", DEFAULT_FILE_MODE))
-        files = _object_files(kind, source, namespace, lookup, default_mode, where)
+        object_files = _object_files(kind, source, namespace, lookup, default_mode, where)
         ref = (
             ("ConfigMap", source.get("name", ""))
             if kind == "configMap"
             else ("Secret", source.get("secretName", ""))
         )
-        return VolumeContent(name=name, kind="files", files=tuple(files), sources=(ref,))
+        return VolumeContent(name=name, kind="files", files=tuple(object_files), sources=(ref,))
     if kind == "downwardAPI":
         default_mode = int(source.get("defaultMode", DEFAULT_FILE_MODE))
-        files = _downward_files(pod, source.get("items") or [], default_mode, where, node_allocatable)
-        return VolumeContent(name=name, kind="files", files=tuple(files))
+        downward = _downward_files(pod, source.get("items") or [], default_mode, where, node_allocatable)
+        return VolumeContent(name=name, kind="files", files=tuple(downward))
     if kind == "projected":
         default_mode = int(source.get("defaultMode", DEFAULT_FILE_MODE))
         files: list[ProjectedFile] = []
@@ -857,42 +858,42 @@ def plan_probe(probe: Obj | None, container: Obj, pod_ip: str, kind: str = "read
     if not probe:
         return None
     where = f"container {container.get('name')!r}: {kind}Probe"
-    timing = {
-        "initial_delay": float(probe.get("initialDelaySeconds") or 0),
-        "period": float(probe.get("periodSeconds") or 10),
-        "timeout": float(probe.get("timeoutSeconds") or 1),
-        "success_threshold": int(probe.get("successThreshold") or 1),
-        "failure_threshold": int(probe.get("failureThreshold") or 3),
-        "termination_grace": (
+    timing = ProbePlan(
+        kind="tcp",
+        initial_delay=float(probe.get("initialDelaySeconds") or 0),
+        period=float(probe.get("periodSeconds") or 10),
+        timeout=float(probe.get("timeoutSeconds") or 1),
+        success_threshold=int(probe.get("successThreshold") or 1),
+        failure_threshold=int(probe.get("failureThreshold") or 3),
+        termination_grace=(
             float(probe["terminationGracePeriodSeconds"])
             if probe.get("terminationGracePeriodSeconds") is not None
             else None
         ),
-    }
+    )
     if "httpGet" in probe:
         http = probe["httpGet"] or {}
-        return ProbePlan(
+        return dataclasses.replace(
+            timing,
             kind="http",
             host=http.get("host") or pod_ip,
             port=_resolve_port(http.get("port"), container, where),
             path=http.get("path") or "/",
             scheme=(http.get("scheme") or "HTTP").upper(),
             headers=tuple((h.get("name", ""), h.get("value", "")) for h in http.get("httpHeaders") or []),
-            **timing,
         )
     if "tcpSocket" in probe:
         tcp = probe["tcpSocket"] or {}
-        return ProbePlan(
-            kind="tcp",
+        return dataclasses.replace(
+            timing,
             host=tcp.get("host") or pod_ip,
             port=_resolve_port(tcp.get("port"), container, where),
-            **timing,
         )
     if "exec" in probe:
         command = tuple(str(a) for a in (probe["exec"] or {}).get("command") or [])
         if not command:
             raise PodSpecError(REASON_CONFIG_ERROR, f"{where}: exec.command is empty")
-        return ProbePlan(kind="exec", command=command, **timing)
+        return dataclasses.replace(timing, kind="exec", command=command)
     raise PodSpecError(
         REASON_CONFIG_ERROR,
         f"{where}: handler {sorted(k for k in probe if isinstance(probe[k], dict))} "
@@ -1008,7 +1009,7 @@ def pod_conditions(
         if ((s.get("state") or {}).get("terminated") or {}).get("exitCode", 1) != 0
     ]
     initialized = not incomplete or terminal
-    unready = [s.get("name") for s in statuses if not s.get("ready")]
+    unready = [str(s.get("name")) for s in statuses if not s.get("ready")]
     gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
     gates_unready = [g for g in gates if (previous.get(g) or {}).get("status") != "True"]
     containers_ready = not unready and not terminal
