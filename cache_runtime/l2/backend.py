@@ -149,6 +149,7 @@ class RedisL2:
         "_round_trips",
         "_rtt_samples",
         "_secrets",
+        "_sentinel_failovers",
         "_settings",
         "_short_circuited",
         "_tasks",
@@ -186,6 +187,7 @@ class RedisL2:
         self._last_error: dict[str, Any] | None = None
         self._short_circuited = 0
         self._probes_started = 0
+        self._sentinel_failovers = 0
         self._coalesced_batches = 0
         self._coalesced_keys = 0
         self._round_trips = 0
@@ -214,6 +216,34 @@ class RedisL2:
         self._clients = clients
         self._client = clients.client
         self._release_script = clients.client.register_script(_RELEASE_LEASE_LUA)
+        if clients.kind == "sentinel":
+            self._spawn(self._watch_sentinel_master(clients))
+
+    async def _watch_sentinel_master(self, clients: RedisClients) -> None:
+        """Drop every connection when Sentinel names a new master (the old one may still accept writes)."""
+        sentinel, pool = clients.sentinel, clients.pool
+        service = self._settings.sentinel_master or (clients.parsed.service_name if clients.parsed else None)
+        if sentinel is None or pool is None or service is None:
+            return
+        known: Any = None
+        while self._clients is clients:
+            await asyncio.sleep(self._settings.sentinel_check_interval_s)
+            try:
+                address = await sentinel.discover_master(service)
+            except Exception:  # sentinels unreachable: the data path reports its own errors
+                continue
+            if known is not None and address != known:
+                logger.warning(
+                    "redis sentinel service %r moved from %s:%s to %s:%s; reconnecting",
+                    service,
+                    *known,
+                    *address,
+                )
+                self._sentinel_failovers += 1
+                # In-use connections too: a command on the demoted master would succeed and be lost.
+                with contextlib.suppress(Exception):
+                    await pool.disconnect(inuse_connections=True)
+            known = address
 
     async def close(self) -> None:
         """Stop listeners, answer pending coalesced gets with None, close every connection."""
@@ -765,7 +795,7 @@ class RedisL2:
     def stats(self) -> dict[str, Any]:
         """A plain snapshot of counters (cheap; read at scrape/diagnosis time, not on the hot path).
 
-        Keys: available, deployment, url (password masked),
+        Keys: available, deployment, url (password masked), sentinel_failovers_seen,
         breaker{state, opened_total, consecutive_failures, seconds_until_half_open, probes_started},
         ops{op: calls}, short_circuited, errors{kind: count}, errors_total, errors_by_op{op: count},
         last_errors{kind: {kind, op, at, message}}, last_error, coalesced_batches, coalesced_keys,
@@ -807,6 +837,7 @@ class RedisL2:
                 "seconds_until_half_open": breaker.seconds_until_half_open(),
                 "probes_started": self._probes_started,
             },
+            "sentinel_failovers_seen": self._sentinel_failovers,
             "ops": dict(self._ops),
             "short_circuited": self._short_circuited,
             "errors": dict(self._errors),

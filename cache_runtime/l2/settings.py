@@ -90,6 +90,9 @@ class RedisSettings:
     sentinel_master: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    #: How often the master address is re-read from Sentinel. redis-py only asks on new connections,
+    #: so pooled connections would keep writing to a demoted master until it turns read-only.
+    sentinel_check_interval_s: float = 1.0
     #: Treat a plain redis:// URL as a cluster seed node (same as redis+cluster://).
     cluster: bool = False
     # Circuit breaker
@@ -136,6 +139,7 @@ class RedisSettings:
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "sentinel_master", "sentinel_username"):
             _check_optional_text(name, getattr(self, name))
         _check_optional_text("sentinel_password", self.sentinel_password, secret=True)
+        _check_number("sentinel_check_interval_s", self.sentinel_check_interval_s, 0.05, 3600)
         for name in ("tls_verify", "tls_check_hostname", "cluster"):
             if not isinstance(getattr(self, name), bool):
                 raise RedisSettingsError(f"redis.{name}", getattr(self, name), "true or false")

@@ -49,6 +49,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 @dataclass
 class TlsMaterial:
     """Paths of generated PEM files."""
@@ -73,6 +88,8 @@ class RedisProcess:
     password: str | None = None
     tls: TlsMaterial | None = None
     host: str = "127.0.0.1"
+    #: (service name, master host, master port): run as a Sentinel monitoring that master.
+    sentinel_monitor: tuple[str, str, int] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path = field(init=False)
 
@@ -94,7 +111,20 @@ class RedisProcess:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _sentinel_argv(self, service: str, master_host: str, master_port: int) -> list[str]:
+        config = self.directory / f"sentinel-{self.port}.conf"
+        if not config.exists():  # a restart keeps what Sentinel learned (it rewrites this file)
+            config.write_text(
+                f"port {self.port}\nbind {self.host}\ndir {self.directory}\nlogfile {self.log_path}\n"
+                f"protected-mode no\nsentinel monitor {service} {master_host} {master_port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 5000\n"
+            )
+        return [REDIS_SERVER, str(config), "--sentinel", *self.extra_args]
+
     def _argv(self) -> list[str]:
+        if self.sentinel_monitor is not None:
+            return self._sentinel_argv(*self.sentinel_monitor)
         argv = [
             REDIS_SERVER,
             "--bind",
@@ -151,7 +181,8 @@ class RedisProcess:
             if self.log_path.exists():
                 with self.log_path.open("rb") as handle:
                     handle.seek(offset)
-                    if b"Ready to accept connections" in handle.read():
+                    marker = b"+monitor master" if self.sentinel_monitor else b"Ready to accept connections"
+                    if marker in handle.read():
                         return self
             time.sleep(0.01)
         self.stop()
@@ -245,6 +276,48 @@ class RedisFactory:
         )
         self._servers.append(server)
         return server.start()
+
+    def start_sentinel(self, master: RedisProcess, service: str = "mymaster") -> RedisProcess:
+        """Start a Sentinel (quorum 1) monitoring ``master`` under ``service``."""
+        directory = self._base / f"sentinel-{len(self._servers)}"
+        directory.mkdir(parents=True, exist_ok=True)
+        sentinel = RedisProcess(
+            directory=directory, port=free_port(), sentinel_monitor=(service, master.host, master.port)
+        )
+        self._servers.append(sentinel)
+        return sentinel.start()
+
+    def start_cluster(self, primaries: int = 3) -> list[RedisProcess]:
+        """Start a Redis Cluster of ``primaries`` nodes (no replicas), slots split evenly; wait until ok."""
+        nodes = []
+        for _ in range(primaries):
+            port = free_cluster_port()
+            nodes.append(
+                self.start(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    port=port,
+                )
+            )
+        per_node = 16384 // primaries
+        for index, node in enumerate(nodes):
+            first = index * per_node
+            last = 16383 if index == primaries - 1 else first + per_node - 1
+            node.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for node in nodes[1:]:
+            node.command("CLUSTER", "MEET", nodes[0].host, nodes[0].port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [node.command("CLUSTER", "INFO").decode() for node in nodes]
+            known = f"cluster_known_nodes:{primaries}"
+            if all("cluster_state:ok" in state and known in state for state in states):
+                return nodes
+            time.sleep(0.05)
+        raise RuntimeError(f"cluster not ok within 20 s: {states}")
 
     def close(self) -> None:
         """Kill every server this factory started (resuming paused ones first)."""
