@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
@@ -102,7 +102,11 @@ def summarize_memory_info(nodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     summary: dict[str, Any] = {"nodes": len(nodes)}
     for name in (*_MEMORY_FIELDS, *_STATS_FIELDS):
-        values = [node.get(name) for node in nodes if isinstance(node.get(name), (int, float))]
+        values: list[float] = [
+            node[name]
+            for node in nodes
+            if isinstance(node.get(name), (int, float)) and not isinstance(node[name], bool)
+        ]
         if name == "mem_fragmentation_ratio":
             summary[name] = max(values) if values else None
         else:
@@ -131,6 +135,7 @@ class RedisL2:
         "_breaker",
         "_client",
         "_clients",
+        "_clock",
         "_closed",
         "_coalesced_batches",
         "_coalesced_keys",
@@ -160,14 +165,8 @@ class RedisL2:
         if not isinstance(settings, RedisSettings):
             raise TypeError(f"settings: expected RedisSettings, got {type(settings).__name__}")
         self._settings = settings
-        self._breaker = CircuitBreaker(
-            settings.breaker_failure_threshold,
-            settings.breaker_open_seconds,
-            settings.breaker_half_open_probes,
-            probe_timeout_s=_probe_timeout(settings),
-            clock=clock,
-            on_transition=self._on_breaker_transition,
-        )
+        self._clock = clock
+        self._breaker = self._new_breaker(settings)
         self._clients: RedisClients | None = None
         self._client: Any = None
         self._release_script: Any = None
@@ -196,6 +195,16 @@ class RedisL2:
         self._rtt_samples: deque[float] = deque(maxlen=64)
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _new_breaker(self, settings: RedisSettings) -> CircuitBreaker:
+        return CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_open_seconds,
+            settings.breaker_half_open_probes,
+            probe_timeout_s=_probe_timeout(settings),
+            clock=self._clock,
+            on_transition=self._on_breaker_transition,
+        )
 
     @staticmethod
     def _secrets_of(settings: RedisSettings) -> tuple[str | None, ...]:
@@ -281,13 +290,8 @@ class RedisL2:
             self._settings = settings
             self._secrets = self._secrets_of(settings)
             self._url_masked = mask_url(settings.url)
-            self._breaker = CircuitBreaker(
-                settings.breaker_failure_threshold,
-                settings.breaker_open_seconds,
-                settings.breaker_half_open_probes,
-                probe_timeout_s=_probe_timeout(settings),
-                on_transition=self._on_breaker_transition,
-            )
+            self._breaker = self._new_breaker(settings)
+        self._loop = asyncio.get_running_loop()
         old = self._clients
         self._install(build_clients(self._settings))
         self._closed = False
@@ -306,8 +310,8 @@ class RedisL2:
 
     @property
     def available(self) -> bool:
-        """True when calls go to Redis (started, and the breaker is not open)."""
-        return self._client is not None and self._breaker.state is not BreakerState.OPEN
+        """True when calls go to Redis: started, and the breaker closed (not open, not probing)."""
+        return self._client is not None and self._breaker.state is BreakerState.CLOSED
 
     @property
     def breaker_state(self) -> BreakerState:
@@ -401,13 +405,12 @@ class RedisL2:
         else:
             self._breaker.record_success()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
-            if asyncio.iscoroutine(coro):
-                coro.close()
+            coro.close()
             return
-        task = loop.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
