@@ -742,6 +742,12 @@ class RedisL2:
         self._listeners.append(listener)
         return listener
 
+    async def unsubscribe(self, listener: CoherenceListener) -> None:
+        """Stop a listener returned by subscribe() and forget it (stats no longer count it)."""
+        await listener.stop()
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # ------------------------------------------------------------------ diagnostics
 
     async def ping(self) -> float | None:

@@ -225,3 +225,15 @@ async def test_stamped_messages_measure_the_lag(redis_url: str) -> None:
         assert await eventually(lambda: len(lags) == 20)
         assert payloads == [f"k{i}".encode() for i in range(20)]
         assert all(lag >= 0 for lag in lags)
+
+
+async def test_unsubscribe_stops_and_forgets_one_listener(redis_server: RedisProcess, redis_url: str) -> None:
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings_for(redis_url, 2)) as l2:
+        kept = l2.subscribe("cw:kept", lambda _: None, lambda: None)
+        dropped = l2.subscribe(CHANNEL, lambda _: None, lambda: None)
+        assert await kept.wait_subscribed(5) and await dropped.wait_subscribed(5)
+        assert l2.stats()["coherence"]["listeners"] == 2
+        await l2.unsubscribe(dropped)
+        assert l2.stats()["coherence"]["listeners"] == 1
+        assert await eventually(lambda: redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 0)
+        assert redis_server.command("PUBSUB", "NUMSUB", "cw:kept")[1] == 1
