@@ -11,7 +11,7 @@ import pytest
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
 
 if TYPE_CHECKING:
-    from conftest import RedisFactory, RedisProcess
+    from conftest import Blackhole, RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +237,15 @@ async def test_unsubscribe_stops_and_forgets_one_listener(redis_server: RedisPro
         assert l2.stats()["coherence"]["listeners"] == 1
         assert await eventually(lambda: redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 0)
         assert redis_server.command("PUBSUB", "NUMSUB", "cw:kept")[1] == 1
+
+
+async def test_a_listener_on_a_blackhole_keeps_retrying_without_hanging(blackhole: Blackhole) -> None:
+    recorder = Recorder()
+    settings = settings_for(blackhole.url, 2, socket_timeout_s=0.1)
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings) as l2:
+        listener = l2.subscribe(CHANNEL, recorder.on_message, recorder.on_reset)
+        assert await eventually(lambda: listener.stats()["reconnects"] >= 2)
+        assert not listener.connected
+        assert listener.stats()["errors"].get("timeout", 0) >= 2
+        assert recorder.events == []
+    assert not listener.connected  # close() stopped it
