@@ -31,8 +31,11 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import fcntl
 import http.client
+import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -52,10 +55,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import urllib3
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
@@ -698,6 +705,7 @@ class Kubelet:
         self.api_host = parsed.hostname or HOST_IP
         self.api_port = parsed.port or 443
         self.cluster_id = os.environ.get(CLUSTER_ID_ENV, "")
+        self.server: KubeletServer | None = None
 
     # ---- lifecycle
 
@@ -707,6 +715,8 @@ class Kubelet:
         killed = kill_leftover_processes(self.run_dir)
         if killed:
             log.info("killed %d container processes left by a previous kubelet: %s", len(killed), killed)
+        self.server = KubeletServer(self)
+        self.server.start()
         self._read_version()
         self._register_node()
         informers = self._start_informers()
@@ -757,6 +767,8 @@ class Kubelet:
                     container.popen.wait(timeout=2)
         self._save_processes()
         self.probes.shutdown(wait=False, cancel_futures=True)
+        if self.server is not None:
+            self.server.stop()
         with contextlib.suppress(Exception):
             self._patch_node_status(ready=False, timeout=2.0)
         with contextlib.suppress(FileNotFoundError):
@@ -821,11 +833,10 @@ class Kubelet:
                     else "devcluster process kubelet stopped",
                 ),
             ],
-            "addresses": [
-                {"type": "InternalIP", "address": HOST_IP},
-                {"type": "Hostname", "address": self.node_name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            # No Hostname address: the API server prefers it for reaching the kubelet (kubectl logs)
+            # and the node name does not resolve.
+            "addresses": [{"type": "InternalIP", "address": HOST_IP}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.server.port if self.server else 0}},
             "nodeInfo": {
                 "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name).hex,
                 "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name)),
@@ -884,11 +895,14 @@ class Kubelet:
         self._renew_lease()
 
     def _patch_node_status(self, ready: bool, timeout: float = 10.0) -> None:
+        status = self._node_status(ready)
+        # A node registered by an older kubelet may carry a Hostname address; addresses merge by type.
+        status["addresses"] = [*status["addresses"], {"type": "Hostname", "$patch": "delete"}]
         try:
             self.api.request(
                 "PATCH",
                 f"/api/v1/nodes/{self.node_name}/status",
-                body={"status": self._node_status(ready)},
+                body={"status": status},
                 content_type="application/strategic-merge-patch+json",
                 timeout=timeout,
             )
@@ -1754,6 +1768,54 @@ class Kubelet:
         # Volumes hold secrets and tokens; logs stay (they are what one reads after a failure).
         shutil.rmtree(runtime.dir, ignore_errors=True)
 
+    # ---- logs
+
+    def container_log(
+        self, namespace: str, pod: str, container: str, previous: bool
+    ) -> tuple[Path, Callable[[], bool]] | str:
+        """The log file of a container run (the current one, or the one before with ``previous``)
+        and a function telling whether that run still writes to it; or an error message."""
+        runtime = next(
+            (r for r in list(self.runtimes.values()) if r.namespace == namespace and r.name == pod), None
+        )
+        if runtime is not None:
+            log_dir = runtime.log_dir
+            found = next((c for c in runtime.containers if c.name == container), None)
+            if found is None:
+                names = ", ".join(c.name for c in runtime.containers)
+                return f"container {container} is not valid for pod {pod} (its containers: {names})"
+            current = found
+            run = current.restart_count
+
+            def live() -> bool:
+                return (
+                    current.popen is not None
+                    and current.restart_count == run
+                    and not self.stop_event.is_set()
+                )
+
+        else:
+            candidates = sorted(
+                (self.run_dir / "logs").glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime
+            )
+            if not candidates:
+                return f"pod {namespace}/{pod} has no logs on node {self.node_name}"
+            log_dir = candidates[-1]
+            runs = sorted(int(p.stem) for p in (log_dir / container).glob("*.log") if p.stem.isdigit())
+            if not runs:
+                return f"container {container} of pod {namespace}/{pod} has no logs"
+            run = runs[-1]
+
+            def live() -> bool:
+                return False
+
+        if previous:
+            path = log_dir / container / f"{run - 1}.log"
+            if run == 0 or not path.exists():
+                return f'previous terminated container "{container}" in pod "{pod}" not found'
+            return path, lambda: False
+        return log_dir / container / f"{run}.log", live
+
     # ---- status
 
     def _write_status(self, runtime: PodRuntime) -> None:
@@ -1822,6 +1884,167 @@ class Kubelet:
             if c.popen is not None
         ]
         _write_atomic(self.run_dir / "processes.json", json.dumps(records, indent=1).encode(), 0o644)
+
+
+# --- the kubelet API (logs only) -----------------------------------------------------------------
+
+
+def serving_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (created once per run directory). The API server does
+    not verify kubelet certificates unless given ``--kubelet-certificate-authority``."""
+    cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devcluster-kubelet")])
+    now = datetime.datetime.now(datetime.UTC)
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST_IP))]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_atomic(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert_path, key_path
+
+
+LOG_READ_LIMIT = 8 * 1024 * 1024
+FOLLOW_POLL_SECONDS = 0.2
+
+
+class KubeletServer:
+    """The slice of the kubelet API the API server proxies to: ``/containerLogs/<ns>/<pod>/<c>``
+    (so ``kubectl logs [-f] [--previous] [--tail N]`` works) and ``/healthz``, over HTTPS on
+    127.0.0.1 at a free port (published as the Node's kubeletEndpoint). exec, attach and
+    port-forward are not served. Read-only, loopback only, like every other devcluster port."""
+
+    def __init__(self, kubelet: Kubelet) -> None:
+        self.kubelet = kubelet
+        cert, key = serving_certificate(kubelet.run_dir / "serving")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("kubelet API: " + format, *args)
+
+        self.httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
+        self.httpd.daemon_threads = True
+        # The handshake happens in the request's own thread, not in the accept loop.
+        self.httpd.socket = context.wrap_socket(
+            self.httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
+        self.port = int(self.httpd.server_address[1])
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        threading.Thread(target=self.httpd.serve_forever, name="kubelet-api", daemon=True).start()
+        log.info("kubelet API (logs) on https://%s:%d", HOST_IP, self.port)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def handle(self, request: Any) -> None:
+        """Answer one GET."""
+        url = urlparse(request.path)
+        parts = [p for p in url.path.split("/") if p]
+        if parts in (["healthz"], ["readyz"], ["livez"]):
+            self._reply(request, 200, "ok")
+            return
+        if len(parts) != 4 or parts[0] != "containerLogs" or any(p.startswith(".") for p in parts):
+            self._reply(
+                request, 404, f"{url.path} is not served by the devcluster kubelet (only /containerLogs)"
+            )
+            return
+        _, namespace, pod, container = parts
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            tail = int(query["tailLines"]) if "tailLines" in query else None
+            limit = int(query["limitBytes"]) if "limitBytes" in query else None
+        except ValueError:
+            self._reply(request, 400, "tailLines and limitBytes must be integers")
+            return
+        found = self.kubelet.container_log(namespace, pod, container, query.get("previous") == "true")
+        if isinstance(found, str):
+            self._reply(request, 404, found)
+            return
+        path, live = found
+        request.send_response(200)
+        request.send_header("Content-Type", "text/plain; charset=utf-8")
+        request.end_headers()
+        try:
+            offset = self._send_existing(request, path, tail, limit)
+            if query.get("follow") == "true":
+                self._follow(request, path, offset, live)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+
+    @staticmethod
+    def _reply(request: Any, status: int, text: str) -> None:
+        body = (text + "\n").encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "text/plain; charset=utf-8")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    @staticmethod
+    def _send_existing(request: Any, path: Path, tail: int | None, limit: int | None) -> int:
+        try:
+            with path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - LOG_READ_LIMIT))
+                data = handle.read()
+        except FileNotFoundError:
+            return 0
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail > 0 else b""
+        if limit is not None:
+            data = data[:limit]
+        request.wfile.write(data)
+        request.wfile.flush()
+        return size
+
+    def _follow(self, request: Any, path: Path, offset: int, live: Callable[[], bool]) -> None:
+        # Until the container run ends (or the kubelet stops, or the client goes away): bounded.
+        while True:
+            running = live()
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read(1024 * 1024)
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                request.wfile.write(chunk)
+                request.wfile.flush()
+                continue
+            if not running:
+                return
+            time.sleep(FOLLOW_POLL_SECONDS)
 
 
 # --- files ----------------------------------------------------------------------------------------

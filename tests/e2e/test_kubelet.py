@@ -153,6 +153,9 @@ def test_deployment_replicas_serve_http_on_their_own_addresses(
         with urllib.request.urlopen(f"http://{address}:8080/", timeout=10) as response:
             assert response.status == 200
         assert f"Serving HTTP on {address} port 8080" in container_log(dev_cluster, pod, "web")
+        # kubectl logs goes API server -> the kubelet's log endpoint.
+        logs = kube.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
+        assert f"Serving HTTP on {address} port 8080" in logs
 
 
 def test_env_resolution_waits_for_a_missing_key_then_starts(
@@ -465,6 +468,7 @@ def test_crashing_container_restarts_with_back_off(
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert status["lastState"]["terminated"]["reason"] == "Error"
     assert pod["status"]["phase"] == "Running"  # restartPolicy Always: restarting, not failed
+    assert kube.kubectl("logs", "-n", namespace, "crash", "--previous").stdout == "bye\n"
     assert "bye" in container_log(dev_cluster, pod, "main", restart=0)
 
 
@@ -537,7 +541,24 @@ def test_redis_image_runs_debians_redis_on_the_pod_address(
 
 
 def test_failed_container_fails_the_pod(dev_cluster: Cluster, kube: KubeTools, namespace: str) -> None:
-    apply(kube, namespace, python_pod("once", "raise SystemExit(7)", restartPolicy="Never"))
+    program = """
+        import time
+        for n in range(3):
+            print(f"line {n}", flush=True)
+            time.sleep(0.5)
+        raise SystemExit(7)
+    """
+    apply(kube, namespace, python_pod("once", program, restartPolicy="Never"))
+    wait_pod(
+        dev_cluster,
+        namespace,
+        "once",
+        lambda p: container_status(p).get("state", {}).get("running"),
+        "running",
+    )
+    # Following ends when the container does, with everything it wrote.
+    followed = kube.kubectl("logs", "-f", "-n", namespace, "once", timeout=TIMEOUT).stdout
+    assert followed == "line 0\nline 1\nline 2\n"
     pod = wait_pod(dev_cluster, namespace, "once", lambda p: p["status"].get("phase") == "Failed", "Failed")
     assert container_status(pod)["state"]["terminated"]["exitCode"] == 7
     assert container_status(pod)["restartCount"] == 0
