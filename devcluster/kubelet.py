@@ -1551,6 +1551,10 @@ class Kubelet:
             "LANG": "C.UTF-8",
             "TMPDIR": str(root / "tmp"),
         }
+        if os.environ.get("PYTHONPATH"):
+            # The cluster runs the kubelet from a checkout (PYTHONPATH); pods running our image or
+            # `python` then import that same code.
+            base["PYTHONPATH"] = os.environ["PYTHONPATH"]
         # Platform facts of the devcluster override the manifest: a process must bind its own pod
         # address (0.0.0.0 would collide with every other pod) and find its mounts under its root.
         forced = {

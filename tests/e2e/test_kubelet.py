@@ -564,3 +564,98 @@ def test_failed_container_fails_the_pod(dev_cluster: Cluster, kube: KubeTools, n
     assert container_status(pod)["restartCount"] == 0
     ready = {c["type"]: c for c in pod["status"]["conditions"]}["Ready"]
     assert ready["status"] == "False" and ready["reason"] == "PodCompleted"
+
+
+def test_init_container_runs_first_and_shares_an_empty_dir(
+    dev_cluster: Cluster, kube: KubeTools, namespace: str
+) -> None:
+    init = """
+        import os, pathlib
+        (pathlib.Path(os.environ["DEVCLUSTER_MOUNT_WORK"]) / "prepared").write_text("by init")
+    """
+    main = """
+        import os, pathlib, time
+        prepared = pathlib.Path(os.environ["DEVCLUSTER_MOUNT_WORK"]) / "prepared"
+        print("MAIN SAW " + prepared.read_text(), flush=True)
+        time.sleep(300)
+    """
+    mount = [{"name": "work", "mountPath": "/work"}]
+    pod = python_pod(
+        "staged",
+        main,
+        container={"volumeMounts": mount},
+        volumes=[{"name": "work", "emptyDir": {}}],
+        initContainers=[
+            {
+                "name": "prepare",
+                "image": "python",
+                "command": ["python", "-c", textwrap.dedent(init)],
+                "volumeMounts": mount,
+            }
+        ],
+    )
+    apply(kube, namespace, pod)
+    ready = wait_pod(dev_cluster, namespace, "staged", is_ready, "Ready")
+    init_status = ready["status"]["initContainerStatuses"][0]
+    assert init_status["state"]["terminated"]["exitCode"] == 0
+    conditions = {c["type"]: c["status"] for c in ready["status"]["conditions"]}
+    assert conditions["Initialized"] == "True"
+    wait_for(
+        lambda: "MAIN SAW by init" in container_log(dev_cluster, ready, "main"), TIMEOUT, "main read the file"
+    )
+
+
+def test_without_a_probe_ready_means_listening_on_the_declared_port(
+    dev_cluster: Cluster, kube: KubeTools, namespace: str
+) -> None:
+    # The server listens only once the test opens a gate file in the pod's emptyDir, so "not Ready
+    # while running" is observed without any timing assumption.
+    program = """
+        import http.server, os, pathlib, time
+        gate = pathlib.Path(os.environ["DEVCLUSTER_MOUNT_GATE"]) / "open"
+        print("waiting for the gate", flush=True)
+        for _ in range(3000):
+            if gate.exists():
+                break
+            time.sleep(0.1)
+        handler = http.server.SimpleHTTPRequestHandler
+        http.server.HTTPServer((os.environ["DEVCLUSTER_POD_IP"], 8081), handler).serve_forever()
+    """
+    pod = python_pod(
+        "gated",
+        program,
+        volumes=[{"name": "gate", "emptyDir": {}}],
+        container={
+            "ports": [{"containerPort": 8081}],
+            "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
+        },
+    )
+    apply(kube, namespace, pod)
+    running = wait_pod(
+        dev_cluster,
+        namespace,
+        "gated",
+        lambda p: container_status(p).get("state", {}).get("running"),
+        "running",
+    )
+    wait_for(
+        lambda: "waiting for the gate" in container_log(dev_cluster, running, "main"),
+        TIMEOUT,
+        "the gate wait",
+    )
+    pod_now = get_pod(dev_cluster, namespace, "gated")
+    assert container_status(pod_now)["ready"] is False
+    assert not is_ready(pod_now)
+    meta = running["metadata"]
+    gate_dir = (
+        dev_cluster.run_dir
+        / "kubelet"
+        / "pods"
+        / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+        / "volumes"
+        / "gate"
+    )
+    (gate_dir / "open").write_text("")
+    ready = wait_pod(dev_cluster, namespace, "gated", is_ready, "Ready once listening")
+    with urllib.request.urlopen(f"http://{ready['status']['podIP']}:8081/", timeout=10) as response:
+        assert response.status == 200
