@@ -11,8 +11,11 @@ true (phase, conditions, container states, restart counts). The pure decisions l
 
 Threads: one informer each for Pods, ConfigMaps and Secrets (list, then watch with a server-side
 timeout and the last resourceVersion, re-list on 410 Gone), one heartbeat (Lease and Node status),
-a small pool that runs probes, and the reconciler in the main thread. Every loop is bounded by a
-timeout or the stop event.
+a small pool that runs probes, the HTTPS endpoint the API server proxies ``kubectl logs`` to, and the
+reconciler in the main thread. Every loop is bounded by a timeout or the stop event.
+
+docs/devcluster.md ("The process kubelet") describes what a pod's processes see and the conventions
+they follow (bind ``$DEVCLUSTER_POD_IP``; read mount path ``/x/y`` at ``$DEVCLUSTER_ROOT/x/y``).
 
 Run directory layout::
 
@@ -20,6 +23,7 @@ Run directory layout::
     kubelet.ready                       written once the Node is registered and the informers synced
     pod-ips.json                        pod uid -> 127.0.0.N (a kubelet restart keeps the addresses)
     processes.json                      pids of running containers (leftovers are killed at start)
+    serving/                            self-signed certificate of the log endpoint
     pods/<ns>_<pod>_<uid>/              per pod: volumes/<volume>/, rootfs/<container>/ (mount links),
                                         kubeconfig and cluster-ca.crt (pods with a ServiceAccount token)
     logs/<ns>_<pod>_<uid>/<container>/<restartCount>.log   stdout+stderr of each container run
