@@ -144,7 +144,11 @@ def write_state(run_dir: Path, state: ClusterState) -> None:
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory, so two `dev up`/`dev down` never interleave."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True)
+        os.chmod(run_dir, 0o700)
+        # Ours from the start: --purge/--fresh may delete it even if no cluster ever started in it.
+        (run_dir / MARKER_FILE).touch()
     with (run_dir / LOCK_FILE).open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,12 +161,29 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def claim_run_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` a devcluster run directory: create it, or adopt it if it is empty; refuse
+    a directory with foreign contents (it would later be deleted by --purge/--fresh)."""
+    if run_dir.exists() and not (run_dir / MARKER_FILE).is_file():
+        foreign = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_FILE)
+        if foreign:
+            raise ClusterError(
+                f"run directory {run_dir} already holds files devcluster did not create "
+                f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                "accepted: a new or empty directory"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    (run_dir / MARKER_FILE).touch()
+
+
 def remove_run_dir(run_dir: Path) -> None:
     """Delete a run directory, but only one that devcluster created (it carries the marker file):
     a mistyped CACHEWARDEN_DEV_DIR must never wipe someone's home."""
     if not run_dir.exists():
         return
-    if not (run_dir / MARKER_FILE).is_file():
+    leftovers = {entry.name for entry in run_dir.iterdir()}
+    if not (run_dir / MARKER_FILE).is_file() and not leftovers <= {LOCK_FILE}:
         raise ClusterError(
             f"refusing to delete {run_dir}: it has no {MARKER_FILE} marker, so devcluster did not create it"
         )
@@ -203,6 +224,7 @@ class Cluster:
             extra_args=self.extra_args,
             timeout_scale=timeout_scale,
             on_process_started=self._record_started,
+            after_apiserver_ready=self._launch_kubelet if self.with_kubelet else None,
         )
         self.kubelet: ManagedProcess | None = None
         self.started_at = 0.0
@@ -265,15 +287,13 @@ class Cluster:
         and :class:`ComponentStartError` names the component and shows its log tail."""
         self.started_at = time.time()
         began = time.monotonic()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
-        (self.run_dir / MARKER_FILE).touch()
+        claim_run_dir(self.run_dir)
         try:
             self.control_plane.start()
             if self.with_kubelet:
                 phase = time.monotonic()
-                self._start_kubelet()
-                self.control_plane.timings.record("kubelet-node-ready", phase)
+                self._wait_for_node()
+                self.control_plane.timings.record("node-ready", phase)
         except BaseException:
             self.stop()
             raise
@@ -282,7 +302,8 @@ class Cluster:
         self._phase = "running"
         write_state(self.run_dir, self.state())
 
-    def _start_kubelet(self) -> None:
+    def _launch_kubelet(self) -> None:
+        """Start the kubelet process (called once the API server is ready)."""
         if not kubelet_available():
             raise ComponentStartError("kubelet", f"module {KUBELET_MODULE} is not installed", None)
         env = dict(os.environ)
@@ -302,6 +323,10 @@ class Cluster:
                                       env=env, cwd=self.run_dir)
         self.kubelet.start()
         self._record_started(self.kubelet.record)  # type: ignore[arg-type]
+
+    def _wait_for_node(self) -> None:
+        if self.kubelet is None:
+            raise ComponentStartError("kubelet", "was never launched", None)
         api = self.api
 
         def node_ready() -> tuple[bool, str]:

@@ -494,6 +494,7 @@ class ControlPlane:
         extra_args: Mapping[str, Sequence[str]] | None = None,
         timeout_scale: float = 1.0,
         on_process_started: Callable[[ProcessRecord], None] | None = None,
+        after_apiserver_ready: Callable[[], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.bin_dir = binaries.bin_dir() if bin_dir is None else Path(bin_dir)
@@ -506,6 +507,8 @@ class ControlPlane:
         # Called as soon as each process exists, so a caller can persist its pid before waiting for
         # readiness: a CLI killed mid-start still leaves a state file that `dev down` can act on.
         self.on_process_started = on_process_started
+        # Lets the cluster launch its kubelet while the controller manager starts (saves ~1 s).
+        self.after_apiserver_ready = after_apiserver_ready
         self.ports = Ports()
         self.processes: list[ManagedProcess] = []
         self.timings = StartTimings()
@@ -570,6 +573,8 @@ class ControlPlane:
         self._start_with_port_retry("kube-apiserver", self._start_apiserver, "apiserver")
         self._write_kubeconfigs()
         self.timings.record("kube-apiserver", phase)
+        if self.after_apiserver_ready is not None:
+            self.after_apiserver_ready()
         phase = time.monotonic()
         self._start_with_port_retry("kube-controller-manager", self._start_controller_manager,
                                     "controller_manager")

@@ -16,9 +16,11 @@ from devcluster.cli import main as dev_main
 from devcluster.cluster import (
     MARKER_FILE,
     ClusterError,
+    claim_run_dir,
     default_run_dir,
     read_state,
     remove_run_dir,
+    run_dir_lock,
 )
 from devcluster.controlplane import ProcessRecord, process_start_ticks
 from devcluster.testing import WaitTimeout, e2e_required, namespace_name, wait_for
@@ -155,6 +157,24 @@ def test_only_a_marked_run_dir_is_ever_deleted(tmp_path: Path) -> None:
     (precious / MARKER_FILE).touch()
     remove_run_dir(precious)
     assert not precious.exists()
+
+
+def test_a_directory_with_foreign_files_is_never_adopted(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ClusterError, match=r"holds files devcluster did not create \(notes.txt\)"):
+        claim_run_dir(tmp_path)
+    assert not (tmp_path / MARKER_FILE).exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_run_dir(empty)
+    remove_run_dir(empty)
+    assert not empty.exists()
+
+
+def test_a_directory_created_by_the_lock_alone_can_be_removed(tmp_path: Path) -> None:
+    with run_dir_lock(tmp_path / "new"):
+        remove_run_dir(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_on_a_directory_without_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
