@@ -38,10 +38,14 @@ fail() { # component, log file
 run_logged() {
   local component=$1 logfile=$2; shift 2
   ( "$@" ) >>"$logfile" 2>&1 &
-  local pid=$!
+  local pid=$! waited=0
+  # Poll every second (a step ends as soon as it is done), print a heartbeat every 30 s.
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
-    kill -0 "$pid" 2>/dev/null && log "$component: still building ($(wc -l <"$logfile") log lines)"
+    sleep 1
+    waited=$((waited + 1))
+    if [ $((waited % 30)) -eq 0 ] && kill -0 "$pid" 2>/dev/null; then
+      log "$component: still building ($(wc -l <"$logfile") log lines)"
+    fi
   done
   wait "$pid" || fail "$component" "$logfile"
 }
