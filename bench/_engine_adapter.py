@@ -178,3 +178,17 @@ def namespace_overrides(namespace: str) -> dict[str, Any]:
 def pattern_for_namespace(namespace: str) -> str:
     """A glob (relative to the key prefix) matching every data key of the namespace, any version."""
     return f"{namespace}:*"
+
+
+def l2_of(cache: Any) -> Any:
+    """The facade's RedisL2 (public `l2` property), or None."""
+    return getattr(cache, "l2", None)
+
+
+def redis_keys_of(cache: Any, keys: list[str]) -> list[str] | None:
+    """The Redis keys the facade uses for `keys` (through its KeyBuilder), or None if not exposed."""
+    builder = getattr(cache, "keys", None)
+    redis_key = getattr(builder, "redis_key", None)
+    if redis_key is None:
+        return None
+    return [redis_key(k) for k in keys]

@@ -118,6 +118,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def die_with_parent() -> None:
+    """In a child before exec: ask the kernel to SIGKILL it when the bench dies, so an interrupted
+    run (Ctrl-C, a kill of the bench) never leaves a redis-server or blackhole behind."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def wait_for_port(port: int, timeout_s: float, expect_redis: bool) -> bool:
     """Wait until something answers on the port (a PONG when expect_redis); bounded by timeout_s."""
     deadline = time.monotonic() + timeout_s
@@ -172,7 +182,9 @@ class RedisServer:
             "--logfile", os.path.join(self._dir, "redis.log"),
             "--daemonize", "no",
         ]  # fmt: skip
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         pin_process(self._proc.pid, self.cores)
         if not wait_for_port(self.port, timeout_s, expect_redis=True):
             self.stop()
@@ -241,6 +253,7 @@ class Blackhole:
                 [sys.executable, "-c", _BLACKHOLE_SOURCE, str(self.port)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
             pin_process(self._proc.pid, self.cores)
             assert self._proc.stdout is not None

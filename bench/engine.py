@@ -68,7 +68,8 @@ class Counts:
     b3_concurrency: int = 1_000
     b4_ops: int = 10_000
     b4_rate_per_s: int = 2_000
-    b4_cold_keys: int = 6_000
+    # One per 10 ops, plus one per 20 ms probe of the (bounded) recovery wait.
+    b4_cold_keys: int = 10_000 // 10 + 1_600
     b5_values: int = 8
     b5_value_bytes: int = 1 << 20
     b6_samples: int = 300
@@ -85,7 +86,7 @@ class Counts:
             b3_concurrency=1_000,
             b4_ops=2_000,
             b4_rate_per_s=2_000,
-            b4_cold_keys=2_000,
+            b4_cold_keys=2_000 // 10 + 1_600,
             b5_values=2,
             b6_samples=30,
             b6_keys=20_000,
@@ -361,6 +362,17 @@ async def scenario_b2(run: Run) -> None:
                 offset = start % n_keys
                 await asyncio.gather(*[get(k) for k in keys[offset : offset + batch]])
 
+        # Diagnostic: the L2 layer alone (RedisL2.get on the engine's own Redis keys), so the
+        # overhead over raw GET can be split between the facade/codec and the Redis backend.
+        l2 = engine_api.l2_of(cache)
+        redis_keys = engine_api.redis_keys_of(cache, keys)
+
+        async def l2_sequential(iterations: int) -> None:
+            get = l2.get
+            assert redis_keys is not None
+            for i in range(iterations):
+                await get(redis_keys[i % n_keys])
+
         candidates.update(
             {
                 "engine get": engine_sequential,
@@ -368,6 +380,8 @@ async def scenario_b2(run: Run) -> None:
                 "engine gather": engine_gathered,
             }
         )
+        if l2 is not None and redis_keys is not None:
+            candidates["l2 get"] = l2_sequential
 
     try:
         iterations = max(n_keys, batch * 10)
@@ -397,6 +411,19 @@ async def scenario_b2(run: Run) -> None:
                 )
             )
             run.add(ratio_figure("B2", "engine get / raw GET (throughput)", raw_t.median, eng.median, 0.95))
+            if "l2 get" in timings:
+                l2_t = timings["l2 get"]
+                run.add(
+                    Figure(
+                        "B2",
+                        "diagnostic: RedisL2.get alone (no facade, no decode)",
+                        l2_t.ops_per_s(),
+                        "ops/s",
+                        note=f"{l2_t.median / 1000:.1f} us/op; overhead over raw GET: L2 layer "
+                        f"{(l2_t.median - raw_t.median) / 1000:+.1f} us, facade+decode "
+                        f"{(eng.median - l2_t.median) / 1000:+.1f} us",
+                    )
+                )
             many = timings["engine get_many"]
             gathered = timings["engine gather"]
             run.add(Figure("B2", f"engine get_many x{batch}", many.ops_per_s(), "keys/s"))
@@ -540,6 +567,7 @@ class OutageResult:
     outage_hits: int = 0
     breaker_opened_after_ms: float | None = None
     recovery_s: float | None = None
+    breaker_closed_after_s: float | None = None
     worst_op_ms: float = 0.0
     capped: list[str] = field(default_factory=list)
     restore_ms: float = 0.0
@@ -693,7 +721,8 @@ async def outage_run(run: Run, client: OutageClient, kind: str) -> OutageResult:
     total = counts.b4_ops
     outage_at, return_at = total // 5, total * 3 // 5
     phase_caps_s = {"before": 5.0, "outage": 8.0, "after": 8.0}
-    recovery_cap_s = 12.0
+    # Long enough to see an engine whose recovery waits on a slow background timer.
+    recovery_cap_s = 30.0
     result = OutageResult(client=client.name, kind=kind)
     server = RedisServer(run.placement.server_cores)
     server.start()
@@ -780,9 +809,12 @@ async def outage_run(run: Run, client: OutageClient, kind: str) -> OutageResult:
                     result.breaker_opened_after_ms = (breaker_seen_at - outage_start) * 1000
                 elif breaker_seen_at is not None:
                     result.outage_latencies_ns.append(elapsed_ns)
-            elif phase == "after" and is_cold and got is not None and result.recovery_s is None:
+            elif phase == "after":
                 assert returned_at is not None
-                result.recovery_s = time.perf_counter() - returned_at
+                if is_cold and got is not None and result.recovery_s is None:
+                    result.recovery_s = time.perf_counter() - returned_at
+                if result.breaker_closed_after_s is None and client.breaker_open() is False:
+                    result.breaker_closed_after_s = time.perf_counter() - returned_at
             i += 1
             # Pace: issue ops at the configured rate, yielding to the loop so background tasks
             # (reconnects, pub/sub listeners) run as they would in a service.
@@ -799,10 +831,12 @@ async def outage_run(run: Run, client: OutageClient, kind: str) -> OutageResult:
                 if key is None:
                     break
                 _, got = await one_get(key, True)
+                if result.breaker_closed_after_s is None and client.breaker_open() is False:
+                    result.breaker_closed_after_s = time.perf_counter() - returned_at
                 if got is not None:
                     result.recovery_s = time.perf_counter() - returned_at
                     break
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.02)
         if breaker_seen_at is None:
             # No breaker (or it never reported open): the steady state is every op of the outage.
             result.outage_latencies_ns = result.outage_all_latencies_ns
@@ -882,9 +916,13 @@ def add_outage_figures(run: Run, res: OutageResult, with_targets: bool) -> None:
             "s",
             "<= 5 s" if with_targets else "",
             (recovery is not None and recovery <= 5) if with_targets else None,
-            "first L2 hit after restart (never, within the bound)"
-            if recovery is None
-            else f"first L2 hit after restart; restoring data took {res.restore_ms:.0f} ms (not billed)",
+            ("no L2 hit within the bound" if recovery is None else "to the first L2 hit")
+            + f" after Redis answered again; data restore took {res.restore_ms:.0f} ms (not billed)"
+            + (
+                f"; breaker closed after {res.breaker_closed_after_s:.2f} s"
+                if res.breaker_closed_after_s is not None
+                else ""
+            ),
         )
     )
 
@@ -921,7 +959,6 @@ async def scenario_b5(run: Run) -> None:
     encoded_sizes = [len(orjson.dumps(v)) for v in values]
     # The anchor: what encoding alone costs on the loop (orjson is what the engine uses).
     encode_ms = statistics.median([time_call_ms(orjson.dumps, v) for v in values])
-    baseline_s = await measure_baseline_jitter(0.2 if len(values) < 4 else 0.5)
     raw = run.raw_client()
     await raw.flushdb()
     config = engine_api.make_config(run.redis.url)
@@ -936,6 +973,20 @@ async def scenario_b5(run: Run) -> None:
                 set_ms.append((time.perf_counter() - begin) * 1000)
                 await asyncio.sleep(0.003)  # let the ticker observe the tail
             stalls.append(monitor.max_stall_s)
+        # Diagnostic: the same sets with a 0.5 ms GIL switch interval instead of 5 ms. If the stall
+        # shrinks, it is the GIL being handed between the worker thread and the loop, not work
+        # done on the loop itself.
+        switch_stalls: list[float] = []
+        previous_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            for i, v in enumerate(values):
+                async with LoopStallMonitor() as monitor:
+                    await cache.set(f"bench:b5:switch:{i}", v)
+                    await asyncio.sleep(0.003)
+                switch_stalls.append(monitor.max_stall_s)
+        finally:
+            sys.setswitchinterval(previous_interval)
         get_stalls: list[float] = []
         other = engine_api.make_cache(
             engine_api.make_config(run.redis.url, engine_api.l1_disabled_overrides())
@@ -948,8 +999,10 @@ async def scenario_b5(run: Run) -> None:
                 if got != v:
                     raise AssertionError("B5: 1 MiB value did not round-trip through Redis")
                 get_stalls.append(monitor.max_stall_s)
+    # The ticker's own jitter over windows as long as one set(), as many windows as sets.
+    baseline_s = await measure_baseline_jitter(statistics.median(set_ms) / 1000 + 0.003, repeats=len(values))
     stored = []
-    async for k in raw.scan_iter(match="*", count=1000):
+    async for k in raw.scan_iter(match="*bench:b5:[0-9]*", count=1000):
         stored.append(int(await raw.strlen(k)) if await raw.type(k) == b"string" else 0)
     stored = sorted(stored, reverse=True)[: len(values)]
     await raw.flushdb()
@@ -980,6 +1033,16 @@ async def scenario_b5(run: Run) -> None:
         )
     )
     run.add(Figure("B5", "set() wall time, median", statistics.median(set_ms), "ms"))
+    run.add(
+        Figure(
+            "B5",
+            "diagnostic: same stall with GIL switch interval 0.5 ms",
+            statistics.median(switch_stalls) * 1000,
+            "ms",
+            note=f"worst {max(switch_stalls) * 1000:.2f} ms; "
+            f"default interval {sys.getswitchinterval() * 1000:.0f} ms",
+        )
+    )
     run.add(
         Figure(
             "B5",
@@ -1205,6 +1268,28 @@ SCENARIOS: dict[str, tuple[str, Callable[[Run], Awaitable[None]]]] = {
 }
 
 
+# A scenario that has not finished in this time is stuck (a hang in the engine or the bench): its
+# tasks' stacks are printed and it is abandoned, so one hang cannot stop the whole run.
+SCENARIO_TIME_CAP_S = {True: 90.0, False: 900.0}
+
+
+async def run_bounded(coro: Awaitable[None], cap_s: float, name: str) -> None:
+    """Await a scenario for at most cap_s; on timeout dump every task's stack and raise TimeoutError."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=cap_s)
+    if task in done:
+        task.result()
+        return
+    print(f"  {name} still running after {cap_s:.0f} s; stacks of the pending tasks:")
+    for pending in asyncio.all_tasks():
+        if pending is not asyncio.current_task():
+            pending.print_stack(limit=12, file=sys.stdout)
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(task, timeout=15)
+    raise TimeoutError(f"{name} did not finish within {cap_s:.0f} s (stacks above)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1250,7 +1335,7 @@ async def main_async(args: argparse.Namespace) -> int:
             first = len(run.figures)
             begin = time.perf_counter()
             try:
-                await fn(run)
+                await run_bounded(fn(run), SCENARIO_TIME_CAP_S[args.quick], name)
             except Exception:
                 run.errors[name] = traceback.format_exc()
                 print(
