@@ -175,9 +175,10 @@ def namespace_overrides(namespace: str) -> dict[str, Any]:
     return {"keys.namespace": namespace}
 
 
-def pattern_for_namespace(namespace: str) -> str:
-    """A glob (relative to the key prefix) matching every data key of the namespace, any version."""
-    return f"{namespace}:*"
+def pattern_for_namespace(namespace: str, version: int | None = None) -> str:
+    """A glob (relative to the key prefix) matching the data keys of a namespace: of one version when
+    given, else of every version. Layout: {prefix}:{namespace}:v{version}:..., see keys.py."""
+    return f"{namespace}:*" if version is None else f"{namespace}:v{version}:*"
 
 
 def l2_of(cache: Any) -> Any:
