@@ -258,6 +258,7 @@ class Informer(threading.Thread):
         on_list: Callable[[list[dict[str, Any]]], None],
         on_event: Callable[[str, dict[str, Any]], None],
         stop: threading.Event,
+        watch_timeout: int = WATCH_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(name=f"informer-{kind}", daemon=True)
         self.api = api
@@ -267,8 +268,10 @@ class Informer(threading.Thread):
         self.on_list = on_list
         self.on_event = on_event
         self.stop_event = stop
+        self.watch_timeout = watch_timeout
         self.synced = threading.Event()
         self.relists = 0
+        self.gone = 0
 
     def run(self) -> None:
         """The list/watch loop until the stop event."""
@@ -278,10 +281,14 @@ class Informer(threading.Thread):
                 self.on_list(list(listing.get("items") or []))
                 self.synced.set()
                 version = str(listing["metadata"]["resourceVersion"])
-                self._watch_from(version)
+                while not self.stop_event.is_set():
+                    version = self.watch_once(version)
             except ApiException as exc:
                 if exc.status == 410:
+                    self.gone += 1
                     log.info("%s watch: resourceVersion too old (410 Gone), re-listing", self.kind)
+                    # Short, but never a tight loop against the API server.
+                    self.stop_event.wait(0.2)
                 else:
                     log.warning("%s informer: API error %s %s", self.kind, exc.status, exc.reason)
                     self.stop_event.wait(1.0)
@@ -290,28 +297,32 @@ class Informer(threading.Thread):
                 self.stop_event.wait(1.0)
             self.relists += 1
 
-    def _watch_from(self, version: str) -> None:
-        while not self.stop_event.is_set():
-            watcher = k8s_watch.Watch()
-            for event in watcher.stream(
-                self.watch_func,
-                resource_version=version,
-                timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                allow_watch_bookmarks=True,
-                _request_timeout=(10, WATCH_TIMEOUT_SECONDS + 15),
-            ):
-                obj = event.get("raw_object") or event.get("object") or {}
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    self.on_event(str(event["type"]), obj)
-                if self.stop_event.is_set():
-                    watcher.stop()
-                    break
+    def watch_once(self, version: str) -> str:
+        """One watch request from ``version`` (ends after the server-side timeout); returns the last
+        resourceVersion seen. A version the server no longer has raises ApiException 410."""
+        watcher = k8s_watch.Watch()
+        for event in watcher.stream(
+            self.watch_func,
+            resource_version=version,
+            timeout_seconds=self.watch_timeout,
+            allow_watch_bookmarks=True,
+            _request_timeout=(10, self.watch_timeout + 15),
+        ):
+            obj = event.get("raw_object") or event.get("object") or {}
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                self.on_event(str(event["type"]), obj)
+            if self.stop_event.is_set():
+                watcher.stop()
+                break
+        return version
 
 
-def _untyped(func: Callable[..., Any]) -> Callable[..., Any]:
-    # Watch.stream deserializes into the generated models when it can find the list type; a wrapper
-    # without annotations keeps the raw JSON dicts (and its 410 handling).
+def raw_watch_func(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a list method of the official client) as a watch function whose events carry the
+    raw JSON dicts: Watch.stream deserializes into the generated models when it can find the list
+    type, and a wrapper without annotations hides it (410 handling stays)."""
+
     def call(**kwargs: Any) -> Any:
         return func(**kwargs)
 
@@ -970,7 +981,7 @@ class Kubelet:
             self.api,
             "pods",
             "/api/v1/pods",
-            _untyped(core.list_pod_for_all_namespaces),
+            raw_watch_func(core.list_pod_for_all_namespaces),
             self._on_pod_list,
             self._on_pod_event,
             self.stop_event,
@@ -979,7 +990,7 @@ class Kubelet:
             self.api,
             "configmaps",
             "/api/v1/configmaps",
-            _untyped(core.list_config_map_for_all_namespaces),
+            raw_watch_func(core.list_config_map_for_all_namespaces),
             lambda items: self._on_source_list("ConfigMap", items),
             lambda event, obj: self._on_source_event("ConfigMap", event, obj),
             self.stop_event,
@@ -988,7 +999,7 @@ class Kubelet:
             self.api,
             "secrets",
             "/api/v1/secrets",
-            _untyped(core.list_secret_for_all_namespaces),
+            raw_watch_func(core.list_secret_for_all_namespaces),
             lambda items: self._on_source_list("Secret", items),
             lambda event, obj: self._on_source_event("Secret", event, obj),
             self.stop_event,

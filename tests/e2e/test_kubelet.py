@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import urllib.request
 from typing import Any
 
 import redis
+from kubernetes import client as k8s_client
 
 from devcluster.cluster import Cluster
 from devcluster.controlplane import ApiError, process_start_ticks
+from devcluster.kubelet import Informer, KubeApi, raw_watch_func
 from devcluster.testing import KubeTools, wait_for
 
 TIMEOUT = 90.0
@@ -659,3 +662,87 @@ def test_without_a_probe_ready_means_listening_on_the_declared_port(
     ready = wait_pod(dev_cluster, namespace, "gated", is_ready, "Ready once listening")
     with urllib.request.urlopen(f"http://{ready['status']['podIP']}:8081/", timeout=10) as response:
         assert response.status == 200
+
+
+def test_informer_relists_when_its_version_is_gone(
+    dev_cluster: Cluster, kube: KubeTools, namespace: str
+) -> None:
+    api = KubeApi(dev_cluster.kubeconfig)
+    # The API server's watch cache of a new resource starts at the resourceVersion of its creation:
+    # a watch from before that is answered 410 Gone, for real.
+    group = f"{namespace}.kubelet.test"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gadgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+    apply(kube, "", crd)
+    try:
+        kube.kubectl("wait", "--for=condition=Established", f"crd/gadgets.{group}", "--timeout=60s")
+        path = f"/apis/{group}/v1/namespaces/{namespace}/gadgets"
+        dev_cluster.api.request(
+            "POST", path, {"apiVersion": f"{group}/v1", "kind": "Gadget", "metadata": {"name": "g1"}}
+        )
+        custom = k8s_client.CustomObjectsApi(api.client)
+
+        def list_gadgets(**kwargs: Any) -> Any:
+            return custom.list_namespaced_custom_object(group, "v1", namespace, "gadgets", **kwargs)
+
+        # Resuming from a version that is gone: 410, a pause, a fresh list, again (never a tight loop).
+        listings: list[list[str]] = []
+        stop = threading.Event()
+        stale = Informer(
+            api,
+            "gadgets",
+            path,
+            raw_watch_func(lambda **kw: list_gadgets(**{**kw, "resource_version": "1"})),
+            lambda items: listings.append([i["metadata"]["name"] for i in items]),
+            lambda event, obj: None,
+            stop,
+            watch_timeout=5,
+        )
+        stale.start()
+        try:
+            wait_for(lambda: stale.gone >= 2, TIMEOUT, "two 410 answers")
+        finally:
+            stop.set()
+        assert len(listings) >= 2 and all(names == ["g1"] for names in listings)
+
+        # A normal informer lists, then sees what happens afterwards, without any 410.
+        events: list[tuple[str, str]] = []
+        stop = threading.Event()
+        informer = Informer(
+            api,
+            "gadgets",
+            path,
+            raw_watch_func(list_gadgets),
+            lambda items: None,
+            lambda event, obj: events.append((event, obj["metadata"]["name"])),
+            stop,
+            watch_timeout=5,
+        )
+        informer.start()
+        try:
+            assert informer.synced.wait(TIMEOUT)
+            dev_cluster.api.request("DELETE", f"{path}/g1")
+            wait_for(lambda: ("DELETED", "g1") in events, TIMEOUT, "the DELETED event")
+        finally:
+            stop.set()
+        assert informer.gone == 0
+    finally:
+        kube.kubectl("delete", "crd", f"gadgets.{group}", "--wait=false")
