@@ -580,6 +580,11 @@ class ContainerRuntime:
         return entry
 
 
+def _init_succeeded(container: ContainerRuntime) -> bool:
+    terminated = container.state.get("terminated") or {}
+    return container.done and container.popen is None and terminated.get("exitCode") == 0
+
+
 # --- pods -----------------------------------------------------------------------------------------
 
 
@@ -1059,6 +1064,7 @@ class Kubelet:
         for uid in deleted:
             self.finished.pop(uid, None)
             self.bind_attempts.pop(uid, None)
+            self.unschedulable_logged.discard(uid)
             runtime = self.runtimes.get(uid)
             if runtime is not None:
                 runtime.deleted_from_api = True
@@ -1237,9 +1243,12 @@ class Kubelet:
         if runtime.volumes_dirty or now >= runtime.next_volume_sync or now >= runtime.token_refresh_at:
             self._sync_volumes(runtime, now)
         if runtime.volumes_ready:
-            pending_init = next((c for c in runtime.init if not c.done or c.popen is not None), None)
+            pending_init = next((c for c in runtime.init if not _init_succeeded(c)), None)
             if pending_init is not None:
-                self._drive_container(runtime, pending_init, now)
+                # In order, one at a time; one that failed for good (restartPolicy Never) fails the
+                # pod and nothing after it runs.
+                if not pending_init.done:
+                    self._drive_container(runtime, pending_init, now)
                 for container in runtime.main:
                     if container.popen is None and container.restart_count == 0 and not container.last_state:
                         container.state = podspec.waiting_state(podspec.REASON_POD_INITIALIZING)
@@ -1269,6 +1278,7 @@ class Kubelet:
                 contents[content.name] = content
         except podspec.PodSpecError as exc:
             runtime.volume_error = exc.message
+            runtime.volumes_dirty = False
             runtime.next_volume_sync = now + RETRY_INTERVAL
             if not runtime.volumes_ready:
                 self._event_once(runtime, "Warning", "FailedMount", exc.message)

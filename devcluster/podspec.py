@@ -1008,7 +1008,7 @@ def pod_conditions(
         for s in init_statuses
         if ((s.get("state") or {}).get("terminated") or {}).get("exitCode", 1) != 0
     ]
-    initialized = not incomplete or terminal
+    initialized = not incomplete or phase == "Succeeded"
     unready = [str(s.get("name")) for s in statuses if not s.get("ready")]
     gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
     gates_unready = [g for g in gates if (previous.get(g) or {}).get("status") != "True"]

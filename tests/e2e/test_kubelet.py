@@ -608,6 +608,28 @@ def test_init_container_runs_first_and_shares_an_empty_dir(
     )
 
 
+def test_failed_init_container_fails_the_pod_before_its_containers_run(
+    dev_cluster: Cluster, kube: KubeTools, namespace: str
+) -> None:
+    pod = python_pod(
+        "blocked",
+        "print('main ran', flush=True)",
+        restartPolicy="Never",
+        initContainers=[
+            {"name": "check", "image": "python", "command": ["python", "-c", "raise SystemExit(5)"]}
+        ],
+    )
+    apply(kube, namespace, pod)
+    failed = wait_pod(
+        dev_cluster, namespace, "blocked", lambda p: p["status"].get("phase") == "Failed", "Failed"
+    )
+    assert failed["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 5
+    assert container_status(failed)["state"] == {"waiting": {"reason": "PodInitializing"}}
+    assert container_log(dev_cluster, failed, "main") == ""
+    conditions = {c["type"]: c for c in failed["status"]["conditions"]}
+    assert conditions["Initialized"]["status"] == "False"
+
+
 def test_without_a_probe_ready_means_listening_on_the_declared_port(
     dev_cluster: Cluster, kube: KubeTools, namespace: str
 ) -> None:

@@ -886,3 +886,21 @@ def test_pod_addresses_are_distinct_across_kubelets_and_kept_across_restarts(tmp
     assert restarted.assigned == {}
     # The released addresses are free again, for any kubelet on the machine.
     assert second.allocate("uid-4") in {a1, a2}
+
+
+def test_failed_init_container_leaves_the_pod_not_initialized() -> None:
+    pod = make_pod(restartPolicy="Never")
+    status = podspec.pod_status(
+        pod,
+        init_statuses=[terminated("init", 5)],
+        statuses=[waiting("a")],
+        pod_ip="",
+        host_ip="127.0.0.1",
+        start_time="t0",
+        now="t1",
+    )
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Failed"
+    assert by_type["Initialized"]["status"] == "False"
+    assert by_type["Initialized"]["message"] == "containers with incomplete status: [init]"
+    assert "podIP" not in status
