@@ -388,16 +388,6 @@ class LoopStallMonitor:
         return percentile(self.lateness_s, 0.99)
 
 
-async def measure_baseline_jitter(duration_s: float, repeats: int = 3) -> float:
-    """Max lateness of the 1 ms ticker with nothing else running; the median of several runs (s)."""
-    worst: list[float] = []
-    for _ in range(repeats):
-        async with LoopStallMonitor() as monitor:
-            await asyncio.sleep(duration_s)
-        worst.append(monitor.max_stall_s)
-    return statistics.median(worst)
-
-
 # --------------------------------------------------------------------------------------------------
 # results
 
