@@ -117,16 +117,21 @@ class EncodeResult:
     (tuples become lists, the caller's later mutations do not leak into the cache).
     """
 
-    __slots__ = ("compress_seconds", "compressed", "data", "payload_size", "value")
+    __slots__ = ("compress_seconds", "compressed", "compression_tried", "data", "offloaded", "payload_size",
+                 "value")
 
     def __init__(
-        self, data: bytes, value: Any, payload_size: int, compressed: bool, compress_seconds: float
+        self, data: bytes, value: Any, payload_size: int, compressed: bool, compress_seconds: float,
+        compression_tried: bool = False,
     ) -> None:
         self.data = data
         self.value = value
         self.payload_size = payload_size
         self.compressed = compressed
         self.compress_seconds = compress_seconds
+        self.compression_tried = compression_tried
+        #: True when the work ran in a worker thread (encode_entry_async with a large value).
+        self.offloaded = False
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -217,7 +222,8 @@ class Codec:
         flags = 0
         body = payload
         seconds = 0.0
-        if size >= self.threshold and 0 < size <= _LZ4_MAX_INPUT:
+        tried = size >= self.threshold and 0 < size <= _LZ4_MAX_INPUT
+        if tried:
             started = time.perf_counter()
             if self._fast:
                 packed = lz4.block.compress(
@@ -235,7 +241,7 @@ class Codec:
                 flags = FLAG_LZ4
         created = int(time.time() * 1000) if created_at_ms is None else created_at_ms
         data = HEADER.pack(MAGIC, VERSION, codec_id, flags, created, ttl_ms, size) + body
-        return EncodeResult(data, _reader_copy(codec_id, payload, value), size, bool(flags), seconds)
+        return EncodeResult(data, _reader_copy(codec_id, payload, value), size, bool(flags), seconds, tried)
 
     def encode_entry(self, value: Any, ttl_ms: int, created_at_ms: int | None = None) -> EncodeResult:
         """Encode ``value`` (synchronously) and return bytes, the reader's view of the value and sizes."""
@@ -257,10 +263,14 @@ class Codec:
         """
         limit = self.offload_threshold
         if limit and _looks_large(value, limit):
-            return await asyncio.to_thread(self.encode_entry, value, ttl_ms, created_at_ms)
+            result = await asyncio.to_thread(self.encode_entry, value, ttl_ms, created_at_ms)
+            result.offloaded = True
+            return result
         codec_id, payload = self._serialize(value)
         if limit and len(payload) >= limit:
-            return await asyncio.to_thread(self._finish, codec_id, payload, value, ttl_ms, created_at_ms)
+            result = await asyncio.to_thread(self._finish, codec_id, payload, value, ttl_ms, created_at_ms)
+            result.offloaded = True
+            return result
         return self._finish(codec_id, payload, value, ttl_ms, created_at_ms)
 
     async def encode_async(self, value: Any, ttl_ms: int, created_at_ms: int | None = None) -> bytes:

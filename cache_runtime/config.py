@@ -167,7 +167,7 @@ RANGES: dict[str, Range] = {
     "redis.socket_timeout_s": _TIMEOUT,
     "redis.pool_timeout_s": _TIMEOUT,
     "redis.breaker_failure_threshold": Range(1, 1000, "consecutive failures"),
-    "redis.breaker_open_s": Range(0.01, 3600.0, "seconds before a half-open probe"),
+    "redis.breaker_open_s": Range(0.01, 600.0, "seconds before a half-open probe"),
     "redis.breaker_half_open_probes": Range(1, 100),
     "redis.scan_count": Range(10, 100_000, "SCAN COUNT hint"),
     "keys.text_hash_threshold": Range(0, 1_000_000, "characters"),

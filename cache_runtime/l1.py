@@ -69,6 +69,7 @@ class L1Cache:
         "epoch",
         "evictions",
         "expirations",
+        "inserts",
         "max_bytes",
         "max_entries",
         "rejected",
@@ -91,6 +92,7 @@ class L1Cache:
         self.epoch = 0
         self.evictions = 0
         self.expirations = 0
+        self.inserts = 0
         self.rejected = 0
 
     # hot path -----------------------------------------------------------------------------------
@@ -119,9 +121,12 @@ class L1Cache:
 
     # writes -------------------------------------------------------------------------------------
 
-    def set(self, key: str, value: Any, size: int, ttl: float, epoch: int | None = None) -> bool:
+    def set(self, key: str, value: Any, size: int, ttl: float, epoch: int | None = None,
+            full_ttl: float | None = None) -> bool:
         """Store ``value`` (``size`` encoded bytes) for ``ttl`` seconds. Returns whether it was stored.
 
+        ``full_ttl`` is the lifetime the value was written with when it lives here shorter than that
+        (an L2 hit keeps only the L2 entry's remaining TTL); early refresh measures against it.
         Not stored when L1 is off (a zero budget), when the entry alone exceeds the byte budget, when
         ``ttl`` is not positive, or when ``epoch`` is given and L1 was invalidated since.
         """
@@ -136,8 +141,9 @@ class L1Cache:
         if old is not None:
             self.bytes -= old.size
         now = self._clock()
-        data[key] = L1Entry(value, size, now + ttl, ttl)
+        data[key] = L1Entry(value, size, now + ttl, ttl if full_ttl is None else max(ttl, full_ttl))
         self.bytes += size
+        self.inserts += 1
         if self.sweep_batch:
             self._sweep(now)
         self._enforce_budgets()
@@ -240,6 +246,7 @@ class L1Cache:
             "max_bytes": self.max_bytes,
             "evictions": self.evictions,
             "expirations": self.expirations,
+            "inserts": self.inserts,
             "rejected": self.rejected,
             "epoch": self.epoch,
         }

@@ -87,6 +87,13 @@ def test_lazy_expiry_on_read(clock: FakeClock) -> None:
     assert l1.expirations == 1 and l1.bytes == 0 and len(l1) == 0
 
 
+def test_full_ttl_is_kept_for_entries_that_live_shorter_here(clock: FakeClock) -> None:
+    l1 = make(clock)
+    l1.set("a", 1, 5, 10, full_ttl=100)
+    entry = l1.get_entry("a")
+    assert entry is not None and entry.ttl == 100 and entry.remaining(clock.now) == 10
+
+
 def test_get_entry_reports_remaining_ttl(clock: FakeClock) -> None:
     l1 = make(clock)
     l1.set("a", 1, 5, 10)
@@ -163,7 +170,7 @@ def test_stats_shape(clock: FakeClock) -> None:
     l1.set("a", 1, 7, 60)
     l1.set("b", 1, 7, 60)
     assert l1.stats() == {"entries": 1, "bytes": 7, "max_entries": 1, "max_bytes": 10_000, "evictions": 1,
-                          "expirations": 0, "rejected": 0, "epoch": 0}
+                          "expirations": 0, "inserts": 2, "rejected": 0, "epoch": 0}
 
 
 operations = st.lists(st.tuples(st.sampled_from(["set", "get", "delete", "tick", "resize"]),
