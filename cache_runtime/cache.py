@@ -1,0 +1,930 @@
+"""TieredCache: the public facade of the engine (L1 memory in front of L2 Redis).
+
+::
+
+    async with TieredCache(resolve_config("ai-production", redis_url=url)) as cache:
+        key = cache.key_for("summarize", text, {"max_length": 100})
+        summary = await cache.get_or_compute(key, lambda: llm.summarize(text))
+
+Keys are *logical* (``key_for`` output, ``data_key`` output, or any string); the engine files them
+under ``{prefix}:{namespace}:v{namespace_version}:`` in Redis, so invalidating the namespace is one
+INCR. Reads go L1, then L2; an L2 hit fills L1 for no longer than the L2 entry has left. Writes go
+to both. Callers never see an exception caused by Redis: RedisL2 turns every failure into its
+"nothing" value and a circuit breaker, and bytes that do not decode are a counted miss.
+
+Only programming errors raise: an unserializable value (:class:`~cache_runtime.codec.EncodeError`),
+a bad TTL, an invalidation without pattern or namespace, a text above ``keys.max_text_length``.
+
+Everything parameter of :class:`~cache_runtime.config.CacheConfig` takes effect here or in the
+pieces built from it (see ``docs/configuration.md``). ``apply_config`` applies a new config live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+
+from cache_runtime import health as health_module
+from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope
+from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
+from cache_runtime.keys import KeyBuilder, redis_glob_to_regex
+from cache_runtime.l1 import MISSING, L1Cache
+from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
+from cache_runtime.singleflight import SingleFlight
+from cache_runtime.stats import EngineStats, Snapshot, build_snapshot, diff_snapshots
+
+__all__ = ["TieredCache", "redis_settings_for"]
+
+logger = logging.getLogger("cache_runtime")
+
+T = TypeVar("T")
+Loader = Callable[[], "Awaitable[T] | T"]
+
+_MAX_TTL_S = 7 * 86_400
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Health judges a window: the newest kept snapshot at least this old is the window's start.
+_HEALTH_WINDOW_S = 300.0
+_SNAPSHOT_SPACING_S = 10.0
+_SNAPSHOT_HISTORY = 64
+# Background upkeep: re-read an unknown namespace version, refresh Redis memory facts and RTT.
+_MAINTENANCE_INTERVAL_S = 10.0
+# Lease waiters poll L2 with this backoff (bounded by stampede.lease_wait_s).
+_LEASE_POLL_FIRST_S = 0.01
+_LEASE_POLL_MAX_S = 0.2
+
+
+def redis_settings_for(config: CacheConfig) -> RedisSettings | None:
+    """The L2 settings a config asks for; None when it has no Redis (memory only) or is disabled."""
+    redis = config.redis
+    if redis.url is None or not config.enabled:
+        return None
+    return RedisSettings(
+        url=redis.url,
+        username=redis.username,
+        password=redis.password.get_secret_value() if redis.password is not None else None,
+        max_connections=redis.max_connections,
+        connect_timeout_s=redis.connect_timeout_s,
+        socket_timeout_s=redis.socket_timeout_s,
+        pool_timeout_s=redis.pool_timeout_s,
+        tls_ca_file=redis.tls_ca_file,
+        tls_cert_file=redis.tls_cert_file,
+        tls_key_file=redis.tls_key_file,
+        tls_verify=redis.tls_verify,
+        tls_check_hostname=redis.tls_verify,
+        sentinel_master=redis.sentinel_master,
+        cluster=redis.cluster,
+        breaker_failure_threshold=redis.breaker_failure_threshold,
+        breaker_open_seconds=redis.breaker_open_s,
+        breaker_half_open_probes=redis.breaker_half_open_probes,
+        scan_count=redis.scan_count,
+        # scan_unlink then refuses any pattern outside this cache's keys.
+        key_prefix=config.keys.prefix,
+    )
+
+
+class TieredCache:
+    """Two-tier cache: L1 in-process memory, L2 Redis. Use as ``async with TieredCache(config)``.
+
+    ``clock`` (monotonic seconds) is injectable so tests can move L1 time without sleeping.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 maintenance_interval_s: float = _MAINTENANCE_INTERVAL_S) -> None:
+        config = config if config is not None else resolve_config("production")
+        if not isinstance(config, CacheConfig):
+            raise TypeError(f"config: {type(config).__name__} is not accepted; accepted: CacheConfig "
+                            f"(build one with resolve_config)")
+        self._config = config
+        self._clock = clock
+        self._maintenance_interval_s = maintenance_interval_s
+        self._origin = os.urandom(8).hex()
+        self._stats = EngineStats(clock=clock)
+        self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock)
+        # The hit path reads the L1 dict directly: one dict lookup, no method call.
+        self._l1_data = self._l1._data
+        self._codec = Codec.from_config(config)
+        self._keys = KeyBuilder(config)
+        self._variant_keys = _variant_builder(config)
+        self._flight = SingleFlight()
+        self._l2: RedisL2 | None = None
+        self._listener: Any = None
+        self._listener_channel: str | None = None
+        self._version_known = True
+        self._started = False
+        self._isolated = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._redis_memory: dict[str, Any] | None = None
+        self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
+        self._apply_runtime_settings(config)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> TieredCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect L2 (no blocking I/O), read the namespace version, subscribe to coherence."""
+        if self._started:
+            return
+        self._started = True
+        await self._build_l2(self._config)
+        self._maintenance = asyncio.create_task(self._maintain(), name="cachewarden-maintenance")
+
+    async def close(self) -> None:
+        """Stop background work and close L2. L1 keeps its entries (the object may be started again)."""
+        self._started = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._flight.cancel_all()
+        await self._close_l2()
+
+    async def _build_l2(self, config: CacheConfig) -> None:
+        settings = redis_settings_for(config)
+        if settings is None:
+            self._version_known = True
+            return
+        l2 = RedisL2(settings)
+        await l2.start()
+        self._l2 = l2
+        await self._refresh_namespace_version()
+        self._subscribe(config)
+
+    async def _close_l2(self) -> None:
+        await self._unsubscribe()
+        l2, self._l2 = self._l2, None
+        if l2 is not None:
+            await l2.close()
+
+    def _subscribe(self, config: CacheConfig) -> None:
+        l2 = self._l2
+        if l2 is None or not config.coherence.enabled:
+            return
+        channel = config.coherence_channel
+        self._listener = l2.subscribe(channel, self._on_coherence_message, self._on_coherence_reset)
+        self._listener_channel = channel
+
+    async def _unsubscribe(self) -> None:
+        listener, self._listener = self._listener, None
+        self._listener_channel = None
+        if listener is not None:
+            await _stop_listener(listener)
+            # RedisL2 keeps its listeners for close()/stats(); a stopped one must not linger there.
+            owned = getattr(self._l2, "_listeners", None)
+            if isinstance(owned, list) and listener in owned:
+                owned.remove(listener)
+
+    async def _refresh_namespace_version(self) -> None:
+        """Read the namespace version from Redis; until it is known, L2 is not used (see below)."""
+        l2 = self._l2
+        if l2 is None:
+            self._version_known = True
+            return
+        version = await l2.get_version(self._keys.version_key())
+        if version is None:
+            # Without the version we could read entries another pod invalidated (an old version
+            # that is still within its TTL): stay on L1 until maintenance reads it.
+            self._version_known = False
+            return
+        if version != self._keys.namespace_version:
+            self._keys.namespace_version = version
+            self._l1.bump_epoch()
+        self._version_known = True
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self._maintenance_interval_s)
+            try:
+                l2 = self._l2
+                if l2 is None:
+                    continue
+                if not self._version_known:
+                    await self._refresh_namespace_version()
+                memory = await l2.memory_info()
+                if memory is not None:
+                    self._redis_memory = memory
+                await l2.ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # upkeep must never die; RedisL2 does not raise for Redis trouble anyway
+                logger.exception("cache maintenance step failed")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> CacheConfig:
+        """The config in force."""
+        return self._config
+
+    @property
+    def l1(self) -> L1Cache:
+        """The L1 store (read-only use: sizes and counters)."""
+        return self._l1
+
+    @property
+    def l2(self) -> RedisL2 | None:
+        """The Redis tier, or None when the engine runs memory-only or disabled."""
+        return self._l2
+
+    @property
+    def keys(self) -> KeyBuilder:
+        """The key builder (namespace version in force, patterns, describe)."""
+        return self._keys
+
+    @property
+    def isolated(self) -> bool:
+        """True while isolated: no writes, reads served from what is cached."""
+        return self._isolated
+
+    @property
+    def engine_stats(self) -> EngineStats:
+        """The raw counters (the Prometheus collector reads snapshots from :meth:`stats`)."""
+        return self._stats
+
+    # ------------------------------------------------------------------ keys
+
+    def key_for(self, operation: str, text: str, options: Mapping[str, Any] | None = None,
+                question: str | None = None) -> str:
+        """The logical key of an AI response (see :mod:`cache_runtime.keys`).
+
+        Also feeds the key-variant sampler: for 1 in 16 texts the key is built a second time with
+        every normalization on, so the diagnosis can tell when normalization would raise hit rates.
+        """
+        key = self._keys.key_for(operation, text, options, question)
+        variants = self._variant_keys
+        if variants is not None:
+            sampler = self._stats.key_variants
+            if sampler.should_sample(text):
+                sampler.record(key, variants.key_for(operation, text, options, question))
+        return key
+
+    def data_key(self, user_key: str) -> str:
+        """The logical key for a data API key (kept apart from AI response keys)."""
+        return self._keys.data_key(user_key)
+
+    def describe_key(self, operation: str, text: str, options: Mapping[str, Any] | None = None,
+                     question: str | None = None) -> dict[str, Any]:
+        """How a key is built (debug/key-generation endpoint); raw text only where the config allows."""
+        return self._keys.describe(operation, text, options, question)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_local(self, key: str, default: Any = None) -> Any:
+        """L1 only, synchronously: the value if L1 holds it, else ``default`` (Redis is not asked).
+
+        A hit counts as a lookup hit; a miss is not counted (call :meth:`get` next, which counts it).
+        """
+        entry = self._l1_data.get(key)
+        if entry is not None and entry.deadline > self._clock():
+            self._l1_data.move_to_end(key)
+            stats = self._stats
+            stats.hits_l1 += 1
+            if self._monitoring:
+                # An L1 hit takes well under the first bucket (10 us): counted there, not timed.
+                stats.latency_get.counts[0] += 1
+            return entry.value
+        return default
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble."""
+        entry = self._l1_data.get(key)
+        if entry is not None and entry.deadline > self._clock():
+            self._l1_data.move_to_end(key)
+            stats = self._stats
+            stats.hits_l1 += 1
+            if self._monitoring:
+                stats.latency_get.counts[0] += 1
+            return entry.value
+        return await self._get_slow(key, default)
+
+    async def _get_slow(self, key: str, default: Any) -> Any:
+        if not isinstance(key, str):
+            raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
+        started = time.perf_counter()
+        stats = self._stats
+        self._l1.get(key)  # drops (and counts) the expired entry the fast path stepped over
+        value = MISSING
+        if self._enabled:
+            found = await self._read_l2(key)
+            if found is not None:
+                value = found.value
+        if value is MISSING:
+            stats.misses += 1
+            stats.reuse.on_miss(key)
+            value = default
+        else:
+            stats.hits_l2 += 1
+        if self._monitoring:
+            stats.latency_get.observe(time.perf_counter() - started)
+        return value
+
+    async def _read_l2(self, key: str, fill_l1: bool = True) -> Envelope | None:
+        """One L2 read with decoding; fills L1 capped by the entry's remaining TTL. None = miss."""
+        l2 = self._l2
+        if l2 is None or not self._version_known:
+            return None
+        epoch = self._l1.epoch
+        redis_key = self._keys.redis_key(key)
+        started = time.perf_counter()
+        raw = await l2.get(redis_key)
+        if self._monitoring:
+            self._stats.latency_l2_get.observe(time.perf_counter() - started)
+        if raw is None:
+            return None
+        return await self._decode_and_fill(key, raw, epoch, fill_l1)
+
+    async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool) -> Envelope | None:
+        stats = self._stats
+        started = time.perf_counter()
+        try:
+            envelope = await self._codec.decode_async(raw)
+        except DecodeError as exc:
+            # Malformed or planted bytes: a miss, never an exception and never executed.
+            stats.decode_failures += 1
+            logger.debug("undecodable L2 entry counted as a miss: %s", exc)
+            return None
+        if envelope.compressed:
+            stats.decompress_seconds += time.perf_counter() - started
+        remaining_s = envelope.remaining_ms() / 1000.0
+        if remaining_s <= 0:
+            return None
+        if fill_l1 and self._enabled and self._l1.set(
+            key, envelope.value, envelope.size, remaining_s, epoch=epoch, full_ttl=envelope.ttl_ms / 1000.0
+        ):
+            stats.l1_inserts += 1
+        return envelope
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values of the keys found (missing keys are absent from the result). One MGET for L1's misses."""
+        started = time.perf_counter()
+        stats = self._stats
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        l1 = self._l1
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(f"keys: {type(key).__name__} is not accepted; accepted: str")
+            value = l1.get(key)
+            if value is MISSING:
+                missing.append(key)
+            else:
+                found[key] = value
+                stats.hits_l1 += 1
+        l2 = self._l2
+        if missing and l2 is not None and self._version_known and self._enabled:
+            epoch = l1.epoch
+            raws = await l2.mget([self._keys.redis_key(key) for key in missing])
+            still_missing = []
+            for key, raw in zip(missing, raws, strict=True):
+                envelope = None if raw is None else await self._decode_and_fill(key, raw, epoch, True)
+                if envelope is None:
+                    still_missing.append(key)
+                else:
+                    found[key] = envelope.value
+                    stats.hits_l2 += 1
+            missing = still_missing
+        stats.misses += len(missing)
+        for key in missing:
+            stats.reuse.on_miss(key)
+        if self._monitoring:
+            stats.latency_get_many.observe(time.perf_counter() - started)
+        return found
+
+    # ------------------------------------------------------------------ writes
+
+    def _ttl_seconds(self, key: str, ttl: float | None) -> float:
+        if ttl is None:
+            operation = self._keys.operation_of(key)
+            base = self._config.ttl.for_operation(operation)
+            jitter = self._config.ttl.jitter_fraction
+            # Jitter only shortens: entries written together then expire spread out, and never
+            # outlive the configured TTL.
+            return max(1.0, base * (1.0 - random.random() * jitter)) if jitter else float(base)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= _MAX_TTL_S:
+            raise ValueError(f"ttl: {ttl!r} is not accepted; accepted: seconds in (0, {_MAX_TTL_S}] or None "
+                             f"(the configured TTL of the key's operation)")
+        return float(ttl)
+
+    def _refuse_write(self) -> bool:
+        if not self._enabled:
+            return True
+        if self._isolated:
+            self._stats.writes_rejected_isolated += 1
+            return True
+        return False
+
+    def _note_encoded(self, key: str, result: Any, ttl_s: float) -> None:
+        stats = self._stats
+        if result.compression_tried:
+            stats.record_compression(result.payload_size, len(result.data) - HEADER.size,
+                                     result.compress_seconds, kept=result.compressed)
+            if result.offloaded:
+                stats.compress_offloaded += 1
+        stats.record_stored_value(len(result.data), compressed=result.compressed,
+                                  compression_tried=result.compression_tried)
+        stats.sets += 1
+        stats.reuse.on_store(key, ttl_s)
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: the TTL of the key's operation,
+        with jitter). Returns whether it was stored anywhere (False when disabled or isolated).
+
+        Raises :class:`~cache_runtime.codec.EncodeError` for a value that cannot be serialized.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
+        ttl_s = self._ttl_seconds(key, ttl)
+        if self._refuse_write():
+            return False
+        started = time.perf_counter()
+        ttl_ms = max(1, int(ttl_s * 1000))
+        result = await self._codec.encode_entry_async(value, ttl_ms)
+        stored = self._l1.set(key, result.value, len(result.data), ttl_s)
+        if stored:
+            self._stats.l1_inserts += 1
+        l2 = self._l2
+        if l2 is not None and self._version_known:
+            l2_started = time.perf_counter()
+            stored = await l2.set(self._keys.redis_key(key), result.data, ttl_ms) or stored
+            if self._monitoring:
+                self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
+        self._note_encoded(key, result, ttl_s)
+        if self._monitoring:
+            self._stats.latency_set.observe(time.perf_counter() - started)
+        return stored
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> bool:
+        """Store every item (one pipeline to Redis). True when all were stored; False if disabled/isolated."""
+        items = list(mapping.items())
+        for key, _ in items:
+            if not isinstance(key, str):
+                raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
+        ttls = [self._ttl_seconds(key, ttl) for key, _ in items]
+        if self._refuse_write():
+            return False
+        if not items:
+            return True
+        started = time.perf_counter()
+        redis_items: list[tuple[str, bytes, int]] = []
+        all_in_l1 = True
+        for (key, value), ttl_s in zip(items, ttls, strict=True):
+            ttl_ms = max(1, int(ttl_s * 1000))
+            result = await self._codec.encode_entry_async(value, ttl_ms)
+            if self._l1.set(key, result.value, len(result.data), ttl_s):
+                self._stats.l1_inserts += 1
+            else:
+                all_in_l1 = False
+            redis_items.append((self._keys.redis_key(key), result.data, ttl_ms))
+            self._note_encoded(key, result, ttl_s)
+        stored = all_in_l1
+        l2 = self._l2
+        if l2 is not None and self._version_known:
+            stored = await l2.set_many(redis_items)
+        if self._monitoring:
+            self._stats.latency_set_many.observe(time.perf_counter() - started)
+        return stored
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` from both tiers (and from the other pods' L1). Returns whether it existed."""
+        if not isinstance(key, str):
+            raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
+        started = time.perf_counter()
+        existed = self._l1.delete(key)
+        l2 = self._l2
+        if l2 is not None:
+            existed = bool(await l2.delete([self._keys.redis_key(key)])) or existed
+            await self._publish({"k": "keys", "ns": self._keys.namespace, "keys": [key]})
+        self._stats.deletes += 1
+        if self._monitoring:
+            self._stats.latency_delete.observe(time.perf_counter() - started)
+        return existed
+
+    # ------------------------------------------------------------------ get_or_compute
+
+    async def get_or_compute(self, key: str, loader: Loader[T], ttl: float | None = None) -> T:
+        """The cached value, or ``loader()``'s result stored for ``ttl`` (None: the operation's TTL).
+
+        Concurrent callers of one missing key share one loader call (single-flight); with
+        ``stampede.lease_lock`` one pod computes while the others wait for its value; with
+        ``stampede.early_refresh_fraction`` a value close to expiry is refreshed in the background
+        while the current one is served. Loader errors reach every waiter and nothing is cached.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
+        self._ttl_seconds(key, ttl)  # validate before any work
+        stats = self._stats
+        operation = self._keys.operation_of(key)
+        if not self._enabled:
+            stats.misses += 1
+            stats.count_operation(operation or "default", hit=False)
+            return await self._run_loader(loader)
+        entry = self._l1.get_entry(key)
+        if entry is not None:
+            stats.hits_l1 += 1
+            if self._monitoring:
+                stats.latency_get.counts[0] += 1
+            stats.count_operation(operation or "default", hit=True)
+            self._maybe_refresh(key, loader, ttl, entry.remaining(self._clock()), entry.ttl)
+            return entry.value  # type: ignore[no-any-return]
+        flight = self._flight
+        if self._single_flight and flight.in_flight(key):
+            stats.misses += 1
+            stats.count_operation(operation or "default", hit=False)
+            stats.singleflight_merges += 1
+            return await flight.run(key, lambda: self._compute_and_store(key, loader, ttl))
+        envelope = await self._read_l2(key) if self._l2 is not None else None
+        if envelope is not None:
+            stats.hits_l2 += 1
+            stats.count_operation(operation or "default", hit=True)
+            self._maybe_refresh(key, loader, ttl, envelope.remaining_ms() / 1000.0, envelope.ttl_ms / 1000.0)
+            return envelope.value  # type: ignore[no-any-return]
+        stats.misses += 1
+        stats.count_operation(operation or "default", hit=False)
+        stats.reuse.on_miss(key)
+        if not self._single_flight:
+            return await self._compute_and_store(key, loader, ttl)
+        if flight.in_flight(key):  # another caller started the load while we read L2
+            stats.singleflight_merges += 1
+        return await flight.run(key, lambda: self._compute_and_store(key, loader, ttl))
+
+    async def _run_loader(self, loader: Loader[T]) -> T:
+        stats = self._stats
+        started = time.perf_counter()
+        stats.computes += 1
+        try:
+            result = loader()
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException:
+            stats.compute_errors += 1
+            raise
+        finally:
+            if self._monitoring:
+                stats.latency_compute.observe(time.perf_counter() - started)
+        return result  # type: ignore[return-value]
+
+    async def _compute_and_store(self, key: str, loader: Loader[T], ttl: float | None) -> T:
+        l2 = self._l2
+        lease_key = token = None
+        if self._config.stampede.lease_lock and l2 is not None and l2.available and self._version_known:
+            lease_key = self._keys.lease_key(key)
+            token = await l2.acquire_lease(lease_key, max(1, int(self._config.stampede.lease_ttl_s * 1000)))
+            if token is None and l2.available:
+                waited = await self._wait_for_lease_holder(key)
+                if waited is not None:
+                    return waited.value  # type: ignore[no-any-return]
+        try:
+            value = await self._run_loader(loader)
+            try:
+                await self.set(key, value, ttl)
+            except EncodeError as exc:
+                # The caller still gets its (expensive) value; it just cannot be cached.
+                logger.warning("get_or_compute: value for a key could not be cached: %s", exc)
+        finally:
+            # Released only after the value is in Redis, so a waiting pod finds it instead of
+            # taking the lease and computing again.
+            if token is not None and lease_key is not None and l2 is not None:
+                await l2.release_lease(lease_key, token)
+        return value
+
+    async def _wait_for_lease_holder(self, key: str) -> Envelope | None:
+        """Another pod holds the lease: poll L2 for its value, up to ``stampede.lease_wait_s``."""
+        self._stats.lease_waits += 1
+        deadline = time.monotonic() + self._config.stampede.lease_wait_s
+        delay = _LEASE_POLL_FIRST_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, _LEASE_POLL_MAX_S)
+            envelope = await self._read_l2(key)
+            if envelope is not None:
+                return envelope
+            l2 = self._l2
+            if l2 is None or not l2.available:
+                break  # Redis went away: compute here rather than wait for nothing
+        return None
+
+    def _maybe_refresh(self, key: str, loader: Loader[Any], ttl: float | None, remaining_s: float,
+                       full_ttl_s: float) -> None:
+        fraction = self._config.stampede.early_refresh_fraction
+        if not fraction or remaining_s >= fraction * full_ttl_s or self._isolated:
+            return
+        if self._flight.in_flight(key):
+            return
+        self._stats.early_refreshes += 1
+        task = asyncio.ensure_future(self._flight.run(key, lambda: self._compute_and_store(key, loader, ttl)))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("early refresh failed: %s", type(task.exception()).__name__)
+
+    # ------------------------------------------------------------------ invalidation
+
+    async def invalidate(self, pattern: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+        """Invalidate by Redis glob ``pattern`` (SCAN + UNLINK, relative to the key prefix) and/or by
+        ``namespace`` (one INCR of its version; old entries expire by TTL). Other pods drop the
+        matching L1 entries through the coherence channel. Returns counts.
+        """
+        if pattern is None and namespace is None:
+            raise ValueError("invalidate: give pattern and/or namespace; accepted: a Redis glob relative to "
+                             "the key prefix, a namespace name")
+        started = time.perf_counter()
+        result: dict[str, Any] = {"pattern": None, "namespace": None, "redis_keys_removed": 0,
+                                  "l1_entries_removed": 0, "namespace_version": None}
+        stats = self._stats
+        if pattern is not None:
+            full = self._keys.pattern(pattern)
+            result["pattern"] = full
+            result["l1_entries_removed"] += self._drop_l1_matching(full)
+            if self._l2 is not None:
+                result["redis_keys_removed"] = await self._l2.scan_unlink(full)
+            stats.invalidations_pattern += 1
+            await self._publish({"k": "pattern", "p": full})
+        if namespace is not None:
+            ns = self._check_namespace(namespace)
+            result["namespace"] = ns
+            version = None
+            if self._l2 is not None:
+                version = await self._l2.bump_version(self._keys.version_key(ns))
+            elif ns == self._keys.namespace:
+                version = self._keys.namespace_version + 1  # memory only: the version is ours alone
+            result["namespace_version"] = version
+            result["applied"] = version is not None
+            if ns == self._keys.namespace:
+                result["l1_entries_removed"] += self._drop_namespace(version)
+            stats.invalidations_namespace += 1
+            await self._publish({"k": "ns", "ns": ns, "v": version})
+        stats.keys_invalidated += result["redis_keys_removed"] + result["l1_entries_removed"]
+        stats.l1_invalidated += result["l1_entries_removed"]
+        if self._monitoring:
+            stats.latency_invalidate.observe(time.perf_counter() - started)
+        return result
+
+    def _check_namespace(self, namespace: str) -> str:
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace: {namespace!r} is not accepted; accepted: 1 to 64 of A-Z a-z 0-9 _ . -")
+        return namespace
+
+    def _drop_l1_matching(self, full_pattern: str) -> int:
+        regex = redis_glob_to_regex(full_pattern)
+        base = self._keys.base()
+        doomed = [key for key in self._l1_data if regex.fullmatch(base + key)]
+        for key in doomed:
+            self._l1.delete(key)
+        return len(doomed)
+
+    def _drop_namespace(self, version: int | None) -> int:
+        count = len(self._l1)
+        if version is not None and version > self._keys.namespace_version:
+            self._keys.namespace_version = version
+        # Every L1 entry belongs to this namespace; the epoch also voids reads still in flight.
+        self._l1.bump_epoch()
+        return count
+
+    async def clear(self) -> dict[str, Any]:
+        """Empty this namespace: L1 (here and, via coherence, on other pods) and its Redis keys of
+        every version (SCAN + UNLINK). Returns counts."""
+        started = time.perf_counter()
+        l1_removed = len(self._l1)
+        self._l1.bump_epoch()
+        redis_removed = 0
+        if self._l2 is not None:
+            redis_removed = await self._l2.scan_unlink(self._keys.namespace_prefix() + "*")
+        await self._publish({"k": "clear", "ns": self._keys.namespace})
+        self._stats.l1_invalidated += l1_removed
+        self._stats.keys_invalidated += l1_removed + redis_removed
+        if self._monitoring:
+            self._stats.latency_invalidate.observe(time.perf_counter() - started)
+        return {"l1_entries_removed": l1_removed, "redis_keys_removed": redis_removed}
+
+    def gc(self) -> dict[str, int]:
+        """Drop expired L1 entries now (they would go lazily anyway). Returns the count."""
+        removed = self._l1.purge_expired()
+        return {"l1_expired_removed": removed}
+
+    # ------------------------------------------------------------------ coherence
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        l2 = self._l2
+        if l2 is None or self._listener_channel is None:
+            return
+        message["o"] = self._origin
+        if await l2.publish(self._listener_channel, pack_stamped(orjson.dumps(message))):
+            self._stats.coherence_messages_published += 1
+
+    def _on_coherence_message(self, raw: bytes) -> None:
+        try:
+            stamped = unpack_stamped(raw)
+            message = orjson.loads(stamped.payload)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            logger.debug("ignored a malformed coherence message: %s", exc)
+            return
+        if message.get("o") == self._origin:
+            return
+        stats = self._stats
+        stats.coherence_messages_received += 1
+        if self._monitoring:
+            stats.coherence_lag.observe(lag_seconds(stamped))
+        kind = message.get("k")
+        removed = 0
+        own_namespace = self._keys.namespace
+        if kind == "pattern" and isinstance(message.get("p"), str):
+            removed = self._drop_l1_matching(message["p"])
+        elif kind == "ns" and message.get("ns") == own_namespace:
+            version = message.get("v")
+            removed = self._drop_namespace(version if isinstance(version, int) else None)
+        elif kind == "clear" and message.get("ns") == own_namespace:
+            removed = len(self._l1)
+            self._l1.bump_epoch()
+        elif kind == "keys" and message.get("ns") == own_namespace and isinstance(message.get("keys"), list):
+            removed = sum(1 for key in message["keys"] if isinstance(key, str) and self._l1.delete(key))
+        stats.l1_invalidated += removed
+
+    def _on_coherence_reset(self) -> None:
+        # Messages may have been missed while the subscription was down: nothing in L1 can be
+        # trusted, and the namespace version may have moved.
+        self._stats.coherence_resets += 1
+        self._l1.bump_epoch()
+        if self._l2 is not None:
+            task = asyncio.ensure_future(self._refresh_namespace_version())
+            self._background.add(task)
+            task.add_done_callback(self._background_done)
+
+    # ------------------------------------------------------------------ isolation, reconnect
+
+    def isolate(self) -> None:
+        """Stop all writes (L1 and Redis); keep serving what is cached. For emergencies."""
+        self._isolated = True
+
+    def restore(self) -> None:
+        """Leave isolation: writes resume."""
+        self._isolated = False
+
+    async def reconnect_redis(self) -> bool:
+        """Drop every Redis connection and connect again (breaker reset). False when there is no L2."""
+        if self._l2 is None:
+            return False
+        await self._l2.reconnect()
+        await self._refresh_namespace_version()
+        return True
+
+    # ------------------------------------------------------------------ config
+
+    def _apply_runtime_settings(self, config: CacheConfig) -> None:
+        self._enabled = config.enabled
+        self._monitoring = config.monitoring
+        self._single_flight = config.stampede.single_flight
+        logging.getLogger("cache_runtime").setLevel(config.log_level)
+
+    async def apply_config(self, new: CacheConfig) -> dict[str, Any]:
+        """Apply a new config live. L1 is resized keeping its most recent entries (cleared only when
+        the key layout changed); L2 is rebuilt only if the Redis settings changed; new TTLs, codec
+        and compression apply to new writes. Returns what changed."""
+        if not isinstance(new, CacheConfig):
+            raise TypeError(f"config: {type(new).__name__} is not accepted; accepted: CacheConfig")
+        old = self._config
+        changed = sorted(name for name in type(new).model_fields if getattr(old, name) != getattr(new, name))
+        report: dict[str, Any] = {"changed": changed, "config_hash": new.config_hash(), "l1_evicted": 0,
+                                  "l1_cleared": False, "redis_rebuilt": False}
+        self._config = new
+        self._apply_runtime_settings(new)
+        self._codec = Codec.from_config(new)
+        layout_changed = old.keys != new.keys
+        self._keys = KeyBuilder(new, namespace_version=self._keys.namespace_version)
+        self._variant_keys = _variant_builder(new)
+        l1 = self._l1
+        l1.sweep_batch = new.l1.sweep_batch
+        report["l1_evicted"] = l1.resize(new.l1.max_entries, new.l1.max_bytes)
+        if layout_changed or not new.enabled:
+            report["l1_cleared"] = True
+            l1.bump_epoch()
+        if self._started:
+            old_settings = redis_settings_for(old)
+            new_settings = redis_settings_for(new)
+            if old_settings != new_settings:
+                report["redis_rebuilt"] = True
+                await self._unsubscribe()
+                if old_settings is not None and new_settings is not None and self._l2 is not None:
+                    await self._l2.reconnect(new_settings)
+                    self._subscribe(new)
+                else:
+                    await self._close_l2()
+                    await self._build_l2(new)
+            elif self._l2 is not None and (old.coherence_channel, old.coherence.enabled) != (
+                    new.coherence_channel, new.coherence.enabled):
+                await self._unsubscribe()
+                self._subscribe(new)
+            if layout_changed and self._l2 is not None:
+                self._keys.namespace_version = 0
+                await self._refresh_namespace_version()
+        return report
+
+    # ------------------------------------------------------------------ stats and health
+
+    def _config_facts(self) -> dict[str, Any]:
+        config = self._config
+        return {
+            "hash": config.config_hash(),
+            "preset": config.preset,
+            "enabled": config.enabled,
+            "normalize": config.keys.normalize.model_dump(),
+            "ttl_default_s": config.ttl.default_s,
+            "operation_ttls_s": {op: config.ttl.for_operation(op) for op in OPERATIONS},
+            "l1_max_entries": config.l1.max_entries,
+            "l1_max_bytes": config.l1.max_bytes,
+            "compression_enabled": True,
+            "compression_threshold_bytes": config.compression.threshold_bytes,
+            "compression_level": config.compression.level,
+            "redis_max_connections": config.redis.max_connections,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (``cache_runtime.stats.Snapshot``) of every counter and gauge, plus
+        ``l2_detail`` (RedisL2's own stats) and ``engine`` facts (namespace version, isolation)."""
+        l2 = self._l2
+        l2_raw = l2.stats() if l2 is not None else None
+        snapshot: dict[str, Any] = dict(build_snapshot(
+            self._stats, l1=self._l1.stats(), l2=l2_raw, redis_memory=self._redis_memory,
+            config=self._config_facts(), isolated=self._isolated))
+        snapshot["l2_detail"] = l2_raw
+        snapshot["engine"] = {
+            "namespace": self._keys.namespace,
+            "namespace_version": self._keys.namespace_version,
+            "namespace_version_known": self._version_known,
+            "single_flight_in_progress": len(self._flight),
+            "background_tasks": len(self._background),
+            "started": self._started,
+        }
+        self._remember(snapshot)
+        return snapshot
+
+    def _remember(self, snapshot: dict[str, Any]) -> None:
+        now = self._clock()
+        if not self._history or now - self._history[-1][0] >= _SNAPSHOT_SPACING_S:
+            self._history.append((now, snapshot))  # type: ignore[arg-type]
+
+    def health(self, window_seconds: float = _HEALTH_WINDOW_S) -> health_module.HealthReport:
+        """Judge the last ``window_seconds`` (or everything since start, if younger) against the
+        config's health thresholds; returns a report with symptoms, causes, evidence, recommendations."""
+        current = self.stats()
+        now = self._clock()
+        window: Any = current
+        older = [snap for at, snap in self._history if now - at >= window_seconds]
+        if older:
+            window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
+        return health_module.evaluate(window, self._config.health.model_dump())
+
+
+async def _stop_listener(listener: Any) -> None:
+    """Stop a coherence listener even if its task swallows a cancellation.
+
+    redis-py's read timeout can turn a cancellation that lands as the timeout fires into a plain
+    read timeout; CoherenceListener.stop() then waits forever for a task that keeps listening.
+    Cancelling until the task is done (bounded) closes that hole.
+    """
+    task = getattr(listener, "_task", None)
+    for _ in range(100):
+        if task is None or task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    await listener.stop()
+
+
+def _variant_builder(config: CacheConfig) -> KeyBuilder | None:
+    """A key builder with every normalization on, for key-variant evidence (None if that is the
+    config's own builder already)."""
+    rules = config.keys.normalize
+    if rules.line_endings and rules.invisible_chars and rules.whitespace and rules.case:
+        return None
+    data = config.model_dump()
+    data["keys"]["normalize"] = dict.fromkeys(("line_endings", "invisible_chars", "whitespace", "case"), True)
+    return KeyBuilder(CacheConfig.model_validate(data))
+
