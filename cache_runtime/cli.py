@@ -27,7 +27,13 @@ def _dev(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"dev": _dev}
+def _runtime(argv: Sequence[str]) -> int:
+    from cache_runtime.service.runtime_main import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"dev": _dev, "runtime": _runtime}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,8 +56,9 @@ class TokenFile:
 
     __slots__ = ("_checked_at", "_clock", "_identity", "_tokens", "path", "recheck_interval_s")
 
-    def __init__(self, path: Path, *, recheck_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, path: Path, *, recheck_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = path
         self.recheck_interval_s = recheck_interval_s
         self._clock = clock
@@ -75,8 +76,10 @@ class TokenFile:
             stat = os.stat(self.path)
         except OSError:
             if self._tokens:
-                log.warning("token file disappeared; its role is now unreachable",
-                            extra={"fields": {"path": str(self.path)}})
+                log.warning(
+                    "token file disappeared; its role is now unreachable",
+                    extra={"fields": {"path": str(self.path)}},
+                )
             self._identity, self._tokens = None, ()
             return self._tokens
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -92,15 +95,21 @@ class TokenFile:
         except OSError:
             return ()
         if len(raw) > MAX_TOKEN_FILE_BYTES:
-            log.error("token file larger than %d bytes ignored", MAX_TOKEN_FILE_BYTES,
-                      extra={"fields": {"path": str(self.path)}})
+            log.error(
+                "token file larger than %d bytes ignored",
+                MAX_TOKEN_FILE_BYTES,
+                extra={"fields": {"path": str(self.path)}},
+            )
             return ()
         tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
         short = [token for token in tokens if len(token) < MIN_TOKEN_LENGTH]
         if short:
             # Never log the token itself, only that the file holds a weak one.
-            log.error("token file holds a token shorter than %d bytes; ignored", MIN_TOKEN_LENGTH,
-                      extra={"fields": {"path": str(self.path)}})
+            log.error(
+                "token file holds a token shorter than %d bytes; ignored",
+                MIN_TOKEN_LENGTH,
+                extra={"fields": {"path": str(self.path)}},
+            )
         return tuple(token for token in tokens if len(token) >= MIN_TOKEN_LENGTH)
 
 
@@ -114,11 +123,21 @@ class Authenticator:
     disabled: bool = False
 
     @classmethod
-    def from_paths(cls, *, admin: Path | None, read: Path | None = None, write: Path | None = None,
-                   disabled: bool = False) -> Authenticator:
+    def from_paths(
+        cls,
+        *,
+        admin: Path | None,
+        read: Path | None = None,
+        write: Path | None = None,
+        disabled: bool = False,
+    ) -> Authenticator:
         """Build an authenticator over token files (any of them may be absent)."""
-        return cls(admin=TokenFile(admin) if admin else None, read=TokenFile(read) if read else None,
-                   write=TokenFile(write) if write else None, disabled=disabled)
+        return cls(
+            admin=TokenFile(admin) if admin else None,
+            read=TokenFile(read) if read else None,
+            write=TokenFile(write) if write else None,
+            disabled=disabled,
+        )
 
     def role_for(self, authorization: str | None) -> Role | None:
         """The highest role whose token matches the header's bearer token, or None."""
@@ -153,14 +172,19 @@ class Authenticator:
         def dependency(request: Request) -> None:
             outcome = self.check(request.headers.get("authorization"), required)
             if outcome is AuthOutcome.UNAUTHENTICATED:
-                raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"},
-                                    detail={"error": "unauthorized",
-                                            "message": "a valid bearer token is required"})
+                raise HTTPException(
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                    detail={"error": "unauthorized", "message": "a valid bearer token is required"},
+                )
             if outcome is AuthOutcome.FORBIDDEN:
-                raise HTTPException(status_code=403,
-                                    detail={"error": "forbidden",
-                                            "message": f"this route needs the {required.name.lower()} "
-                                                       "role"})
+                raise HTTPException(
+                    status_code=403,
+                    detail={
+                        "error": "forbidden",
+                        "message": f"this route needs the {required.name.lower()} role",
+                    },
+                )
 
         dependency.__name__ = f"require_{required.name.lower()}"
         return dependency

@@ -46,12 +46,23 @@ log = logging.getLogger("cachewarden.runtime.config")
 
 MAX_CONFIG_FILE_BYTES = 1024 * 1024
 REDACTED_PASSWORD = "**********"
-DOCUMENT_SHAPES = ("{config: <resolved config>, hash: <sha256>} (rendered by the operator), or "
-                   "{preset: <name>, overrides: {...}, redis_url: <url>} (written by hand)")
+DOCUMENT_SHAPES = (
+    "{config: <resolved config>, hash: <sha256>} (rendered by the operator), or "
+    "{preset: <name>, overrides: {...}, redis_url: <url>} (written by hand)"
+)
 # Connection settings belong to the pod (its Secret, its network), not to a preset: apply-preset
 # and config/update keep them from the config in force.
-CONNECTION_FIELDS = ("url", "username", "password", "tls_ca_file", "tls_cert_file", "tls_key_file",
-                     "tls_verify", "sentinel_master", "cluster")
+CONNECTION_FIELDS = (
+    "url",
+    "username",
+    "password",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_verify",
+    "sentinel_master",
+    "cluster",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +77,13 @@ class ConfigRecord:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (no secrets: the config is shown through its public_dict)."""
-        return {"hash": self.hash, "origin": self.origin, "detail": self.detail,
-                "preset": self.config.preset, "loaded_at": self.loaded_at}
+        return {
+            "hash": self.hash,
+            "origin": self.origin,
+            "detail": self.detail,
+            "preset": self.config.preset,
+            "loaded_at": self.loaded_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +100,15 @@ class Rejection:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form for health and error bodies."""
-        return {"source": self.source, "field": self.field, "value": _json_safe(self.value),
-                "accepted": self.accepted, "message": self.message, "at": self.at,
-                "problems": list(self.problems)}
+        return {
+            "source": self.source,
+            "field": self.field,
+            "value": _json_safe(self.value),
+            "accepted": self.accepted,
+            "message": self.message,
+            "at": self.at,
+            "problems": list(self.problems),
+        }
 
 
 class ConfigRejected(Exception):
@@ -107,8 +129,10 @@ def _json_safe(value: Any) -> Any:
 
 def rejection_from(error: ConfigError, source: str, now: float) -> Rejection:
     """Turn the engine's ConfigError (field, value, accepted, all problems) into a Rejection."""
-    problems = tuple({"field": p.field, "value": _json_safe(p.value), "accepted": p.accepted,
-                      "message": p.message} for p in error.problems)
+    problems = tuple(
+        {"field": p.field, "value": _json_safe(p.value), "accepted": p.accepted, "message": p.message}
+        for p in error.problems
+    )
     return Rejection(source, error.field, error.value, error.accepted, str(error), now, problems)
 
 
@@ -132,11 +156,14 @@ def config_from_push(config_data: Any, expected_hash: Any) -> CacheConfig:
         raise ConfigError("config", type(config_data).__name__, "an object: the full resolved config")
     config = validate_config(config_data)
     if not isinstance(expected_hash, str) or config.config_hash() != expected_hash:
-        raise ConfigError("hash", expected_hash,
-                          f"the sha256 of the config's canonical JSON, which is {config.config_hash()}",
-                          f"hash: {expected_hash!r} does not match the config sent (recomputed "
-                          f"{config.config_hash()}); the config was changed in transit or rendered "
-                          "by another version")
+        raise ConfigError(
+            "hash",
+            expected_hash,
+            f"the sha256 of the config's canonical JSON, which is {config.config_hash()}",
+            f"hash: {expected_hash!r} does not match the config sent (recomputed "
+            f"{config.config_hash()}); the config was changed in transit or rendered "
+            "by another version",
+        )
     return config
 
 
@@ -168,8 +195,12 @@ def config_from_document(document: Any) -> CacheConfig:
 def config_with_overrides(base: CacheConfig, overrides: Any) -> CacheConfig:
     """``base`` with partial overrides (nested or dotted keys), validated; unknown keys rejected."""
     if not isinstance(overrides, Mapping) or not overrides:
-        raise ConfigError("overrides", _json_safe(overrides), "a non-empty object of parameter groups, "
-                          "e.g. {\"ttl\": {\"default_s\": 600}} or {\"ttl.default_s\": 600}")
+        raise ConfigError(
+            "overrides",
+            _json_safe(overrides),
+            "a non-empty object of parameter groups, "
+            'e.g. {"ttl": {"default_s": 600}} or {"ttl.default_s": 600}',
+        )
     merged = apply_overrides(base.model_dump(), overrides)
     return validate_config(merged)
 
@@ -285,13 +316,21 @@ class ConfigSource:
                 raw = handle.read(MAX_CONFIG_FILE_BYTES + 1)
         except FileNotFoundError:
             if not self.file.missing:
-                log.warning("config file not found; keeping the config in force",
-                            extra={"fields": {"path": str(self.path)}})
+                log.warning(
+                    "config file not found; keeping the config in force",
+                    extra={"fields": {"path": str(self.path)}},
+                )
             self.file.missing = True
             return None
         except OSError as exc:
-            self.file.rejection = Rejection("file", "file", str(self.path), "a readable file",
-                                            f"cannot read config file: {exc.strerror}", self.clock())
+            self.file.rejection = Rejection(
+                "file",
+                "file",
+                str(self.path),
+                "a readable file",
+                f"cannot read config file: {exc.strerror}",
+                self.clock(),
+            )
             return None
         self.file.missing = False
         digest = hashlib.sha256(raw).hexdigest()
@@ -305,14 +344,17 @@ class ConfigSource:
         now = self.clock()
         try:
             if len(raw) > MAX_CONFIG_FILE_BYTES:
-                raise ConfigError("file", f"{len(raw)} bytes or more",
-                                  f"at most {MAX_CONFIG_FILE_BYTES} bytes")
+                raise ConfigError(
+                    "file", f"{len(raw)} bytes or more", f"at most {MAX_CONFIG_FILE_BYTES} bytes"
+                )
             config = config_from_document(parse_document(raw))
         except ConfigError as exc:
             self.file.digest = digest
             self.file.rejection = rejection_from(exc, "file", now)
-            log.error("config file rejected; the last good config stays in force",
-                      extra={"fields": {"field": exc.field, "accepted": exc.accepted}})
+            log.error(
+                "config file rejected; the last good config stays in force",
+                extra={"fields": {"field": exc.field, "accepted": exc.accepted}},
+            )
             return None
         return ConfigRecord(config, config.config_hash(), "file", now)
 
@@ -343,8 +385,9 @@ class ConfigSource:
                 "rejection": self.file.rejection.describe() if self.file.rejection else None,
             },
             "override": self.override.describe() if self.override else None,
-            "last_push_rejection": (self.last_push_rejection.describe()
-                                    if self.last_push_rejection else None),
+            "last_push_rejection": (
+                self.last_push_rejection.describe() if self.last_push_rejection else None
+            ),
         }
 
 
@@ -361,16 +404,22 @@ class ApplyResult:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready form returned by the config actions."""
-        return {"applied": self.applied, "hash": self.record.hash, "previous_hash": self.previous_hash,
-                "origin": self.record.origin, "preset": self.record.config.preset,
-                "detail": self.record.detail}
+        return {
+            "applied": self.applied,
+            "hash": self.record.hash,
+            "previous_hash": self.previous_hash,
+            "origin": self.record.origin,
+            "preset": self.record.config.preset,
+            "detail": self.record.detail,
+        }
 
 
 class ConfigController:
     """Serialises config changes and hands each accepted one to the engine before committing it."""
 
-    def __init__(self, source: ConfigSource, apply: ApplyFn,
-                 credentials: LocalCredentials | None = None) -> None:
+    def __init__(
+        self, source: ConfigSource, apply: ApplyFn, credentials: LocalCredentials | None = None
+    ) -> None:
         self.source = source
         self._apply = apply
         self.credentials = credentials or LocalCredentials()
@@ -419,8 +468,14 @@ class ConfigController:
         self.applied_hash = record.hash
         self.changes_applied += 1
 
-    async def _override(self, make: Callable[[CacheConfig | None], CacheConfig], origin: str,
-                        detail: str | None, *, dry_run: bool = False) -> ApplyResult:
+    async def _override(
+        self,
+        make: Callable[[CacheConfig | None], CacheConfig],
+        origin: str,
+        detail: str | None,
+        *,
+        dry_run: bool = False,
+    ) -> ApplyResult:
         async with self._lock:
             previous = self.source.in_force
             try:
@@ -443,8 +498,10 @@ class ConfigController:
                 self.source.last_push_rejection = rejection
                 raise ConfigRejected(rejection) from None
             self.source.commit_override(record)
-            log.info("config changed", extra={"fields": {"origin": origin, "hash": record.hash,
-                                                         "previous_hash": previous_hash}})
+            log.info(
+                "config changed",
+                extra={"fields": {"origin": origin, "hash": record.hash, "previous_hash": previous_hash}},
+            )
             return ApplyResult(True, record, previous_hash)
 
     async def push(self, config_data: Any, expected_hash: Any) -> ApplyResult:
@@ -468,8 +525,12 @@ class ConfigController:
                 raise ConfigError("config", None, "a config in force to update (none loaded yet)")
             return config_with_overrides(current, overrides)
 
-        return await self._override(make, "update", ",".join(sorted(map(str, overrides)))
-                                    if isinstance(overrides, Mapping) else None, dry_run=dry_run)
+        return await self._override(
+            make,
+            "update",
+            ",".join(sorted(map(str, overrides))) if isinstance(overrides, Mapping) else None,
+            dry_run=dry_run,
+        )
 
     async def apply_preset(self, preset: str, *, dry_run: bool = False) -> ApplyResult:
         """``apply-preset``: switch preset, keeping the Redis connection and the key layout."""
@@ -487,10 +548,14 @@ class ConfigController:
             base = self.source.base
             previous = self.source.in_force
             if base is None:
-                rejection = Rejection("reset", "config", None,
-                                      "a config file or start preset to return to",
-                                      "reset-config: there is no file config to return to",
-                                      self.source.clock())
+                rejection = Rejection(
+                    "reset",
+                    "config",
+                    None,
+                    "a config file or start preset to return to",
+                    "reset-config: there is no file config to return to",
+                    self.source.clock(),
+                )
                 raise ConfigRejected(rejection)
             previous_hash = previous.hash if previous else None
             if dry_run:

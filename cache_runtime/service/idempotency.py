@@ -45,8 +45,10 @@ class IdempotencyConflict(Exception):
     def __init__(self, key: str, first_request: str) -> None:
         self.key = key
         self.first_request = first_request
-        super().__init__(f"{HEADER} {key!r} was already used for a different request ({first_request}); "
-                         "use a new key for a new request")
+        super().__init__(
+            f"{HEADER} {key!r} was already used for a different request ({first_request}); "
+            "use a new key for a new request"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +90,9 @@ def request_fingerprint(method: str, path: str, query: dict[str, Any], body: Any
 class IdempotencyStore:
     """LRU- and TTL-bounded map of idempotency keys to first results, with per-key serialisation."""
 
-    def __init__(self, *, max_entries: int = 10_000, ttl_s: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, max_entries: int = 10_000, ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries={max_entries!r} is invalid; accepted: an integer >= 1")
         if ttl_s <= 0:
@@ -136,8 +139,9 @@ class IdempotencyStore:
                 break
             del self._results[oldest_key]
 
-    async def run(self, key: str | None, scope: str, fingerprint: str,
-                  action: Callable[[], Awaitable[tuple[int, Any]]]) -> Outcome:
+    async def run(
+        self, key: str | None, scope: str, fingerprint: str, action: Callable[[], Awaitable[tuple[int, Any]]]
+    ) -> Outcome:
         """Run ``action`` once per key: a repeat (or a concurrent duplicate) gets the first result."""
         if key is None:
             status_code, body = await action()

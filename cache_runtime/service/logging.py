@@ -71,8 +71,12 @@ def route_template(scope: Scope) -> str:
 class AccessLogMiddleware:
     """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streaming bodies) logging requests."""
 
-    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None,
-                 on_request: Callable[[str, str, int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        logger: logging.Logger | None = None,
+        on_request: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
         self.app = app
         self.logger = logger or logging.getLogger(ACCESS_LOGGER)
         self.on_request = on_request
@@ -98,6 +102,14 @@ class AccessLogMiddleware:
             method = str(scope.get("method", ""))
             if self.on_request is not None:
                 self.on_request(method, template, status_holder[0], duration)
-            self.logger.info("request", extra={"fields": {
-                "method": method, "path": template, "status": status_holder[0],
-                "duration_ms": round(duration * 1000, 3)}})
+            self.logger.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": method,
+                        "path": template,
+                        "status": status_holder[0],
+                        "duration_ms": round(duration * 1000, 3),
+                    }
+                },
+            )

@@ -88,6 +88,7 @@ class ServiceSettings:
     # not from the ConfigMap, so it must not be part of the pushed config).
     redis_url_file: Path | None = None
     redis_url: str | None = None
+    redis_password_file: Path | None = None
     admin_token_file: Path | None = None
     read_token_file: Path | None = None
     write_token_file: Path | None = None
@@ -122,8 +123,11 @@ class ServiceSettings:
                 raw[item.name] = environ[env_name]
         unknown = set(explicit) - {item.name for item in fields(cls)}
         if unknown:
-            raise SettingsError(sorted(unknown)[0], explicit[sorted(unknown)[0]],
-                                "one of " + ", ".join(item.name for item in fields(cls)))
+            raise SettingsError(
+                sorted(unknown)[0],
+                explicit[sorted(unknown)[0]],
+                "one of " + ", ".join(item.name for item in fields(cls)),
+            )
         return cls._validated(raw, environ)
 
     @classmethod
@@ -131,8 +135,14 @@ class ServiceSettings:
         values: dict[str, object] = {}
         for key, value in raw.items():
             text = value if isinstance(value, str) else None
-            if key in {"config_path", "redis_url_file", "admin_token_file", "read_token_file",
-                       "write_token_file"}:
+            if key in {
+                "config_path",
+                "redis_url_file",
+                "redis_password_file",
+                "admin_token_file",
+                "read_token_file",
+                "write_token_file",
+            }:
                 values[key] = map_mount_path(str(value), environ)
             elif key in {"auth_disabled", "open_metrics", "open_probes"}:
                 values[key] = _parse_bool(key, text) if text is not None else bool(value)

@@ -42,8 +42,9 @@ def authenticator(tmp_path: Path) -> Authenticator:
     write(tmp_path / "admin", ADMIN + "\n")
     write(tmp_path / "read", READ + "\n")
     write(tmp_path / "write", WRITE)
-    return Authenticator.from_paths(admin=tmp_path / "admin", read=tmp_path / "read",
-                                    write=tmp_path / "write")
+    return Authenticator.from_paths(
+        admin=tmp_path / "admin", read=tmp_path / "read", write=tmp_path / "write"
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,8 +69,9 @@ def authenticator(tmp_path: Path) -> Authenticator:
         ("Bearer t\u00f6ken-0123456789abcdef", Role.READ, AuthOutcome.UNAUTHENTICATED),
     ],
 )
-def test_roles(authenticator: Authenticator, header: str | None, required: Role,
-               expected: AuthOutcome) -> None:
+def test_roles(
+    authenticator: Authenticator, header: str | None, required: Role, expected: AuthOutcome
+) -> None:
     assert authenticator.check(header, required) is expected
 
 

@@ -50,9 +50,9 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-async def started(path: Path | None, fallback: CacheConfig | None = None,
-                  credentials: LocalCredentials | None = None
-                  ) -> tuple[ConfigController, EngineRecorder]:
+async def started(
+    path: Path | None, fallback: CacheConfig | None = None, credentials: LocalCredentials | None = None
+) -> tuple[ConfigController, EngineRecorder]:
     engine = EngineRecorder()
     controller = ConfigController(ConfigSource(path=path, fallback=fallback), engine, credentials)
     await controller.load_initial()
@@ -98,7 +98,8 @@ async def test_yaml_file(tmp_path: Path) -> None:
     ],
 )
 async def test_invalid_file_keeps_last_good_and_names_the_field(
-        config_file: Path, content: object, field: str) -> None:
+    config_file: Path, content: object, field: str
+) -> None:
     controller, engine = await started(config_file)
     good_hash = controller.source.in_force.hash  # type: ignore[union-attr]
     write(config_file, content)  # type: ignore[arg-type]
@@ -179,7 +180,8 @@ async def test_push_of_the_config_in_force_is_a_no_op(config_file: Path) -> None
     ],
 )
 async def test_bad_pushes_are_rejected_naming_the_field(
-        config_file: Path, config: object, hash_: str | None, field: str) -> None:
+    config_file: Path, config: object, hash_: str | None, field: str
+) -> None:
     controller, engine = await started(config_file)
     if config is None:
         config = resolve_config("simple").public_dict()
@@ -222,8 +224,14 @@ async def test_update_and_reset(config_file: Path) -> None:
 
 async def test_apply_preset_keeps_connection_and_key_layout(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    write(path, {"preset": "ai-production", "redis_url": "redis://127.0.0.1:1/0",
-                 "overrides": {"keys": {"namespace": "tenant-a"}}})
+    write(
+        path,
+        {
+            "preset": "ai-production",
+            "redis_url": "redis://127.0.0.1:1/0",
+            "overrides": {"keys": {"namespace": "tenant-a"}},
+        },
+    )
     controller, engine = await started(path)
     result = await controller.apply_preset("conservative")
     applied = engine.applied[-1]
@@ -248,8 +256,11 @@ async def test_engine_refusal_is_a_rejection(config_file: Path) -> None:
 async def test_local_credentials_are_added_after_hashing(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     config = resolve_config("production", redis_url="redis://cache-redis:6379/0")
-    with_password = resolve_config("production", overrides={"redis": {"password": "from-operator"}},
-                                   redis_url="redis://cache-redis:6379/0")
+    with_password = resolve_config(
+        "production",
+        overrides={"redis": {"password": "from-operator"}},
+        redis_url="redis://cache-redis:6379/0",
+    )
     write(path, operator_document(with_password))  # public_dict carries the redaction marker
     (tmp_path / "password").write_text("s3cret-from-secret\n")
     (tmp_path / "url").write_text("redis://127.0.0.1:6399/0\n")

@@ -135,7 +135,8 @@ def test_good_key() -> None:
 
 def test_fingerprint_ignores_key_order_but_not_values() -> None:
     assert request_fingerprint("post", "/x", {"a": 1, "b": 2}, None) == request_fingerprint(
-        "POST", "/x", {"b": 2, "a": 1}, None)
+        "POST", "/x", {"b": 2, "a": 1}, None
+    )
     first = request_fingerprint("POST", "/x", {"a": 1}, None)
     assert first != request_fingerprint("POST", "/x", {"a": 2}, None)
 

@@ -13,8 +13,11 @@ from cache_runtime.service.settings import ServiceSettings, SettingsError, map_m
     ("path", "env", "expected"),
     [
         ("/var/run/cachewarden/admin-token", {}, Path("/var/run/cachewarden/admin-token")),
-        ("/var/run/cachewarden/admin-token", {"DEVCLUSTER_ROOT": "/tmp/dc/pods/p1"},
-         Path("/tmp/dc/pods/p1/var/run/cachewarden/admin-token")),
+        (
+            "/var/run/cachewarden/admin-token",
+            {"DEVCLUSTER_ROOT": "/tmp/dc/pods/p1"},
+            Path("/tmp/dc/pods/p1/var/run/cachewarden/admin-token"),
+        ),
         ("relative/config.yaml", {"DEVCLUSTER_ROOT": "/tmp/dc"}, Path("relative/config.yaml")),
         ("/etc/x", {"DEVCLUSTER_ROOT": ""}, Path("/etc/x")),
         (None, {"DEVCLUSTER_ROOT": "/tmp/dc"}, None),

@@ -1,0 +1,164 @@
+"""One error shape for every 4xx the service returns.
+
+Every rejected input answers with::
+
+    {"error": "invalid_request", "message": "...",
+     "problems": [{"field": "query.pattern", "value": "", "accepted": "...", "message": "..."}]}
+
+FastAPI's own validation errors (wrong types, missing fields) are converted to the same shape, so a
+client (or the operator) reads one format whatever rejected the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cache_runtime.config import ConfigError
+
+MAX_ECHO_CHARS = 200
+
+
+def echo(value: Any) -> Any:
+    """A value safe to send back: JSON-serialisable and short (never a whole document or text)."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + "..."
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:
+        return repr(value)[:MAX_ECHO_CHARS]
+    if len(encoded) > MAX_ECHO_CHARS:
+        return f"<{type(value).__name__} of {len(encoded)} bytes>"
+    return value
+
+
+def problem(field: str, value: Any, accepted: str, message: str | None = None) -> dict[str, Any]:
+    """One problem entry: the field, the value given, what is accepted, and a sentence."""
+    shown = echo(value)
+    return {
+        "field": field,
+        "value": shown,
+        "accepted": accepted,
+        "message": message or f"{field}: {shown!r} is not accepted; accepted: {accepted}",
+    }
+
+
+class InvalidRequest(Exception):
+    """Raised by handlers for inputs FastAPI's type checks cannot catch; becomes a 4xx."""
+
+    def __init__(
+        self, problems: Iterable[Mapping[str, Any]], status_code: int = 422, error: str = "invalid_request"
+    ) -> None:
+        self.problems = [dict(item) for item in problems]
+        self.status_code = status_code
+        self.error = error
+        super().__init__("; ".join(str(item.get("message")) for item in self.problems))
+
+    @classmethod
+    def single(
+        cls, field: str, value: Any, accepted: str, message: str | None = None, status_code: int = 422
+    ) -> InvalidRequest:
+        """An error about one field."""
+        return cls([problem(field, value, accepted, message)], status_code)
+
+    @classmethod
+    def from_config_error(cls, error: ConfigError, prefix: str = "") -> InvalidRequest:
+        """The engine's ConfigError (every problem pydantic found) as a 422."""
+        return cls(
+            [problem(prefix + item.field, item.value, item.accepted, item.message) for item in error.problems]
+        )
+
+
+def body(error: str, message: str, problems: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON body of an error response."""
+    return {"error": error, "message": message, "problems": problems or []}
+
+
+def _accepted_from_pydantic(item: Mapping[str, Any]) -> str:
+    kind = str(item.get("type", ""))
+    ctx = item.get("ctx") or {}
+    if kind == "missing":
+        return "a value (this field is required)"
+    if "expected" in ctx:
+        return f"one of {ctx['expected']}"
+    bounds = [
+        f"{word} {ctx[key]}"
+        for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if key in ctx
+    ]
+    if bounds:
+        return " and ".join(bounds)
+    if "min_length" in ctx or "max_length" in ctx:
+        return f"a length from {ctx.get('min_length', 0)} to {ctx.get('max_length', 'unbounded')}"
+    if "pattern" in ctx:
+        return f"a string matching {ctx['pattern']}"
+    if kind == "extra_forbidden":
+        return "no such field (unknown fields are refused)"
+    return str(item.get("msg", "a valid value"))
+
+
+def problems_from_validation(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """FastAPI/pydantic validation errors -> our problem entries (field path, value, accepted)."""
+    result = []
+    for item in errors:
+        location = [str(part) for part in item.get("loc", ())]
+        field = ".".join(location) or "request"
+        result.append(
+            problem(
+                field,
+                item.get("input"),
+                _accepted_from_pydantic(item),
+                f"{field}: {item.get('msg', 'invalid')}",
+            )
+        )
+    return result
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error response of ``app`` use the one shape (validation, our errors, HTTP errors)."""
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = problems_from_validation(exc.errors())
+        message = "; ".join(item["message"] for item in problems[:5])
+        return JSONResponse(status_code=422, content=body("invalid_request", message, problems))
+
+    async def on_invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidRequest)
+        return JSONResponse(status_code=exc.status_code, content=body(exc.error, str(exc), exc.problems))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail
+        if isinstance(detail, Mapping):
+            content = {"problems": [], **detail}
+        else:
+            content = body(_error_name(exc.status_code), str(detail))
+        return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(InvalidRequest, on_invalid)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def _error_name(status_code: int) -> str:
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "invalid_request",
+        503: "unavailable",
+    }.get(status_code, "error")
