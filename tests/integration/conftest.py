@@ -42,6 +42,13 @@ STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 
 
+# redis-server gets SIGKILL when the test process dies, even killed -9, so an interrupted run never
+# leaves servers behind (setpriv sets the parent-death signal, then execs: the pid stays the same).
+# preexec_fn could do it too, but it is unsafe while other threads (the blackhole) run.
+_SETPRIV = shutil.which("setpriv")
+DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -120,12 +127,13 @@ class RedisProcess:
                 f"sentinel down-after-milliseconds {service} 1000\n"
                 f"sentinel failover-timeout {service} 5000\n"
             )
-        return [REDIS_SERVER, str(config), "--sentinel", *self.extra_args]
+        return [*DIE_WITH_PARENT, REDIS_SERVER, str(config), "--sentinel", *self.extra_args]
 
     def _argv(self) -> list[str]:
         if self.sentinel_monitor is not None:
             return self._sentinel_argv(*self.sentinel_monitor)
         argv = [
+            *DIE_WITH_PARENT,
             REDIS_SERVER,
             "--bind",
             self.host,
@@ -169,7 +177,10 @@ class RedisProcess:
             return self
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
-            self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self._argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
