@@ -70,6 +70,10 @@ class Counts:
     b4_rate_per_s: int = 2_000
     # One per 10 ops, plus one per 20 ms probe of the (bounded) recovery wait.
     b4_cold_keys: int = 10_000 // 10 + 1_600
+    # Wall-time bounds of the outage phase and of the wait for recovery after it. The recovery bound
+    # is long enough to see an engine whose recovery waits on a slow background timer.
+    b4_outage_cap_s: float = 8.0
+    b4_recovery_cap_s: float = 30.0
     b5_values: int = 8
     b5_value_bytes: int = 1 << 20
     b6_samples: int = 300
@@ -88,6 +92,8 @@ class Counts:
             b4_ops=2_000,
             b4_rate_per_s=2_000,
             b4_cold_keys=2_000 // 10 + 1_600,
+            b4_outage_cap_s=3.0,
+            b4_recovery_cap_s=6.0,
             b5_values=2,
             b6_samples=30,
             b6_keys=20_000,
@@ -752,9 +758,8 @@ async def outage_run(run: Run, client: OutageClient, kind: str) -> OutageResult:
     counts = run.counts
     total = counts.b4_ops
     outage_at, return_at = total // 5, total * 3 // 5
-    phase_caps_s = {"before": 5.0, "outage": 8.0, "after": 8.0}
-    # Long enough to see an engine whose recovery waits on a slow background timer.
-    recovery_cap_s = 30.0
+    phase_caps_s = {"before": 5.0, "outage": counts.b4_outage_cap_s, "after": 8.0}
+    recovery_cap_s = counts.b4_recovery_cap_s
     result = OutageResult(client=client.name, kind=kind)
     server = RedisServer(run.placement.server_cores)
     server.start()
