@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cache_runtime.l2.connect import RedisClients, build_subscriber_client, scrub_secrets
+from cache_runtime.l2.connect import RedisClients, build_subscriber_client, parse_redis_url, scrub_secrets
 from cache_runtime.l2.errors import classify_error, describe_error
 from cache_runtime.l2.settings import RedisSettings
 
@@ -107,7 +107,7 @@ class CoherenceListener:
         self._subscribed = asyncio.Event()
         self._ever_subscribed = False
         self._stopping = False
-        self._secrets = (settings.password, settings.sentinel_password)
+        self._secrets = _secrets_of(settings)
         #: Counters (plain ints: read by stats()).
         self.messages = 0
         self.resets = 0
@@ -140,7 +140,7 @@ class CoherenceListener:
         """Reconnect now (optionally with new settings); on_reset fires after resubscribing."""
         if settings is not None:
             self._settings = settings
-            self._secrets = (settings.password, settings.sentinel_password)
+            self._secrets = _secrets_of(settings)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -279,6 +279,10 @@ class CoherenceListener:
         except Exception:
             self.callback_errors += 1
             logger.exception("coherence callback %r failed", getattr(callback, "__name__", callback))
+
+
+def _secrets_of(settings: RedisSettings) -> tuple[str | None, ...]:
+    return (settings.password, parse_redis_url(settings.url).password, settings.sentinel_password)
 
 
 async def _close_quietly(clients: RedisClients) -> None:
