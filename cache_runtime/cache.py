@@ -59,6 +59,10 @@ _SNAPSHOT_SPACING_S = 10.0
 _SNAPSHOT_HISTORY = 64
 # Background upkeep: re-read an unknown namespace version, refresh Redis memory facts and RTT.
 _MAINTENANCE_INTERVAL_S = 10.0
+# Tick of the coarse clock behind get_local (an entry may be served this much past its deadline).
+_COARSE_TICK_S = 0.005
+# While the namespace version is unknown, reads and writes retry reading it at most this often.
+_VERSION_RETRY_S = 0.1
 # Lease waiters poll L2 with this backoff (bounded by stampede.lease_wait_s).
 _LEASE_POLL_FIRST_S = 0.01
 _LEASE_POLL_MAX_S = 0.2
@@ -125,6 +129,9 @@ class TieredCache:
         self._isolated = False
         self._background: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._version_task: asyncio.Future[None] | None = None
+        self._version_attempt_at = 0.0
         self._redis_memory: dict[str, Any] | None = None
         self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
         self._apply_runtime_settings(config)
@@ -143,17 +150,23 @@ class TieredCache:
         if self._started:
             return
         self._started = True
+        self._start_coarse_clock()
         await self._build_l2(self._config)
         self._maintenance = asyncio.create_task(self._maintain(), name="cachewarden-maintenance")
 
     async def close(self) -> None:
         """Stop background work and close L2. L1 keeps its entries (the object may be started again)."""
         self._started = False
+        self._stop_coarse_clock()
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
             self._maintenance = None
+        if self._version_task is not None and not self._version_task.done():
+            self._version_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._version_task
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -212,6 +225,22 @@ class TieredCache:
             self._keys.namespace_version = version
             self._l1.bump_epoch()
         self._version_known = True
+
+    def _l2_usable(self) -> bool:
+        """Whether L2 may be used now: only once the namespace version is known.
+
+        While it is unknown, each call (at most every ``_VERSION_RETRY_S``) starts a background read
+        of it, so the engine returns to L2 as soon as Redis answers; those reads are also what lets
+        the breaker's half-open probe run when nothing else calls Redis.
+        """
+        if self._version_known:
+            return True
+        task = self._version_task
+        now = time.monotonic()
+        if (task is None or task.done()) and now - self._version_attempt_at >= _VERSION_RETRY_S:
+            self._version_attempt_at = now
+            self._version_task = asyncio.ensure_future(self._refresh_namespace_version())
+        return False
 
     async def _maintain(self) -> None:
         while True:
@@ -295,17 +324,56 @@ class TieredCache:
         """L1 only, synchronously: the value if L1 holds it, else ``default`` (Redis is not asked).
 
         A hit counts as a lookup hit; a miss is not counted (call :meth:`get` next, which counts it).
+        While the engine runs with the default clock this method is replaced per instance by an
+        equivalent closure that reads a coarse clock (see :meth:`_start_coarse_clock`).
         """
         entry = self._l1_data.get(key)
         if entry is not None and entry.deadline > self._clock():
             self._l1_data.move_to_end(key)
-            stats = self._stats
-            stats.hits_l1 += 1
-            if self._monitoring:
-                # An L1 hit takes well under the first bucket (10 us): counted there, not timed.
-                stats.latency_get.counts[0] += 1
+            self._stats.hits_l1 += 1
             return entry.value
         return default
+
+    def _start_coarse_clock(self) -> None:
+        """Serve get_local from a clock the event loop refreshes every few milliseconds.
+
+        Reading time.monotonic() is half the cost of an L1 hit (~50 of ~140 ns), the difference
+        between matching a bare cachetools.LRUCache lookup or not. With the coarse clock an entry
+        may be served up to one tick (plus any event-loop stall) past its deadline; TTLs are at
+        least a second, and L1 entries never outlive their Redis entry by more than that.
+        Only used with the real monotonic clock: an injected clock (tests) stays exact.
+        """
+        if self._clock is not time.monotonic:
+            return
+        loop = asyncio.get_running_loop()
+        now = [time.monotonic()]
+        data = self._l1_data
+        lookup = data.get
+        move_to_end = data.move_to_end
+        stats = self._stats
+
+        def tick() -> None:
+            now[0] = time.monotonic()
+            if self._started:
+                self._ticker = loop.call_later(_COARSE_TICK_S, tick)
+
+        def get_local(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.deadline > now[0]:
+                move_to_end(key)
+                stats.hits_l1 += 1
+                return entry.value
+            return default
+
+        get_local.__doc__ = TieredCache.get_local.__doc__
+        self._ticker = loop.call_later(_COARSE_TICK_S, tick)
+        self.get_local = get_local  # type: ignore[method-assign]
+
+    def _stop_coarse_clock(self) -> None:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+        self.__dict__.pop("get_local", None)  # back to the exact method
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble."""
@@ -343,7 +411,7 @@ class TieredCache:
     async def _read_l2(self, key: str, fill_l1: bool = True) -> Envelope | None:
         """One L2 read with decoding; fills L1 capped by the entry's remaining TTL. None = miss."""
         l2 = self._l2
-        if l2 is None or not self._version_known:
+        if l2 is None or not self._l2_usable():
             return None
         epoch = self._l1.epoch
         redis_key = self._keys.redis_key(key)
@@ -393,7 +461,7 @@ class TieredCache:
                 found[key] = value
                 stats.hits_l1 += 1
         l2 = self._l2
-        if missing and l2 is not None and self._version_known and self._enabled:
+        if missing and l2 is not None and self._enabled and self._l2_usable():
             epoch = l1.epoch
             raws = await l2.mget([self._keys.redis_key(key) for key in missing])
             still_missing = []
@@ -465,7 +533,7 @@ class TieredCache:
         if stored:
             self._stats.l1_inserts += 1
         l2 = self._l2
-        if l2 is not None and self._version_known:
+        if l2 is not None and self._l2_usable():
             l2_started = time.perf_counter()
             stored = await l2.set(self._keys.redis_key(key), result.data, ttl_ms) or stored
             if self._monitoring:
@@ -500,7 +568,7 @@ class TieredCache:
             self._note_encoded(key, result, ttl_s)
         stored = all_in_l1
         l2 = self._l2
-        if l2 is not None and self._version_known:
+        if l2 is not None and self._l2_usable():
             stored = await l2.set_many(redis_items)
         if self._monitoring:
             self._stats.latency_set_many.observe(time.perf_counter() - started)
@@ -588,7 +656,7 @@ class TieredCache:
     async def _compute_and_store(self, key: str, loader: Loader[T], ttl: float | None) -> T:
         l2 = self._l2
         lease_key = token = None
-        if self._config.stampede.lease_lock and l2 is not None and l2.available and self._version_known:
+        if self._config.stampede.lease_lock and l2 is not None and l2.available and self._l2_usable():
             lease_key = self._keys.lease_key(key)
             token = await l2.acquire_lease(lease_key, max(1, int(self._config.stampede.lease_ttl_s * 1000)))
             if token is None and l2.available:
@@ -773,9 +841,10 @@ class TieredCache:
         self._stats.coherence_resets += 1
         self._l1.bump_epoch()
         if self._l2 is not None:
-            task = asyncio.ensure_future(self._refresh_namespace_version())
-            self._background.add(task)
-            task.add_done_callback(self._background_done)
+            # Until the version is read again, L2 is not used (a missed bump would serve old entries).
+            self._version_known = False
+            self._version_attempt_at = 0.0
+            self._l2_usable()
 
     # ------------------------------------------------------------------ isolation, reconnect
 

@@ -682,12 +682,30 @@ async def test_namespace_version_unknown_keeps_l2_out_until_it_is_read(redis_fac
     server.stop()
     cfg = config(url, **{"redis.breaker_open_s": 0.05, "redis.connect_timeout_s": 0.2,
                          "redis.socket_timeout_s": 0.2})
-    async with TieredCache(cfg, maintenance_interval_s=0.05) as engine:
+    async with TieredCache(cfg) as engine:
         assert engine.stats()["engine"]["namespace_version_known"] is False
+        assert await engine.get("k") is None
         server.start()  # data is not persisted: set it again
         server.command("SET", "cw#nsver:default", "5")
         server.command("SET", "cw:default:v0:k", Codec().encode("stale from v0", 3_600_000))
-        await eventually(lambda: engine.stats()["engine"]["namespace_version_known"], timeout=10,
-                         what="the version to be read")
+
+        async def known_after_a_read() -> bool:
+            await engine.get("k")  # reads retry the version (maintenance alone runs every 10 s)
+            return bool(engine.stats()["engine"]["namespace_version_known"])
+
+        await eventually(known_after_a_read, timeout=10, what="the version to be read")
         assert engine.keys.namespace_version == 5
         assert await engine.get("k") is None  # the v0 entry is never served
+
+
+async def test_get_local_uses_a_coarse_clock_only_while_running(redis_url: str) -> None:
+    engine = TieredCache(config(redis_url))
+    assert "get_local" not in vars(engine)
+    async with engine:
+        assert "get_local" in vars(engine)  # the closure over the event loop's coarse clock
+        await engine.set("short", "v", ttl=0.05)
+        assert engine.get_local("short") == "v"
+        assert engine.stats()["requests"]["hits_l1"] == 1
+        await eventually(lambda: engine.get_local("short", "gone") == "gone", what="coarse expiry")
+    assert "get_local" not in vars(engine)  # closed: back to the exact method
+    assert engine.get_local("absent", "d") == "d"
