@@ -14,6 +14,7 @@ Nothing is ever looked up or killed by name.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -406,7 +407,6 @@ def render_kubeconfig(
     server: str, ca_cert: Path, client_cert: Path, client_key: Path, user: str, context: str = CLUSTER_NAME
 ) -> dict[str, Any]:
     """A kubeconfig with the credentials embedded, so it keeps working when copied elsewhere."""
-    import base64
 
     def b64(path: Path) -> str:
         return base64.b64encode(path.read_bytes()).decode()

@@ -16,6 +16,7 @@ every cluster test would look green while testing nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ import pytest
 
 from devcluster import binaries
 from devcluster.cluster import Cluster, kubelet_available
+from devcluster.controlplane import ApiError
 
 T = TypeVar("T")
 
@@ -147,8 +149,6 @@ class KubeTools:
 
     def kubectl_json(self, *args: str) -> Any:
         """Run ``kubectl ... -o json`` and decode the output."""
-        import json
-
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
     def apply(self, manifest: str, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -232,8 +232,6 @@ def namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -> Iterator[
                  f"ServiceAccount {name}/default")
         yield name
     finally:
-        from devcluster.controlplane import ApiError
-
         try:
             dev_cluster.api.request("DELETE", f"/api/v1/namespaces/{name}")
         except ApiError as exc:
