@@ -23,6 +23,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -55,6 +56,7 @@ NODE_READY_TIMEOUT = 90.0
 # The kubelet stops its pods on SIGTERM (each with a capped grace period of its own) before exiting.
 KUBELET_STOP_GRACE = 25.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class ClusterError(RuntimeError):
@@ -212,6 +214,11 @@ class Cluster:
         timeout_scale: float = 1.0,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        if len(node_name) > 253 or not _DNS_SUBDOMAIN.match(node_name):
+            raise ClusterError(
+                f"node name {node_name!r} is not valid; accepted: a DNS subdomain (lower-case letters, "
+                "digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+            )
         self.node_name = node_name
         # None: run the kubelet when its module exists (the control plane alone is still useful for
         # API-only tests, and for working on it before the kubelet existed).

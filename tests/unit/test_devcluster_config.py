@@ -15,6 +15,7 @@ from devcluster import binaries
 from devcluster.cli import main as dev_main
 from devcluster.cluster import (
     MARKER_FILE,
+    Cluster,
     ClusterError,
     claim_run_dir,
     default_run_dir,
@@ -175,6 +176,13 @@ def test_a_directory_created_by_the_lock_alone_can_be_removed(tmp_path: Path) ->
     with run_dir_lock(tmp_path / "new"):
         remove_run_dir(tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("name", ["Dev_Node", "-node", "node.", "", "n" * 254])
+def test_a_bad_node_name_is_named(name: str, tmp_path: Path) -> None:
+    expected = f"node name {re.escape(repr(name))} is not valid; accepted: a DNS"
+    with pytest.raises(ClusterError, match=expected):
+        Cluster(tmp_path, node_name=name, kubelet=False)
 
 
 def test_cli_on_a_directory_without_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
