@@ -1025,6 +1025,20 @@ presets' text and TTL settings). Everything else is ours:
 - `disabled` also turns `enabled` off: nothing is stored and Redis is never contacted.
 
 {render_config_table()}
+## Keys in Redis, and the ACL the engine needs
+
+Every entry is stored as `{{prefix}}:{{namespace}}:v{{namespace_version}}:{{logical key}}`; AI responses
+have logical keys `ai1:{{operation}}:{{tier}}:...` (text hashed, or percent-escaped where
+`keys.readable_small_text` allows), the data API's keys are `d:{{key}}`. Invalidating a namespace is
+one `INCR {{prefix}}#nsver:{{namespace}}`; leases are `{{prefix}}#lease:...` and invalidations are
+broadcast on the channel `{{prefix}}#coherence` (unless `coherence.channel` says otherwise). A
+pattern invalidation is always confined to `{{prefix}}:`, so it never touches the bookkeeping keys.
+A Redis ACL user for the default prefix `cw` therefore needs the key patterns `~cw:*` and `~cw#*`,
+the channel pattern `&cw#*`, and the commands GET, MGET, SET, UNLINK, DEL, INCR, SCAN, EVAL, EVALSHA
+and SCRIPT LOAD (lease release), PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PING, INFO, and for connecting
+HELLO, AUTH, SELECT and CLIENT SETNAME (tests/integration/test_tiered_cache.py runs the engine as
+exactly such a user).
+
 ## Compression levels
 
 lz4 has no 1-9 scale; the original used zlib's. Levels 1-3 use lz4's fast block mode, 4-9 its

@@ -514,15 +514,32 @@ async def test_group_redis_breaker_opens_after_the_threshold(redis_factory: Any)
 async def test_group_redis_acl_user_and_password(redis_factory: Any) -> None:
     server = redis_factory.start(password="admin-secret")
     # The engine needs its prefix's keys, its bookkeeping keys ({prefix}#...) and its channel.
+    # Exactly the commands docs/configuration.md lists.
+    commands = ["get", "mget", "set", "unlink", "del", "incr", "scan", "eval", "evalsha", "script|load",
+                "publish", "subscribe", "unsubscribe", "ping", "info", "hello", "auth", "select",
+                "client|setname"]
     server.command("ACL", "SETUSER", "cache", "on", ">app-secret", "resetkeys", "~cw:*", "~cw#*",
-                   "resetchannels", "&cw#*", "+@all", "-@dangerous")
+                   "resetchannels", "&cw#*", "-@all", *(f"+{command}" for command in commands))
     cfg = config(server.url, **{"redis.username": "cache", "redis.password": "app-secret"})
     async with TieredCache(cfg) as engine:
         await eventually(lambda: engine.l2.stats()["coherence"]["connected"], what="ACL subscription")
         assert await engine.set("k", 1)
         engine.l1.clear()
         assert await engine.get("k") == 1
+        key = engine.key_for("qa", "a question's text")
+
+        async def answer() -> str:
+            return "an answer"
+
+        lease_config = config(server.url, **{"redis.username": "cache", "redis.password": "app-secret",
+                                             "stampede.lease_lock": True})
+        await engine.apply_config(lease_config)
+        assert await engine.get_or_compute(key, answer) == "an answer"
+        assert (await engine.invalidate(pattern="default:*"))["redis_keys_removed"] == 2
+        await engine.set("k", 1)
         assert (await engine.invalidate(namespace="default"))["namespace_version"] == 1
+        snapshot = engine.stats()
+        assert sum(snapshot["l2"]["errors"].values()) == 0, snapshot["l2_detail"]["last_errors"]
         assert "app-secret" not in repr(engine.config) and "app-secret" not in str(engine.stats())
     wrong = config(server.url, **{"redis.username": "cache", "redis.password": "nope"})
     async with TieredCache(wrong) as engine:
@@ -709,3 +726,34 @@ async def test_get_local_uses_a_coarse_clock_only_while_running(redis_url: str) 
         await eventually(lambda: engine.get_local("short", "gone") == "gone", what="coarse expiry")
     assert "get_local" not in vars(engine)  # closed: back to the exact method
     assert engine.get_local("absent", "d") == "d"
+
+
+async def test_group_redis_tls_files_and_verification(redis_tls: Any, tls_material: Any) -> None:
+    good = config(redis_tls.url, **{"redis": {"tls_ca_file": str(tls_material.ca_cert),
+                                              "tls_cert_file": str(tls_material.client_cert),
+                                              "tls_key_file": str(tls_material.client_key)}})
+    async with TieredCache(good) as engine:
+        assert await engine.set("k", "over tls")
+        engine.l1.clear()
+        assert await engine.get("k") == "over tls"
+    wrong_ca = config(redis_tls.url, **{"redis.tls_ca_file": str(tls_material.wrong_ca_cert)})
+    async with TieredCache(wrong_ca) as engine:
+        assert await engine.set("k2", "local only")  # verification fails: no exception, L1 only
+        assert redis_tls.command("EXISTS", "cw:default:v0:k2") == 0
+    unverified = config(redis_tls.url, **{"redis.tls_ca_file": str(tls_material.wrong_ca_cert),
+                                          "redis.tls_verify": False})
+    async with TieredCache(unverified) as engine:
+        assert await engine.set("k3", "unverified")
+        assert redis_tls.command("EXISTS", "cw:default:v0:k3") == 1
+
+
+def test_sentinel_and_cluster_settings_are_mapped() -> None:
+    from cache_runtime.cache import redis_settings_for
+
+    sentinel_url = "redis+sentinel://127.0.0.1:26379"
+    sentinel = redis_settings_for(config(sentinel_url, **{"redis.sentinel_master": "main"}))
+    assert sentinel is not None and sentinel.sentinel_master == "main"
+    cluster = redis_settings_for(config("redis://127.0.0.1:7000/0", **{"redis.cluster": True}))
+    assert cluster is not None and cluster.cluster is True
+    assert redis_settings_for(config(None)) is None
+    assert redis_settings_for(config("redis://127.0.0.1:7000/0", preset="disabled")) is None
