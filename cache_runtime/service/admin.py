@@ -199,12 +199,29 @@ class AdminContext:
 
 
 def _config_rejected(exc: ConfigRejected, prefix: str = "") -> InvalidRequest:
+    """A refused config as a 422; field paths are made relative to the request (``body.config.ttl``).
+
+    ``hash`` sits beside ``config`` in a push, and a preset name is the body's ``preset``, so those
+    two are named where the client put them.
+    """
     rejection = exc.rejection
-    problems = [
-        problem(prefix + item["field"], item["value"], item["accepted"], item["message"])
-        for item in rejection.problems
-    ] or [problem(prefix + rejection.field, rejection.value, rejection.accepted, rejection.message)]
-    return InvalidRequest(problems)
+    items = list(rejection.problems) or [
+        {
+            "field": rejection.field,
+            "value": rejection.value,
+            "accepted": rejection.accepted,
+            "message": rejection.message,
+        }
+    ]
+
+    def located(field: str) -> str:
+        if field in {"hash", "preset"}:
+            return f"body.{field}"
+        return prefix + field
+
+    return InvalidRequest(
+        [problem(located(item["field"]), item["value"], item["accepted"], item["message"]) for item in items]
+    )
 
 
 def build_admin_router(

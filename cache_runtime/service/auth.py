@@ -17,7 +17,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +71,8 @@ class TokenFile:
         now = self._clock()
         if self._checked_at is not None and now - self._checked_at < self.recheck_interval_s:
             return self._tokens
-        self._checked_at = now
+        # The new state is built completely before it is published (tokens, then the check time),
+        # so a caller on another thread never sees "checked just now" with tokens not read yet.
         try:
             stat = os.stat(self.path)
         except OSError:
@@ -81,12 +82,16 @@ class TokenFile:
                     extra={"fields": {"path": str(self.path)}},
                 )
             self._identity, self._tokens = None, ()
-            return self._tokens
+            self._checked_at = now
+            return ()
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        tokens = self._tokens
         if identity != self._identity:
+            tokens = self._read()
+            self._tokens = tokens
             self._identity = identity
-            self._tokens = self._read()
-        return self._tokens
+        self._checked_at = now
+        return tokens
 
     def _read(self) -> tuple[bytes, ...]:
         try:
@@ -163,13 +168,15 @@ class Authenticator:
             return AuthOutcome.UNAUTHENTICATED
         return AuthOutcome.ALLOWED if role >= required else AuthOutcome.FORBIDDEN
 
-    def require(self, required: Role) -> Callable[[Request], None]:
+    def require(self, required: Role) -> Callable[[Request], Awaitable[None]]:
         """A FastAPI dependency that lets the request through only with a token of ``required`` role.
 
         The error bodies say only what is missing, never which tokens exist or how close a guess was.
         """
 
-        def dependency(request: Request) -> None:
+        # async: FastAPI runs sync dependencies in a thread pool; the check is a clock read and
+        # a few compare_digest calls, cheaper than a thread hop.
+        async def dependency(request: Request) -> None:
             outcome = self.check(request.headers.get("authorization"), required)
             if outcome is AuthOutcome.UNAUTHENTICATED:
                 raise HTTPException(

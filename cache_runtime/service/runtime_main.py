@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from cache_runtime.service.settings import ServiceSettings, SettingsError
 
@@ -64,13 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cachewarden runtime: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from cache_runtime.service.app import create_app
     from cache_runtime.service.logging import configure_logging
 
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    return serve(create_app(settings), settings)
+
+
+def serve(app: Any, settings: ServiceSettings) -> int:
+    """Run ``app`` under uvicorn until SIGTERM/SIGINT; 0 after a graceful stop, 1 if it never started.
+
+    uvicorn re-raises the signal that stopped it once it has drained, so that the process "dies of
+    SIGTERM". A stop we asked for and completed is a success, so SIGTERM gets a no-op handler for
+    that re-raise and the exit code is 0 (Kubernetes reads a non-zero code as a crash).
+    """
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -84,10 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=1,
     )
     server = uvicorn.Server(config)
+    signal.signal(signal.SIGTERM, _stopped_by_sigterm)
     log.info("runtime listening", extra={"fields": {"host": settings.host, "port": settings.port}})
     server.run()
     # uvicorn sets started only if the socket bound and the lifespan startup succeeded.
     return 0 if server.started else 1
+
+
+def _stopped_by_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Receives uvicorn's re-raised SIGTERM after the graceful shutdown finished."""
 
 
 if __name__ == "__main__":
