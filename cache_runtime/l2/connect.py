@@ -13,6 +13,13 @@ Supported deployments (one URL each):
   redis:// URL with ``cluster=True``: seed nodes of a Redis Cluster. Keys are routed by slot;
   MGET is split per slot (``mget_nonatomic``), pipelines are split per node by redis-py, UNLINK of many
   keys is split per slot, SCAN visits every primary. Databases other than 0 do not exist in a cluster.
+  Limits: one circuit breaker covers the whole cluster (a primary down makes it flap between memory-
+  only and serving the other slots); the coherence listener subscribes with classic SUBSCRIBE on one
+  seed node (PUBLISH is broadcast cluster-wide), not sharded pub/sub; an exhausted per-node pool
+  fails at once (counted as a "pool" error) instead of waiting.
+
+Sentinel: RedisL2 re-reads the master address every ``sentinel_check_interval_s`` and drops all
+connections when it changes (redis-py alone only re-resolves on new connections).
 
 Query parameters accepted in every URL: ``db`` and ``protocol`` (2 or 3). Anything else is rejected
 so that a typo never silently falls back to a default.
