@@ -85,11 +85,18 @@ class ConfigError(ValueError):
     (pydantic may find several at once). The message names every field, value and accepted range.
     """
 
-    def __init__(self, field: str, value: Any, accepted: str, message: str | None = None,
-                 problems: list[ConfigProblem] | None = None) -> None:
+    def __init__(
+        self,
+        field: str,
+        value: Any,
+        accepted: str,
+        message: str | None = None,
+        problems: list[ConfigProblem] | None = None,
+    ) -> None:
         shown = _redact(field, value)
-        first = ConfigProblem(field, shown, accepted,
-                              message or f"{field}: {shown!r} is not accepted; accepted: {accepted}")
+        first = ConfigProblem(
+            field, shown, accepted, message or f"{field}: {shown!r} is not accepted; accepted: {accepted}"
+        )
         self.problems: list[ConfigProblem] = problems or [first]
         self.field = self.problems[0].field
         self.value = self.problems[0].value
@@ -226,19 +233,25 @@ class TTLConfig(_Group):
     """Time to live of cached entries, in seconds, per AI operation and by default."""
 
     default_s: int = _ranged("ttl.default_s", 7200, "TTL of every entry without an operation-specific TTL.")
-    summarize_s: int | None = _ranged("ttl.summarize_s", None,
-                                      "TTL of `summarize` results; null = default_s.")
-    sentiment_s: int | None = _ranged("ttl.sentiment_s", None,
-                                      "TTL of `sentiment` results; null = default_s.")
-    key_points_s: int | None = _ranged("ttl.key_points_s", None,
-                                       "TTL of `key_points` results; null = default_s.")
-    questions_s: int | None = _ranged("ttl.questions_s", None,
-                                      "TTL of `questions` results; null = default_s.")
+    summarize_s: int | None = _ranged(
+        "ttl.summarize_s", None, "TTL of `summarize` results; null = default_s."
+    )
+    sentiment_s: int | None = _ranged(
+        "ttl.sentiment_s", None, "TTL of `sentiment` results; null = default_s."
+    )
+    key_points_s: int | None = _ranged(
+        "ttl.key_points_s", None, "TTL of `key_points` results; null = default_s."
+    )
+    questions_s: int | None = _ranged(
+        "ttl.questions_s", None, "TTL of `questions` results; null = default_s."
+    )
     qa_s: int | None = _ranged("ttl.qa_s", None, "TTL of `qa` results; null = default_s.")
     jitter_fraction: float = _ranged(
-        "ttl.jitter_fraction", 0.1,
+        "ttl.jitter_fraction",
+        0.1,
         "Each write's TTL is shortened by a random share up to this fraction, so entries written "
-        "together do not expire together (never lengthened).")
+        "together do not expire together (never lengthened).",
+    )
 
     def for_operation(self, operation: str | None) -> int:
         """The TTL in seconds for an operation (unknown operations and None use ``default_s``)."""
@@ -256,59 +269,76 @@ class L1Config(_Group):
     """The in-process memory tier."""
 
     max_entries: int = _ranged("l1.max_entries", 500, "Most entries L1 holds (LRU eviction beyond).")
-    max_bytes: int = _ranged("l1.max_bytes", 32 * MIB,
-                             "Most bytes L1 holds, counted as the encoded length of each entry.")
-    sweep_batch: int = _ranged("l1.sweep_batch", 8,
-                               "Oldest entries checked for expiry on each write (amortised sweep).")
+    max_bytes: int = _ranged(
+        "l1.max_bytes", 32 * MIB, "Most bytes L1 holds, counted as the encoded length of each entry."
+    )
+    sweep_batch: int = _ranged(
+        "l1.sweep_batch", 8, "Oldest entries checked for expiry on each write (amortised sweep)."
+    )
 
 
 class CompressionConfig(_Group):
     """lz4 compression of encoded values."""
 
-    threshold_bytes: int = _ranged("compression.threshold_bytes", 500,
-                                   "Serialized values at least this large are tried with lz4.")
-    level: int = _ranged("compression.level", 9,
-                         "1-9 as in the original (zlib scale); mapped to lz4, see the level map.")
+    threshold_bytes: int = _ranged(
+        "compression.threshold_bytes", 500, "Serialized values at least this large are tried with lz4."
+    )
+    level: int = _ranged(
+        "compression.level", 9, "1-9 as in the original (zlib scale); mapped to lz4, see the level map."
+    )
     min_saving_ratio: float = _ranged(
-        "compression.min_saving_ratio", 0.1,
-        "Compressed form is kept only if it saves at least this share of the bytes.")
+        "compression.min_saving_ratio",
+        0.1,
+        "Compressed form is kept only if it saves at least this share of the bytes.",
+    )
     offload_threshold_bytes: int = _ranged(
-        "compression.offload_threshold_bytes", 256 * KIB,
-        "Values at least this large are serialized, compressed and decoded in a worker thread; 0 = never.")
+        "compression.offload_threshold_bytes",
+        256 * KIB,
+        "Values at least this large are serialized, compressed and decoded in a worker thread; 0 = never.",
+    )
 
 
 class CodecConfig(_Group):
     """Serialization format of values."""
 
     format: Literal["json", "msgpack"] = Field(
-        "json", description="`json` (orjson) or `msgpack`. Bytes values are stored raw under either.")
+        default="json", description="`json` (orjson) or `msgpack`. Bytes values are stored raw under either."
+    )
 
 
 class RedisConfig(_Group):
     """The Redis tier (L2). With no URL the engine runs memory-only."""
 
     url: str | None = Field(
-        None, description="redis://, rediss:// (TLS), unix://, redis+sentinel:// or rediss+sentinel://; "
-                          "null = no L2 (memory only). A password in the URL moves to `password`.")
-    username: str | None = Field(None, description="ACL user name (AUTH username password).")
-    password: SecretStr | None = Field(None, description="AUTH password; never shown or hashed.")
+        default=None,
+        description="redis://, rediss:// (TLS), unix://, redis+sentinel:// or rediss+sentinel://; "
+        "null = no L2 (memory only). A password in the URL moves to `password`.",
+    )
+    username: str | None = Field(default=None, description="ACL user name (AUTH username password).")
+    password: SecretStr | None = Field(default=None, description="AUTH password; never shown or hashed.")
     max_connections: int = _ranged("redis.max_connections", 20, "Size of the bounded blocking pool.")
     connect_timeout_s: float = _ranged("redis.connect_timeout_s", 10.0, "TCP/TLS connect timeout.")
     socket_timeout_s: float = _ranged("redis.socket_timeout_s", 1.0, "Read/write timeout of a command.")
-    pool_timeout_s: float = _ranged("redis.pool_timeout_s", 0.5,
-                                    "Longest wait for a free pooled connection.")
-    tls_ca_file: str | None = Field(None, description="CA bundle that verifies the server (rediss://).")
-    tls_cert_file: str | None = Field(None, description="Client certificate for mutual TLS.")
-    tls_key_file: str | None = Field(None, description="Client private key for mutual TLS.")
-    tls_verify: bool = Field(True, description="Verify the server certificate and host name.")
-    sentinel_master: str | None = Field(None, description="Sentinel master name (redis+sentinel:// URLs).")
-    cluster: bool = Field(False, description="Talk Redis Cluster protocol to the URL's node.")
-    breaker_failure_threshold: int = _ranged("redis.breaker_failure_threshold", 3,
-                                             "Consecutive failures that open the circuit breaker.")
-    breaker_open_s: float = _ranged("redis.breaker_open_s", 2.0,
-                                    "Seconds the breaker stays open before a half-open probe.")
-    breaker_half_open_probes: int = _ranged("redis.breaker_half_open_probes", 1,
-                                            "Successful probes that close the breaker again.")
+    pool_timeout_s: float = _ranged("redis.pool_timeout_s", 0.5, "Longest wait for a free pooled connection.")
+    tls_ca_file: str | None = Field(
+        default=None, description="CA bundle that verifies the server (rediss://)."
+    )
+    tls_cert_file: str | None = Field(default=None, description="Client certificate for mutual TLS.")
+    tls_key_file: str | None = Field(default=None, description="Client private key for mutual TLS.")
+    tls_verify: bool = Field(default=True, description="Verify the server certificate and host name.")
+    sentinel_master: str | None = Field(
+        default=None, description="Sentinel master name (redis+sentinel:// URLs)."
+    )
+    cluster: bool = Field(default=False, description="Talk Redis Cluster protocol to the URL's node.")
+    breaker_failure_threshold: int = _ranged(
+        "redis.breaker_failure_threshold", 3, "Consecutive failures that open the circuit breaker."
+    )
+    breaker_open_s: float = _ranged(
+        "redis.breaker_open_s", 2.0, "Seconds the breaker stays open before a half-open probe."
+    )
+    breaker_half_open_probes: int = _ranged(
+        "redis.breaker_half_open_probes", 1, "Successful probes that close the breaker again."
+    )
     scan_count: int = _ranged("redis.scan_count", 1000, "COUNT of each SCAN during pattern invalidation.")
 
     @model_validator(mode="before")
@@ -337,16 +367,21 @@ class RedisConfig(_Group):
             return None
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in REDIS_URL_SCHEMES:
-            raise ValueError(f"unsupported URL scheme {scheme or '(none)'!r}; accepted: "
-                             f"{', '.join(REDIS_URL_SCHEMES)}")
+            raise ValueError(
+                f"unsupported URL scheme {scheme or '(none)'!r}; accepted: {', '.join(REDIS_URL_SCHEMES)}"
+            )
         return url
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> RedisConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
-            raise _FieldProblem(missing, None, "a file path (mutual TLS needs both cert and key)",
-                                "tls_cert_file and tls_key_file go together")
+            raise _FieldProblem(
+                missing,
+                None,
+                "a file path (mutual TLS needs both cert and key)",
+                "tls_cert_file and tls_key_file go together",
+            )
         return self
 
 
@@ -375,73 +410,108 @@ class TiersConfig(_Group):
     @model_validator(mode="after")
     def _ascending(self) -> TiersConfig:
         if not self.small < self.medium:
-            raise _FieldProblem("medium", self.medium, f"greater than small ({self.small})",
-                                f"tiers must be strictly ascending (small < medium < large); got "
-                                f"small={self.small}, medium={self.medium}, large={self.large}")
+            raise _FieldProblem(
+                "medium",
+                self.medium,
+                f"greater than small ({self.small})",
+                f"tiers must be strictly ascending (small < medium < large); got "
+                f"small={self.small}, medium={self.medium}, large={self.large}",
+            )
         if not self.medium < self.large:
-            raise _FieldProblem("large", self.large, f"greater than medium ({self.medium})",
-                                f"tiers must be strictly ascending (small < medium < large); got "
-                                f"small={self.small}, medium={self.medium}, large={self.large}")
+            raise _FieldProblem(
+                "large",
+                self.large,
+                f"greater than medium ({self.medium})",
+                f"tiers must be strictly ascending (small < medium < large); got "
+                f"small={self.small}, medium={self.medium}, large={self.large}",
+            )
         return self
 
 
 class NormalizeConfig(_Group):
     """Text normalization before keying (the runbook's fix for low hit rates from inconsistent input)."""
 
-    line_endings: bool = Field(False, description="CRLF and CR become LF.")
-    invisible_chars: bool = Field(False, description="Drop zero-width, BOM, soft hyphen, bidi marks.")
-    whitespace: bool = Field(False, description="Runs of whitespace become one space; ends stripped.")
-    case: bool = Field(False, description="Case-fold the text (and question).")
+    line_endings: bool = Field(default=False, description="CRLF and CR become LF.")
+    invisible_chars: bool = Field(default=False, description="Drop zero-width, BOM, soft hyphen, bidi marks.")
+    whitespace: bool = Field(default=False, description="Runs of whitespace become one space; ends stripped.")
+    case: bool = Field(default=False, description="Case-fold the text (and question).")
 
 
 class KeysConfig(_Group):
     """Key layout: `{prefix}:{namespace}:v{namespace_version}:k{schema}:...`."""
 
-    prefix: str = Field("cw", pattern=r"^[A-Za-z0-9_.-]{1,32}$",
-                        description="First segment of every key (letters, digits, `_.-`; up to 32).")
-    namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-                           description="Namespace; invalidating it is one INCR of its version.")
-    hash_algorithm: Literal["xxh3_128", "sha256"] = Field("xxh3_128",
-                                                          description="Digest of hashed key fields.")
-    text_hash_threshold: int = _ranged("keys.text_hash_threshold", 1000,
-                                       "Texts longer than this are always hashed.")
+    prefix: str = Field(
+        default="cw",
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="First segment of every key (letters, digits, `_.-`; up to 32).",
+    )
+    namespace: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Namespace; invalidating it is one INCR of its version.",
+    )
+    hash_algorithm: Literal["xxh3_128", "sha256"] = Field(
+        default="xxh3_128", description="Digest of hashed key fields."
+    )
+    text_hash_threshold: int = _ranged(
+        "keys.text_hash_threshold", 1000, "Texts longer than this are always hashed."
+    )
     readable_small_text: bool = Field(
-        False, description="Keep texts up to text_hash_threshold readable (escaped) in keys.")
+        default=False, description="Keep texts up to text_hash_threshold readable (escaped) in keys."
+    )
     tiers: TiersConfig = Field(default_factory=TiersConfig, description="Text size tiers.")
-    max_text_length: int = _ranged("keys.max_text_length", 200_000,
-                                   "Longest text accepted for keying when ai_features is on.")
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig,
-                                       description="Text normalization before keying; all off by default.")
+    max_text_length: int = _ranged(
+        "keys.max_text_length", 200_000, "Longest text accepted for keying when ai_features is on."
+    )
+    normalize: NormalizeConfig = Field(
+        default_factory=NormalizeConfig, description="Text normalization before keying; all off by default."
+    )
 
 
 class CoherenceConfig(_Group):
     """Cross-pod L1 coherence over Redis pub/sub."""
 
-    enabled: bool = Field(True, description="Broadcast invalidations and drop L1 entries others invalidate.")
-    channel: str | None = Field(None, min_length=1, max_length=200,
-                                description="Pub/sub channel; null = `{prefix}#coherence`.")
+    enabled: bool = Field(
+        default=True, description="Broadcast invalidations and drop L1 entries others invalidate."
+    )
+    channel: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Pub/sub channel; null = `{prefix}#coherence`.",
+    )
 
 
 class StampedeConfig(_Group):
     """Protection against many callers computing the same missing value."""
 
-    single_flight: bool = Field(True,
-                                description="Concurrent get_or_compute of one key share one loader call.")
+    single_flight: bool = Field(
+        default=True, description="Concurrent get_or_compute of one key share one loader call."
+    )
     early_refresh_fraction: float = _ranged(
-        "stampede.early_refresh_fraction", 0.1,
-        "get_or_compute refreshes in the background when less than this share of the TTL remains.")
-    lease_lock: bool = Field(False,
-                             description="A Redis lease (SET NX PX) so one pod computes a missing key.")
+        "stampede.early_refresh_fraction",
+        0.1,
+        "get_or_compute refreshes in the background when less than this share of the TTL remains.",
+    )
+    lease_lock: bool = Field(
+        default=False, description="A Redis lease (SET NX PX) so one pod computes a missing key."
+    )
     lease_ttl_s: float = _ranged("stampede.lease_ttl_s", 30.0, "Lifetime of a lease.")
-    lease_wait_s: float = _ranged("stampede.lease_wait_s", 10.0,
-                                  "How long other pods wait for the lease holder's value before computing.")
+    lease_wait_s: float = _ranged(
+        "stampede.lease_wait_s",
+        10.0,
+        "How long other pods wait for the lease holder's value before computing.",
+    )
 
     @model_validator(mode="after")
     def _wait_within_lease(self) -> StampedeConfig:
         if self.lease_wait_s > self.lease_ttl_s:
-            raise _FieldProblem("lease_wait_s", self.lease_wait_s,
-                                f"at most lease_ttl_s ({self.lease_ttl_s})",
-                                "waiting longer than the lease lives makes no sense")
+            raise _FieldProblem(
+                "lease_wait_s",
+                self.lease_wait_s,
+                f"at most lease_ttl_s ({self.lease_ttl_s})",
+                "waiting longer than the lease lives makes no sense",
+            )
         return self
 
 
@@ -451,36 +521,55 @@ class HealthConfig(_Group):
     hit_rate_warning: float = _ranged("health.hit_rate_warning", 0.6, "Hit rate below this is degraded.")
     hit_rate_critical: float = _ranged("health.hit_rate_critical", 0.4, "Hit rate below this is unhealthy.")
     memory_warning_mb: float = _ranged("health.memory_warning_mb", 50, "Cache memory above this is degraded.")
-    memory_critical_mb: float = _ranged("health.memory_critical_mb", 100,
-                                        "Cache memory above this is unhealthy.")
-    latency_warning_ms: float = _ranged("health.latency_warning_ms", 20.0,
-                                        "p95 latency above this is degraded.")
-    latency_critical_ms: float = _ranged("health.latency_critical_ms", 50.0,
-                                         "p95 latency above this is unhealthy.")
+    memory_critical_mb: float = _ranged(
+        "health.memory_critical_mb", 100, "Cache memory above this is unhealthy."
+    )
+    latency_warning_ms: float = _ranged(
+        "health.latency_warning_ms", 20.0, "p95 latency above this is degraded."
+    )
+    latency_critical_ms: float = _ranged(
+        "health.latency_critical_ms", 50.0, "p95 latency above this is unhealthy."
+    )
     min_requests: int = _ranged("health.min_requests", 100, "Requests before hit rates are judged.")
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthConfig:
         if self.hit_rate_critical > self.hit_rate_warning:
-            raise _FieldProblem("hit_rate_critical", self.hit_rate_critical,
-                                f"at most hit_rate_warning ({self.hit_rate_warning})",
-                                "a critical hit rate is lower than the warning one")
+            raise _FieldProblem(
+                "hit_rate_critical",
+                self.hit_rate_critical,
+                f"at most hit_rate_warning ({self.hit_rate_warning})",
+                "a critical hit rate is lower than the warning one",
+            )
         if self.memory_warning_mb > self.memory_critical_mb:
-            raise _FieldProblem("memory_warning_mb", self.memory_warning_mb,
-                                f"at most memory_critical_mb ({self.memory_critical_mb})",
-                                "the memory warning comes before the critical level")
+            raise _FieldProblem(
+                "memory_warning_mb",
+                self.memory_warning_mb,
+                f"at most memory_critical_mb ({self.memory_critical_mb})",
+                "the memory warning comes before the critical level",
+            )
         if self.latency_warning_ms > self.latency_critical_ms:
-            raise _FieldProblem("latency_warning_ms", self.latency_warning_ms,
-                                f"at most latency_critical_ms ({self.latency_critical_ms})",
-                                "the latency warning comes before the critical level")
+            raise _FieldProblem(
+                "latency_warning_ms",
+                self.latency_warning_ms,
+                f"at most latency_critical_ms ({self.latency_critical_ms})",
+                "the latency warning comes before the critical level",
+            )
         return self
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 PRESET_NAMES: tuple[str, ...] = (
-    "disabled", "minimal", "simple", "development", "production", "ai-development", "ai-production",
-    "conservative", "performance",
+    "disabled",
+    "minimal",
+    "simple",
+    "development",
+    "production",
+    "ai-development",
+    "ai-production",
+    "conservative",
+    "performance",
 )
 
 
@@ -491,12 +580,20 @@ class CacheConfig(_Group):
     live with ``TieredCache.apply_config``).
     """
 
-    preset: str = Field("production", description="The preset this config was resolved from (a label).")
-    enabled: bool = Field(True, description="false = store nothing, every get misses, Redis untouched.")
+    preset: str = Field(
+        default="production", description="The preset this config was resolved from (a label)."
+    )
+    enabled: bool = Field(
+        default=True, description="false = store nothing, every get misses, Redis untouched."
+    )
     ai_features: bool = Field(
-        False, description="AI input guards: texts longer than keys.max_text_length are refused for keying.")
-    monitoring: bool = Field(True, description="Record latency histograms (counters are always kept).")
-    log_level: LogLevel = Field("INFO", description="Level of the `cache_runtime` logger.")
+        default=False,
+        description="AI input guards: texts longer than keys.max_text_length are refused for keying.",
+    )
+    monitoring: bool = Field(
+        default=True, description="Record latency histograms (counters are always kept)."
+    )
+    log_level: LogLevel = Field(default="INFO", description="Level of the `cache_runtime` logger.")
     ttl: TTLConfig = Field(default_factory=TTLConfig, description="Entry lifetimes.")
     l1: L1Config = Field(default_factory=L1Config, description="In-process memory tier.")
     compression: CompressionConfig = Field(default_factory=CompressionConfig, description="lz4 compression.")
@@ -550,8 +647,9 @@ def canonical_json(data: Any) -> bytes:
 
 
 def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {key: (_deep_merge({}, value) if isinstance(value, Mapping) else value)
-                              for key, value in base.items()}
+    merged: dict[str, Any] = {
+        key: (_deep_merge({}, value) if isinstance(value, Mapping) else value) for key, value in base.items()
+    }
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
@@ -565,15 +663,39 @@ def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, 
 # --------------------------------------------------------------------------------------------------
 # presets: the original's table (presets.md) plus conservative and performance (ours)
 
-_AI_DEV_TTLS = {"summarize_s": 1800, "sentiment_s": 900, "key_points_s": 1200, "questions_s": 1500,
-                "qa_s": 900}
-_AI_PROD_TTLS = {"summarize_s": 14400, "sentiment_s": 7200, "key_points_s": 10800, "questions_s": 9600,
-                 "qa_s": 7200}
+_AI_DEV_TTLS = {
+    "summarize_s": 1800,
+    "sentiment_s": 900,
+    "key_points_s": 1200,
+    "questions_s": 1500,
+    "qa_s": 900,
+}
+_AI_PROD_TTLS = {
+    "summarize_s": 14400,
+    "sentiment_s": 7200,
+    "key_points_s": 10800,
+    "questions_s": 9600,
+    "qa_s": 7200,
+}
 
 
-def _preset(*, ttl: int, entries: int, l1_bytes: int, max_conn: int, connect: float, threshold: int,
-            level: int, ai: bool, monitoring: bool, log_level: str, socket: float, jitter: float,
-            early_refresh: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def _preset(
+    *,
+    ttl: int,
+    entries: int,
+    l1_bytes: int,
+    max_conn: int,
+    connect: float,
+    threshold: int,
+    level: int,
+    ai: bool,
+    monitoring: bool,
+    log_level: str,
+    socket: float,
+    jitter: float,
+    early_refresh: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One row of the preset table as nested override data (every column spelled out)."""
     data: dict[str, Any] = {
         "ai_features": ai,
@@ -598,47 +720,169 @@ def _preset(*, ttl: int, entries: int, l1_bytes: int, max_conn: int, connect: fl
 # responses (summaries, key points) with headroom. Socket timeouts (ours): a cache read that takes
 # longer than this is worth less than a miss, so they stay short even where connect timeouts are long.
 PRESETS: dict[str, dict[str, Any]] = {
-    "disabled": _preset(ttl=300, entries=10, l1_bytes=1 * MIB, max_conn=1, connect=1, threshold=10000,
-                        level=1, ai=False, monitoring=False, log_level="WARNING", socket=1.0, jitter=0.0,
-                        early_refresh=0.0,
-                        extra={"enabled": False, "coherence": {"enabled": False}}),
-    "minimal": _preset(ttl=900, entries=25, l1_bytes=2 * MIB, max_conn=2, connect=3, threshold=5000,
-                       level=1, ai=False, monitoring=False, log_level="ERROR", socket=1.0, jitter=0.0,
-                       early_refresh=0.0),
-    "simple": _preset(ttl=3600, entries=100, l1_bytes=4 * MIB, max_conn=5, connect=5, threshold=1000,
-                      level=6, ai=False, monitoring=True, log_level="INFO", socket=1.0, jitter=0.05,
-                      early_refresh=0.0),
-    "development": _preset(ttl=600, entries=50, l1_bytes=2 * MIB, max_conn=3, connect=2, threshold=2000,
-                           level=3, ai=False, monitoring=True, log_level="DEBUG", socket=2.0, jitter=0.0,
-                           early_refresh=0.0, extra={"keys": {"readable_small_text": True}}),
-    "production": _preset(ttl=7200, entries=500, l1_bytes=32 * MIB, max_conn=20, connect=10, threshold=500,
-                          level=9, ai=False, monitoring=True, log_level="INFO", socket=1.0, jitter=0.1,
-                          early_refresh=0.1),
+    "disabled": _preset(
+        ttl=300,
+        entries=10,
+        l1_bytes=1 * MIB,
+        max_conn=1,
+        connect=1,
+        threshold=10000,
+        level=1,
+        ai=False,
+        monitoring=False,
+        log_level="WARNING",
+        socket=1.0,
+        jitter=0.0,
+        early_refresh=0.0,
+        extra={"enabled": False, "coherence": {"enabled": False}},
+    ),
+    "minimal": _preset(
+        ttl=900,
+        entries=25,
+        l1_bytes=2 * MIB,
+        max_conn=2,
+        connect=3,
+        threshold=5000,
+        level=1,
+        ai=False,
+        monitoring=False,
+        log_level="ERROR",
+        socket=1.0,
+        jitter=0.0,
+        early_refresh=0.0,
+    ),
+    "simple": _preset(
+        ttl=3600,
+        entries=100,
+        l1_bytes=4 * MIB,
+        max_conn=5,
+        connect=5,
+        threshold=1000,
+        level=6,
+        ai=False,
+        monitoring=True,
+        log_level="INFO",
+        socket=1.0,
+        jitter=0.05,
+        early_refresh=0.0,
+    ),
+    "development": _preset(
+        ttl=600,
+        entries=50,
+        l1_bytes=2 * MIB,
+        max_conn=3,
+        connect=2,
+        threshold=2000,
+        level=3,
+        ai=False,
+        monitoring=True,
+        log_level="DEBUG",
+        socket=2.0,
+        jitter=0.0,
+        early_refresh=0.0,
+        extra={"keys": {"readable_small_text": True}},
+    ),
+    "production": _preset(
+        ttl=7200,
+        entries=500,
+        l1_bytes=32 * MIB,
+        max_conn=20,
+        connect=10,
+        threshold=500,
+        level=9,
+        ai=False,
+        monitoring=True,
+        log_level="INFO",
+        socket=1.0,
+        jitter=0.1,
+        early_refresh=0.1,
+    ),
     "ai-development": _preset(
-        ttl=1800, entries=100, l1_bytes=8 * MIB, max_conn=5, connect=5, threshold=1000, level=6, ai=True,
-        monitoring=True, log_level="DEBUG", socket=2.0, jitter=0.0, early_refresh=0.0,
-        extra={"ttl": _AI_DEV_TTLS,
-               "keys": {"text_hash_threshold": 500, "readable_small_text": True,
-                        "tiers": {"small": 500, "medium": 2000, "large": 10000}, "max_text_length": 50000}}),
+        ttl=1800,
+        entries=100,
+        l1_bytes=8 * MIB,
+        max_conn=5,
+        connect=5,
+        threshold=1000,
+        level=6,
+        ai=True,
+        monitoring=True,
+        log_level="DEBUG",
+        socket=2.0,
+        jitter=0.0,
+        early_refresh=0.0,
+        extra={
+            "ttl": _AI_DEV_TTLS,
+            "keys": {
+                "text_hash_threshold": 500,
+                "readable_small_text": True,
+                "tiers": {"small": 500, "medium": 2000, "large": 10000},
+                "max_text_length": 50000,
+            },
+        },
+    ),
     "ai-production": _preset(
-        ttl=14400, entries=1000, l1_bytes=48 * MIB, max_conn=25, connect=15, threshold=300, level=9, ai=True,
-        monitoring=True, log_level="INFO", socket=1.0, jitter=0.1, early_refresh=0.1,
-        extra={"ttl": _AI_PROD_TTLS,
-               "keys": {"text_hash_threshold": 1000, "tiers": {"small": 1000, "medium": 5000, "large": 25000},
-                        "max_text_length": 200000},
-               # LLM calls take seconds: one pod computes, the others wait for its value.
-               "stampede": {"lease_lock": True, "lease_ttl_s": 30.0, "lease_wait_s": 10.0}}),
+        ttl=14400,
+        entries=1000,
+        l1_bytes=48 * MIB,
+        max_conn=25,
+        connect=15,
+        threshold=300,
+        level=9,
+        ai=True,
+        monitoring=True,
+        log_level="INFO",
+        socket=1.0,
+        jitter=0.1,
+        early_refresh=0.1,
+        extra={
+            "ttl": _AI_PROD_TTLS,
+            "keys": {
+                "text_hash_threshold": 1000,
+                "tiers": {"small": 1000, "medium": 5000, "large": 25000},
+                "max_text_length": 200000,
+            },
+            # LLM calls take seconds: one pod computes, the others wait for its value.
+            "stampede": {"lease_lock": True, "lease_ttl_s": 30.0, "lease_wait_s": 10.0},
+        },
+    ),
     # Emergency presets (ours). conservative: survive pressure on memory, Redis and CPU.
     "conservative": _preset(
-        ttl=1800, entries=200, l1_bytes=4 * MIB, max_conn=5, connect=1, threshold=4096, level=1, ai=False,
-        monitoring=True, log_level="WARNING", socket=0.25, jitter=0.1, early_refresh=0.0,
-        extra={"redis": {"pool_timeout_s": 0.1, "breaker_failure_threshold": 2, "breaker_open_s": 5.0},
-               "stampede": {"lease_lock": False}}),
+        ttl=1800,
+        entries=200,
+        l1_bytes=4 * MIB,
+        max_conn=5,
+        connect=1,
+        threshold=4096,
+        level=1,
+        ai=False,
+        monitoring=True,
+        log_level="WARNING",
+        socket=0.25,
+        jitter=0.1,
+        early_refresh=0.0,
+        extra={
+            "redis": {"pool_timeout_s": 0.1, "breaker_failure_threshold": 2, "breaker_open_s": 5.0},
+            "stampede": {"lease_lock": False},
+        },
+    ),
     # performance: big L1, cheap compression, a larger pool, tight timeouts.
     "performance": _preset(
-        ttl=14400, entries=20000, l1_bytes=48 * MIB, max_conn=100, connect=1, threshold=4096, level=2,
-        ai=False, monitoring=True, log_level="WARNING", socket=0.1, jitter=0.1, early_refresh=0.1,
-        extra={"redis": {"pool_timeout_s": 0.05}, "l1": {"sweep_batch": 16}}),
+        ttl=14400,
+        entries=20000,
+        l1_bytes=48 * MIB,
+        max_conn=100,
+        connect=1,
+        threshold=4096,
+        level=2,
+        ai=False,
+        monitoring=True,
+        log_level="WARNING",
+        socket=0.1,
+        jitter=0.1,
+        early_refresh=0.1,
+        extra={"redis": {"pool_timeout_s": 0.05}, "l1": {"sweep_batch": 16}},
+    ),
 }
 
 
@@ -646,8 +890,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # resolution
 
 
-def resolve_config(preset: str = "production", overrides: Mapping[str, Any] | None = None,
-                   redis_url: str | None = None) -> CacheConfig:
+def resolve_config(
+    preset: str = "production", overrides: Mapping[str, Any] | None = None, redis_url: str | None = None
+) -> CacheConfig:
     """Resolve ``preset`` + ``overrides`` (+ ``redis_url``) into a validated, frozen CacheConfig.
 
     ``overrides`` may be nested (``{"ttl": {"default_s": 60}}``), dotted (``{"ttl.default_s": 60}``)
@@ -655,8 +900,12 @@ def resolve_config(preset: str = "production", overrides: Mapping[str, Any] | No
     keys; out-of-range values raise it naming the field, the value and the range.
     """
     if preset not in PRESETS:
-        raise ConfigError("preset", preset, ", ".join(PRESET_NAMES),
-                          f"preset: unknown preset {preset!r}; accepted: {', '.join(PRESET_NAMES)}")
+        raise ConfigError(
+            "preset",
+            preset,
+            ", ".join(PRESET_NAMES),
+            f"preset: unknown preset {preset!r}; accepted: {', '.join(PRESET_NAMES)}",
+        )
     data = _deep_merge({}, PRESETS[preset])
     if overrides:
         data = apply_overrides(data, overrides)
@@ -681,8 +930,9 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 _NOT_OVERRIDABLE = {"preset"}
 
 
-def _set_path(target: dict[str, Any], parts: list[str], value: Any, model: type[BaseModel],
-              prefix: str) -> None:
+def _set_path(
+    target: dict[str, Any], parts: list[str], value: Any, model: type[BaseModel], prefix: str
+) -> None:
     name, rest = parts[0], parts[1:]
     path = f"{prefix}{name}"
     fields = {n: f for n, f in model.model_fields.items() if not (prefix == "" and n in _NOT_OVERRIDABLE)}
@@ -691,8 +941,12 @@ def _set_path(target: dict[str, Any], parts: list[str], value: Any, model: type[
     sub = _submodel(fields[name])
     if sub is None:
         if rest:
-            raise ConfigError(path + "." + ".".join(rest), value, f"{path} is a value, not a group",
-                              f"{path + '.' + '.'.join(rest)}: {path} is a single value and has no keys")
+            raise ConfigError(
+                path + "." + ".".join(rest),
+                value,
+                f"{path} is a value, not a group",
+                f"{path + '.' + '.'.join(rest)}: {path} is a single value and has no keys",
+            )
         target[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
         return
     child = target.get(name)
@@ -715,8 +969,7 @@ def _unknown_key(path: str, value: Any, fields: Mapping[str, FieldInfo]) -> Conf
     name = path.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(name, list(fields), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(path, value, accepted,
-                       f"{path}: unknown key{hint}; accepted keys here: {accepted}")
+    return ConfigError(path, value, accepted, f"{path}: unknown key{hint}; accepted keys here: {accepted}")
 
 
 def _submodel(info: FieldInfo) -> type[BaseModel] | None:
@@ -746,8 +999,9 @@ def _problem(err: Any) -> ConfigProblem:
     kind = err["type"]
     if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"} and path in RANGES:
         accepted = RANGES[path].describe()
-        return ConfigProblem(path, value, accepted,
-                             f"{path}: {value!r} is out of range; accepted: {accepted}")
+        return ConfigProblem(
+            path, value, accepted, f"{path}: {value!r} is out of range; accepted: {accepted}"
+        )
     if kind == "extra_forbidden":
         parent_path = path.rpartition(".")[0]
         fields = _fields_at(parent_path)
@@ -762,16 +1016,21 @@ def _problem(err: Any) -> ConfigProblem:
     if isinstance(problem, _FieldProblem):
         where = f"{path}.{problem.field}" if path else problem.field
         shown = _redact(where, problem.value)
-        return ConfigProblem(where, shown, problem.accepted,
-                             f"{where}: {shown!r} is not accepted ({problem}); accepted: {problem.accepted}")
+        return ConfigProblem(
+            where,
+            shown,
+            problem.accepted,
+            f"{where}: {shown!r} is not accepted ({problem}); accepted: {problem.accepted}",
+        )
     if kind in {"value_error", "assertion_error"}:
         reason = str(err.get("ctx", {}).get("error", err["msg"]))
         shown = "(see message)" if isinstance(value, Mapping) else value
         where = path or "config"
         return ConfigProblem(where, shown, reason, f"{where}: {reason}")
     accepted = _expected_type(path)
-    return ConfigProblem(path, value, accepted, f"{path}: {value!r} is not accepted ({err['msg']}); "
-                                                f"accepted: {accepted}")
+    return ConfigProblem(
+        path, value, accepted, f"{path}: {value!r} is not accepted ({err['msg']}); accepted: {accepted}"
+    )
 
 
 def _plain_problem(path: str, value: Any, accepted: str) -> ConfigProblem:
@@ -830,12 +1089,20 @@ def preserve_key_layout(new: CacheConfig, current: CacheConfig) -> CacheConfig:
 # JSON schema of overrides (the CRD's spec.overrides is generated from it)
 
 # Connection and credentials come from the CRD's spec.redis (URL or Secret reference), not overrides.
-SCHEMA_EXCLUDED = {"preset", "redis.url", "redis.username", "redis.password", "redis.tls_ca_file",
-                   "redis.tls_cert_file", "redis.tls_key_file"}
+SCHEMA_EXCLUDED = {
+    "preset",
+    "redis.url",
+    "redis.username",
+    "redis.password",
+    "redis.tls_ca_file",
+    "redis.tls_cert_file",
+    "redis.tls_key_file",
+}
 
 
-def overrides_json_schema(*, strict: bool = False, exclude: set[str] | frozenset[str] | None = None
-                          ) -> dict[str, Any]:
+def overrides_json_schema(
+    *, strict: bool = False, exclude: set[str] | frozenset[str] | None = None
+) -> dict[str, Any]:
     """The JSON schema of ``overrides`` (every key optional), self-contained (no ``$ref``).
 
     Nullable values carry ``nullable: true`` (OpenAPI v3 / Kubernetes structural schema style)
@@ -846,8 +1113,9 @@ def overrides_json_schema(*, strict: bool = False, exclude: set[str] | frozenset
     return _model_schema(CacheConfig, "", excluded, strict)
 
 
-def _model_schema(model: type[BaseModel], prefix: str, excluded: set[str] | frozenset[str],
-                  strict: bool) -> dict[str, Any]:
+def _model_schema(
+    model: type[BaseModel], prefix: str, excluded: set[str] | frozenset[str], strict: bool
+) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"

@@ -9,6 +9,7 @@ An exception reaches every waiter, and nothing is remembered afterwards: the nex
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ class SingleFlight:
             self.calls += 1
             task = asyncio.ensure_future(work())
             self._inflight[key] = task
-            task.add_done_callback(lambda done, key=key: self._finished(key, done))
+            task.add_done_callback(functools.partial(self._finished, key))
         else:
             self.merged += 1
         # shield: a waiter that is cancelled stops waiting; the shared work goes on for the others.
