@@ -170,6 +170,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="cachewarden runtime",
         version="v1alpha1",
         lifespan=lifespan,
+        # An API answers a wrong path with a JSON 404, not a redirect to a slash variant.
+        redirect_slashes=False,
         summary="Two-tier AI-response cache: admin API, data API, probes and metrics.",
     )
     app.state.runtime = state

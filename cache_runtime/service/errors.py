@@ -96,8 +96,10 @@ def _accepted_from_pydantic(item: Mapping[str, Any]) -> str:
     ]
     if bounds:
         return " and ".join(bounds)
-    if "min_length" in ctx or "max_length" in ctx:
-        return f"a length from {ctx.get('min_length', 0)} to {ctx.get('max_length', 'unbounded')}"
+    if kind in {"string_too_short", "too_short"}:
+        return f"at least {ctx.get('min_length')} {'characters' if kind.startswith('string') else 'items'}"
+    if kind in {"string_too_long", "too_long"}:
+        return f"at most {ctx.get('max_length')} {'characters' if kind.startswith('string') else 'items'}"
     if "pattern" in ctx:
         return f"a string matching {ctx['pattern']}"
     if kind == "extra_forbidden":
