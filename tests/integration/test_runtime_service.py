@@ -863,3 +863,56 @@ def test_sample_app_drains_in_flight_requests_on_sigterm(tmp_path: Path, redis_u
         assert process.wait(timeout=30) == 0
     finally:
         _stop(process)
+
+
+async def test_admin_router_embedded_in_a_host_app(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # examples/ is not an installed package; import it from the checkout.
+    monkeypatch.syspath_prepend(str(REPO))
+    from examples.sample_app.app import create_sample_app
+    from examples.sample_app.fake_model import FakeModel
+
+    (tmp_path / "admin").write_text(ADMIN)
+    (tmp_path / "read").write_text(READ)
+    settings = ServiceSettings.from_env(
+        {},
+        preset="ai-development",
+        redis_url=redis_url,
+        admin_token_file=str(tmp_path / "admin"),
+        read_token_file=str(tmp_path / "read"),
+    )
+    model = FakeModel(delay_s=0.0)
+    app = create_sample_app(settings, model)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sample") as client,
+    ):
+        text = {"text": "Caching saves model calls. It is great. Nothing else matters."}
+        first = await client.post("/v1/summarize", json=text)
+        second = await client.post("/v1/summarize", json=text)
+        assert (
+            first.json()
+            == second.json()
+            == {"summary": "Caching saves model calls. It is great.", "sentences": 2}
+        )
+        assert model.calls["summarize"] == 1
+        sentiment = await client.post("/v1/sentiment", json=text)
+        assert sentiment.json()["label"] == "positive"
+        status = await client.get("/internal/cache/status", headers=bearer(READ))
+        assert status.status_code == 200 and status.json()["performance"]["hits"] >= 1
+        assert (await client.get("/internal/cache/status")).status_code == 401
+        assert (await client.post("/internal/cache/clear", headers=bearer(READ))).status_code == 403
+        push = await client.post(
+            "/internal/cache/config/apply", headers=bearer(ADMIN), json=valid_push(redis_url)
+        )
+        assert push.status_code == 200 and push.json()["applied"] is True
+        health = (await client.get("/internal/cache/health", headers=bearer(ADMIN))).json()
+        assert health["config_hash"] == valid_push(redis_url)["hash"]
+        # Entries that stay valid survive the push: no new model call.
+        await client.post("/v1/summarize", json=text)
+        assert model.calls["summarize"] == 1
+        cleared = await client.post("/internal/cache/clear", headers=bearer(ADMIN))
+        assert cleared.json()["l1_entries_removed"] >= 2
+        await client.post("/v1/summarize", json=text)
+        assert model.calls["summarize"] == 2
