@@ -33,7 +33,13 @@ def _runtime(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"dev": _dev, "runtime": _runtime}
+def _crds(argv: Sequence[str]) -> int:
+    from cache_operator.crdgen import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"dev": _dev, "runtime": _runtime, "crds": _crds}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
