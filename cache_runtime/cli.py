@@ -39,7 +39,15 @@ def _crds(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"dev": _dev, "runtime": _runtime, "crds": _crds}
+def _operator(argv: Sequence[str]) -> int:
+    from cache_operator.cli import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "dev": _dev, "runtime": _runtime, "crds": _crds, "operator": _operator,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
