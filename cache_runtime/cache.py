@@ -41,6 +41,7 @@ from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import KeyBuilder, redis_glob_to_regex
 from cache_runtime.l1 import MISSING, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
+from cache_runtime.l2.coherence import CoherenceListener
 from cache_runtime.singleflight import SingleFlight
 from cache_runtime.stats import EngineStats, Snapshot, build_snapshot, diff_snapshots
 
@@ -122,7 +123,7 @@ class TieredCache:
         self._variant_keys = _variant_builder(config)
         self._flight = SingleFlight()
         self._l2: RedisL2 | None = None
-        self._listener: Any = None
+        self._listener: CoherenceListener | None = None
         self._listener_channel: str | None = None
         self._version_known = True
         self._started = False
@@ -202,12 +203,12 @@ class TieredCache:
     async def _unsubscribe(self) -> None:
         listener, self._listener = self._listener, None
         self._listener_channel = None
-        if listener is not None:
-            await _stop_listener(listener)
-            # RedisL2 keeps its listeners for close()/stats(); a stopped one must not linger there.
-            owned = getattr(self._l2, "_listeners", None)
-            if isinstance(owned, list) and listener in owned:
-                owned.remove(listener)
+        if listener is None:
+            return
+        if self._l2 is not None:
+            await self._l2.unsubscribe(listener)  # stops it (bounded) and forgets it
+        else:
+            await listener.stop()
 
     async def _refresh_namespace_version(self) -> None:
         """Read the namespace version from Redis; until it is known, L2 is not used (see below)."""
@@ -969,22 +970,6 @@ class TieredCache:
         if older:
             window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
-
-
-async def _stop_listener(listener: Any) -> None:
-    """Stop a coherence listener even if its task swallows a cancellation.
-
-    redis-py's read timeout can turn a cancellation that lands as the timeout fires into a plain
-    read timeout; CoherenceListener.stop() then waits forever for a task that keeps listening.
-    Cancelling until the task is done (bounded) closes that hole.
-    """
-    task = getattr(listener, "_task", None)
-    for _ in range(100):
-        if task is None or task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    await listener.stop()
 
 
 def _variant_builder(config: CacheConfig) -> KeyBuilder | None:

@@ -38,6 +38,10 @@ __all__ = ["CoherenceListener", "StampedMessage", "lag_seconds", "pack_stamped",
 logger = logging.getLogger("cache_runtime.l2.coherence")
 
 _STAMP_MAGIC = b"CWs1"
+# stop() re-cancels the listener task every slice until it is done, for at most the bound. The
+# slice leaves a normal cancellation time to close the connection before the next one lands.
+_STOP_SLICE_S = 0.2
+_STOP_BOUND_S = 5.0
 _STAMP_HEADER = struct.Struct(">4sQ")
 
 
@@ -127,13 +131,17 @@ class CoherenceListener:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"coherence:{self.channel}")
 
     async def stop(self) -> None:
-        """Stop listening and close the dedicated connection."""
+        """Stop listening and close the dedicated connection; returns within ``_STOP_BOUND_S``.
+
+        One cancellation is not always enough: redis-py reads under a timeout, and a cancellation
+        that lands as that timeout fires comes out of the read as a plain TimeoutError, which the
+        loop treats as a dropped connection. So the task is cancelled again until it is done, and
+        the loop itself also ends once it sees it is no longer the listener's task.
+        """
         self._stopping = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _cancel_until_done(task, self.channel)
         self._subscribed.clear()
 
     def restart(self, settings: RedisSettings | None = None) -> None:
@@ -201,6 +209,10 @@ class CoherenceListener:
                 self._subscribed.clear()
                 if clients is not None:
                     await _close_quietly(clients)
+            if self._stopping or asyncio.current_task() is not self._task:
+                # stop() or restart() replaced this task; a cancellation turned into an error
+                # by redis-py must not keep it listening.
+                return
             if was_subscribed:
                 # It was up until this failure: retry quickly, the backoff is for repeated failures.
                 backoff = self._settings.coherence_reconnect_min_s
@@ -279,6 +291,23 @@ class CoherenceListener:
         except Exception:
             self.callback_errors += 1
             logger.exception("coherence callback %r failed", getattr(callback, "__name__", callback))
+
+
+async def _cancel_until_done(task: asyncio.Task[None], channel: str) -> None:
+    """Cancel ``task`` (again every ``_STOP_SLICE_S``) until it is done, for at most ``_STOP_BOUND_S``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STOP_BOUND_S
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            # Not reachable with redis-py as it is; if it happens, the task ends by itself at its
+            # next loop turn (it is no longer the listener's task), so stop() need not wait.
+            logger.warning("coherence listener on %r did not stop within %gs", channel, _STOP_BOUND_S)
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(_STOP_SLICE_S, remaining))
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
 
 
 def _secrets_of(settings: RedisSettings) -> tuple[str | None, ...]:

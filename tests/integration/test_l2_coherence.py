@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
+from cache_runtime.l2.coherence import CoherenceListener
+from cache_runtime.l2.connect import RedisClients
 
 if TYPE_CHECKING:
     from conftest import Blackhole, RedisFactory, RedisProcess
@@ -249,3 +251,63 @@ async def test_a_listener_on_a_blackhole_keeps_retrying_without_hanging(blackhol
         assert listener.stats()["errors"].get("timeout", 0) >= 2
         assert recorder.events == []
     assert not listener.connected  # close() stopped it
+
+
+class CancelSwallowingListener(CoherenceListener):
+    """Does what redis-py does when a cancellation lands as its read timeout fires: the first
+    cancellation comes out of the read as a TimeoutError (the listener then sees a dropped link)."""
+
+    swallowed = 0
+
+    async def _listen(self, clients: RedisClients) -> None:
+        try:
+            await super()._listen(clients)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+            raise TimeoutError("Timeout reading from socket") from None
+
+
+async def test_stop_returns_while_the_listener_is_blocked_on_a_read(blackhole: Blackhole) -> None:
+    # A long read timeout: the SUBSCRIBE confirmation read stays blocked for the whole test.
+    settings = settings_for(blackhole.url, 2, socket_timeout_s=60.0)
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings) as l2:
+        listener = l2.subscribe(CHANNEL, lambda _: None, lambda: None)
+        assert await eventually(lambda: len(blackhole.accepted) == 1)
+        await l2.unsubscribe(listener)
+        assert not listener.connected
+        assert l2.stats()["coherence"]["listeners"] == 0
+        assert listener.stats()["reconnects"] == 0  # it stopped; it did not go round again
+
+
+async def test_stop_returns_when_the_first_cancellation_is_swallowed(blackhole: Blackhole) -> None:
+    settings = settings_for(blackhole.url, 2, socket_timeout_s=60.0)
+    recorder = Recorder()
+    async with asyncio.timeout(HANG_GUARD_S):
+        listener = CancelSwallowingListener(settings, CHANNEL, recorder.on_message, recorder.on_reset)
+        listener.start()
+        assert await eventually(lambda: len(blackhole.accepted) == 1)
+        await listener.stop()
+        assert listener.swallowed == 1
+        assert listener.stats()["errors"].get("timeout") == 1  # the swallowed cancellation
+        assert listener.stats()["reconnects"] == 0
+        # It did not reconnect after the swallowed cancellation: still one connection only.
+        await asyncio.sleep(0.1)
+        assert len(blackhole.accepted) == 1
+
+
+async def test_stop_returns_when_the_first_cancellation_is_swallowed_on_a_live_redis(
+    redis_server: RedisProcess, redis_url: str, protocol: int
+) -> None:
+    recorder = Recorder()
+    async with asyncio.timeout(HANG_GUARD_S):
+        listener = CancelSwallowingListener(settings_for(redis_url, protocol), CHANNEL, recorder.on_message,
+                                            recorder.on_reset)
+        listener.start()
+        assert await listener.wait_subscribed(5)
+        assert redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 1
+        await listener.stop()
+        assert listener.swallowed == 1 and not listener.connected
+        assert await eventually(lambda: redis_server.command("PUBSUB", "NUMSUB", CHANNEL)[1] == 0)
+        assert recorder.resets == 0

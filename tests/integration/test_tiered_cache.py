@@ -757,3 +757,21 @@ def test_sentinel_and_cluster_settings_are_mapped() -> None:
     assert cluster is not None and cluster.cluster is True
     assert redis_settings_for(config(None)) is None
     assert redis_settings_for(config("redis://127.0.0.1:7000/0", preset="disabled")) is None
+
+
+async def test_turning_coherence_off_and_on_live_leaves_one_listener(
+    redis_url: str, redis_server: Any
+) -> None:
+    def subscribers() -> int:
+        return int(redis_server.command("PUBSUB", "NUMSUB", "cw#coherence")[1])
+
+    async with TieredCache(config(redis_url)) as engine:
+        assert engine.l2 is not None
+        await eventually(lambda: subscribers() == 1, what="subscriber")
+        await engine.apply_config(config(redis_url, **{"coherence.enabled": False}))
+        assert engine.l2.stats()["coherence"]["listeners"] == 0
+        await eventually(lambda: subscribers() == 0, what="unsubscribed")
+        await engine.apply_config(config(redis_url))
+        assert engine.l2.stats()["coherence"]["listeners"] == 1
+        await eventually(lambda: subscribers() == 1, what="resubscribed")
+    await eventually(lambda: subscribers() == 0, what="closed")
