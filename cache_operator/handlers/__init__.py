@@ -1,0 +1,5 @@
+"""kopf handlers, one module per custom resource; importing this package registers them."""
+
+from __future__ import annotations
+
+from cache_operator.handlers import cachepolicy  # noqa: F401

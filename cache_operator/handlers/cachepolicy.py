@@ -1,0 +1,132 @@
+"""kopf handlers of CachePolicy: thin, they only call :mod:`cache_operator.reconcile`.
+
+One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
+loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
+Ready or Stalled) and writes the status itself. The create/update/resume handlers only wake it, so a
+spec change is pushed to the pods at once and status has a single writer (no two tasks racing to
+write conditions). Deletion deletes the children explicitly before the finalizer is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import kopf
+
+from cache_operator.api.cachepolicy import PLURAL
+from cache_operator.api.common import API_VERSION, GROUP, VERSION
+from cache_operator.k8s import KubeError
+from cache_operator.reconcile import PolicyRef, ReconcileOutcome, handle_delete, handle_reconcile
+
+CONVERGE_INTERVAL_S = 1.0
+DEFAULT_PROBE_INTERVAL_S = 15.0
+
+
+class StatusPatch:
+    """The ``patch`` handle_reconcile fills in (same shape as kopf's: a ``status`` dict)."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+
+
+def _wakeup(memo: kopf.Memo, uid: str) -> asyncio.Event:
+    wakeups: dict[str, asyncio.Event] = memo.setdefault("wakeups", {})
+    return wakeups.setdefault(uid, asyncio.Event())
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def policy_created(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """A new policy: wake its reconciler (the daemon starts with it)."""
+    _wakeup(memo, uid).set()
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def policy_updated(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """A spec change: reconcile now, so the new config reaches the pods within a second."""
+    _wakeup(memo, uid).set()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def policy_resumed(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Operator restart: reconcile every existing policy once at once."""
+    _wakeup(memo, uid).set()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def policy_reconciler(name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo,
+                            logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
+    wake = _wakeup(memo, uid)
+    options = memo.get("options") or {}
+    converge_interval = float(options.get("converge_interval_s") or CONVERGE_INTERVAL_S)
+    trigger = "start"
+    while not stopped:
+        wake.clear()
+        outcome = await _reconcile_once(name, namespace, uid, body, memo, logger, trigger)
+        if outcome is None or outcome.outcome == "progressing":
+            interval = converge_interval
+        else:
+            probe = ((body.get("spec") or {}).get("health") or {}).get("probeIntervalSeconds")
+            interval = float(probe or DEFAULT_PROBE_INTERVAL_S)
+        trigger = await _wait(wake, stopped, interval)
+
+
+async def _reconcile_once(name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo,
+                          logger: kopf.Logger, trigger: str) -> ReconcileOutcome | None:
+    metrics = memo.metrics
+    started = time.perf_counter()
+    policy = PolicyRef(name, namespace, uid, body.get("metadata", {}).get("generation"))
+    patch = StatusPatch()
+    try:
+        outcome = await handle_reconcile(
+            policy, dict(body.get("spec") or {}), dict(body.get("status") or {}),
+            kube=memo.kube, pods_io=memo.pods, patch=patch, logger=logger,
+            resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
+        )
+        if patch.status:
+            await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
+    except KubeError as exc:
+        metrics.errors.labels(kind="kubernetes").inc()
+        metrics.reconciles.labels(trigger=trigger, outcome="error").inc()
+        logger.error(f"reconcile failed: {exc}")
+        return None
+    except Exception as exc:  # one policy's bug must not kill its reconciler for good
+        metrics.errors.labels(kind="internal").inc()
+        metrics.reconciles.labels(trigger=trigger, outcome="error").inc()
+        logger.exception(f"reconcile failed: {type(exc).__name__}: {exc}")
+        return None
+    finally:
+        metrics.reconcile_seconds.labels(trigger=trigger).observe(time.perf_counter() - started)
+    metrics.reconciles.labels(trigger=trigger, outcome=outcome.outcome).inc()
+    if outcome.outcome == "stalled":
+        metrics.errors.labels(kind="spec").inc()
+    for view in outcome.pods:
+        metrics.probes.labels(result="ok" if view.health is not None else "error").inc()
+        if view.pushed:
+            metrics.pushes.labels(result="ok" if view.error is None else "error").inc()
+    metrics.policies.record(f"{namespace}/{name}", patch.status.get("conditions") or [])
+    return outcome
+
+
+async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: float) -> str:
+    """Sleep until woken, stopped or ``interval`` elapsed; return what ended the wait."""
+    woken = asyncio.ensure_future(wake.wait())
+    ended = asyncio.ensure_future(stopped.wait())
+    try:
+        done, _ = await asyncio.wait({woken, ended}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (woken, ended):
+            task.cancel()
+    return "change" if woken in done else "timer"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def policy_deleted(name: str, namespace: str, uid: str, spec: kopf.Spec, memo: kopf.Memo,
+                         logger: kopf.Logger, **_: Any) -> None:
+    """Delete the children, forget the policy; the finalizer goes once this returns."""
+    policy = PolicyRef(name, namespace, uid)
+    await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)
+    memo.metrics.policies.forget(f"{namespace}/{name}")
+    memo.get("wakeups", {}).pop(uid, None)

@@ -1,0 +1,160 @@
+"""Thin Kubernetes I/O for the operator: the official ``kubernetes`` client, called in a worker thread.
+
+One choice, kept everywhere: kopf watches and patches the custom resources themselves (its own API
+access); everything else (children, pods, Secrets) goes through this module, which uses the official
+client's raw ``request`` by path (no discovery round trips) and server-side apply with the field
+manager ``cachewarden``. The sync client runs in ``asyncio.to_thread`` so a slow API server never
+blocks kopf's event loop. Objects go in and come out as plain dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import config as kube_config
+from kubernetes import dynamic
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "cachewarden"
+
+# apiVersion/kind -> (API path prefix, plural). Only what the operator touches.
+_RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+    ("v1", "Secret"): ("/api/v1", "secrets"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("cachewarden.io/v1alpha1", "CachePolicy"): ("/apis/cachewarden.io/v1alpha1", "cachepolicies"),
+}
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes API call failed with something other than the expected 404."""
+
+    def __init__(self, what: str, status: int | None, detail: str) -> None:
+        self.status = status
+        super().__init__(f"{what}: HTTP {status}: {detail}")
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    """The REST path of a namespaced object (or its collection when ``name`` is None)."""
+    try:
+        prefix, plural = _RESOURCES[(api_version, kind)]
+    except KeyError:
+        known = ", ".join(f"{v}/{k}" for v, k in _RESOURCES)
+        raise ValueError(f"unsupported object {api_version}/{kind}; the operator handles: {known}") from None
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """The operator's Kubernetes client: apply, get, delete and list, each off the event loop."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self.api_client = api_client
+        self._dynamic = dynamic.DynamicClient(api_client)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
+        """A client from ``kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``, else in-cluster config."""
+        try:
+            return cls(kube_config.new_client_from_config(config_file=kubeconfig))
+        except kube_config.ConfigException:
+            kube_config.load_incluster_config()
+            return cls(ApiClient())
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.api_client.close()
+
+    def _request(self, what: str, method: str, path: str, body: Any = None, **params: Any) -> dict[str, Any] | None:
+        try:
+            result = self._dynamic.request(method, path, body=body, **params)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(what, exc.status, _api_detail(exc)) from None
+        return result.to_dict() if result is not None else None
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` (field manager ``cachewarden``, conflicts forced: the operator
+        owns every field it renders); returns the object as stored."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        what = f"apply {obj['kind']} {meta['namespace']}/{meta['name']}"
+        result = await asyncio.to_thread(
+            self._request, what, "patch", path, dict(obj),
+            content_type="application/apply-patch+yaml", field_manager=FIELD_MANAGER, force_conflicts=True,
+        )
+        if result is None:  # a 404 on apply means the namespace is gone (being deleted)
+            raise KubeError(what, 404, "namespace not found")
+        return result
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        path = resource_path(api_version, kind, namespace, name)
+        return await asyncio.to_thread(self._request, f"get {kind} {namespace}/{name}", "get", path)
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete with foreground-free background propagation; False when it was already gone."""
+        path = resource_path(api_version, kind, namespace, name)
+        result = await asyncio.to_thread(
+            self._request, f"delete {kind} {namespace}/{name}", "delete", path,
+            propagation_policy="Background",
+        )
+        return result is not None
+
+    async def list(self, api_version: str, kind: str, namespace: str,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every object of ``kind`` in ``namespace`` matching ``label_selector``."""
+        path = resource_path(api_version, kind, namespace)
+        result = await asyncio.to_thread(
+            self._request, f"list {kind} in {namespace}", "get", path, label_selector=label_selector,
+        )
+        return list((result or {}).get("items") or [])
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                           status: Mapping[str, Any]) -> bool:
+        """JSON merge patch of ``status`` on the status subresource; False when the object is gone."""
+        path = resource_path(api_version, kind, namespace, name) + "/status"
+        result = await asyncio.to_thread(
+            self._request, f"patch status of {kind} {namespace}/{name}", "patch", path, {"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
+        return result is not None
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods in ``namespace`` matching ``label_selector`` (a non-empty selector string)."""
+        return await self.list("v1", "Pod", namespace, label_selector)
+
+
+def label_selector_string(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector (``matchLabels`` + ``matchExpressions``) as the API's query string.
+
+    Raises ValueError naming the field when an expression's operator is not one Kubernetes accepts.
+    """
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for index, expr in enumerate(selector.get("matchExpressions") or []):
+        key, operator, values = expr.get("key"), expr.get("operator"), list(expr.get("values") or [])
+        if operator == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif operator == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif operator == "Exists":
+            parts.append(str(key))
+        elif operator == "DoesNotExist":
+            parts.append(f"!{key}")
+        else:
+            raise ValueError(f"matchExpressions[{index}].operator: {operator!r} is not accepted; "
+                             "accepted: In, NotIn, Exists, DoesNotExist")
+    return ",".join(parts)
+
+
+def _api_detail(exc: ApiException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    return str(body or exc.reason)[:500]

@@ -1,0 +1,92 @@
+"""The operator's own Prometheus metrics (not the cache's: those are on each runtime pod's /metrics).
+
+One registry per operator process (not the global default), so tests can build several and the
+runtime's collectors never mix in. ``PolicyConditions`` keeps the last conditions seen per policy in
+memory and turns them into ``cachewarden_operator_policies{condition,status}`` at scrape time, so a
+policy that is deleted stops counting without bookkeeping in every handler.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as _Tally
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class PolicyConditions(Collector):
+    """Last known conditions of every policy, exported as a gauge per (condition type, status)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_policy: dict[str, dict[str, str]] = {}
+
+    def record(self, policy: str, conditions: Iterable[Mapping[str, Any]]) -> None:
+        """Remember ``policy``'s conditions (``namespace/name``)."""
+        seen = {str(c.get("type")): str(c.get("status")) for c in conditions if c.get("type")}
+        with self._lock:
+            self._by_policy[policy] = seen
+
+    def forget(self, policy: str) -> None:
+        """Drop a deleted policy."""
+        with self._lock:
+            self._by_policy.pop(policy, None)
+
+    def count(self) -> int:
+        """How many policies are tracked."""
+        with self._lock:
+            return len(self._by_policy)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Called by the registry at scrape time."""
+        with self._lock:
+            tally = _Tally((ctype, status) for conds in self._by_policy.values() for ctype, status in conds.items())
+            total = len(self._by_policy)
+        family = GaugeMetricFamily(
+            "cachewarden_operator_policies", "CachePolicies by condition type and status.",
+            labels=["condition", "status"],
+        )
+        for (ctype, status), count in sorted(tally.items()):
+            family.add_metric([ctype, status], count)
+        yield family
+        yield GaugeMetricFamily("cachewarden_operator_policies_total", "CachePolicies known to this operator.",
+                                value=total)
+
+
+class OperatorMetrics:
+    """Every metric the operator records."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "cachewarden_operator_reconciles", "Reconciles of CachePolicies by trigger and outcome.",
+            ["trigger", "outcome"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "cachewarden_operator_errors", "Errors by kind (kubernetes, pod, spec).",
+            ["kind"], registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "cachewarden_operator_reconcile_seconds", "Duration of one reconcile.", ["trigger"],
+            buckets=RECONCILE_BUCKETS, registry=self.registry,
+        )
+        self.probes = Counter(
+            "cachewarden_operator_pod_probes", "Health probes of runtime pods by result.",
+            ["result"], registry=self.registry,
+        )
+        self.pushes = Counter(
+            "cachewarden_operator_config_pushes", "config/apply pushes to pods by result.",
+            ["result"], registry=self.registry,
+        )
+        self.policies = PolicyConditions()
+        self.registry.register(self.policies)
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        """Serve /metrics on ``address:port`` from a daemon thread."""
+        start_http_server(port, addr=address, registry=self.registry)

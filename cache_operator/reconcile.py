@@ -1,0 +1,477 @@
+"""CachePolicy reconciliation: the ``handle_*`` logic behind the thin kopf handlers.
+
+One pass (:func:`handle_reconcile`), run on create/update/resume and by the probe timer:
+
+1. parse the spec with the API model; a semantically invalid spec (one the CRD's schema lets through
+   but the engine refuses, e.g. TTL tiers not ascending) becomes ``Stalled`` with a reason and a
+   message naming the field, and the pass ends: no retry loop, the next spec change retries;
+2. resolve the engine config (``cache_runtime.config.resolve_config`` through the model) and its hash;
+3. unless ``spec.paused``: render the children (pure, :mod:`cache_operator.render`) and apply them with
+   server-side apply (owner references and explicit labels come from the renderers);
+4. list the target pods (runtime: the Deployment's selector; selector mode: ``spec.selector``), probe
+   each one's ``health`` and push ``config/apply`` to each pod that reports another hash (concurrent,
+   bounded, with timeouts: :class:`cache_operator.podclient.PodClient`);
+5. aggregate into status (pods desired/ready/configured, health, per-pod view) and kstatus conditions.
+
+Everything that talks to the outside world comes in as an argument (``kube``, ``pods``), so unit tests
+pass fakes and the e2e test runs the same code against the real cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
+
+from cache_operator import render
+from cache_operator.api import CachePolicySpec, spec_error_from
+from cache_operator.api.cachepolicy import ActiveOverride
+from cache_operator.podclient import PodReply, PodTarget
+from cache_runtime.config import CacheConfig, ConfigError
+POD_STATUS_LIMIT = 50  # per-pod rows kept in status (the counts cover every pod)
+
+
+class KubeIO(Protocol):
+    """What reconcile needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
+
+class PodIO(Protocol):
+    """What reconcile needs from runtime pods (implemented by :class:`cache_operator.podclient.PodClient`)."""
+
+    async def health(self, pod: PodTarget, token: str | None) -> PodReply: ...
+    async def apply_config(self, pod: PodTarget, token: str | None, config: Mapping[str, Any],
+                           config_hash: str) -> PodReply: ...
+    async def for_each(self, pods: Any, call: Any) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """Identity of the CachePolicy being reconciled."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None = None
+
+
+@dataclass
+class PodView:
+    """One target pod as seen in this pass."""
+
+    name: str
+    ip: str | None
+    ready: bool
+    config_hash: str | None = None
+    health: Mapping[str, Any] | None = None
+    error: str | None = None
+    pushed: bool = False
+
+
+@dataclass
+class ReconcileOutcome:
+    """What a pass did (for metrics, logs and tests)."""
+
+    outcome: str  # "ready", "progressing", "stalled", "paused"
+    config_hash: str | None = None
+    pods: list[PodView] = field(default_factory=list)
+    pushed: int = 0
+    reason: str = ""
+    message: str = ""
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC timestamp with seconds precision (what Kubernetes stores)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def parse_spec(spec: Mapping[str, Any]) -> CachePolicySpec:
+    """The spec as the API model; raises :class:`cache_operator.api.SpecError` naming the field."""
+    try:
+        return CachePolicySpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise spec_error_from(exc) from None
+
+
+def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
+                  generation: int | None, now: str) -> None:
+    """Set one condition in place, keeping ``lastTransitionTime`` while the status does not change."""
+    for existing in conditions:
+        if existing.get("type") == type_:
+            if existing.get("status") != status:
+                existing["lastTransitionTime"] = now
+            existing.update(status=status, reason=reason, message=message[:32000])
+            if generation is not None:
+                existing["observedGeneration"] = generation
+            return
+    entry: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message[:32000],
+                             "lastTransitionTime": now}
+    if generation is not None:
+        entry["observedGeneration"] = generation
+    conditions.append(entry)
+
+
+def pod_target(pod: Mapping[str, Any], port: int) -> PodTarget | None:
+    """Where to reach a pod's runtime API, or None while it has no IP or is terminating."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip or meta.get("deletionTimestamp") or status.get("phase") not in ("Running", "Pending"):
+        return None
+    return PodTarget(meta.get("name", "?"), ip, port)
+
+
+def pod_is_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition is True (and it is not being deleted)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def redis_state(health: Mapping[str, Any] | None) -> str:
+    """The CRD's Redis state for one pod's health report."""
+    if not health:
+        return "Unknown"
+    redis = health.get("redis") or {}
+    status = redis.get("status")
+    if status == "disabled":
+        return "Disabled"
+    if status == "connected":
+        return "Connected" if redis.get("breaker_state") in (None, "closed") else "Degraded"
+    return "Disconnected"
+
+
+_VERDICT_ORDER = {"Healthy": 0, "Unknown": 1, "Degraded": 2, "Unhealthy": 3}
+_REDIS_ORDER = {"Connected": 0, "Disabled": 0, "Unknown": 1, "Degraded": 2, "Disconnected": 3}
+
+
+def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
+    """Status ``health``: lookup-weighted hit rates, summed memory, worst p95, worst Redis state."""
+    reports = [v.health for v in views if v.health]
+    if not reports:
+        return {"status": "Unknown", "redis": "Unknown", "lastProbeTime": now,
+                "message": "no pod answered the health probe yet"}
+    lookups = [max(int((r.get("hit_rates") or {}).get("lookups") or 0), 0) for r in reports]
+    total = sum(lookups)
+
+    def weighted(key: str) -> float | None:
+        pairs = [((r.get("hit_rates") or {}).get(key), n) for r, n in zip(reports, lookups)]
+        pairs = [(rate, n) for rate, n in pairs if rate is not None]
+        if not pairs:
+            return None
+        weight = sum(n for _, n in pairs)
+        if weight == 0:
+            return None
+        return round(sum(rate * n for rate, n in pairs) / weight, 4)
+
+    hit_rate = weighted("overall") if total else None
+    l1_rate = weighted("l1") if total else None
+    memory = sum(int((r.get("memory") or {}).get("bytes") or 0) for r in reports)
+    p95s = [lat.get("p95_ms") for r in reports for lat in (r.get("latency") or {}).values()
+            if isinstance(lat, Mapping) and lat.get("p95_ms") is not None]
+    verdicts = [{"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}.get(
+        str(r.get("status")), "Unknown") for r in reports]
+    if len(reports) < len(views):
+        verdicts.append("Unknown")
+    worst = max(verdicts, key=lambda v: _VERDICT_ORDER[v])
+    redis = max((redis_state(r) for r in reports), key=lambda s: _REDIS_ORDER[s])
+    out: dict[str, Any] = {"status": worst, "redis": redis, "memoryBytes": memory, "lastProbeTime": now}
+    if hit_rate is not None:
+        out["hitRate"] = hit_rate
+        out["hitRatePercent"] = f"{hit_rate * 100:.1f}%"
+    if l1_rate is not None:
+        out["l1HitRate"] = l1_rate
+    if p95s:
+        out["p95LatencyMs"] = round(max(float(p) for p in p95s), 3)
+    if worst != "Healthy":
+        unhealthy = [v.name for v, verdict in zip(views, verdicts) if verdict != "Healthy"]
+        out["message"] = f"{worst}: pods {', '.join(unhealthy[:10])}"
+    return out
+
+
+def rewrite_redis_host(url: str, address: str) -> str:
+    """``url`` with its host replaced by ``address`` (port, path, user kept)."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{userinfo}{address}{port}", parts.path, parts.query, parts.fragment))
+
+
+def service_name_of_host(host: str, namespace: str) -> str | None:
+    """The Service a URL host names in ``namespace`` (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``)."""
+    labels = host.split(".")
+    if len(labels) == 1:
+        return labels[0]
+    if len(labels) >= 2 and labels[1] == namespace and labels[2:] in ([], ["svc"], ["svc", "cluster", "local"]):
+        return labels[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# I/O steps
+
+
+async def resolve_redis_url(spec: CachePolicySpec, namespace: str, kube: KubeIO,
+                            resolve_service_hosts: bool) -> str | None:
+    """The Redis URL that goes into the config, or None (memory-only, or the URL is in a Secret that
+    only the pods read).
+
+    With ``resolve_service_hosts`` (devcluster: no Service routing) a host that names a Service in the
+    policy's namespace is replaced by the IP of a Ready pod behind it. The hash then changes when the
+    Redis pod moves, so the pods are re-pushed the new address: the same effect a ClusterIP would give.
+    """
+    if spec.redis is None or spec.redis.url is None:
+        return None
+    url = spec.redis.url
+    if not resolve_service_hosts:
+        return url
+    host = urlsplit(url).hostname or ""
+    service_name = service_name_of_host(host, namespace)
+    if service_name is None:
+        return url
+    service = await kube.get("v1", "Service", namespace, service_name)
+    selector = ((service or {}).get("spec") or {}).get("selector")
+    if not selector:
+        return url
+    from cache_operator.k8s import label_selector_string
+
+    pods = await kube.list_pods(namespace, label_selector_string({"matchLabels": selector}))
+    ready = sorted((p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
+                   key=lambda p: (p.get("metadata") or {}).get("name", ""))
+    if not ready:
+        return url
+    return rewrite_redis_host(url, ready[0]["status"]["podIP"])
+
+
+async def current_tokens(kube: KubeIO, namespace: str, policy_name: str) -> dict[str, str]:
+    """The tokens in the policy's Secret, or new random ones when there is none yet (they are then
+    applied with the Secret: generated once, kept across passes and operator restarts)."""
+    existing = await kube.get("v1", "Secret", namespace, render.token_secret_name(policy_name))
+    return render.tokens_from_secret(existing) or render.new_tokens()
+
+
+async def secrets_digest(kube: KubeIO, namespace: str, spec: CachePolicySpec) -> str | None:
+    """:func:`cache_operator.render.restart_digest` of the user's Secrets the runtime pods mount."""
+    names = render.referenced_secrets(spec)
+    if not names:
+        return None
+    data: dict[str, Any] = {}
+    for name in names:
+        secret = await kube.get("v1", "Secret", namespace, name)
+        data[name] = (secret or {}).get("data") if secret is not None else None
+    return render.restart_digest(data)
+
+
+def active_override(status: Mapping[str, Any], now: str) -> ActiveOverride | None:
+    """The time-boxed override recorded in status, if it has not expired (RFC 3339 strings compare
+    in time order when both are UTC ``Z``)."""
+    raw = status.get("override")
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        override = ActiveOverride.model_validate(dict(raw))
+    except ValidationError:
+        return None
+    return override if override.expires_at > now else None
+
+
+async def probe_and_push(pods_io: PodIO, targets: Sequence[tuple[PodTarget | None, bool, str]], token: str,
+                         config: CacheConfig, config_hash: str, push: bool) -> list[PodView]:
+    """Probe every target's health; push ``config`` to each one that reports another hash (if ``push``).
+
+    ``targets`` are (where to reach it or None, Ready, pod name). A pod without an address is reported,
+    not contacted.
+    """
+    public = config.public_dict()
+
+    async def one(item: tuple[PodTarget | None, bool, str]) -> PodView:
+        target, ready, name = item
+        view = PodView(name=name, ip=target.ip if target else None, ready=ready)
+        if target is None:
+            view.error = "no pod IP yet"
+            return view
+        reply = await pods_io.health(target, token)
+        if reply.ok and isinstance(reply.body, Mapping):
+            view.health = reply.body
+            view.config_hash = reply.body.get("config_hash")
+        else:
+            view.error = reply.error
+        if push and view.config_hash != config_hash:
+            pushed = await pods_io.apply_config(target, token, public, config_hash)
+            view.pushed = True
+            if pushed.ok:
+                body = pushed.body if isinstance(pushed.body, Mapping) else {}
+                view.config_hash = body.get("hash") or config_hash
+                view.error = None
+            else:
+                view.error = pushed.error
+        return view
+
+    return await pods_io.for_each(list(targets), one)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pass
+
+
+async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: Mapping[str, Any], *,
+                           kube: KubeIO, pods_io: PodIO, patch: Any, logger: Any,
+                           resolve_service_hosts: bool = False, labels: Mapping[str, str] | None = None,
+                           now: str | None = None) -> ReconcileOutcome:
+    """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
+
+    Raises :class:`cache_operator.k8s.KubeError` when the API server refuses a child (kopf retries
+    with back-off); everything about pods is reported in status instead of raised.
+    """
+    now = now or utc_now()
+    conditions: list[dict[str, Any]] = [dict(c) for c in (status.get("conditions") or [])]
+    gen = policy.generation
+
+    try:
+        model = parse_spec(spec)
+        redis_url = await resolve_redis_url(model, policy.namespace, kube, resolve_service_hosts)
+        override = active_override(status, now)
+        config = render.resolve_policy_config(model, redis_url=redis_url, override=override)
+    except (ValueError, ConfigError) as exc:
+        field_path = getattr(exc, "field", None)
+        if isinstance(exc, ConfigError):
+            field_path = f"spec.overrides.{exc.field}"
+        message = str(getattr(exc, "message", None) or exc)
+        if field_path and field_path not in message:
+            message = f"{field_path}: {message}"
+        set_condition(conditions, "Stalled", "True", "InvalidSpec", message, gen, now)
+        set_condition(conditions, "Ready", "False", "InvalidSpec", message, gen, now)
+        set_condition(conditions, "Reconciling", "False", "InvalidSpec", "waiting for a spec change", gen, now)
+        set_condition(conditions, "ConfigApplied", "False", "InvalidSpec", message, gen, now)
+        patch.status["conditions"] = conditions
+        patch.status["observedGeneration"] = gen
+        logger.warning(f"spec rejected: {message}")
+        return ReconcileOutcome("stalled", reason="InvalidSpec", message=message)
+
+    config_hash = config.config_hash()
+    tokens = await current_tokens(kube, policy.namespace, policy.name)
+    token = tokens[render.ADMIN_TOKEN_KEY]
+    if not model.paused:
+        digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
+        for obj in render.render_children(policy, model, config, tokens, digest):
+            await kube.apply(obj)
+        for api_version, kind in render.stale_children(model):
+            # A policy switched from runtime to selector mode leaves no runtime pods behind.
+            await kube.delete(api_version, kind, policy.namespace, render.deployment_name(policy.name)
+                              if kind == "Deployment" else render.service_name(policy.name))
+
+    # Target pods.
+    if model.runtime is not None:
+        selector_text = render.pod_selector_string(policy.name)
+        port = model.runtime.port
+        desired = model.runtime.replicas
+    else:
+        assert model.selector is not None
+        selector_text = render.label_selector_string(model.selector)
+        port = model.selector.port
+        desired = -1  # every selected pod
+    pod_objects = await kube.list_pods(policy.namespace, selector_text)
+    pod_objects = [p for p in pod_objects if not (p.get("metadata") or {}).get("deletionTimestamp")
+                   and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
+    if desired < 0:
+        desired = len(pod_objects)
+    targets = [(pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
+               for p in pod_objects]
+    views = await probe_and_push(pods_io, targets, token, config, config_hash, push=not model.paused)
+    ready = sum(1 for v in views if v.ready)
+    configured = sum(1 for v in views if v.config_hash == config_hash)
+    pushed = sum(1 for v in views if v.pushed)
+    health = aggregate_health(views, now)
+
+    # Conditions (kstatus: Ready is the summary; Reconciling while converging; Stalled only for specs).
+    set_condition(conditions, "Stalled", "False", "SpecAccepted", "", gen, now)
+    all_configured = configured >= desired and len(views) >= desired
+    if model.paused:
+        set_condition(conditions, "Reconciling", "False", "Paused", "spec.paused is true: no changes are made",
+                      gen, now)
+    elif all_configured and ready >= desired:
+        set_condition(conditions, "Reconciling", "False", "Converged", "", gen, now)
+    else:
+        set_condition(conditions, "Reconciling", "True", "Progressing",
+                      f"{ready}/{desired} pods ready, {configured}/{desired} on config {config_hash[:12]}",
+                      gen, now)
+    errors = [f"{v.name}: {v.error}" for v in views if v.error]
+    if all_configured:
+        set_condition(conditions, "ConfigApplied", "True", "AllPodsConfigured",
+                      f"{configured} pods run config {config_hash[:12]}", gen, now)
+    else:
+        set_condition(conditions, "ConfigApplied", "False", "PodsPending",
+                      f"{configured}/{desired} pods run config {config_hash[:12]}"
+                      + (f"; {'; '.join(errors[:5])}" if errors else ""), gen, now)
+    verdict = health.get("status", "Unknown")
+    set_condition(conditions, "Healthy", "True" if verdict == "Healthy" else
+                  ("Unknown" if verdict == "Unknown" else "False"), verdict, health.get("message", ""), gen, now)
+    redis = health.get("redis", "Unknown")
+    set_condition(conditions, "RedisConnected",
+                  "True" if redis == "Connected" else ("Unknown" if redis in ("Unknown", "Disabled") else "False"),
+                  redis, "" if redis == "Connected" else f"Redis {redis.lower()} on the target pods", gen, now)
+    is_ready = all_configured and ready >= desired and not model.paused
+    if model.paused:
+        ready_reason, ready_message = "Paused", "spec.paused is true"
+    elif is_ready:
+        ready_reason, ready_message = "AllPodsReady", f"{ready}/{desired} pods ready on config {config_hash[:12]}"
+    else:
+        ready_reason = "PodsNotReady" if ready < desired else "ConfigPending"
+        ready_message = f"{ready}/{desired} pods ready, {configured}/{desired} configured"
+    set_condition(conditions, "Ready", "True" if is_ready else "False", ready_reason, ready_message, gen, now)
+
+    patch.status["observedGeneration"] = gen
+    patch.status["conditions"] = conditions
+    patch.status["preset"] = model.preset
+    patch.status["configHash"] = config_hash
+    patch.status["pods"] = {"desired": desired, "ready": ready, "configured": configured,
+                            "summary": f"{ready}/{desired}"}
+    patch.status["targets"] = [
+        {k: v for k, v in {
+            "name": view.name, "ip": view.ip, "ready": view.ready, "configHash": view.config_hash,
+            "health": (view.health or {}).get("status"), "lastError": view.error,
+        }.items() if v is not None}
+        for view in views[:POD_STATUS_LIMIT]
+    ]
+    patch.status["health"] = health
+    outcome = "paused" if model.paused else ("ready" if is_ready else "progressing")
+    return ReconcileOutcome(outcome, config_hash, views, pushed, ready_reason, ready_message)
+
+
+async def handle_delete(policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any) -> list[str]:
+    """Delete the policy's children explicitly (owner references would get them too, but later and only
+    with a garbage collector running); returns what was deleted."""
+    try:
+        model: CachePolicySpec | None = parse_spec(spec)
+    except ValueError:
+        model = None
+    deleted = []
+    names = [("apps/v1", "Deployment", render.deployment_name(policy.name)),
+             ("v1", "Service", render.service_name(policy.name)),
+             ("v1", "ConfigMap", render.configmap_name(policy.name)),
+             ("v1", "Secret", render.token_secret_name(policy.name))]
+    if model is not None and model.runtime is None:
+        names = names[2:]
+    for api_version, kind, name in names:
+        if await kube.delete(api_version, kind, policy.namespace, name):
+            deleted.append(f"{kind}/{name}")
+    logger.info(f"deleted children: {', '.join(deleted) or 'none left'}")
+    return deleted
