@@ -338,8 +338,21 @@ class CachePolicySpec(ApiModel):
         try:
             resolve_config(self.preset, self.engine_overrides())
         except ConfigError as exc:
-            raise ValueError(f"spec.overrides.{exc}") from None
+            path = self._spec_path_of(exc.field)
+            text = str(exc)
+            raise ValueError(path + text[len(exc.field):] if text.startswith(exc.field) else f"{path}: {text}"
+                             ) from None
         return self
+
+    def _spec_path_of(self, engine_field: str) -> str:
+        """Where in the spec an engine parameter came from: a health threshold, spec.redis, or overrides."""
+        group, _, name = engine_field.partition(".")
+        thresholds = self.health.thresholds
+        if group == "health" and thresholds is not None and getattr(thresholds, name, None) is not None:
+            return f"spec.health.thresholds.{HealthThresholds.model_fields[name].alias}"
+        if engine_field == "redis.username":
+            return "spec.redis.username"
+        return f"spec.overrides.{engine_field}"
 
     def engine_overrides(self) -> dict[str, Any]:
         """spec.overrides merged with health thresholds and Redis settings known without Secrets."""
