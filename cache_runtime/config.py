@@ -1251,6 +1251,13 @@ def _render_level_map() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _render_acl_rules() -> str:
+    # Imported here: cache imports this module.
+    from cache_runtime.cache import required_acl_rules
+
+    return " ".join(required_acl_rules(CacheConfig()))
+
+
 def render_configuration_doc() -> str:
     """The whole of docs/configuration.md."""
     return f"""# Configuration
@@ -1301,11 +1308,18 @@ have logical keys `ai1:{{operation}}:{{tier}}:...` (text hashed, or percent-esca
 one `INCR {{prefix}}#nsver:{{namespace}}`; leases are `{{prefix}}#lease:...` and invalidations are
 broadcast on the channel `{{prefix}}#coherence` (unless `coherence.channel` says otherwise). A
 pattern invalidation is always confined to `{{prefix}}:`, so it never touches the bookkeeping keys.
-A Redis ACL user for the default prefix `cw` therefore needs the key patterns `~cw:*` and `~cw#*`,
-the channel pattern `&cw#*`, and the commands GET, MGET, SET, UNLINK, DEL, INCR, SCAN, EVAL, EVALSHA
-and SCRIPT LOAD (lease release), PUBLISH, SUBSCRIBE, UNSUBSCRIBE, PING, INFO, and for connecting
-HELLO, AUTH, SELECT and CLIENT SETNAME (tests/integration/test_tiered_cache.py runs the engine as
-exactly such a user).
+A Redis ACL user for the default prefix `cw` therefore needs exactly these rules (from
+`cache_runtime.cache.required_acl_rules(config)`, which follows `keys.prefix`, `coherence.channel`
+and `redis.cluster`; the integration tests run the engine as such a user):
+
+```
+ACL SETUSER <user> on ><password> {_render_acl_rules()}
+```
+
+DEL runs inside the lease-release script, SCRIPT LOAD only when Redis lost the script. CLIENT SETINFO,
+which redis-py sends on connect, is left out on purpose: redis-py ignores its refusal, and Redis 7.0
+does not know it (an ACL rule naming it is an error there). Redis Cluster adds `+cluster|slots`,
+`+cluster|shards` and `+command`.
 
 ## Compression levels
 

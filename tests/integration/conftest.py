@@ -9,9 +9,10 @@
 - ``tls_material``: a CA, a server certificate for 127.0.0.1/localhost, a client certificate, and a
   second unrelated CA (the "wrong CA"), generated with ``cryptography`` into a temporary directory.
 - ``redis_tls``: a redis-server that speaks only TLS (and requires client certificates optionally).
-- ``redis_acl``: a redis-server with a password-protected default user and an ACL user limited to
-  the ``cw:*`` keys, the ``cw:*`` channels and the commands the engine needs (no CONFIG, no KEYS,
-  no FLUSHALL).
+- ``redis_acl``: a redis-server with a password-protected default user and an ACL user holding
+  exactly ``cache_runtime.cache.required_acl_rules`` of the default config: the ``cw:*`` and ``cw#*``
+  keys, the ``cw#coherence`` channel and the commands the engine sends (no CONFIG, no KEYS, no
+  FLUSHALL, no EVAL).
 
 Servers run with ``--save "" --appendonly no`` in a temporary directory, on a free 127.0.0.1 port.
 """
@@ -34,6 +35,9 @@ from typing import Any
 
 import pytest
 import redis
+
+from cache_runtime.cache import required_acl_rules
+from cache_runtime.config import CacheConfig
 
 REDIS_SERVER = (
     os.environ.get("CACHEWARDEN_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -555,43 +559,20 @@ class AclRedis:
     admin_password: str
     username: str
     password: str
-    key_pattern: str
-    channel_pattern: str
+    key_patterns: tuple[str, ...]
+    channel: str
 
 
-ACL_USER_RULES = (
-    # Only the engine's own keys and channels, and only the commands it needs.
-    "on",
-    "resetkeys",
-    "resetchannels",
-    "~cw:*",
-    "&cw:*",
-    "-@all",
-    "+get",
-    "+mget",
-    "+set",
-    "+unlink",
-    "+del",
-    "+incr",
-    "+scan",
-    "+publish",
-    "+subscribe",
-    "+unsubscribe",
-    "+ping",
-    "+info",
-    "+evalsha",
-    "+eval",
-    "+script|load",
-    "+client|setname",
-    "+hello",
-    "+select",
-    "+auth",
-)
+# Exactly what the engine needs for the default config (prefix ``cw``): its keys, its bookkeeping
+# keys, its coherence channel and its commands. One list, defined by the engine.
+ACL_USER_RULES = ("on", *required_acl_rules(CacheConfig()))
 
 
 @pytest.fixture
 def redis_acl(redis_factory: RedisFactory) -> AclRedis:
-    """A password-protected server with an ACL user ``cwapp`` limited to ``cw:*`` keys and channels."""
+    """A password-protected server with an ACL user ``cwapp`` holding exactly the engine's rules
+    (``required_acl_rules`` of the default config: ``cw:*`` and ``cw#*`` keys, the ``cw#coherence``
+    channel, the engine's commands)."""
     admin_password = "admin-" + os.urandom(8).hex()
     server = redis_factory.start(password=admin_password)
     user_password = "app-" + os.urandom(8).hex()
@@ -601,6 +582,6 @@ def redis_acl(redis_factory: RedisFactory) -> AclRedis:
         admin_password=admin_password,
         username="cwapp",
         password=user_password,
-        key_pattern="cw:*",
-        channel_pattern="cw:*",
+        key_patterns=("cw:*", "cw#*"),
+        channel="cw#coherence",
     )

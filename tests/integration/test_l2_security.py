@@ -8,7 +8,10 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 
+from cache_runtime.config import CacheConfig
+from cache_runtime.keys import KeyBuilder
 from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
 
 if TYPE_CHECKING:
@@ -30,20 +33,25 @@ def settings_for(url: str, **overrides: object) -> RedisSettings:
     return RedisSettings(**values)  # type: ignore[arg-type]
 
 
-async def exercise(l2: RedisL2, prefix: str = "cw") -> None:
-    """Every data operation once, all expected to succeed."""
-    assert await l2.set(f"{prefix}:a", b"1", ttl_ms=60_000)
-    assert await l2.get(f"{prefix}:a") == b"1"
-    assert await l2.set_many([(f"{prefix}:b", b"2", 60_000), (f"{prefix}:c", b"3", 60_000)])
-    assert await l2.mget([f"{prefix}:a", f"{prefix}:b", f"{prefix}:c"]) == [b"1", b"2", b"3"]
-    assert await l2.bump_version(f"{prefix}:ver") == 1, l2.stats()["last_errors"]
-    token = await l2.acquire_lease(f"{prefix}:lease", 5_000)
+async def exercise(l2: RedisL2) -> None:
+    """Every data operation once, on the key names the engine really uses, all expected to succeed."""
+    keys = KeyBuilder(CacheConfig())
+    a, b, c = keys.redis_key("a"), keys.redis_key("b"), keys.redis_key("c")
+    assert await l2.set(a, b"1", ttl_ms=60_000)
+    assert await l2.get(a) == b"1"
+    assert await l2.set_many([(b, b"2", 60_000), (c, b"3", 60_000)])
+    assert await l2.mget([a, b, c]) == [b"1", b"2", b"3"]
+    assert await l2.get_version(keys.version_key()) == 0
+    assert await l2.bump_version(keys.version_key()) == 1, l2.stats()["last_errors"]
+    lease = keys.lease_key("a")
+    token = await l2.acquire_lease(lease, 5_000)
     assert token is not None
-    assert await l2.release_lease(f"{prefix}:lease", token)
-    assert await l2.scan_unlink(f"{prefix}:*") == 4
-    assert await l2.delete([f"{prefix}:a"]) == 0
-    assert await l2.publish(f"{prefix}:chan", b"m")
+    assert await l2.release_lease(lease, token)  # EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA (DEL inside)
+    assert await l2.scan_unlink(keys.namespace_prefix() + "*") == 3
+    assert await l2.delete([a]) == 0
+    assert await l2.publish(CacheConfig().coherence_channel, b"m")
     assert await l2.ping() is not None
+    assert await l2.memory_info() is not None
     assert l2.stats()["errors_total"] == 0, l2.stats()["last_errors"]
 
 
@@ -92,9 +100,9 @@ async def test_acl_user_can_do_everything_the_engine_needs(redis_acl: AclRedis) 
     async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings) as l2:
         await exercise(l2)
         received: list[bytes] = []
-        listener = l2.subscribe("cw:inval", received.append, lambda: None)
+        listener = l2.subscribe(redis_acl.channel, received.append, lambda: None)
         assert await listener.wait_subscribed(5)
-        assert await l2.publish("cw:inval", b"hi")
+        assert await l2.publish(redis_acl.channel, b"hi")
 
         async def delivered() -> bool:
             return received == [b"hi"]
@@ -122,6 +130,19 @@ async def test_acl_user_outside_its_key_pattern_gets_permission_errors(redis_acl
         # The server answered: it is up, the breaker stays closed, allowed keys still work.
         assert l2.breaker_state is BreakerState.CLOSED
         assert await l2.set("cw:ok", b"v", ttl_ms=1000) is True
+
+
+async def test_acl_user_holds_nothing_beyond_the_engine_rules(redis_acl: AclRedis) -> None:
+    user = redis.Redis(host="127.0.0.1", port=redis_acl.server.port, username=redis_acl.username,
+                       password=redis_acl.password, socket_timeout=5)
+    try:
+        for forbidden in (("CONFIG", "GET", "maxmemory"), ("KEYS", "*"), ("FLUSHALL",),
+                          ("EVAL", "return 1", "0"), ("SET", "other:k", "v"), ("PUBLISH", "cw#other", "m")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                user.execute_command(*forbidden)
+        assert user.execute_command("SET", "cw#nsver:x", "1")
+    finally:
+        user.close()
 
 
 async def test_acl_user_with_a_wrong_password(redis_acl: AclRedis) -> None:

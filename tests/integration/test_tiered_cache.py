@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from cache_runtime import CacheConfig, TieredCache, resolve_config
+from cache_runtime.cache import required_acl_rules
 from cache_runtime.codec import CODEC_MSGPACK, FLAG_LZ4, HEADER, Codec
 from cache_runtime.keys import TextTooLongError
 
@@ -513,14 +515,9 @@ async def test_group_redis_breaker_opens_after_the_threshold(redis_factory: Any)
 
 async def test_group_redis_acl_user_and_password(redis_factory: Any) -> None:
     server = redis_factory.start(password="admin-secret")
-    # The engine needs its prefix's keys, its bookkeeping keys ({prefix}#...) and its channel.
-    # Exactly the commands docs/configuration.md lists.
-    commands = ["get", "mget", "set", "unlink", "del", "incr", "scan", "eval", "evalsha", "script|load",
-                "publish", "subscribe", "unsubscribe", "ping", "info", "hello", "auth", "select",
-                "client|setname"]
-    server.command("ACL", "SETUSER", "cache", "on", ">app-secret", "resetkeys", "~cw:*", "~cw#*",
-                   "resetchannels", "&cw#*", "-@all", *(f"+{command}" for command in commands))
     cfg = config(server.url, **{"redis.username": "cache", "redis.password": "app-secret"})
+    # Exactly the rules docs/configuration.md prints: nothing more.
+    server.command("ACL", "SETUSER", "cache", "on", ">app-secret", *required_acl_rules(cfg))
     async with TieredCache(cfg) as engine:
         await eventually(lambda: engine.l2.stats()["coherence"]["connected"], what="ACL subscription")
         assert await engine.set("k", 1)
@@ -549,6 +546,35 @@ async def test_group_redis_acl_user_and_password(redis_factory: Any) -> None:
     # The rejected engine wrote nothing: Redis still holds the good engine's value (written at v0).
     stored_bytes = server.command("GET", "cw:default:v0:k")
     assert stored_bytes is not None and Codec().decode(stored_bytes).value == 1
+
+
+async def test_acl_rules_follow_a_custom_prefix_and_channel(redis_factory: Any) -> None:
+    server = redis_factory.start(password="admin-secret")
+    overrides = {"redis.username": "acme-cache", "redis.password": "app-secret", "keys.prefix": "acme",
+                 "coherence.channel": "acme-events*[1]", "stampede.lease_lock": True}
+    cfg = config(server.url, **overrides)
+    rules = required_acl_rules(cfg)
+    assert "~acme:*" in rules and "~acme#*" in rules and "&acme-events\\*\\[1\\]" in rules
+    server.command("ACL", "SETUSER", "acme-cache", "on", ">app-secret", *rules)
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
+                         what="both subscriptions")
+        assert await a.get_or_compute("k", lambda: "v") == "v"
+        assert await b.get("k") == "v"
+        await a.delete("k")
+        await eventually(lambda: b.get_local("k") is None, what="b to drop k")
+        assert (await a.invalidate(namespace="default"))["namespace_version"] == 1
+        await eventually(lambda: b.keys.namespace_version == 1, what="b to learn the new version")
+        for engine in (a, b):
+            snapshot = engine.stats()
+            assert sum(snapshot["l2"]["errors"].values()) == 0, snapshot["l2_detail"]["last_errors"]
+    # The escaped channel pattern grants that one channel, not what its glob would match.
+    user = redis.Redis(host="127.0.0.1", port=server.port, username="acme-cache", password="app-secret")
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.publish("acme-events-x1", b"m")
+    finally:
+        user.close()
 
 
 async def test_group_keys_prefix_namespace_hash_readable_tiers_normalize(
