@@ -414,13 +414,19 @@ def build_admin_router(
         )
 
     @router.post("/compress-existing", dependencies=admin, summary="Re-encode stored values with compression")
-    async def compress_existing(request: Request, dry_run: DryRun = False) -> JSONResponse:
+    async def compress_existing(
+        request: Request,
+        dry_run: DryRun = False,
+        max_entries: Annotated[
+            int | None, Query(ge=1, le=10_000_000, description="Rewrite at most this many entries")
+        ] = None,
+    ) -> JSONResponse:
         ops = ctx.engine()
         return await ctx.run_action(
             request,
             "compress-existing",
-            lambda: ops.compress_existing(dry_run=dry_run),
-            params={"dry_run": dry_run},
+            lambda: ops.compress_existing(dry_run=dry_run, max_entries=max_entries),
+            params={"dry_run": dry_run, "max_entries": max_entries},
             dry_run=dry_run,
         )
 

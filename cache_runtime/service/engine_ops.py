@@ -429,7 +429,7 @@ class EngineOps:
             }
         return _counts(self.cache.gc())
 
-    async def compress_existing(self, *, dry_run: bool) -> dict[str, Any]:
+    async def compress_existing(self, *, dry_run: bool, max_entries: int | None = None) -> dict[str, Any]:
         """Re-encode the entries L1 holds under the compression settings in force.
 
         Service-level implementation over public engine methods: each live L1 entry at or above the
@@ -449,6 +449,8 @@ class EngineOps:
             if entry is None or entry.size < threshold:
                 continue
             candidates.append((key, entry.value, entry.remaining(now)))
+            if max_entries is not None and len(candidates) >= max_entries:
+                break
         if dry_run:
             return {
                 "candidates": len(candidates),

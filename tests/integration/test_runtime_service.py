@@ -614,6 +614,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, dict[str, str], int, str]] = [
         "body.operation",
     ),
     ("GET", "/internal/cache/recent-errors?limit=0", None, {}, 422, "query.limit"),
+    ("POST", "/internal/cache/compress-existing?max_entries=0", None, {}, 422, "query.max_entries"),
     ("PUT", "/data/v1/keys/k", {"value": None}, {}, 422, "body.value"),
     ("PUT", "/data/v1/keys/k", {"value": 1, "ttl_s": 0}, {}, 422, "body.ttl_s"),
     ("PUT", "/data/v1/keys/k", {"value": 1, "ttl_s": 10**9}, {}, 422, "body.ttl_s"),
