@@ -7,10 +7,17 @@ Only the API server is needed (no operator runs here): this tests the CRDs thems
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from cache_operator import render
+from cache_operator.api import CachePolicySpec
 from devcluster.testing import KubeTools, wait_for
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -206,3 +213,49 @@ def test_category_lists_both_kinds(crds: None, kube: KubeTools, namespace: str) 
     kube.apply(policy("cat", "  runtime: {}\n"), namespace)
     text = kube.kubectl("get", "cachewarden", "--namespace", namespace).stdout
     assert "cachepolicy.cachewarden.io/cat" in text
+
+
+def test_rendered_children_run_on_the_cluster(crds: None, kube: KubeTools, dev_cluster: Any,
+                                              namespace: str) -> None:
+    """The renderers' output, applied as the operator applies it, runs: pods Ready with the
+    ConfigMap's config hash, tokens enforced; deleting the policy garbage-collects the children."""
+    if not dev_cluster.with_kubelet:
+        pytest.skip("needs the devcluster process kubelet (CACHEWARDEN_E2E_KUBELET=0 left it out)")
+    kube.apply(policy("rendered", "  runtime: {replicas: 2}\n  preset: ai-production\n"), namespace)
+    body = kube.kubectl_json("get", "cpol", "rendered", "--namespace", namespace)
+    identity = SimpleNamespace(name="rendered", namespace=namespace, uid=body["metadata"]["uid"])
+    spec = CachePolicySpec.model_validate(body["spec"])
+    config = render.resolve_policy_config(spec)
+    tokens = render.new_tokens()
+    children = render.render_children(identity, spec, config, tokens)
+    kube.kubectl("apply", "--server-side", "--field-manager=cachewarden-test", "-f", "-",
+                 input="\n---\n".join(json.dumps(child) for child in children))
+
+    def ready_pods() -> list[dict[str, Any]] | None:
+        pods = kube.kubectl_json("get", "pods", "--namespace", namespace, "-l",
+                                 render.pod_selector_string("rendered"))["items"]
+        ready = [pod for pod in pods if any(cond["type"] == "Ready" and cond["status"] == "True"
+                                            for cond in pod["status"].get("conditions", []))]
+        return ready if len(ready) == 2 else None
+
+    pods = wait_for(ready_pods, 120, "2 runtime pods Ready")
+    for pod in pods:
+        assert pod["metadata"]["labels"]["cachewarden.io/policy"] == "rendered"
+        base = f"http://{pod['status']['podIP']}:8080"
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as reply:
+            assert json.load(reply)["config_hash"] == config.config_hash()
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{base}/internal/cache/config/current", timeout=5)
+        assert denied.value.code == 401
+        request = urllib.request.Request(f"{base}/internal/cache/config/current",
+                                         headers={"Authorization": f"Bearer {tokens['read-token']}"})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            current = json.load(reply)
+        assert current["hash"] == config.config_hash()
+        assert current["config"]["preset"] == "ai-production"
+        assert current["provenance"]["in_force"]["origin"] == "file"  # read from the mounted ConfigMap
+
+    kube.kubectl("delete", "cpol", "rendered", "--namespace", namespace)
+    wait_for(lambda: not kube.kubectl_json("get", "deployments,configmaps,secrets,services", "--namespace",
+                                           namespace, "-l", "cachewarden.io/policy=rendered")["items"],
+             120, "children garbage-collected with the policy")
