@@ -26,24 +26,44 @@ def build_parser() -> argparse.ArgumentParser:
         "Deployments and live config pushes to cache runtime pods.",
     )
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", default=[],
-                       help="watch this namespace (repeatable)")
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)"
+    )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
-    parser.add_argument("--peering", default=None,
-                        help="kopf peering object name (several replicas, one active); default standalone")
-    parser.add_argument("--liveness", default=None,
-                        help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    parser.add_argument("--metrics-address", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
+    parser.add_argument(
+        "--peering",
+        default=None,
+        help="kopf peering object name (several replicas, one active); default standalone",
+    )
+    parser.add_argument(
+        "--liveness", default=None, help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
+    parser.add_argument(
+        "--metrics-address", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)"
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default $KUBECONFIG)")
-    parser.add_argument("--converge-interval", type=float, default=1.0,
-                        help="seconds between passes while a policy converges (default 1; once Ready, "
-                        "spec.health.probeIntervalSeconds applies)")
-    parser.add_argument("--pod-timeout", type=float, default=5.0,
-                        help="timeout of one call to a runtime pod in seconds (default 5)")
-    parser.add_argument("--resolve-service-hosts", action="store_true",
-                        help="devcluster only: a Redis URL host naming a Service in the policy's namespace is "
-                        "replaced by a ready pod IP behind it (no Service routing there)")
+    parser.add_argument(
+        "--converge-interval",
+        type=float,
+        default=1.0,
+        help="seconds between passes while a policy converges (default 1; once Ready, "
+        "spec.health.probeIntervalSeconds applies)",
+    )
+    parser.add_argument(
+        "--pod-timeout",
+        type=float,
+        default=5.0,
+        help="timeout of one call to a runtime pod in seconds (default 5)",
+    )
+    parser.add_argument(
+        "--resolve-service-hosts",
+        action="store_true",
+        help="devcluster only: a Redis URL host naming a Service in the policy's namespace is "
+        "replaced by a ready pod IP behind it (no Service routing there)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -72,15 +92,16 @@ def main(argv: Sequence[str]) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     # kopf.run gives the startup handler no arguments of ours: the options travel in the environment.
-    os.environ[OPTIONS_ENV] = json.dumps({
-        "metrics_port": args.metrics_port,
-        "metrics_address": args.metrics_address,
-        "converge_interval_s": args.converge_interval,
-        "pod_timeout_s": args.pod_timeout,
-        "resolve_service_hosts": args.resolve_service_hosts,
-    })
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    os.environ[OPTIONS_ENV] = json.dumps(
+        {
+            "metrics_port": args.metrics_port,
+            "metrics_address": args.metrics_address,
+            "converge_interval_s": args.converge_interval,
+            "pod_timeout_s": args.pod_timeout,
+            "resolve_service_hosts": args.resolve_service_hosts,
+        }
+    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     import kopf
 

@@ -70,7 +70,9 @@ class Kube:
         """Release the connection pool."""
         self.api_client.close()
 
-    def _request(self, what: str, method: str, path: str, body: Any = None, **params: Any) -> dict[str, Any] | None:
+    def _request(
+        self, what: str, method: str, path: str, body: Any = None, **params: Any
+    ) -> dict[str, Any] | None:
         try:
             result = self._dynamic.request(method, path, body=body, **params)
         except ApiException as exc:
@@ -86,8 +88,14 @@ class Kube:
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         what = f"apply {obj['kind']} {meta['namespace']}/{meta['name']}"
         result = await asyncio.to_thread(
-            self._request, what, "patch", path, dict(obj),
-            content_type="application/apply-patch+yaml", field_manager=FIELD_MANAGER, force_conflicts=True,
+            self._request,
+            what,
+            "patch",
+            path,
+            dict(obj),
+            content_type="application/apply-patch+yaml",
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
         )
         if result is None:  # a 404 on apply means the namespace is gone (being deleted)
             raise KubeError(what, 404, "namespace not found")
@@ -102,26 +110,39 @@ class Kube:
         """Delete with foreground-free background propagation; False when it was already gone."""
         path = resource_path(api_version, kind, namespace, name)
         result = await asyncio.to_thread(
-            self._request, f"delete {kind} {namespace}/{name}", "delete", path,
+            self._request,
+            f"delete {kind} {namespace}/{name}",
+            "delete",
+            path,
             propagation_policy="Background",
         )
         return result is not None
 
-    async def list(self, api_version: str, kind: str, namespace: str,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         """Every object of ``kind`` in ``namespace`` matching ``label_selector``."""
         path = resource_path(api_version, kind, namespace)
         result = await asyncio.to_thread(
-            self._request, f"list {kind} in {namespace}", "get", path, label_selector=label_selector,
+            self._request,
+            f"list {kind} in {namespace}",
+            "get",
+            path,
+            label_selector=label_selector,
         )
         return list((result or {}).get("items") or [])
 
-    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                           status: Mapping[str, Any]) -> bool:
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool:
         """JSON merge patch of ``status`` on the status subresource; False when the object is gone."""
         path = resource_path(api_version, kind, namespace, name) + "/status"
         result = await asyncio.to_thread(
-            self._request, f"patch status of {kind} {namespace}/{name}", "patch", path, {"status": dict(status)},
+            self._request,
+            f"patch status of {kind} {namespace}/{name}",
+            "patch",
+            path,
+            {"status": dict(status)},
             content_type="application/merge-patch+json",
         )
         return result is not None
@@ -148,8 +169,10 @@ def label_selector_string(selector: Mapping[str, Any]) -> str:
         elif operator == "DoesNotExist":
             parts.append(f"!{key}")
         else:
-            raise ValueError(f"matchExpressions[{index}].operator: {operator!r} is not accepted; "
-                             "accepted: In, NotIn, Exists, DoesNotExist")
+            raise ValueError(
+                f"matchExpressions[{index}].operator: {operator!r} is not accepted; "
+                "accepted: In, NotIn, Exists, DoesNotExist"
+            )
     return ",".join(parts)
 
 

@@ -46,17 +46,21 @@ class PolicyConditions(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Called by the registry at scrape time."""
         with self._lock:
-            tally = _Tally((ctype, status) for conds in self._by_policy.values() for ctype, status in conds.items())
+            tally = _Tally(
+                (ctype, status) for conds in self._by_policy.values() for ctype, status in conds.items()
+            )
             total = len(self._by_policy)
         family = GaugeMetricFamily(
-            "cachewarden_operator_policies", "CachePolicies by condition type and status.",
+            "cachewarden_operator_policies",
+            "CachePolicies by condition type and status.",
             labels=["condition", "status"],
         )
         for (ctype, status), count in sorted(tally.items()):
             family.add_metric([ctype, status], count)
         yield family
-        yield GaugeMetricFamily("cachewarden_operator_policies_total", "CachePolicies known to this operator.",
-                                value=total)
+        yield GaugeMetricFamily(
+            "cachewarden_operator_policies_total", "CachePolicies known to this operator.", value=total
+        )
 
 
 class OperatorMetrics:
@@ -65,24 +69,35 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.reconciles = Counter(
-            "cachewarden_operator_reconciles", "Reconciles of CachePolicies by trigger and outcome.",
-            ["trigger", "outcome"], registry=self.registry,
+            "cachewarden_operator_reconciles",
+            "Reconciles of CachePolicies by trigger and outcome.",
+            ["trigger", "outcome"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "cachewarden_operator_errors", "Errors by kind (kubernetes, pod, spec).",
-            ["kind"], registry=self.registry,
+            "cachewarden_operator_errors",
+            "Errors by kind (kubernetes, pod, spec).",
+            ["kind"],
+            registry=self.registry,
         )
         self.reconcile_seconds = Histogram(
-            "cachewarden_operator_reconcile_seconds", "Duration of one reconcile.", ["trigger"],
-            buckets=RECONCILE_BUCKETS, registry=self.registry,
+            "cachewarden_operator_reconcile_seconds",
+            "Duration of one reconcile.",
+            ["trigger"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
         )
         self.probes = Counter(
-            "cachewarden_operator_pod_probes", "Health probes of runtime pods by result.",
-            ["result"], registry=self.registry,
+            "cachewarden_operator_pod_probes",
+            "Health probes of runtime pods by result.",
+            ["result"],
+            registry=self.registry,
         )
         self.pushes = Counter(
-            "cachewarden_operator_config_pushes", "config/apply pushes to pods by result.",
-            ["result"], registry=self.registry,
+            "cachewarden_operator_config_pushes",
+            "config/apply pushes to pods by result.",
+            ["result"],
+            registry=self.registry,
         )
         self.policies = PolicyConditions()
         self.registry.register(self.policies)

@@ -80,8 +80,9 @@ class PodClient:
             await self._session.close()
         self._session = None
 
-    async def _call(self, pod: PodTarget, method: str, path: str, token: str | None,
-                    body: Mapping[str, Any] | None = None) -> PodReply:
+    async def _call(
+        self, pod: PodTarget, method: str, path: str, token: str | None, body: Mapping[str, Any] | None = None
+    ) -> PodReply:
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -95,10 +96,17 @@ class PodClient:
                     data = text[:500]
                 if 200 <= response.status < 300:
                     return PodReply(pod.name, True, response.status, data)
-                return PodReply(pod.name, False, response.status, data,
-                                f"HTTP {response.status} from {method} {path}: {_detail(data)}")
-        except asyncio.TimeoutError:
-            return PodReply(pod.name, False, None, None, f"timeout after {self.timeout_s:g}s on {method} {path}")
+                return PodReply(
+                    pod.name,
+                    False,
+                    response.status,
+                    data,
+                    f"HTTP {response.status} from {method} {path}: {_detail(data)}",
+                )
+        except TimeoutError:
+            return PodReply(
+                pod.name, False, None, None, f"timeout after {self.timeout_s:g}s on {method} {path}"
+            )
         except aiohttp.ClientError as exc:
             return PodReply(pod.name, False, None, None, f"{type(exc).__name__} on {method} {path}: {exc}")
 
@@ -106,13 +114,15 @@ class PodClient:
         """``GET /internal/cache/health``: status, config hash, hit rates, memory, latency, Redis."""
         return await self._call(pod, "GET", "/health", token)
 
-    async def apply_config(self, pod: PodTarget, token: str | None, config: Mapping[str, Any],
-                           config_hash: str) -> PodReply:
+    async def apply_config(
+        self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
+    ) -> PodReply:
         """``POST /internal/cache/config/apply`` with the full resolved config and its hash."""
-        return await self._call(pod, "POST", "/config/apply", token, {"config": dict(config), "hash": config_hash})
+        return await self._call(
+            pod, "POST", "/config/apply", token, {"config": dict(config), "hash": config_hash}
+        )
 
-    async def for_each(self, pods: Iterable[PodTarget],
-                       call: Callable[[PodTarget], Awaitable[T]]) -> list[T]:
+    async def for_each(self, pods: Iterable[PodTarget], call: Callable[[PodTarget], Awaitable[T]]) -> list[T]:
         """Run ``call`` on every pod concurrently, at most ``concurrency`` at a time, in input order."""
         gate = asyncio.Semaphore(self.concurrency)
 

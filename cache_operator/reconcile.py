@@ -20,8 +20,6 @@ pass fakes and the e2e test runs the same code against the real cluster.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +32,7 @@ from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.podclient import PodReply, PodTarget
 from cache_runtime.config import CacheConfig, ConfigError
+
 POD_STATUS_LIMIT = 50  # per-pod rows kept in status (the counts cover every pod)
 
 
@@ -50,8 +49,9 @@ class PodIO(Protocol):
     """What reconcile needs from runtime pods (implemented by :class:`cache_operator.podclient.PodClient`)."""
 
     async def health(self, pod: PodTarget, token: str | None) -> PodReply: ...
-    async def apply_config(self, pod: PodTarget, token: str | None, config: Mapping[str, Any],
-                           config_hash: str) -> PodReply: ...
+    async def apply_config(
+        self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
+    ) -> PodReply: ...
     async def for_each(self, pods: Any, call: Any) -> list[Any]: ...
 
 
@@ -92,7 +92,7 @@ class ReconcileOutcome:
 
 def utc_now() -> str:
     """RFC 3339 UTC timestamp with seconds precision (what Kubernetes stores)."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,8 +107,15 @@ def parse_spec(spec: Mapping[str, Any]) -> CachePolicySpec:
         raise spec_error_from(exc) from None
 
 
-def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
-                  generation: int | None, now: str) -> None:
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> None:
     """Set one condition in place, keeping ``lastTransitionTime`` while the status does not change."""
     for existing in conditions:
         if existing.get("type") == type_:
@@ -118,8 +125,13 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, rea
             if generation is not None:
                 existing["observedGeneration"] = generation
             return
-    entry: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message[:32000],
-                             "lastTransitionTime": now}
+    entry: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32000],
+        "lastTransitionTime": now,
+    }
     if generation is not None:
         entry["observedGeneration"] = generation
     conditions.append(entry)
@@ -165,14 +177,27 @@ _REDIS_ORDER = {"Connected": 0, "Disabled": 0, "Unknown": 1, "Degraded": 2, "Dis
 def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     """Status ``health``: lookup-weighted hit rates, summed memory, worst p95, worst Redis state."""
     reports = [v.health for v in views if v.health]
+    # Every key is always present (None when unknown): status is written with a JSON merge patch, in
+    # which an absent key would keep a stale value and a null removes it.
+    out: dict[str, Any] = {
+        "status": "Unknown",
+        "redis": "Unknown",
+        "lastProbeTime": now,
+        "hitRate": None,
+        "hitRatePercent": None,
+        "l1HitRate": None,
+        "memoryBytes": None,
+        "p95LatencyMs": None,
+        "message": None,
+    }
     if not reports:
-        return {"status": "Unknown", "redis": "Unknown", "lastProbeTime": now,
-                "message": "no pod answered the health probe yet"}
+        out["message"] = "no pod answered the health probe yet" if views else "no target pods"
+        return out
     lookups = [max(int((r.get("hit_rates") or {}).get("lookups") or 0), 0) for r in reports]
     total = sum(lookups)
 
     def weighted(key: str) -> float | None:
-        pairs = [((r.get("hit_rates") or {}).get(key), n) for r, n in zip(reports, lookups)]
+        pairs = [((r.get("hit_rates") or {}).get(key), n) for r, n in zip(reports, lookups, strict=False)]
         pairs = [(rate, n) for rate, n in pairs if rate is not None]
         if not pairs:
             return None
@@ -184,15 +209,23 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     hit_rate = weighted("overall") if total else None
     l1_rate = weighted("l1") if total else None
     memory = sum(int((r.get("memory") or {}).get("bytes") or 0) for r in reports)
-    p95s = [lat.get("p95_ms") for r in reports for lat in (r.get("latency") or {}).values()
-            if isinstance(lat, Mapping) and lat.get("p95_ms") is not None]
-    verdicts = [{"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}.get(
-        str(r.get("status")), "Unknown") for r in reports]
+    p95s = [
+        lat.get("p95_ms")
+        for r in reports
+        for lat in (r.get("latency") or {}).values()
+        if isinstance(lat, Mapping) and lat.get("p95_ms") is not None
+    ]
+    verdicts = [
+        {"healthy": "Healthy", "degraded": "Degraded", "unhealthy": "Unhealthy"}.get(
+            str(r.get("status")), "Unknown"
+        )
+        for r in reports
+    ]
     if len(reports) < len(views):
         verdicts.append("Unknown")
     worst = max(verdicts, key=lambda v: _VERDICT_ORDER[v])
     redis = max((redis_state(r) for r in reports), key=lambda s: _REDIS_ORDER[s])
-    out: dict[str, Any] = {"status": worst, "redis": redis, "memoryBytes": memory, "lastProbeTime": now}
+    out.update(status=worst, redis=redis, memoryBytes=memory)
     if hit_rate is not None:
         out["hitRate"] = hit_rate
         out["hitRatePercent"] = f"{hit_rate * 100:.1f}%"
@@ -201,7 +234,7 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     if p95s:
         out["p95LatencyMs"] = round(max(float(p) for p in p95s), 3)
     if worst != "Healthy":
-        unhealthy = [v.name for v, verdict in zip(views, verdicts) if verdict != "Healthy"]
+        unhealthy = [v.name for v, verdict in zip(views, verdicts, strict=False) if verdict != "Healthy"]
         out["message"] = f"{worst}: pods {', '.join(unhealthy[:10])}"
     return out
 
@@ -219,7 +252,11 @@ def service_name_of_host(host: str, namespace: str) -> str | None:
     labels = host.split(".")
     if len(labels) == 1:
         return labels[0]
-    if len(labels) >= 2 and labels[1] == namespace and labels[2:] in ([], ["svc"], ["svc", "cluster", "local"]):
+    if (
+        len(labels) >= 2
+        and labels[1] == namespace
+        and labels[2:] in ([], ["svc"], ["svc", "cluster", "local"])
+    ):
         return labels[0]
     return None
 
@@ -228,8 +265,13 @@ def service_name_of_host(host: str, namespace: str) -> str | None:
 # I/O steps
 
 
-async def resolve_redis_url(spec: CachePolicySpec, namespace: str, kube: KubeIO,
-                            resolve_service_hosts: bool) -> str | None:
+class RedisServiceNotReady(Exception):
+    """The Service named by the Redis URL has no Ready pod to resolve to yet (transient)."""
+
+
+async def resolve_redis_url(
+    spec: CachePolicySpec, namespace: str, kube: KubeIO, resolve_service_hosts: bool
+) -> str | None:
     """The Redis URL that goes into the config, or None (memory-only, or the URL is in a Secret that
     only the pods read).
 
@@ -253,10 +295,15 @@ async def resolve_redis_url(spec: CachePolicySpec, namespace: str, kube: KubeIO,
     from cache_operator.k8s import label_selector_string
 
     pods = await kube.list_pods(namespace, label_selector_string({"matchLabels": selector}))
-    ready = sorted((p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
-                   key=lambda p: (p.get("metadata") or {}).get("name", ""))
+    ready = sorted(
+        (p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
+        key=lambda p: (p.get("metadata") or {}).get("name", ""),
+    )
     if not ready:
-        return url
+        raise RedisServiceNotReady(
+            f"spec.redis.url names Service {namespace}/{service_name}, which has no "
+            "Ready pod yet (devcluster: the operator resolves it to a pod IP)"
+        )
     return rewrite_redis_host(url, ready[0]["status"]["podIP"])
 
 
@@ -292,8 +339,14 @@ def active_override(status: Mapping[str, Any], now: str) -> ActiveOverride | Non
     return override if override.expires_at > now else None
 
 
-async def probe_and_push(pods_io: PodIO, targets: Sequence[tuple[PodTarget | None, bool, str]], token: str,
-                         config: CacheConfig, config_hash: str, push: bool) -> list[PodView]:
+async def probe_and_push(
+    pods_io: PodIO,
+    targets: Sequence[tuple[PodTarget | None, bool, str]],
+    token: str,
+    config: CacheConfig,
+    config_hash: str,
+    push: bool,
+) -> list[PodView]:
     """Probe every target's health; push ``config`` to each one that reports another hash (if ``push``).
 
     ``targets`` are (where to reach it or None, Ready, pod name). A pod without an address is reported,
@@ -331,10 +384,19 @@ async def probe_and_push(pods_io: PodIO, targets: Sequence[tuple[PodTarget | Non
 # the pass
 
 
-async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: Mapping[str, Any], *,
-                           kube: KubeIO, pods_io: PodIO, patch: Any, logger: Any,
-                           resolve_service_hosts: bool = False, labels: Mapping[str, str] | None = None,
-                           now: str | None = None) -> ReconcileOutcome:
+async def handle_reconcile(
+    policy: PolicyRef,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    *,
+    kube: KubeIO,
+    pods_io: PodIO,
+    patch: Any,
+    logger: Any,
+    resolve_service_hosts: bool = False,
+    labels: Mapping[str, str] | None = None,
+    now: str | None = None,
+) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
     Raises :class:`cache_operator.k8s.KubeError` when the API server refuses a child (kopf retries
@@ -358,12 +420,23 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
             message = f"{field_path}: {message}"
         set_condition(conditions, "Stalled", "True", "InvalidSpec", message, gen, now)
         set_condition(conditions, "Ready", "False", "InvalidSpec", message, gen, now)
-        set_condition(conditions, "Reconciling", "False", "InvalidSpec", "waiting for a spec change", gen, now)
+        set_condition(
+            conditions, "Reconciling", "False", "InvalidSpec", "waiting for a spec change", gen, now
+        )
         set_condition(conditions, "ConfigApplied", "False", "InvalidSpec", message, gen, now)
         patch.status["conditions"] = conditions
         patch.status["observedGeneration"] = gen
         logger.warning(f"spec rejected: {message}")
         return ReconcileOutcome("stalled", reason="InvalidSpec", message=message)
+
+    except RedisServiceNotReady as exc:
+        # Pushing an unresolvable host would only make every pod log connection errors: wait instead.
+        set_condition(conditions, "Stalled", "False", "SpecAccepted", "", gen, now)
+        set_condition(conditions, "Reconciling", "True", "WaitingForRedis", str(exc), gen, now)
+        set_condition(conditions, "Ready", "False", "WaitingForRedis", str(exc), gen, now)
+        patch.status["conditions"] = conditions
+        patch.status["observedGeneration"] = gen
+        return ReconcileOutcome("progressing", reason="WaitingForRedis", message=str(exc))
 
     config_hash = config.config_hash()
     tokens = await current_tokens(kube, policy.namespace, policy.name)
@@ -374,8 +447,14 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
             await kube.apply(obj)
         for api_version, kind in render.stale_children(model):
             # A policy switched from runtime to selector mode leaves no runtime pods behind.
-            await kube.delete(api_version, kind, policy.namespace, render.deployment_name(policy.name)
-                              if kind == "Deployment" else render.service_name(policy.name))
+            await kube.delete(
+                api_version,
+                kind,
+                policy.namespace,
+                render.deployment_name(policy.name)
+                if kind == "Deployment"
+                else render.service_name(policy.name),
+            )
 
     # Target pods.
     if model.runtime is not None:
@@ -388,13 +467,19 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
         port = model.selector.port
         desired = -1  # every selected pod
     pod_objects = await kube.list_pods(policy.namespace, selector_text)
-    pod_objects = [p for p in pod_objects if not (p.get("metadata") or {}).get("deletionTimestamp")
-                   and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    pod_objects = [
+        p
+        for p in pod_objects
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
     pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
     if desired < 0:
         desired = len(pod_objects)
-    targets = [(pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
-               for p in pod_objects]
+    targets = [
+        (pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
+        for p in pod_objects
+    ]
     views = await probe_and_push(pods_io, targets, token, config, config_hash, push=not model.paused)
     ready = sum(1 for v in views if v.ready)
     configured = sum(1 for v in views if v.config_hash == config_hash)
@@ -405,34 +490,71 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
     set_condition(conditions, "Stalled", "False", "SpecAccepted", "", gen, now)
     all_configured = configured >= desired and len(views) >= desired
     if model.paused:
-        set_condition(conditions, "Reconciling", "False", "Paused", "spec.paused is true: no changes are made",
-                      gen, now)
+        set_condition(
+            conditions, "Reconciling", "False", "Paused", "spec.paused is true: no changes are made", gen, now
+        )
     elif all_configured and ready >= desired:
         set_condition(conditions, "Reconciling", "False", "Converged", "", gen, now)
     else:
-        set_condition(conditions, "Reconciling", "True", "Progressing",
-                      f"{ready}/{desired} pods ready, {configured}/{desired} on config {config_hash[:12]}",
-                      gen, now)
+        set_condition(
+            conditions,
+            "Reconciling",
+            "True",
+            "Progressing",
+            f"{ready}/{desired} pods ready, {configured}/{desired} on config {config_hash[:12]}",
+            gen,
+            now,
+        )
     errors = [f"{v.name}: {v.error}" for v in views if v.error]
     if all_configured:
-        set_condition(conditions, "ConfigApplied", "True", "AllPodsConfigured",
-                      f"{configured} pods run config {config_hash[:12]}", gen, now)
+        set_condition(
+            conditions,
+            "ConfigApplied",
+            "True",
+            "AllPodsConfigured",
+            f"{configured} pods run config {config_hash[:12]}",
+            gen,
+            now,
+        )
     else:
-        set_condition(conditions, "ConfigApplied", "False", "PodsPending",
-                      f"{configured}/{desired} pods run config {config_hash[:12]}"
-                      + (f"; {'; '.join(errors[:5])}" if errors else ""), gen, now)
+        set_condition(
+            conditions,
+            "ConfigApplied",
+            "False",
+            "PodsPending",
+            f"{configured}/{desired} pods run config {config_hash[:12]}"
+            + (f"; {'; '.join(errors[:5])}" if errors else ""),
+            gen,
+            now,
+        )
     verdict = health.get("status", "Unknown")
-    set_condition(conditions, "Healthy", "True" if verdict == "Healthy" else
-                  ("Unknown" if verdict == "Unknown" else "False"), verdict, health.get("message", ""), gen, now)
+    set_condition(
+        conditions,
+        "Healthy",
+        "True" if verdict == "Healthy" else ("Unknown" if verdict == "Unknown" else "False"),
+        verdict,
+        health.get("message") or "",
+        gen,
+        now,
+    )
     redis = health.get("redis", "Unknown")
-    set_condition(conditions, "RedisConnected",
-                  "True" if redis == "Connected" else ("Unknown" if redis in ("Unknown", "Disabled") else "False"),
-                  redis, "" if redis == "Connected" else f"Redis {redis.lower()} on the target pods", gen, now)
+    set_condition(
+        conditions,
+        "RedisConnected",
+        "True" if redis == "Connected" else ("Unknown" if redis in ("Unknown", "Disabled") else "False"),
+        redis,
+        "" if redis == "Connected" else f"Redis {redis.lower()} on the target pods",
+        gen,
+        now,
+    )
     is_ready = all_configured and ready >= desired and not model.paused
     if model.paused:
         ready_reason, ready_message = "Paused", "spec.paused is true"
     elif is_ready:
-        ready_reason, ready_message = "AllPodsReady", f"{ready}/{desired} pods ready on config {config_hash[:12]}"
+        ready_reason, ready_message = (
+            "AllPodsReady",
+            f"{ready}/{desired} pods ready on config {config_hash[:12]}",
+        )
     else:
         ready_reason = "PodsNotReady" if ready < desired else "ConfigPending"
         ready_message = f"{ready}/{desired} pods ready, {configured}/{desired} configured"
@@ -442,13 +564,25 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
     patch.status["conditions"] = conditions
     patch.status["preset"] = model.preset
     patch.status["configHash"] = config_hash
-    patch.status["pods"] = {"desired": desired, "ready": ready, "configured": configured,
-                            "summary": f"{ready}/{desired}"}
+    patch.status["pods"] = {
+        "desired": desired,
+        "ready": ready,
+        "configured": configured,
+        "summary": f"{ready}/{desired}",
+    }
     patch.status["targets"] = [
-        {k: v for k, v in {
-            "name": view.name, "ip": view.ip, "ready": view.ready, "configHash": view.config_hash,
-            "health": (view.health or {}).get("status"), "lastError": view.error,
-        }.items() if v is not None}
+        {
+            k: v
+            for k, v in {
+                "name": view.name,
+                "ip": view.ip,
+                "ready": view.ready,
+                "configHash": view.config_hash,
+                "health": (view.health or {}).get("status"),
+                "lastError": view.error,
+            }.items()
+            if v is not None
+        }
         for view in views[:POD_STATUS_LIMIT]
     ]
     patch.status["health"] = health
@@ -456,7 +590,9 @@ async def handle_reconcile(policy: PolicyRef, spec: Mapping[str, Any], status: M
     return ReconcileOutcome(outcome, config_hash, views, pushed, ready_reason, ready_message)
 
 
-async def handle_delete(policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any) -> list[str]:
+async def handle_delete(
+    policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any
+) -> list[str]:
     """Delete the policy's children explicitly (owner references would get them too, but later and only
     with a garbage collector running); returns what was deleted."""
     try:
@@ -464,10 +600,12 @@ async def handle_delete(policy: PolicyRef, spec: Mapping[str, Any], *, kube: Kub
     except ValueError:
         model = None
     deleted = []
-    names = [("apps/v1", "Deployment", render.deployment_name(policy.name)),
-             ("v1", "Service", render.service_name(policy.name)),
-             ("v1", "ConfigMap", render.configmap_name(policy.name)),
-             ("v1", "Secret", render.token_secret_name(policy.name))]
+    names = [
+        ("apps/v1", "Deployment", render.deployment_name(policy.name)),
+        ("v1", "Service", render.service_name(policy.name)),
+        ("v1", "ConfigMap", render.configmap_name(policy.name)),
+        ("v1", "Secret", render.token_secret_name(policy.name)),
+    ]
     if model is not None and model.runtime is None:
         names = names[2:]
     for api_version, kind, name in names:

@@ -55,8 +55,16 @@ async def policy_resumed(uid: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
-async def policy_reconciler(name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo,
-                            logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def policy_reconciler(
+    name: str,
+    namespace: str,
+    uid: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
     """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
     wake = _wakeup(memo, uid)
     options = memo.get("options") or {}
@@ -73,16 +81,22 @@ async def policy_reconciler(name: str, namespace: str, uid: str, body: kopf.Body
         trigger = await _wait(wake, stopped, interval)
 
 
-async def _reconcile_once(name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo,
-                          logger: kopf.Logger, trigger: str) -> ReconcileOutcome | None:
+async def _reconcile_once(
+    name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, trigger: str
+) -> ReconcileOutcome | None:
     metrics = memo.metrics
     started = time.perf_counter()
     policy = PolicyRef(name, namespace, uid, body.get("metadata", {}).get("generation"))
     patch = StatusPatch()
     try:
         outcome = await handle_reconcile(
-            policy, dict(body.get("spec") or {}), dict(body.get("status") or {}),
-            kube=memo.kube, pods_io=memo.pods, patch=patch, logger=logger,
+            policy,
+            dict(body.get("spec") or {}),
+            dict(body.get("status") or {}),
+            kube=memo.kube,
+            pods_io=memo.pods,
+            patch=patch,
+            logger=logger,
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
         )
         if patch.status:
@@ -123,8 +137,9 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: floa
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def policy_deleted(name: str, namespace: str, uid: str, spec: kopf.Spec, memo: kopf.Memo,
-                         logger: kopf.Logger, **_: Any) -> None:
+async def policy_deleted(
+    name: str, namespace: str, uid: str, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
     """Delete the children, forget the policy; the finalizer goes once this returns."""
     policy = PolicyRef(name, namespace, uid)
     await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)

@@ -1,0 +1,546 @@
+"""The operator end to end on devcluster: real API server and controller manager, the process kubelet
+running real ``cachewarden runtime`` processes and a real redis-server pod, and the operator itself run
+as ``cachewarden operator`` in a subprocess (one per module).
+
+What is checked is what a user sees: children and their owner references, pods Running, the policy's
+status and printer columns, and what every pod reports about itself over its own admin API (the
+config hash it runs), asked directly by the test with the token from the policy's Secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cache_operator import render
+from cache_operator.api import CachePolicySpec
+from cache_operator.reconcile import rewrite_redis_host
+from devcluster.cluster import Cluster
+from devcluster.testing import KubeTools, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 180.0
+
+REDIS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: redis}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: redis}}
+  template:
+    metadata: {labels: {app: redis}}
+    spec:
+      containers:
+        - name: redis
+          image: redis:7
+          args: ["--save", "", "--appendonly", "no"]
+          ports: [{name: redis, containerPort: 6379}]
+          readinessProbe: {exec: {command: [redis-cli, ping]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: redis}
+spec:
+  selector: {app: redis}
+  ports: [{name: redis, port: 6379, targetPort: redis}]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """``cachewarden operator`` running against the session cluster."""
+
+    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+        self.metrics_port = _free_port()
+        self.liveness_port = _free_port()
+        self.log_path = log_path
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        argv = [
+            str(Path(sys.executable).parent / "cachewarden"),
+            "operator",
+            "--all-namespaces",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness",
+            f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "--resolve-service-hosts",
+        ]
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The operator's last log lines (shown when a test fails)."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        """The operator's /metrics text."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s: only the process this fixture started."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def crds(kube: KubeTools) -> None:
+    """The generated CRDs, applied and established."""
+    kube.kubectl("apply", "-f", str(REPO / "crds"))
+    kube.kubectl(
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd/cachepolicies.cachewarden.io",
+        "crd/cacheincidents.cachewarden.io",
+    )
+
+
+@pytest.fixture(scope="module")
+def operator(
+    dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator process for the module."""
+    proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    try:
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
+            60,
+            "operator liveness endpoint",
+        )
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the operator's log tail after each test using it: pytest shows it only when one fails."""
+    yield
+    if "operator" in request.fixturenames:
+        print("---- operator log ----\n" + request.getfixturevalue("operator").log_tail())
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def policy_yaml(name: str, spec: dict[str, Any]) -> str:
+    """A CachePolicy manifest (JSON is YAML)."""
+    return json.dumps(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CachePolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def get_policy(kube: KubeTools, namespace: str, name: str) -> dict[str, Any]:
+    """The policy as stored."""
+    return kube.kubectl_json("get", "cachepolicy", name, "-n", namespace)
+
+
+def condition(policy: dict[str, Any], type_: str) -> dict[str, Any]:
+    """One condition of the policy's status ({} when absent)."""
+    for cond in (policy.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return cond
+    return {}
+
+
+def ready_policy(
+    kube: KubeTools, namespace: str, name: str, generation: int | None = None
+) -> dict[str, Any] | None:
+    """The policy once Ready=True for ``generation`` (or any), else None."""
+    policy = get_policy(kube, namespace, name)
+    status = policy.get("status") or {}
+    if generation is not None and status.get("observedGeneration") != generation:
+        return None
+    return policy if condition(policy, "Ready").get("status") == "True" else None
+
+
+def admin_token(kube: KubeTools, namespace: str, policy_name: str) -> str:
+    """The admin token from the Secret the operator rendered."""
+    secret = kube.kubectl_json("get", "secret", render.token_secret_name(policy_name), "-n", namespace)
+    return base64.b64decode(secret["data"][render.ADMIN_TOKEN_KEY]).decode()
+
+
+def runtime_pods(kube: KubeTools, namespace: str, policy_name: str) -> list[dict[str, Any]]:
+    """The policy's runtime pods that are not being deleted."""
+    pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", render.pod_selector_string(policy_name))
+    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def pod_hash(
+    pod: dict[str, Any], token: str, port: int = 8080, prefix: str = "/internal/cache"
+) -> str | None:
+    """The config hash the pod itself reports on its health endpoint."""
+    response = httpx.get(
+        f"http://{pod['status']['podIP']}:{port}{prefix}/health",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    response.raise_for_status()
+    return response.json()["config_hash"]
+
+
+def expected_hash(kube: KubeTools, namespace: str, spec: dict[str, Any]) -> str:
+    """The hash computed here, independently of the operator: spec -> engine config, with the Redis
+    Service host resolved to the Redis pod's IP as the operator does on devcluster."""
+    model = CachePolicySpec.model_validate(spec)
+    redis_pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app=redis")["items"]
+    url = rewrite_redis_host(model.redis.url, redis_pods[0]["status"]["podIP"]) if model.redis else None
+    return render.resolve_policy_config(model, redis_url=url).config_hash()
+
+
+def all_pods_report(kube: KubeTools, namespace: str, name: str, want_hash: str, count: int) -> bool:
+    """Exactly ``count`` Running runtime pods, each reporting ``want_hash`` itself."""
+    pods = runtime_pods(kube, namespace, name)
+    if len(pods) != count or any(p["status"].get("phase") != "Running" for p in pods):
+        return False
+    token = admin_token(kube, namespace, name)
+    return all(pod_hash(p, token) == want_hash for p in pods)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, namespace: str) -> None:
+    """Create -> Ready with the hash on every pod; preset change pushed to every pod; scale; columns;
+    delete -> children gone."""
+    spec: dict[str, Any] = {
+        "preset": "development",
+        "redis": {"url": "redis://redis:6379/0"},
+        "runtime": {"replicas": 2},
+        "health": {"probeIntervalSeconds": 5},
+    }
+    kube.apply(REDIS, namespace)
+    kube.apply(policy_yaml("web", spec), namespace)
+
+    policy = wait_for(lambda: ready_policy(kube, namespace, "web", 1), READY_TIMEOUT, "policy web Ready")
+    status = policy["status"]
+    first_hash = status["configHash"]
+    assert first_hash == expected_hash(kube, namespace, spec)
+    assert status["pods"] == {"desired": 2, "ready": 2, "configured": 2, "summary": "2/2"}
+    assert status["preset"] == "development"
+    assert condition(policy, "Stalled")["status"] == "False"
+    assert condition(policy, "ConfigApplied")["status"] == "True"
+    assert all(c.get("observedGeneration") == 1 for c in status["conditions"])
+
+    # Children: owned by the policy, labelled explicitly.
+    for kind, child in [
+        ("deployment", render.deployment_name("web")),
+        ("service", render.service_name("web")),
+        ("configmap", render.configmap_name("web")),
+        ("secret", render.token_secret_name("web")),
+    ]:
+        obj = kube.kubectl_json("get", kind, child, "-n", namespace)
+        owners = obj["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["uid"], o.get("controller")) for o in owners] == [
+            ("CachePolicy", policy["metadata"]["uid"], True)
+        ], (kind, owners)
+        assert obj["metadata"]["labels"][render.LABEL_POLICY] == "web"
+    configmap = kube.kubectl_json("get", "configmap", render.configmap_name("web"), "-n", namespace)
+    assert configmap["data"][render.CONFIG_HASH_KEY] == first_hash
+
+    # Every pod reports the hash itself.
+    assert wait_for(lambda: all_pods_report(kube, namespace, "web", first_hash, 2), 60, "pods on first hash")
+
+    # Preset change: pushed (the operator's push counter moves), every pod reports the new hash.
+    pushes_before = _metric(operator.metrics(), 'cachewarden_operator_config_pushes_total{result="ok"}')
+    kube.kubectl(
+        "patch",
+        "cachepolicy",
+        "web",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"preset": "ai-production"}}',
+    )
+    spec["preset"] = "ai-production"
+    new_hash = expected_hash(kube, namespace, spec)
+    assert new_hash != first_hash
+    assert wait_for(
+        lambda: all_pods_report(kube, namespace, "web", new_hash, 2), 60, "every pod on the new hash"
+    )
+    policy = wait_for(lambda: ready_policy(kube, namespace, "web", 2), 60, "policy Ready at generation 2")
+    assert policy["status"]["configHash"] == new_hash
+    assert policy["status"]["preset"] == "ai-production"
+    pushes_after = _metric(operator.metrics(), 'cachewarden_operator_config_pushes_total{result="ok"}')
+    assert pushes_after >= pushes_before + 2, (pushes_before, pushes_after)
+
+    # Scale to 3: the new pod starts from the ConfigMap (already the new hash) and is counted.
+    kube.kubectl(
+        "patch",
+        "cachepolicy",
+        "web",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"runtime": {"replicas": 3}}}',
+    )
+    policy = wait_for(
+        lambda: (p := ready_policy(kube, namespace, "web", 3)) and p["status"]["pods"]["ready"] == 3 and p,
+        READY_TIMEOUT,
+        "policy Ready with 3 pods",
+    )
+    assert policy["status"]["pods"] == {"desired": 3, "ready": 3, "configured": 3, "summary": "3/3"}
+    assert wait_for(
+        lambda: all_pods_report(kube, namespace, "web", new_hash, 3), 60, "3 pods on the new hash"
+    )
+
+    # Printer columns show live values.
+    def columns() -> dict[str, str] | None:
+        table = kube.kubectl("get", "cpol", "web", "-n", namespace).stdout.splitlines()
+        header, row = table[0], table[1]
+        starts = [
+            header.index(col)
+            for col in ("NAME", "PRESET", "READY", "PODS", "CONFIGURED", "HIT RATE", "REDIS", "AGE")
+        ]
+        cells = [row[a:b].strip() for a, b in zip(starts, [*starts[1:], len(row)], strict=False)]
+        values = dict(
+            zip(
+                ("NAME", "PRESET", "READY", "PODS", "CONFIGURED", "HIT RATE", "REDIS", "AGE"),
+                cells,
+                strict=False,
+            )
+        )
+        return values if values["REDIS"] == "Connected" else None
+
+    values = wait_for(columns, 60, "kubectl get cpol with Redis Connected")
+    assert values["NAME"] == "web"
+    assert values["PRESET"] == "ai-production"
+    assert values["READY"] == "True"
+    assert values["PODS"] == "3/3"
+    assert values["CONFIGURED"] == "3"
+
+    # Delete: every child goes.
+    kube.kubectl("delete", "cachepolicy", "web", "-n", namespace, "--timeout", "60s")
+
+    def children_gone() -> bool:
+        for kind, child in [
+            ("deployment", render.deployment_name("web")),
+            ("service", render.service_name("web")),
+            ("configmap", render.configmap_name("web")),
+            ("secret", render.token_secret_name("web")),
+        ]:
+            if kube.kubectl("get", kind, child, "-n", namespace, check=False).returncode == 0:
+                return False
+        return not runtime_pods(kube, namespace, "web")
+
+    assert wait_for(children_gone, 90, "children and runtime pods of web gone")
+
+
+def test_semantically_invalid_spec_is_stalled(
+    operator: OperatorProcess, kube: KubeTools, namespace: str
+) -> None:
+    """A spec the schema accepts but the engine refuses is Stalled, naming the field; fixing it recovers."""
+    bad = {
+        "preset": "production",
+        "overrides": {"keys": {"tiers": {"small": 5000, "medium": 1000}}},
+        "selector": {"matchLabels": {"app": "nothing-here"}},
+    }
+    kube.apply(policy_yaml("bad", bad), namespace)
+
+    def stalled() -> dict[str, Any] | None:
+        policy = get_policy(kube, namespace, "bad")
+        return policy if condition(policy, "Stalled").get("status") == "True" else None
+
+    policy = wait_for(stalled, 60, "policy bad Stalled")
+    stalled_cond = condition(policy, "Stalled")
+    assert stalled_cond["reason"] == "InvalidSpec"
+    assert "spec.overrides.keys.tiers.medium" in stalled_cond["message"]
+    assert condition(policy, "Ready")["status"] == "False"
+    assert condition(policy, "Reconciling")["status"] == "False"
+    assert policy["status"]["observedGeneration"] == 1
+    assert (
+        kube.kubectl(
+            "get", "configmap", render.configmap_name("bad"), "-n", namespace, check=False
+        ).returncode
+        != 0
+    ), "nothing is applied for an invalid spec"
+
+    kube.kubectl(
+        "patch",
+        "cachepolicy",
+        "bad",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"overrides": {"keys": {"tiers": {"small": 500, "medium": 1000}}}}}',
+    )
+    policy = wait_for(lambda: ready_policy(kube, namespace, "bad", 2), 60, "fixed policy Ready")
+    assert condition(policy, "Stalled")["status"] == "False"
+    # Selector mode with no matching pod: nothing to configure, Ready with 0/0.
+    assert policy["status"]["pods"]["summary"] == "0/0"
+    kube.kubectl("get", "configmap", render.configmap_name("bad"), "-n", namespace)
+
+
+def test_schema_invalid_spec_rejected_by_api_server(crds: None, kube: KubeTools, namespace: str) -> None:
+    """Both targets at once is refused by the API server with the CEL rule's message."""
+    both = {"runtime": {"replicas": 1}, "selector": {"matchLabels": {"a": "b"}}}
+    result = kube.kubectl("apply", "-n", namespace, "-f", "-", input=policy_yaml("both", both), check=False)
+    assert result.returncode != 0
+    assert "exactly one of spec.runtime" in result.stderr, result.stderr
+
+
+def test_paused_policy_changes_nothing(operator: OperatorProcess, kube: KubeTools, namespace: str) -> None:
+    """paused: no children, Reconciling=False/Paused; unpausing creates them."""
+    spec = {"preset": "simple", "runtime": {"replicas": 1}, "paused": True}
+    kube.apply(policy_yaml("still", spec), namespace)
+
+    def paused() -> dict[str, Any] | None:
+        policy = get_policy(kube, namespace, "still")
+        return policy if condition(policy, "Reconciling").get("reason") == "Paused" else None
+
+    policy = wait_for(paused, 60, "policy still reported Paused")
+    assert condition(policy, "Ready")["status"] == "False"
+    assert (
+        kube.kubectl(
+            "get", "deployment", render.deployment_name("still"), "-n", namespace, check=False
+        ).returncode
+        != 0
+    )
+    kube.kubectl(
+        "patch",
+        "cachepolicy",
+        "still",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"paused": false}}',
+    )
+    wait_for(lambda: ready_policy(kube, namespace, "still", 2), READY_TIMEOUT, "unpaused policy Ready")
+    kube.kubectl("get", "deployment", render.deployment_name("still"), "-n", namespace)
+
+
+def test_selector_mode_configures_sample_app(
+    operator: OperatorProcess, kube: KubeTools, namespace: str
+) -> None:
+    """Pods of the sample app (embedding the engine) mount the policy's ConfigMap and Secret; the
+    operator pushes and probes them like runtime pods."""
+    app = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sample}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: sample}}}}
+  template:
+    metadata: {{labels: {{app: sample}}}}
+    spec:
+      containers:
+        - name: app
+          image: python:3.11
+          command: [python, -m, examples.sample_app]
+          env:
+            - {{name: CACHEWARDEN_PORT, value: "8080"}}
+            - {{name: CACHEWARDEN_CONFIG_PATH, value: {render.CONFIG_PATH}}}
+            - {{name: CACHEWARDEN_ADMIN_TOKEN_FILE, value: {render.TOKENS_DIR}/{render.ADMIN_TOKEN_KEY}}}
+            - {{name: CACHEWARDEN_READ_TOKEN_FILE, value: {render.TOKENS_DIR}/{render.READ_TOKEN_KEY}}}
+            - {{name: SAMPLE_MODEL_DELAY_S, value: "0"}}
+          ports: [{{containerPort: 8080}}]
+          volumeMounts:
+            - {{name: config, mountPath: {render.CONFIG_DIR}}}
+            - {{name: tokens, mountPath: {render.TOKENS_DIR}}}
+      volumes:
+        - {{name: config, configMap: {{name: {render.configmap_name("shop")}}}}}
+        - {{name: tokens, secret: {{secretName: {render.token_secret_name("shop")}}}}}
+"""
+    spec: dict[str, Any] = {"preset": "ai-development", "selector": {"matchLabels": {"app": "sample"}}}
+    kube.apply(app, namespace)
+    kube.apply(policy_yaml("shop", spec), namespace)
+    policy = wait_for(
+        lambda: (p := ready_policy(kube, namespace, "shop", 1)) and p["status"]["pods"]["desired"] == 2 and p,
+        READY_TIMEOUT,
+        "policy shop Ready with both sample pods",
+    )
+    first_hash = policy["status"]["configHash"]
+    assert policy["status"]["pods"]["configured"] == 2
+
+    kube.kubectl(
+        "patch",
+        "cachepolicy",
+        "shop",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec": {"overrides": {"ttl": {"default_s": 120}}}}',
+    )
+    spec["overrides"] = {"ttl": {"default_s": 120}}
+    new_hash = render.resolve_policy_config(CachePolicySpec.model_validate(spec)).config_hash()
+    assert new_hash != first_hash
+    token = admin_token(kube, namespace, "shop")
+
+    def sample_pods_on_new_hash() -> bool:
+        pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app=sample")["items"]
+        return len(pods) == 2 and all(pod_hash(p, token) == new_hash for p in pods)
+
+    assert wait_for(sample_pods_on_new_hash, 60, "sample pods on the new hash")
+    kube.kubectl("delete", "cachepolicy", "shop", "-n", namespace, "--timeout", "60s")
+    # Selector mode deletes only what the operator created; the application stays.
+    assert wait_for(
+        lambda: (
+            kube.kubectl(
+                "get", "configmap", render.configmap_name("shop"), "-n", namespace, check=False
+            ).returncode
+            != 0
+        ),
+        60,
+        "shop ConfigMap gone",
+    )
+    kube.kubectl("get", "deployment", "sample", "-n", namespace)
+
+
+def test_operator_metrics_and_liveness(operator: OperatorProcess) -> None:
+    """/metrics has the reconcile counters and policies by condition; the liveness endpoint answers."""
+    text = operator.metrics()
+    assert "cachewarden_operator_reconciles_total" in text
+    assert "cachewarden_operator_reconcile_seconds_bucket" in text
+    assert "cachewarden_operator_policies_total" in text
+    response = httpx.get(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5)
+    assert response.status_code == 200
+
+
+def _metric(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
