@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fail instead of building missing binaries")
     up.add_argument("--timeout-scale", type=float, default=1.0,
                     help="multiply every readiness timeout (slow machines)")
+    up.add_argument("--no-demo", action="store_true",
+                    help="cluster only: no CRDs, operator, Redis or quickstart policy (devcluster/demo.py)")
 
     down = with_dir(commands.add_parser("down", help="stop the cluster's processes"))
     down.add_argument("--purge", action="store_true",
@@ -143,6 +145,14 @@ def command_up(run_dir: Path, args: argparse.Namespace) -> int:
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
     print(f"  {bin_dir / 'kubectl'} get nodes")
     print(f"logs: {cluster.control_plane.log_dir}   stop: cachewarden dev down")
+    if cluster.with_kubelet and not args.no_demo:
+        from devcluster.demo import start_demo
+
+        try:
+            print(start_demo(cluster.kubeconfig, bin_dir, progress=_err), end="")
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            _err(f"devcluster: the cluster is up but the demo failed: {exc}")
+            return EXIT_FAILED
     return EXIT_OK
 
 
