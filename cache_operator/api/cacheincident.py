@@ -23,8 +23,15 @@ SHORT_NAMES = ("cinc",)
 Severity = Literal["low", "medium", "high", "critical"]
 IncidentPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Recommended", "Skipped", "Resolved"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Skipped", "Resolved"})
-Symptom = Literal["LowHitRate", "HighMemory", "SlowOperations", "RedisUnavailable", "RedisAuthFailure",
-                  "L1Thrashing", "ConfigDrift"]
+Symptom = Literal[
+    "LowHitRate",
+    "HighMemory",
+    "SlowOperations",
+    "RedisUnavailable",
+    "RedisAuthFailure",
+    "L1Thrashing",
+    "ConfigDrift",
+]
 StepResult = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
 
 # Which parameters each action takes; the CEL rules and the Python validator are built from this table.
@@ -45,21 +52,29 @@ _ALL_PARAMETERS = ("pattern", "namespace", "preset", "durationSeconds", "maxEntr
 
 def _parameter_rules() -> tuple[CelRule, ...]:
     rules = [
-        CelRule("self.action != 'apply-preset' || (has(self.parameters) && has(self.parameters.preset))",
-                "spec.parameters.preset is required when spec.action is apply-preset",
-                field_path=".parameters"),
-        CelRule("self.action != 'invalidate' || (has(self.parameters) && "
-                "(has(self.parameters.pattern) != has(self.parameters.namespace)))",
-                "spec.action invalidate needs exactly one of spec.parameters.pattern or "
-                "spec.parameters.namespace", field_path=".parameters"),
+        CelRule(
+            "self.action != 'apply-preset' || (has(self.parameters) && has(self.parameters.preset))",
+            "spec.parameters.preset is required when spec.action is apply-preset",
+            field_path=".parameters",
+        ),
+        CelRule(
+            "self.action != 'invalidate' || (has(self.parameters) && "
+            "(has(self.parameters.pattern) != has(self.parameters.namespace)))",
+            "spec.action invalidate needs exactly one of spec.parameters.pattern or "
+            "spec.parameters.namespace",
+            field_path=".parameters",
+        ),
     ]
     for name in _ALL_PARAMETERS:
         actions = sorted(action for action, allowed in ACTION_PARAMETERS.items() if name in allowed)
         listed = ", ".join(f"'{action}'" for action in actions)
-        rules.append(CelRule(
-            f"!has(self.parameters) || !has(self.parameters.{name}) || self.action in [{listed}]",
-            f"spec.parameters.{name} applies only to spec.action {' or '.join(actions)}",
-            field_path=f".parameters.{name}"))
+        rules.append(
+            CelRule(
+                f"!has(self.parameters) || !has(self.parameters.{name}) || self.action in [{listed}]",
+                f"spec.parameters.{name} applies only to spec.action {' or '.join(actions)}",
+                field_path=f".parameters.{name}",
+            )
+        )
     return tuple(rules)
 
 
@@ -67,20 +82,31 @@ class IncidentParameters(ApiModel):
     """Parameters of the action; which ones an action takes is checked (CEL and the operator)."""
 
     pattern: str | None = Field(
-        None, min_length=1, max_length=1024,
+        default=None,
+        min_length=1,
+        max_length=1024,
         description="invalidate: glob pattern of keys to delete (Redis SCAN MATCH syntax, within the "
-                    "cache's key prefix).")
+        "cache's key prefix).",
+    )
     namespace: str | None = Field(
-        None, min_length=1, max_length=256,
-        description="invalidate: cache namespace whose version is bumped (O(1) invalidation).")
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="invalidate: cache namespace whose version is bumped (O(1) invalidation).",
+    )
     preset: Preset | None = Field(
-        None, description="apply-preset: the preset applied as a time-boxed override.")
+        default=None, description="apply-preset: the preset applied as a time-boxed override."
+    )
     duration_seconds: int | None = Field(
-        None, ge=60, le=86400,
+        default=None,
+        ge=60,
+        le=86400,
         description="apply-preset, isolate: how long the override holds; absent = the policy's "
-                    "remediation.overrideDurationSeconds.")
-    max_entries: int | None = Field(None, ge=1, le=10_000_000,
-                                    description="compress-existing: at most this many entries per pod.")
+        "remediation.overrideDurationSeconds.",
+    )
+    max_entries: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="compress-existing: at most this many entries per pod."
+    )
 
 
 class CacheIncidentSpec(ApiModel):
@@ -90,29 +116,45 @@ class CacheIncidentSpec(ApiModel):
 
     policy_ref: LocalObjectReference = Field(description="The CachePolicy (same namespace) whose pods act.")
     action: IncidentAction = Field(description="The runbook action to run.")
-    parameters: IncidentParameters | None = Field(None, description="Parameters of the action.")
-    reason: str | None = Field(None, max_length=4096, description="Why the incident was opened (free text).")
-    severity: Severity = Field("medium", description="low, medium, high or critical.")
-    dry_run: bool = Field(False, description="Plan and record what would run on which pods; change nothing.")
+    parameters: IncidentParameters | None = Field(default=None, description="Parameters of the action.")
+    reason: str | None = Field(
+        default=None, max_length=4096, description="Why the incident was opened (free text)."
+    )
+    severity: Severity = Field(default="medium", description="low, medium, high or critical.")
+    dry_run: bool = Field(
+        default=False, description="Plan and record what would run on which pods; change nothing."
+    )
     target_pods: list[str] | None = Field(
-        None, min_length=1, max_length=100,
+        default=None,
+        min_length=1,
+        max_length=100,
         description="Only these pods of the policy (names); absent = every target pod.",
-        json_schema_extra={"x-kubernetes-list-type": "set"})
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
     @model_validator(mode="after")
     def _parameters_fit_action(self) -> CacheIncidentSpec:
-        given = set() if self.parameters is None else {
-            key for key, value in self.parameters.model_dump(by_alias=True).items() if value is not None}
+        given = (
+            set()
+            if self.parameters is None
+            else {
+                key for key, value in self.parameters.model_dump(by_alias=True).items() if value is not None
+            }
+        )
         allowed = ACTION_PARAMETERS[self.action]
         for name in sorted(given - allowed):
             actions = sorted(action for action, names in ACTION_PARAMETERS.items() if name in names)
-            raise ValueError(f"spec.parameters.{name} applies only to spec.action {' or '.join(actions)}, "
-                             f"not {self.action}")
+            raise ValueError(
+                f"spec.parameters.{name} applies only to spec.action {' or '.join(actions)}, "
+                f"not {self.action}"
+            )
         if self.action == "apply-preset" and "preset" not in given:
             raise ValueError("spec.parameters.preset is required when spec.action is apply-preset")
         if self.action == "invalidate" and len(given & {"pattern", "namespace"}) != 1:
-            raise ValueError("spec.action invalidate needs exactly one of spec.parameters.pattern or "
-                             "spec.parameters.namespace")
+            raise ValueError(
+                "spec.action invalidate needs exactly one of spec.parameters.pattern or "
+                "spec.parameters.namespace"
+            )
         return self
 
 
@@ -124,13 +166,19 @@ class Detection(ApiModel):
     """How the incident came to be."""
 
     source: Literal["Manual", "Auto"] = Field(
-        "Manual", description="Manual (a person) or Auto (the operator).")
-    symptom: Symptom | None = Field(None, description="The detected symptom (Auto incidents).")
-    detected_at: str | None = Field(None, description="When the symptom was confirmed (RFC 3339).",
-                                    json_schema_extra={"format": "date-time"})
+        default="Manual", description="Manual (a person) or Auto (the operator)."
+    )
+    symptom: Symptom | None = Field(default=None, description="The detected symptom (Auto incidents).")
+    detected_at: str | None = Field(
+        default=None,
+        description="When the symptom was confirmed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
     evidence: dict[str, Any] | None = Field(
-        None, description="Snapshot of the figures that triggered detection (hit rate, memory, latency...).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+        default=None,
+        description="Snapshot of the figures that triggered detection (hit rate, memory, latency...).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
 
 class Cause(ApiModel):
@@ -138,19 +186,26 @@ class Cause(ApiModel):
 
     name: str = Field(description="Cause, e.g. KeyInconsistency, TTLTooShort, RedisUnreachable.")
     evidence: dict[str, Any] | None = Field(
-        None, description="The figures that point at this cause.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
-    recommendation: str | None = Field(None, description="What to do about it, in words.")
-    action: IncidentAction | None = Field(None, description="The runbook action that addresses it, if any.")
-    parameters: IncidentParameters | None = Field(None, description="Parameters of that action.")
+        default=None,
+        description="The figures that point at this cause.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    recommendation: str | None = Field(default=None, description="What to do about it, in words.")
+    action: IncidentAction | None = Field(
+        default=None, description="The runbook action that addresses it, if any."
+    )
+    parameters: IncidentParameters | None = Field(default=None, description="Parameters of that action.")
 
 
 class Diagnosis(ApiModel):
     """The runbook's decision tree applied to the pods' evidence."""
 
     causes: list[Cause] = Field(default_factory=list, description="Likely causes, most likely first.")
-    diagnosed_at: str | None = Field(None, description="When the diagnosis was made (RFC 3339).",
-                                     json_schema_extra={"format": "date-time"})
+    diagnosed_at: str | None = Field(
+        default=None,
+        description="When the diagnosis was made (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class StepRecord(ApiModel):
@@ -158,37 +213,59 @@ class StepRecord(ApiModel):
 
     pod: str = Field(description="Pod name.")
     step: str = Field(description="Step name (the action, or a sub-step such as push-config).")
-    started_at: str | None = Field(None, description="When the step started (RFC 3339).",
-                                   json_schema_extra={"format": "date-time"})
-    completed_at: str | None = Field(None, description="When it finished (RFC 3339).",
-                                     json_schema_extra={"format": "date-time"})
-    result: StepResult = Field("Pending", description="Pending, Running, Succeeded, Failed or Skipped.")
-    counts: dict[str, int] | None = Field(None, description="Counters the pod reported (e.g. deleted keys).")
-    message: str | None = Field(None, description="Detail or error message.")
+    started_at: str | None = Field(
+        default=None,
+        description="When the step started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    completed_at: str | None = Field(
+        default=None, description="When it finished (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    result: StepResult = Field(
+        default="Pending", description="Pending, Running, Succeeded, Failed or Skipped."
+    )
+    counts: dict[str, int] | None = Field(
+        default=None, description="Counters the pod reported (e.g. deleted keys)."
+    )
+    message: str | None = Field(default=None, description="Detail or error message.")
     idempotency_key: str | None = Field(
-        None, description="Key sent to the pod so a repeated call returns the first result (uid + step).")
+        default=None,
+        description="Key sent to the pod so a repeated call returns the first result (uid + step).",
+    )
 
 
 class CacheIncidentStatus(ApiModel):
     """Observed progress, written by the operator."""
 
-    observed_generation: int | None = Field(None, ge=0,
-                                            description="metadata.generation the status was computed from.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed from."
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Succeeded (True/False when finished) and Running.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    phase: IncidentPhase = Field("Pending", description="Informational phase; conditions are authoritative.")
-    cause: str | None = Field(None, description="The top diagnosed cause, for `kubectl get`.")
+        default_factory=list,
+        description="Succeeded (True/False when finished) and Running.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    phase: IncidentPhase = Field(
+        default="Pending", description="Informational phase; conditions are authoritative."
+    )
+    cause: str | None = Field(default=None, description="The top diagnosed cause, for `kubectl get`.")
     recommended_action: IncidentAction | None = Field(
-        None, description="Action recommended by the diagnosis (Recommend mode records it without "
-                          "running it).")
-    detection: Detection | None = Field(None, description="How the incident was detected.")
-    diagnosis: Diagnosis | None = Field(None, description="Diagnosed causes.")
-    results: list[StepRecord] | None = Field(None, max_length=1000,
-                                             description="One record per pod and step.")
-    started_at: str | None = Field(None, description="When execution started (RFC 3339).",
-                                   json_schema_extra={"format": "date-time"})
+        default=None,
+        description="Action recommended by the diagnosis (Recommend mode records it without running it).",
+    )
+    detection: Detection | None = Field(default=None, description="How the incident was detected.")
+    diagnosis: Diagnosis | None = Field(default=None, description="Diagnosed causes.")
+    results: list[StepRecord] | None = Field(
+        default=None, max_length=1000, description="One record per pod and step."
+    )
+    started_at: str | None = Field(
+        default=None,
+        description="When execution started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
     completed_at: str | None = Field(
-        None, description="When the incident reached a terminal phase (RFC 3339).",
-        json_schema_extra={"format": "date-time"})
-    message: str | None = Field(None, description="Summary of the outcome.")
+        default=None,
+        description="When the incident reached a terminal phase (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    message: str | None = Field(default=None, description="Summary of the outcome.")

@@ -43,21 +43,43 @@ DEFAULT_ADMIN_PATH = "/internal/cache"
 # 63-character DNS label, so the policy name leaves room for the suffix.
 MAX_POLICY_NAME_LENGTH = 51
 
-Preset = Literal["disabled", "minimal", "simple", "development", "production", "ai-development",
-                 "ai-production", "conservative", "performance"]
+Preset = Literal[
+    "disabled",
+    "minimal",
+    "simple",
+    "development",
+    "production",
+    "ai-development",
+    "ai-production",
+    "conservative",
+    "performance",
+]
 assert set(Preset.__args__) == set(PRESET_NAMES), "Preset must list exactly the engine's presets"  # type: ignore[attr-defined]
 
-IncidentAction = Literal["clear", "invalidate", "gc", "reset-config", "apply-preset", "reconnect-redis",
-                         "compress-existing", "isolate", "restore", "diagnose"]
+IncidentAction = Literal[
+    "clear",
+    "invalidate",
+    "gc",
+    "reset-config",
+    "apply-preset",
+    "reconnect-redis",
+    "compress-existing",
+    "isolate",
+    "restore",
+    "diagnose",
+]
 RemediationMode = Literal["Off", "Recommend", "Auto"]
 # Actions that change what pods serve or drop cached data; at most one runs per policy at a time.
 DISRUPTIVE_ACTIONS: frozenset[str] = frozenset(
-    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing"})
-DEFAULT_ALLOWED_ACTIONS: tuple[str, ...] = ("gc", "reconnect-redis", "diagnose")
+    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing"}
+)
+DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", "diagnose")
 
 _REDIS_URL_PATTERN = r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://.+$"
-_QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-                     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 _QUANTITY_MAP_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": {
@@ -76,24 +98,32 @@ class RedisTLS(ApiModel):
     """TLS towards Redis. The connection uses TLS when the URL scheme is rediss:// (or rediss+sentinel://)."""
 
     cel_rules = (
-        CelRule("!self.insecureSkipVerify || !has(self.caSecretRef)",
-                "spec.redis.tls: insecureSkipVerify and caSecretRef contradict each other; set one",
-                field_path=".insecureSkipVerify"),
+        CelRule(
+            "!self.insecureSkipVerify || !has(self.caSecretRef)",
+            "spec.redis.tls: insecureSkipVerify and caSecretRef contradict each other; set one",
+            field_path=".insecureSkipVerify",
+        ),
     )
 
-    enabled: bool = Field(False, description="Require TLS: a spec.redis.url must then use rediss:// or "
-                                             "rediss+sentinel://.")
+    enabled: bool = Field(
+        default=False,
+        description="Require TLS: a spec.redis.url must then use rediss:// or rediss+sentinel://.",
+    )
     ca_secret_ref: SecretKeySelector | None = Field(
-        None, description="Secret key holding the PEM CA bundle that verifies the Redis server; "
-                          "absent = the system trust store.")
+        default=None,
+        description="Secret key holding the PEM CA bundle that verifies the Redis server; "
+        "absent = the system trust store.",
+    )
     insecure_skip_verify: bool = Field(
-        False, description="Do not verify the server certificate and host name (testing only).")
+        default=False, description="Do not verify the server certificate and host name (testing only)."
+    )
 
     @model_validator(mode="after")
     def _no_contradiction(self) -> RedisTLS:
         if self.insecure_skip_verify and self.ca_secret_ref is not None:
-            raise ValueError("spec.redis.tls: insecureSkipVerify and caSecretRef contradict each other; "
-                             "set one")
+            raise ValueError(
+                "spec.redis.tls: insecureSkipVerify and caSecretRef contradict each other; set one"
+            )
         return self
 
 
@@ -101,44 +131,69 @@ class RedisSpec(ApiModel):
     """Where the Redis tier (L2) is. Absent = the cache runs memory-only (L1)."""
 
     cel_rules = (
-        CelRule("has(self.url) != has(self.secretRef)",
-                "spec.redis: set exactly one of url (a plain URL) or secretRef (a Secret key holding the "
-                "URL)"),
-        CelRule("!has(self.url) || !self.url.matches('^[^:/]+://[^/@]*:[^/@]*@')",
-                "spec.redis.url must not carry a password: put it in passwordSecretRef, or the whole URL "
-                "in a Secret (secretRef)", field_path=".url"),
-        CelRule("!has(self.url) || !has(self.tls) || !self.tls.enabled || self.url.startsWith('rediss')",
-                "spec.redis.url must use rediss:// or rediss+sentinel:// when spec.redis.tls.enabled is true",
-                field_path=".url"),
+        CelRule(
+            "has(self.url) != has(self.secretRef)",
+            "spec.redis: set exactly one of url (a plain URL) or secretRef (a Secret key holding the URL)",
+        ),
+        CelRule(
+            "!has(self.url) || !self.url.matches('^[^:/]+://[^/@]*:[^/@]*@')",
+            "spec.redis.url must not carry a password: put it in passwordSecretRef, or the whole URL "
+            "in a Secret (secretRef)",
+            field_path=".url",
+        ),
+        CelRule(
+            "!has(self.url) || !has(self.tls) || !self.tls.enabled || self.url.startsWith('rediss')",
+            "spec.redis.url must use rediss:// or rediss+sentinel:// when spec.redis.tls.enabled is true",
+            field_path=".url",
+        ),
     )
 
     url: str | None = Field(
-        None, max_length=2048, pattern=_REDIS_URL_PATTERN,
+        default=None,
+        max_length=2048,
+        pattern=_REDIS_URL_PATTERN,
         description="Redis URL without a password: redis://, rediss:// (TLS), unix://, redis+sentinel:// "
-                    "or rediss+sentinel://. Exactly one of url and secretRef.")
+        "or rediss+sentinel://. Exactly one of url and secretRef.",
+    )
     secret_ref: SecretKeySelector | None = Field(
-        None, description="Secret key whose value is the Redis URL (it may contain a password). "
-                          "Exactly one of url and secretRef.")
+        default=None,
+        description="Secret key whose value is the Redis URL (it may contain a password). "
+        "Exactly one of url and secretRef.",
+    )
     username: str | None = Field(
-        None, min_length=1, max_length=256, description="Redis ACL user name (AUTH username password).")
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Redis ACL user name (AUTH username password).",
+    )
     password_secret_ref: SecretKeySelector | None = Field(
-        None, description="Secret key whose value is the Redis AUTH password.")
-    tls: RedisTLS | None = Field(None, description="TLS settings towards Redis.")
+        default=None, description="Secret key whose value is the Redis AUTH password."
+    )
+    tls: RedisTLS | None = Field(default=None, description="TLS settings towards Redis.")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RedisSpec:
         if (self.url is None) == (self.secret_ref is None):
-            raise ValueError("spec.redis: set exactly one of url (a plain URL) or secretRef "
-                             "(a Secret key holding the URL)")
+            raise ValueError(
+                "spec.redis: set exactly one of url (a plain URL) or secretRef (a Secret key holding the URL)"
+            )
         if self.url is not None and "@" in self.url.split("://", 1)[-1].split("/", 1)[0]:
             userinfo = self.url.split("://", 1)[-1].split("@", 1)[0]
             if ":" in userinfo:
-                raise ValueError("spec.redis.url must not carry a password: put it in passwordSecretRef, "
-                                 "or the whole URL in a Secret (secretRef)")
-        if (self.url is not None and self.tls is not None and self.tls.enabled
-                and not self.url.startswith("rediss")):
-            raise ValueError(f"spec.redis.url {self.url!r} must use rediss:// or rediss+sentinel:// when "
-                             "spec.redis.tls.enabled is true")
+                raise ValueError(
+                    "spec.redis.url must not carry a password: put it in passwordSecretRef, "
+                    "or the whole URL in a Secret (secretRef)"
+                )
+        if (
+            self.url is not None
+            and self.tls is not None
+            and self.tls.enabled
+            and not self.url.startswith("rediss")
+        ):
+            raise ValueError(
+                f"spec.redis.url {self.url!r} must use rediss:// or rediss+sentinel:// when "
+                "spec.redis.tls.enabled is true"
+            )
         return self
 
 
@@ -146,31 +201,50 @@ class ResourceRequirements(ApiModel):
     """Compute resources of the runtime container (Kubernetes quantities, e.g. 100m, 256Mi)."""
 
     requests: Annotated[dict[str, int | str] | None, CrdSchema(_QUANTITY_MAP_SCHEMA)] = Field(
-        None, description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}.")
+        default=None, description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}."
+    )
     limits: Annotated[dict[str, int | str] | None, CrdSchema(_QUANTITY_MAP_SCHEMA)] = Field(
-        None, description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound.")
+        default=None,
+        description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound.",
+    )
 
 
 class RuntimeSpec(ApiModel):
     """Operator-managed runtime pods: a Deployment and a Service of `cachewarden runtime` processes."""
 
-    replicas: int = Field(2, ge=0, le=100, description="Number of runtime pods (0..100).")
-    image: str = Field(DEFAULT_IMAGE, min_length=1, max_length=512,
-                       description="Container image of the cachewarden runtime.")
+    replicas: int = Field(default=2, ge=0, le=100, description="Number of runtime pods (0..100).")
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        min_length=1,
+        max_length=512,
+        description="Container image of the cachewarden runtime.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        "IfNotPresent", description="When the kubelet pulls the image.")
+        default="IfNotPresent", description="When the kubelet pulls the image."
+    )
     resources: ResourceRequirements | None = Field(
-        None, description="Container resources; absent = requests cpu 100m / memory 128Mi, limit "
-                          "memory 512Mi.")
-    port: int = Field(DEFAULT_PORT, ge=1024, le=65535,
-                      description="Port of the runtime's HTTP API, probes and metrics (unprivileged: "
-                                  "1024..65535, the container runs as non-root with no capabilities).")
+        default=None,
+        description="Container resources; absent = requests cpu 100m / memory 128Mi, limit memory 512Mi.",
+    )
+    port: int = Field(
+        default=DEFAULT_PORT,
+        ge=1024,
+        le=65535,
+        description="Port of the runtime's HTTP API, probes and metrics (unprivileged: "
+        "1024..65535, the container runs as non-root with no capabilities).",
+    )
     service_account_name: str | None = Field(
-        None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
-        description="ServiceAccount of the runtime pods; absent = the namespace's default.")
-    node_selector: dict[str, str] | None = Field(None, description="Node labels the pods must run on.")
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="ServiceAccount of the runtime pods; absent = the namespace's default.",
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the pods must run on."
+    )
     pod_annotations: dict[str, str] | None = Field(
-        None, description="Extra annotations on the runtime pods (e.g. for a metrics scraper).")
+        default=None, description="Extra annotations on the runtime pods (e.g. for a metrics scraper)."
+    )
 
 
 class LabelSelectorRequirement(ApiModel):
@@ -178,76 +252,108 @@ class LabelSelectorRequirement(ApiModel):
 
     key: str = Field(min_length=1, max_length=317, description="The label key the requirement applies to.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
-        description="How the key relates to values: In, NotIn, Exists or DoesNotExist.")
+        description="How the key relates to values: In, NotIn, Exists or DoesNotExist."
+    )
     values: list[str] | None = Field(
-        None, description="Values for In and NotIn (non-empty); must be absent for Exists and DoesNotExist.")
+        default=None,
+        description="Values for In and NotIn (non-empty); must be absent for Exists and DoesNotExist.",
+    )
 
 
 class SelectorSpec(ApiModel):
     """Existing application pods that embed the engine and mount the policy's ConfigMap and token Secret."""
 
     cel_rules = (
-        CelRule("(has(self.matchLabels) && size(self.matchLabels) > 0) || "
-                "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
-                "spec.selector needs matchLabels or matchExpressions: an empty selector would select every "
-                "pod in the namespace"),
+        CelRule(
+            "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
+            "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+            "spec.selector needs matchLabels or matchExpressions: an empty selector would select every "
+            "pod in the namespace",
+        ),
     )
 
     match_labels: dict[str, str] | None = Field(
-        None, description="Pods whose labels include all of these are targets.")
+        default=None, description="Pods whose labels include all of these are targets."
+    )
     match_expressions: list[LabelSelectorRequirement] | None = Field(
-        None, max_length=20, description="Set-based requirements, ANDed with matchLabels.")
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535,
-                      description="Port where the pods serve the cachewarden admin API.")
+        default=None, max_length=20, description="Set-based requirements, ANDed with matchLabels."
+    )
+    port: int = Field(
+        default=DEFAULT_PORT,
+        ge=1,
+        le=65535,
+        description="Port where the pods serve the cachewarden admin API.",
+    )
     admin_path: str = Field(
-        DEFAULT_ADMIN_PATH, max_length=256, pattern=r"^/[-._~/a-zA-Z0-9]*$",
-        description="Path prefix where the host application mounted the admin router.")
+        default=DEFAULT_ADMIN_PATH,
+        max_length=256,
+        pattern=r"^/[-._~/a-zA-Z0-9]*$",
+        description="Path prefix where the host application mounted the admin router.",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> SelectorSpec:
         if not self.match_labels and not self.match_expressions:
-            raise ValueError("spec.selector needs matchLabels or matchExpressions: an empty selector would "
-                             "select every pod in the namespace")
+            raise ValueError(
+                "spec.selector needs matchLabels or matchExpressions: an empty selector would "
+                "select every pod in the namespace"
+            )
         return self
 
 
-def _bounds(path: str, integer: bool = False) -> dict[str, float]:
-    low, high = RANGES[path].low, RANGES[path].high
-    return {"ge": int(low) if integer else low, "le": int(high) if integer else high}
+def _threshold(name: str, description: str, integer: bool = False) -> Any:
+    """An optional health threshold whose bounds are the engine's (RANGES), so both reject alike."""
+    bounds = RANGES[f"health.{name}"]
+    if integer:
+        return Field(default=None, ge=int(bounds.low), le=int(bounds.high), description=description)
+    return Field(default=None, ge=float(bounds.low), le=float(bounds.high), description=description)
 
 
 class HealthThresholds(ApiModel):
     """Health thresholds; each one set here wins over the preset and spec.overrides.health."""
 
     cel_rules = (
-        CelRule("!has(self.hitRateWarning) || !has(self.hitRateCritical) || "
-                "self.hitRateCritical <= self.hitRateWarning",
-                "spec.health.thresholds.hitRateCritical must be at most hitRateWarning",
-                field_path=".hitRateCritical"),
-        CelRule("!has(self.memoryWarningMb) || !has(self.memoryCriticalMb) || "
-                "self.memoryWarningMb <= self.memoryCriticalMb",
-                "spec.health.thresholds.memoryWarningMb must be at most memoryCriticalMb",
-                field_path=".memoryWarningMb"),
-        CelRule("!has(self.latencyWarningMs) || !has(self.latencyCriticalMs) || "
-                "self.latencyWarningMs <= self.latencyCriticalMs",
-                "spec.health.thresholds.latencyWarningMs must be at most latencyCriticalMs",
-                field_path=".latencyWarningMs"),
+        CelRule(
+            "!has(self.hitRateWarning) || !has(self.hitRateCritical) || "
+            "self.hitRateCritical <= self.hitRateWarning",
+            "spec.health.thresholds.hitRateCritical must be at most hitRateWarning",
+            field_path=".hitRateCritical",
+        ),
+        CelRule(
+            "!has(self.memoryWarningMb) || !has(self.memoryCriticalMb) || "
+            "self.memoryWarningMb <= self.memoryCriticalMb",
+            "spec.health.thresholds.memoryWarningMb must be at most memoryCriticalMb",
+            field_path=".memoryWarningMb",
+        ),
+        CelRule(
+            "!has(self.latencyWarningMs) || !has(self.latencyCriticalMs) || "
+            "self.latencyWarningMs <= self.latencyCriticalMs",
+            "spec.health.thresholds.latencyWarningMs must be at most latencyCriticalMs",
+            field_path=".latencyWarningMs",
+        ),
     )
 
-    hit_rate_warning: float | None = Field(None, **_bounds("health.hit_rate_warning"),  # type: ignore[arg-type]
-                                           description="Hit rate (0..1) below which the cache is Degraded.")
-    hit_rate_critical: float | None = Field(None, **_bounds("health.hit_rate_critical"),  # type: ignore[arg-type]
-                                            description="Hit rate (0..1) below which the cache is Unhealthy.")
-    memory_warning_mb: float | None = Field(None, **_bounds("health.memory_warning_mb"),  # type: ignore[arg-type]
-                                            description="Cache memory (MB) above which it is Degraded.")
-    memory_critical_mb: float | None = Field(None, **_bounds("health.memory_critical_mb"),  # type: ignore[arg-type]
-                                             description="Cache memory (MB) above which it is Unhealthy.")
-    latency_warning_ms: float | None = Field(None, **_bounds("health.latency_warning_ms"),  # type: ignore[arg-type]
-                                             description="p95 latency (ms) above which it is Degraded.")
-    latency_critical_ms: float | None = Field(None, **_bounds("health.latency_critical_ms"),  # type: ignore[arg-type]
-                                              description="p95 latency (ms) above which it is Unhealthy.")
-    min_requests: int | None = Field(None, **_bounds("health.min_requests", integer=True),  # type: ignore[arg-type]
-                                     description="Requests a pod must serve before hit rates are judged.")
+    hit_rate_warning: float | None = _threshold(
+        "hit_rate_warning", "Hit rate (0..1) below which the cache is Degraded."
+    )
+    hit_rate_critical: float | None = _threshold(
+        "hit_rate_critical", "Hit rate (0..1) below which the cache is Unhealthy."
+    )
+    memory_warning_mb: float | None = _threshold(
+        "memory_warning_mb", "Cache memory (MB) above which it is Degraded."
+    )
+    memory_critical_mb: float | None = _threshold(
+        "memory_critical_mb", "Cache memory (MB) above which it is Unhealthy."
+    )
+    latency_warning_ms: float | None = _threshold(
+        "latency_warning_ms", "p95 latency (ms) above which it is Degraded."
+    )
+    latency_critical_ms: float | None = _threshold(
+        "latency_critical_ms", "p95 latency (ms) above which it is Unhealthy."
+    )
+    min_requests: int | None = _threshold(
+        "min_requests", "Requests a pod must serve before hit rates are judged.", integer=True
+    )
 
     def engine_overrides(self) -> dict[str, Any]:
         """The thresholds as engine overrides (``{"health": {...}}``), only those that are set."""
@@ -258,73 +364,113 @@ class HealthThresholds(ApiModel):
 class HealthSpec(ApiModel):
     """How the operator probes the pods' health."""
 
-    probe_interval_seconds: int = Field(15, ge=5, le=3600,
-                                        description="Seconds between health probes of every target pod.")
-    probe_timeout_seconds: int = Field(5, ge=1, le=60, description="Timeout of one probe request.")
+    probe_interval_seconds: int = Field(
+        default=15, ge=5, le=3600, description="Seconds between health probes of every target pod."
+    )
+    probe_timeout_seconds: int = Field(default=5, ge=1, le=60, description="Timeout of one probe request.")
     consecutive_probes: int = Field(
-        3, ge=1, le=20, description="Consecutive probes a symptom must persist (or be gone) before an "
-                                    "incident opens (or resolves): hysteresis against flapping.")
-    thresholds: HealthThresholds | None = Field(None, description="Thresholds overriding the engine's.")
+        default=3,
+        ge=1,
+        le=20,
+        description="Consecutive probes a symptom must persist (or be gone) before an "
+        "incident opens (or resolves): hysteresis against flapping.",
+    )
+    thresholds: HealthThresholds | None = Field(
+        default=None, description="Thresholds overriding the engine's."
+    )
 
 
 class RemediationSpec(ApiModel):
     """What the operator may do about detected symptoms; the safety limits live here and in status."""
 
     mode: RemediationMode = Field(
-        "Recommend", description="Off: detect only. Recommend: open incidents carrying the recommended "
-                                 "action, do not run it. Auto: run recommended actions listed in "
-                                 "allowedActions.")
+        default="Recommend",
+        description="Off: detect only. Recommend: open incidents carrying the recommended "
+        "action, do not run it. Auto: run recommended actions listed in "
+        "allowedActions.",
+    )
     allowed_actions: list[IncidentAction] = Field(
-        default_factory=lambda: list(DEFAULT_ALLOWED_ACTIONS), max_length=10,
+        default_factory=lambda: list(DEFAULT_ALLOWED_ACTIONS),
+        max_length=10,
         description="Actions Auto mode may run by itself.",
-        json_schema_extra={"x-kubernetes-list-type": "set"})
-    cooldown_seconds: int = Field(300, ge=0, le=86400,
-                                  description="Least time between two automatic runs of the same action.")
-    max_concurrent: int = Field(1, ge=1, le=10,
-                                description="Incidents with a disruptive action that may run at once.")
-    storm_limit: int = Field(5, ge=1, le=100,
-                             description="Open automatic incidents above which no new one is created.")
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    cooldown_seconds: int = Field(
+        default=300, ge=0, le=86400, description="Least time between two automatic runs of the same action."
+    )
+    max_concurrent: int = Field(
+        default=1, ge=1, le=10, description="Incidents with a disruptive action that may run at once."
+    )
+    storm_limit: int = Field(
+        default=5, ge=1, le=100, description="Open automatic incidents above which no new one is created."
+    )
     override_duration_seconds: int = Field(
-        1800, ge=60, le=86400, description="Lifetime of a time-boxed override (e.g. an emergency preset) "
-                                           "when the incident does not set one.")
-    incident_ttl_seconds: int = Field(86400, ge=60, le=30 * 86400,
-                                      description="Finished incidents are deleted this long after they end.")
-    history_limit: int = Field(10, ge=0, le=1000,
-                               description="Finished incidents kept per policy (oldest deleted first).")
+        default=1800,
+        ge=60,
+        le=86400,
+        description="Lifetime of a time-boxed override (e.g. an emergency preset) "
+        "when the incident does not set one.",
+    )
+    incident_ttl_seconds: int = Field(
+        default=86400,
+        ge=60,
+        le=30 * 86400,
+        description="Finished incidents are deleted this long after they end.",
+    )
+    history_limit: int = Field(
+        default=10, ge=0, le=1000, description="Finished incidents kept per policy (oldest deleted first)."
+    )
 
 
 class CachePolicySpec(ApiModel):
     """Desired state of a cache: engine configuration, Redis, target pods, health and remediation."""
 
     cel_rules = (
-        CelRule("has(self.runtime) != has(self.selector)",
-                "spec: set exactly one of spec.runtime (operator-managed pods) or spec.selector "
-                "(existing pods that embed the engine)"),
+        CelRule(
+            "has(self.runtime) != has(self.selector)",
+            "spec: set exactly one of spec.runtime (operator-managed pods) or spec.selector "
+            "(existing pods that embed the engine)",
+        ),
     )
 
-    preset: Preset = Field("production", description="Named preset the configuration starts from: "
-                                                     + ", ".join(PRESET_NAMES) + ".")
+    preset: Preset = Field(
+        default="production",
+        description="Named preset the configuration starts from: " + ", ".join(PRESET_NAMES) + ".",
+    )
     overrides: Annotated[dict[str, Any], CrdSchema(overrides_json_schema())] = Field(
         default_factory=dict,
         description="Engine parameters that override the preset, by group, e.g. {ttl: {default_s: 600}}. "
-                    "Unknown keys and out-of-range values are rejected.")
-    redis: RedisSpec | None = Field(None, description="Where Redis (L2) is; absent = memory-only cache.")
+        "Unknown keys and out-of-range values are rejected.",
+    )
+    redis: RedisSpec | None = Field(
+        default=None, description="Where Redis (L2) is; absent = memory-only cache."
+    )
     runtime: RuntimeSpec | None = Field(
-        None, description="Run operator-managed runtime pods (a Deployment and Service). "
-                          "Exactly one of runtime and selector.")
+        default=None,
+        description="Run operator-managed runtime pods (a Deployment and Service). "
+        "Exactly one of runtime and selector.",
+    )
     selector: SelectorSpec | None = Field(
-        None, description="Manage existing pods that embed the engine. Exactly one of runtime and selector.")
+        default=None,
+        description="Manage existing pods that embed the engine. Exactly one of runtime and selector.",
+    )
     health: HealthSpec = Field(default_factory=HealthSpec, description="Health probing.")
-    remediation: RemediationSpec = Field(default_factory=RemediationSpec,
-                                         description="Automatic detection and remediation.")
-    paused: bool = Field(False, description="true = the operator changes nothing (no apply, no push, no "
-                                            "action); it still probes and reports status.")
+    remediation: RemediationSpec = Field(
+        default_factory=RemediationSpec, description="Automatic detection and remediation."
+    )
+    paused: bool = Field(
+        default=False,
+        description="true = the operator changes nothing (no apply, no push, no "
+        "action); it still probes and reports status.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> CachePolicySpec:
         if (self.runtime is None) == (self.selector is None):
-            raise ValueError("spec: set exactly one of spec.runtime (operator-managed pods) or spec.selector "
-                             "(existing pods that embed the engine)")
+            raise ValueError(
+                "spec: set exactly one of spec.runtime (operator-managed pods) or spec.selector "
+                "(existing pods that embed the engine)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -333,15 +479,18 @@ class CachePolicySpec(ApiModel):
         # above the warning one) is reported here, naming the field, instead of at push time.
         for key in sorted(_flat_keys(self.overrides)):
             if key in SCHEMA_EXCLUDED:
-                raise ValueError(f"spec.overrides.{key} is not accepted here: connection settings and "
-                                 "credentials belong in spec.redis, the preset in spec.preset")
+                raise ValueError(
+                    f"spec.overrides.{key} is not accepted here: connection settings and "
+                    "credentials belong in spec.redis, the preset in spec.preset"
+                )
         try:
             resolve_config(self.preset, self.engine_overrides())
         except ConfigError as exc:
             path = self._spec_path_of(exc.field)
             text = str(exc)
-            raise ValueError(path + text[len(exc.field):] if text.startswith(exc.field) else f"{path}: {text}"
-                             ) from None
+            raise ValueError(
+                path + text[len(exc.field) :] if text.startswith(exc.field) else f"{path}: {text}"
+            ) from None
         return self
 
     def _spec_path_of(self, engine_field: str) -> str:
@@ -356,8 +505,9 @@ class CachePolicySpec(ApiModel):
 
     def engine_overrides(self) -> dict[str, Any]:
         """spec.overrides merged with health thresholds and Redis settings known without Secrets."""
-        merged = _merge(self.overrides, self.health.thresholds.engine_overrides()
-                        if self.health.thresholds else {})
+        merged = _merge(
+            self.overrides, self.health.thresholds.engine_overrides() if self.health.thresholds else {}
+        )
         redis: dict[str, Any] = {}
         if self.redis is not None:
             if self.redis.username is not None:
@@ -406,21 +556,25 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 class PodCounts(ApiModel):
     """Counts of target pods."""
 
-    desired: int = Field(0, ge=0, description="Pods that should run the cache (replicas, or pods selected).")
-    ready: int = Field(0, ge=0, description="Target pods that are Ready.")
-    configured: int = Field(0, ge=0, description="Target pods that report the desired config hash.")
-    summary: str = Field("0/0", description="ready/desired, for `kubectl get`.")
+    desired: int = Field(
+        default=0, ge=0, description="Pods that should run the cache (replicas, or pods selected)."
+    )
+    ready: int = Field(default=0, ge=0, description="Target pods that are Ready.")
+    configured: int = Field(default=0, ge=0, description="Target pods that report the desired config hash.")
+    summary: str = Field(default="0/0", description="ready/desired, for `kubectl get`.")
 
 
 class TargetPodStatus(ApiModel):
     """What the operator last saw of one target pod."""
 
     name: str = Field(description="Pod name.")
-    ip: str | None = Field(None, description="Pod IP the operator talks to.")
-    ready: bool = Field(False, description="The pod's Ready condition.")
-    config_hash: str | None = Field(None, description="Hash of the config the pod reports in force.")
-    health: str | None = Field(None, description="The pod's own health verdict (healthy/degraded/unhealthy).")
-    last_error: str | None = Field(None, description="Last push or probe error for this pod, if any.")
+    ip: str | None = Field(default=None, description="Pod IP the operator talks to.")
+    ready: bool = Field(default=False, description="The pod's Ready condition.")
+    config_hash: str | None = Field(default=None, description="Hash of the config the pod reports in force.")
+    health: str | None = Field(
+        default=None, description="The pod's own health verdict (healthy/degraded/unhealthy)."
+    )
+    last_error: str | None = Field(default=None, description="Last push or probe error for this pod, if any.")
 
 
 RedisState = Literal["Connected", "Degraded", "Disconnected", "Disabled", "Unknown"]
@@ -430,38 +584,59 @@ HealthVerdict = Literal["Healthy", "Degraded", "Unhealthy", "Unknown"]
 class HealthSummary(ApiModel):
     """Aggregated health of the target pods at the last probe."""
 
-    status: HealthVerdict = Field("Unknown", description="Worst verdict over the pods.")
-    hit_rate: float | None = Field(None, ge=0, le=1, description="Overall hit rate (0..1) over all tiers.")
-    hit_rate_percent: str | None = Field(None, description="hitRate as a percentage, for `kubectl get`.")
-    l1_hit_rate: float | None = Field(None, ge=0, le=1, description="Hit rate of the in-memory tier (0..1).")
-    memory_bytes: int | None = Field(None, ge=0, description="L1 memory summed over the pods (bytes).")
-    p95_latency_ms: float | None = Field(None, ge=0, description="Worst per-pod p95 operation latency (ms).")
-    redis: RedisState = Field("Unknown", description="Redis state: worst over the pods.")
-    last_probe_time: str | None = Field(None, description="When the pods were last probed (RFC 3339).",
-                                        json_schema_extra={"format": "date-time"})
-    message: str | None = Field(None, description="Short explanation of a non-Healthy verdict.")
+    status: HealthVerdict = Field(default="Unknown", description="Worst verdict over the pods.")
+    hit_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Overall hit rate (0..1) over all tiers."
+    )
+    hit_rate_percent: str | None = Field(
+        default=None, description="hitRate as a percentage, for `kubectl get`."
+    )
+    l1_hit_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Hit rate of the in-memory tier (0..1)."
+    )
+    memory_bytes: int | None = Field(
+        default=None, ge=0, description="L1 memory summed over the pods (bytes)."
+    )
+    p95_latency_ms: float | None = Field(
+        default=None, ge=0, description="Worst per-pod p95 operation latency (ms)."
+    )
+    redis: RedisState = Field(default="Unknown", description="Redis state: worst over the pods.")
+    last_probe_time: str | None = Field(
+        default=None,
+        description="When the pods were last probed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    message: str | None = Field(default=None, description="Short explanation of a non-Healthy verdict.")
 
 
 class ActiveOverride(ApiModel):
     """A time-boxed setting change from an incident; the spec stays untouched (GitOps owns it)."""
 
-    preset: Preset | None = Field(None, description="Preset in force instead of spec.preset.")
+    preset: Preset | None = Field(default=None, description="Preset in force instead of spec.preset.")
     overrides: dict[str, Any] | None = Field(
-        None, description="Engine overrides in force on top of the spec's.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+        default=None,
+        description="Engine overrides in force on top of the spec's.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
     incident: str = Field(description="Name of the CacheIncident that set the override.")
-    expires_at: str = Field(description="When the override is lifted (RFC 3339).",
-                            json_schema_extra={"format": "date-time"})
+    expires_at: str = Field(
+        description="When the override is lifted (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
 
 
 class SymptomState(ApiModel):
     """Detection state of one symptom, kept in the cluster so an operator restart keeps hysteresis."""
 
     name: str = Field(description="Symptom, e.g. LowHitRate, HighMemory, RedisUnavailable.")
-    active: bool = Field(False, description="The symptom held for the configured consecutive probes.")
-    consecutive: int = Field(0, ge=0, description="Consecutive probes agreeing with the opposite state.")
-    since: str | None = Field(None, description="When the symptom was first seen in this episode (RFC 3339).",
-                              json_schema_extra={"format": "date-time"})
+    active: bool = Field(default=False, description="The symptom held for the configured consecutive probes.")
+    consecutive: int = Field(
+        default=0, ge=0, description="Consecutive probes agreeing with the opposite state."
+    )
+    since: str | None = Field(
+        default=None,
+        description="When the symptom was first seen in this episode (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class ActionRecord(ApiModel):
@@ -475,19 +650,28 @@ class ActionRecord(ApiModel):
 class CachePolicyStatus(ApiModel):
     """Observed state, written by the operator."""
 
-    observed_generation: int | None = Field(None, ge=0,
-                                            description="metadata.generation the status was computed from.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed from."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Reconciling, Stalled, ConfigApplied, Healthy, RedisConnected.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
-    preset: str | None = Field(None, description="Preset in force (spec.preset or an incident's override).")
-    config_hash: str | None = Field(None, description="sha256 of the resolved config the pods should run.")
-    pods: PodCounts | None = Field(None, description="Target pod counts.")
-    targets: list[TargetPodStatus] | None = Field(None, max_length=1000, description="Per-pod view.")
-    health: HealthSummary | None = Field(None, description="Aggregated health at the last probe.")
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    preset: str | None = Field(
+        default=None, description="Preset in force (spec.preset or an incident's override)."
+    )
+    config_hash: str | None = Field(
+        default=None, description="sha256 of the resolved config the pods should run."
+    )
+    pods: PodCounts | None = Field(default=None, description="Target pod counts.")
+    targets: list[TargetPodStatus] | None = Field(default=None, max_length=1000, description="Per-pod view.")
+    health: HealthSummary | None = Field(default=None, description="Aggregated health at the last probe.")
     active_incidents: list[str] | None = Field(
-        None, description="Names of open CacheIncidents of this policy.")
-    override: ActiveOverride | None = Field(None, description="Time-boxed override in force, if any.")
-    symptoms: list[SymptomState] | None = Field(None, description="Detection state per symptom.")
-    last_actions: list[ActionRecord] | None = Field(None, description="Last automatic run per action.")
+        default=None, description="Names of open CacheIncidents of this policy."
+    )
+    override: ActiveOverride | None = Field(default=None, description="Time-boxed override in force, if any.")
+    symptoms: list[SymptomState] | None = Field(default=None, description="Detection state per symptom.")
+    last_actions: list[ActionRecord] | None = Field(
+        default=None, description="Last automatic run per action."
+    )

@@ -78,17 +78,26 @@ class ApiModel(BaseModel):
 class LocalObjectReference(ApiModel):
     """A reference to an object in the same namespace, by name."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
-                      description="Name of the object, in the same namespace.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the object, in the same namespace.",
+    )
 
 
 class SecretKeySelector(ApiModel):
     """One key of a Secret in the same namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
-                      description="Name of the Secret, in the same namespace as the policy.")
-    key: str = Field(min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN,
-                     description="Key within the Secret's data.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the Secret, in the same namespace as the policy.",
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=CONFIG_KEY_PATTERN, description="Key within the Secret's data."
+    )
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -97,17 +106,27 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(ApiModel):
     """A kstatus-compatible condition (Kubernetes API conventions, metav1.Condition shape)."""
 
-    type: str = Field(min_length=1, max_length=316,
-                      description="Type of the condition in CamelCase, e.g. Ready, Reconciling, Stalled.")
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        description="Type of the condition in CamelCase, e.g. Ready, Reconciling, Stalled.",
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(min_length=1, max_length=1024,
-                        description="A stable CamelCase reason for the last transition, for machines.")
-    message: str = Field("", max_length=32768, description="A human-readable explanation of the state.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="A stable CamelCase reason for the last transition, for machines.",
+    )
+    message: str = Field(
+        default="", max_length=32768, description="A human-readable explanation of the state."
+    )
     last_transition_time: str = Field(
         description="When the status last changed (RFC 3339, UTC); unchanged while the status holds.",
-        json_schema_extra={"format": "date-time"})
+        json_schema_extra={"format": "date-time"},
+    )
     observed_generation: int | None = Field(
-        None, ge=0, description="metadata.generation of the spec this condition was computed from.")
+        default=None, ge=0, description="metadata.generation of the spec this condition was computed from."
+    )
 
 
 class SpecError(ValueError):

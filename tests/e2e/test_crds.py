@@ -239,6 +239,7 @@ def test_rendered_children_run_on_the_cluster(crds: None, kube: KubeTools, dev_c
         return ready if len(ready) == 2 else None
 
     pods = wait_for(ready_pods, 120, "2 runtime pods Ready")
+    assert pods is not None
     for pod in pods:
         assert pod["metadata"]["labels"]["cachewarden.io/policy"] == "rendered"
         base = f"http://{pod['status']['podIP']}:8080"
