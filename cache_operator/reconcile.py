@@ -394,10 +394,13 @@ async def handle_reconcile(
     patch: Any,
     logger: Any,
     resolve_service_hosts: bool = False,
-    labels: Mapping[str, str] | None = None,
+    apply_children: bool = True,
     now: str | None = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
+
+    ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
+    the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
 
     Raises :class:`cache_operator.k8s.KubeError` when the API server refuses a child (kopf retries
     with back-off); everything about pods is reported in status instead of raised.
@@ -441,7 +444,10 @@ async def handle_reconcile(
     config_hash = config.config_hash()
     tokens = await current_tokens(kube, policy.namespace, policy.name)
     token = tokens[render.ADMIN_TOKEN_KEY]
-    if not model.paused:
+    must_apply = apply_children or status.get("configHash") != config_hash or (
+        status.get("observedGeneration") != gen
+    )
+    if not model.paused and must_apply:
         digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
         for obj in render.render_children(policy, model, config, tokens, digest):
             await kube.apply(obj)

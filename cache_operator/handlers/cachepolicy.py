@@ -22,6 +22,7 @@ from cache_operator.reconcile import PolicyRef, ReconcileOutcome, handle_delete,
 
 CONVERGE_INTERVAL_S = 1.0
 DEFAULT_PROBE_INTERVAL_S = 15.0
+APPLY_EVERY = 10
 
 
 class StatusPatch:
@@ -70,9 +71,17 @@ async def policy_reconciler(
     options = memo.get("options") or {}
     converge_interval = float(options.get("converge_interval_s") or CONVERGE_INTERVAL_S)
     trigger = "start"
+    passes = 0
+    outcome: ReconcileOutcome | None = None
     while not stopped:
         wake.clear()
-        outcome = await _reconcile_once(name, namespace, uid, body, memo, logger, trigger)
+        # Probe passes of a converged policy only probe (and push where a pod drifted); children are
+        # re-applied on every change, while converging, and every APPLY_EVERY passes (drift repair).
+        apply_children = (
+            trigger != "timer" or outcome is None or outcome.outcome != "ready" or passes % APPLY_EVERY == 0
+        )
+        outcome = await _reconcile_once(name, namespace, uid, body, memo, logger, trigger, apply_children)
+        passes += 1
         if outcome is None or outcome.outcome == "progressing":
             interval = converge_interval
         else:
@@ -82,7 +91,14 @@ async def policy_reconciler(
 
 
 async def _reconcile_once(
-    name: str, namespace: str, uid: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, trigger: str
+    name: str,
+    namespace: str,
+    uid: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    trigger: str,
+    apply_children: bool = True,
 ) -> ReconcileOutcome | None:
     metrics = memo.metrics
     started = time.perf_counter()
@@ -98,6 +114,7 @@ async def _reconcile_once(
             patch=patch,
             logger=logger,
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
+            apply_children=apply_children,
         )
         if patch.status:
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)

@@ -362,3 +362,16 @@ def test_redis_host_helpers() -> None:
     assert service_name_of_host("redis.ns.svc.cluster.local", "ns") == "redis"
     assert service_name_of_host("redis.other", "ns") is None
     assert service_name_of_host("redis.example.com", "ns") is None
+
+
+async def test_probe_pass_applies_nothing_unless_the_hash_moved() -> None:
+    kube, pods = FakeKube(), FakePods()
+    kube.pods = [make_pod("web-a", "10.0.0.1", render.pod_selector_labels("web"))]
+    spec = {**RUNTIME_SPEC, "runtime": {"replicas": 1}}
+    _, patch = await reconcile(spec, kube, pods)
+    kube.applied.clear()
+    await reconcile(spec, kube, pods, status=patch.status, apply_children=False)
+    assert kube.applied == []
+    # A status from an older spec (another hash) makes even a probe pass apply.
+    await reconcile({**spec, "preset": "simple"}, kube, pods, status=patch.status, apply_children=False)
+    assert f"ConfigMap/{render.configmap_name('web')}" in kube.applied
