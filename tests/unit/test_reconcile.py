@@ -137,7 +137,11 @@ def conditions_by_type(status: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def reconcile(
-    spec: Mapping[str, Any], kube: FakeKube, pods: FakePods, status: Mapping[str, Any] | None = None, **kw: Any
+    spec: Mapping[str, Any],
+    kube: FakeKube,
+    pods: FakePods,
+    status: Mapping[str, Any] | None = None,
+    **kw: Any,
 ) -> tuple[Any, FakePatch]:
     patch = FakePatch()
     outcome = await handle_reconcile(
@@ -239,7 +243,9 @@ async def test_missing_pods_keep_the_policy_progressing() -> None:
         ({"ttl": {"no_such_key": 1}}, "no_such_key"),
     ],
 )
-async def test_semantically_invalid_spec_is_stalled_naming_the_field(overrides: dict[str, Any], field: str) -> None:
+async def test_semantically_invalid_spec_is_stalled_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
     kube, pods = FakeKube(), FakePods()
     outcome, patch = await reconcile({**RUNTIME_SPEC, "overrides": overrides}, kube, pods)
     conds = conditions_by_type(patch.status)
@@ -276,7 +282,10 @@ async def test_selector_mode_without_pods_is_ready_and_gets_no_runtime_children(
         f"ConfigMap/{render.configmap_name('web')}",
     ]
     # A switch from runtime mode removes the runtime Deployment and Service.
-    assert kube.deleted == [f"Deployment/{render.deployment_name('web')}", f"Service/{render.service_name('web')}"]
+    assert kube.deleted == [
+        f"Deployment/{render.deployment_name('web')}",
+        f"Service/{render.service_name('web')}",
+    ]
     assert patch.status["pods"]["summary"] == "0/0"
 
 
@@ -357,7 +366,9 @@ def test_aggregate_health_weights_hit_rates_by_lookups() -> None:
 
 def test_redis_host_helpers() -> None:
     assert rewrite_redis_host("redis://redis:6379/2", "127.0.0.5") == "redis://127.0.0.5:6379/2"
-    assert rewrite_redis_host("rediss://user@redis.ns.svc:6380", "127.0.0.5") == "rediss://user@127.0.0.5:6380"
+    assert (
+        rewrite_redis_host("rediss://user@redis.ns.svc:6380", "127.0.0.5") == "rediss://user@127.0.0.5:6380"
+    )
     assert service_name_of_host("redis", "ns") == "redis"
     assert service_name_of_host("redis.ns.svc.cluster.local", "ns") == "redis"
     assert service_name_of_host("redis.other", "ns") is None
