@@ -1,0 +1,241 @@
+"""Runtime service benchmark: the data API's GET (a cache hit) over loopback HTTP, against the same
+load generator talking to Redis directly, in the same run.
+
+    .venv/bin/python bench/service.py              # about a minute
+    .venv/bin/python bench/service.py --quick      # smoke run, figures not meaningful
+    .venv/bin/python bench/service.py --json out.json
+
+What runs: a redis-server and one `cachewarden runtime` process (uvicorn, one worker, the production
+preset, auth on), both pinned to the server core when there are two cores; the load generator (this
+process, pinned to the bench core) keeps ``--concurrency`` requests in flight with aiohttp keep-alive
+connections. Three loads, interleaved round by round so noise from a neighbour lands on all of them:
+
+* ``runtime GET /data/v1/keys/{key}`` — a hit served from the runtime's L1 (the data API path: auth,
+  routing, validation, engine get, JSON response);
+* ``runtime GET /healthz`` — the same HTTP stack without the engine: the framework's floor;
+* ``redis GET`` — redis-py asyncio against redis-server with the same concurrency: the anchor a
+  non-Python client would compare against.
+
+Figures: requests per second and p50/p99 latency per load (median over the rounds). No targets are
+asserted: the issue asks for the figures next to the anchor. Nothing here runs in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    Figure,
+    RedisServer,
+    die_with_parent,
+    free_port,
+    percentile,
+    pin_bench_process,
+    pin_process,
+    print_table,
+    wait_for_port,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-admin-token-0123456789abcdef"
+VALUE = {"summary": "The cache keeps AI responses close to the service. " * 8, "model": "fake", "tokens": 128}
+
+
+class RuntimeProcess:
+    """`cachewarden runtime` on a free loopback port, pinned, killed at the end."""
+
+    def __init__(self, redis_url: str, cores: list[int] | None) -> None:
+        self.port = free_port()
+        self.cores = cores
+        self.directory = Path(tempfile.mkdtemp(prefix="cachewarden-bench-runtime-"))
+        (self.directory / "admin").write_text(TOKEN)
+        (self.directory / "config.json").write_text(
+            json.dumps({"preset": "production", "redis_url": redis_url})
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        """http://127.0.0.1:<port>"""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the runtime and wait until /readyz answers (bounded)."""
+        env = {
+            **os.environ,
+            "CACHEWARDEN_CONFIG_PATH": str(self.directory / "config.json"),
+            "CACHEWARDEN_ADMIN_TOKEN_FILE": str(self.directory / "admin"),
+            "CACHEWARDEN_PORT": str(self.port),
+            "CACHEWARDEN_LOG_LEVEL": "WARNING",
+        }
+        env.pop("DEVCLUSTER_ROOT", None)
+        log = (self.directory / "runtime.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cache_runtime.cli", "runtime"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        pin_process(self.process.pid, self.cores)
+        if not wait_for_port(self.port, 30.0, expect_redis=False):
+            self.stop()
+            raise RuntimeError(f"runtime did not listen within 30 s; log in {self.directory / 'runtime.log'}")
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), then SIGKILL if it does not stop within 10 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+async def run_load(call: Callable[[], Awaitable[None]], total: int, concurrency: int) -> dict[str, float]:
+    """Keep ``concurrency`` calls in flight until ``total`` finished; rps and latency percentiles."""
+    latencies: list[float] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+async def bench(args: argparse.Namespace) -> list[Figure]:
+    placement = pin_bench_process()
+    print(placement.describe())
+    server = RedisServer(placement.server_cores)
+    server.start()
+    runtime = RuntimeProcess(server.url, placement.server_cores)
+    figures: list[Figure] = []
+    try:
+        runtime.start()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
+        async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                async with http.get("/readyz") as response:
+                    if response.status == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("runtime not ready within 30 s")
+                await asyncio.sleep(0.05)
+            async with http.put("/data/v1/keys/bench-key", json={"value": VALUE}) as response:
+                assert response.status == 200, await response.text()
+            direct = aioredis.Redis.from_url(server.url, max_connections=args.concurrency)
+            await direct.set("bench:raw", json.dumps(VALUE).encode())
+
+            async def data_get() -> None:
+                async with http.get("/data/v1/keys/bench-key") as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"data GET answered {response.status}")
+
+            async def healthz() -> None:
+                async with http.get("/healthz") as response:
+                    await response.read()
+
+            async def redis_get() -> None:
+                await direct.get("bench:raw")
+
+            loads = {
+                "runtime data GET (hit)": data_get,
+                "runtime /healthz (HTTP floor)": healthz,
+                "redis GET (anchor)": redis_get,
+            }
+            for call in loads.values():  # warm-up: connections, code paths
+                await run_load(call, min(500, args.requests), args.concurrency)
+            results: dict[str, list[dict[str, float]]] = {name: [] for name in loads}
+            for _ in range(args.rounds):
+                for name, call in loads.items():
+                    results[name].append(await run_load(call, args.requests, args.concurrency))
+            await direct.aclose()
+            async with http.get("/internal/cache/metrics") as response:
+                hits = (await response.json())["cache_metrics"]
+        for name, rounds in results.items():
+            rps = statistics.median(r["rps"] for r in rounds)
+            p50 = statistics.median(r["p50_ms"] for r in rounds)
+            p99 = statistics.median(r["p99_ms"] for r in rounds)
+            figures += [
+                Figure("S1", f"{name}: throughput", rps, "req/s"),
+                Figure("S1", f"{name}: p50", p50, "ms"),
+                Figure("S1", f"{name}: p99", p99, "ms"),
+            ]
+        data_rps = statistics.median(r["rps"] for r in results["runtime data GET (hit)"])
+        redis_rps = statistics.median(r["rps"] for r in results["redis GET (anchor)"])
+        floor_rps = statistics.median(r["rps"] for r in results["runtime /healthz (HTTP floor)"])
+        figures += [
+            Figure("S1", "data GET / redis GET throughput", data_rps / redis_rps, "x"),
+            Figure(
+                "S1",
+                "data GET / HTTP floor throughput",
+                data_rps / floor_rps,
+                "x",
+                note="the share of the HTTP stack's capacity left after auth + engine",
+            ),
+            Figure("S1", "runtime L1 hit rate during the run", hits["l1_hit_rate"], ""),
+        ]
+    finally:
+        runtime.stop()
+        server.close()
+    print(
+        f"load: {args.rounds} rounds x {args.requests} requests per load, {args.concurrency} in flight; "
+        f"load average at end {os.getloadavg()[0]:.2f}"
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print (optionally save) the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5000, help="requests per load per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds = 200, 1
+    figures = asyncio.run(bench(args))
+    print_table(figures)
+    if args.json:
+        args.json.write_text(json.dumps([figure.as_dict() for figure in figures], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
