@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cache_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
@@ -473,6 +473,13 @@ class CachePolicySpec(ApiModel):
             )
         return self
 
+    @field_validator("overrides")
+    @classmethod
+    def _string_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # YAML turns bare `on`, `yes`, `1` into booleans and numbers; a key must be a parameter name.
+        _check_keys(overrides, "spec.overrides")
+        return overrides
+
     @model_validator(mode="after")
     def _engine_accepts(self) -> CachePolicySpec:
         # The same resolution the operator renders, so a semantic error (e.g. a critical threshold
@@ -515,6 +522,15 @@ class CachePolicySpec(ApiModel):
             if self.redis.tls is not None and self.redis.tls.insecure_skip_verify:
                 redis["tls_verify"] = False
         return _merge(merged, {"redis": redis}) if redis else merged
+
+
+def _check_keys(data: Mapping[Any, Any], path: str) -> None:
+    """Every key at every level is a non-empty string, else an error naming where."""
+    for key, value in data.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{path}: key {key!r} is not a parameter name (quote it in YAML if it is one)")
+        if isinstance(value, Mapping):
+            _check_keys(value, f"{path}.{key}")
 
 
 def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:

@@ -15,9 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from cache_operator import render
-from cache_operator.api import CachePolicySpec
+from cache_operator.api import CacheIncidentSpec, CachePolicySpec
 from devcluster.testing import KubeTools, wait_for
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -46,6 +48,15 @@ def incident(name: str, spec: str) -> str:
             f"spec:\n{spec}")
 
 
+def model_view(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` parsed by the operator's model and dumped back (an empty overrides map left out,
+    as the API server leaves it out)."""
+    dumped = CachePolicySpec.model_validate(spec).to_api()
+    if dumped.get("overrides") == {} and "overrides" not in spec:
+        del dumped["overrides"]
+    return dumped
+
+
 def rejected(kube: KubeTools, manifest: str, namespace: str) -> str:
     """Apply a manifest that must be rejected; return kubectl's error output."""
     result = kube.kubectl("apply", "--namespace", namespace, "-f", "-", input=manifest, check=False)
@@ -63,6 +74,7 @@ def test_minimal_policy_is_accepted_and_defaulted(crds: None, kube: KubeTools, n
     assert spec["remediation"]["mode"] == "Recommend"
     assert spec["remediation"]["allowedActions"] == ["gc", "reconnect-redis", "diagnose"]
     assert spec["paused"] is False
+    assert model_view(spec) == spec  # the model's defaults are the API server's
 
 
 def test_full_policy_is_accepted(crds: None, kube: KubeTools, namespace: str) -> None:
@@ -92,6 +104,7 @@ def test_full_policy_is_accepted(crds: None, kube: KubeTools, namespace: str) ->
     spec = kube.kubectl_json("get", "cpol", "full", "--namespace", namespace)["spec"]
     assert spec["overrides"]["ttl"] == {"default_s": 600, "qa_s": 3600}
     assert spec["selector"]["adminPath"] == "/internal/cache"
+    assert model_view(spec) == spec
 
 
 @pytest.mark.parametrize(("name", "spec", "expected"), [
@@ -130,6 +143,9 @@ def test_invalid_policy_is_rejected_naming_the_field(crds: None, kube: KubeTools
                                                      name: str, spec: str, expected: str) -> None:
     error = rejected(kube, policy(name, spec), namespace)
     assert expected in error, error
+    # The operator's model rejects the same spec (for specs written by clients that skip validation).
+    with pytest.raises(ValidationError):
+        CachePolicySpec.model_validate(yaml.safe_load(spec))
 
 
 def test_policy_name_must_leave_room_for_child_names(crds: None, kube: KubeTools, namespace: str) -> None:
@@ -174,6 +190,8 @@ def test_invalid_incident_is_rejected_naming_the_field(crds: None, kube: KubeToo
                                                        name: str, spec: str, expected: str) -> None:
     error = rejected(kube, incident(name, spec), namespace)
     assert expected in error, error
+    with pytest.raises(ValidationError):
+        CacheIncidentSpec.model_validate(yaml.safe_load(spec))
 
 
 def test_kubectl_explain_shows_descriptions(crds: None, kube: KubeTools) -> None:

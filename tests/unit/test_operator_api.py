@@ -82,6 +82,7 @@ def test_api_names_are_camel_case_both_ways() -> None:
     ({"runtime": {}, "overrides": {"redis": {"url": "redis://x"}}}, "spec.overrides.redis.url",
      "belong in spec.redis"),
     ({"runtime": {}, "overrides": {"preset": "minimal"}}, "spec.overrides.preset", "spec.preset"),
+    ({"runtime": {}, "overrides": {"turbo": {True: True}}}, "spec.overrides.turbo", "not a parameter name"),
     ({"runtime": {}, "health": {"thresholds": {"hitRateWarning": 0.3, "hitRateCritical": 0.5}}},
      "spec.health.thresholds.hitRateCritical", "at most hit_rate_warning"),
     ({"runtime": {}, "health": {"probeIntervalSeconds": 2}}, "spec.health.probeIntervalSeconds",
