@@ -12,6 +12,7 @@ import pytest
 
 from cache_operator import render
 from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec, SelectorSpec
+from cache_runtime.config import PRESET_NAMES
 from cache_runtime.service.config_source import config_from_document, config_from_push
 from cache_runtime.service.runtime_main import build_parser
 
@@ -235,3 +236,14 @@ def test_label_selector_string_and_matching() -> None:
     assert not render.selector_matches(selector, {**base, "track": "beta"})
     assert not render.selector_matches(selector, {k: v for k, v in base.items() if k != "cache"})
     assert not render.selector_matches(selector, {**base, "app": "other"})
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_every_preset_renders_a_config_the_runtime_loads_with_the_same_hash(preset: str) -> None:
+    spec = spec_of(preset=preset, redis={"url": "redis://redis:6379/2", "username": "cache"},
+                   health={"thresholds": {"minRequests": 10}})
+    config = render.resolve_policy_config(spec)
+    document = json.loads(render.render_configmap(POLICY, config)["data"]["config.json"])
+    loaded = config_from_document(document)
+    assert loaded.preset == preset
+    assert loaded.config_hash() == config.config_hash() == document["hash"]
