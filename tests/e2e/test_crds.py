@@ -278,3 +278,14 @@ def test_rendered_children_run_on_the_cluster(crds: None, kube: KubeTools, dev_c
     wait_for(lambda: not kube.kubectl_json("get", "deployments,configmaps,secrets,services", "--namespace",
                                            namespace, "-l", "cachewarden.io/policy=rendered")["items"],
              120, "children garbage-collected with the policy")
+
+
+def test_unknown_override_from_a_lenient_client_is_pruned_with_a_warning(crds: None, kube: KubeTools,
+                                                                         namespace: str) -> None:
+    """kubectl validates strictly by default (rejected above). A client that asks for warnings only
+    gets one naming the field, and the API server drops the key: it never reaches the pods."""
+    manifest = policy("lenient", "  runtime: {}\n  overrides: {ttl: {nonsense_s: 5, qa_s: 60}}\n")
+    result = kube.kubectl("apply", "--validate=warn", "--namespace", namespace, "-f", "-", input=manifest)
+    assert 'unknown field "spec.overrides.ttl.nonsense_s"' in result.stderr, result.stderr
+    spec = kube.kubectl_json("get", "cpol", "lenient", "--namespace", namespace)["spec"]
+    assert spec["overrides"] == {"ttl": {"qa_s": 60}}
