@@ -90,7 +90,7 @@ def serve(app: Any, settings: ServiceSettings) -> int:
         lifespan="on",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_graceful_shutdown=max(0, round(settings.shutdown_grace_s)),  # uvicorn takes whole seconds
         server_header=False,
         # One process, one engine: workers would each build their own cache and split the hit rate.
         workers=1,
