@@ -1,0 +1,182 @@
+"""Shared plumbing of the operator benchmarks (bench/propagation.py, bench/scale.py).
+
+A cluster (a fresh devcluster in a temporary directory, or an existing one with ``--kubeconfig``), the
+CRDs applied, and ``cachewarden operator`` as a subprocess whose pid the bench owns (its peak RSS is
+read from /proc). Nothing here asserts a timing: the scripts print figures and compare them with
+targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from devcluster import binaries  # noqa: E402
+from devcluster.cluster import Cluster  # noqa: E402
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation (statistics.quantiles' inclusive method)."""
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[min(max(int(round(q)) - 1, 0), 98)]
+
+
+class Kubectl:
+    """kubectl bound to one kubeconfig."""
+
+    def __init__(self, kubeconfig: Path, bin_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.path = bin_dir / "kubectl"
+
+    def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        result = subprocess.run(
+            [str(self.path), "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        """``kubectl ... -o json`` decoded."""
+        return json.loads(self(*args, "-o", "json"))
+
+
+@contextlib.contextmanager
+def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, bin dir): the given cluster, or a fresh devcluster stopped at the end."""
+    bin_dir = binaries.bin_dir()
+    problems = binaries.check_binaries(bin_dir)
+    if problems:
+        raise SystemExit(binaries.describe_problems(problems))
+    if kubeconfig:
+        yield Path(kubeconfig), bin_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="cachewarden-bench-") as tmp:
+        started = time.monotonic()
+        dev = Cluster(Path(tmp) / "cluster", bin_dir=bin_dir, kubelet=True)
+        dev.start()
+        print(f"# devcluster up in {time.monotonic() - started:.1f}s ({tmp})", flush=True)
+        try:
+            yield dev.kubeconfig, bin_dir
+        finally:
+            dev.stop()
+
+
+def apply_crds(kubectl: Kubectl) -> None:
+    """The generated CRDs, established."""
+    kubectl("apply", "-f", str(REPO / "crds"))
+    kubectl(
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd/cachepolicies.cachewarden.io",
+        "crd/cacheincidents.cachewarden.io",
+    )
+
+
+class Operator:
+    """``cachewarden operator --all-namespaces`` as a subprocess of the bench."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *extra: str) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.metrics_port = free_port()
+        argv = [
+            str(Path(sys.executable).parent / "cachewarden"),
+            "operator",
+            "--all-namespaces",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-level",
+            "WARNING",
+            *extra,
+        ]
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.process = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) of the operator process in MiB, from /proc/<pid>/status."""
+        fields: dict[str, float] = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                fields[name] = int(value.split()[0]) / 1024
+        return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+    def stop(self) -> None:
+        """SIGTERM (then SIGKILL) the process this object started."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until truthy; SystemExit naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:g}s waiting for {what}; last: {str(last)[:500]}")
+
+
+def policy_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A CachePolicy object."""
+    return {
+        "apiVersion": "cachewarden.io/v1alpha1",
+        "kind": "CachePolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def is_ready(policy: dict[str, Any], generation: int | None = None) -> bool:
+    """Ready=True (at ``generation`` when given)."""
+    status = policy.get("status") or {}
+    if generation is not None and status.get("observedGeneration") != generation:
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
