@@ -41,7 +41,7 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[min(max(int(round(q)) - 1, 0), 98)]
+    return cuts[min(max(round(q) - 1, 0), 98)]
 
 
 class Kubectl:

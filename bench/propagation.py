@@ -36,9 +36,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
+import httpx
 
-from bench._operator_harness import (  # noqa: E402
+from bench._operator_harness import (
     Kubectl,
     Operator,
     apply_crds,
@@ -48,8 +48,8 @@ from bench._operator_harness import (  # noqa: E402
     policy_manifest,
     wait_until,
 )
-from cache_operator import render  # noqa: E402
-from cache_operator.api import CachePolicySpec  # noqa: E402
+from cache_operator import render
+from cache_operator.api import CachePolicySpec
 
 TARGET_P50_S = 1.0
 TARGET_P99_S = 3.0
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[str(pods)] = {"latencies_s": latencies, "p50_s": p50, "p99_s": p99}
                 verdict = "PASS" if p50 <= TARGET_P50_S and p99 <= TARGET_P99_S else "MISS"
                 print(
-                    f"pods={pods:3d} changes={len(latencies)}  p50 {p50 * 1000:6.0f} ms  p99 {p99 * 1000:6.0f} ms  "
+                    f"pods={pods:3d} changes={len(latencies)}  "
+                    f"p50 {p50 * 1000:6.0f} ms  p99 {p99 * 1000:6.0f} ms  "
                     f"max {max(latencies) * 1000:6.0f} ms   target p50<=1000 p99<=3000 ms: {verdict}",
                     flush=True,
                 )
