@@ -9,7 +9,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 PIP_STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down
+.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down generate
 
 demo: setup binaries
 	$(VENV)/bin/cachewarden dev up
@@ -56,3 +56,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy cache_runtime cache_operator devcluster
+
+# Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
+generate: setup
+	$(VENV)/bin/cachewarden crds --write crds/
+	$(PY) -m cache_runtime.config docs/configuration.md
