@@ -124,12 +124,22 @@ class RuntimeState:
             },
         }
 
-    async def close(self) -> None:
-        """Close the engine (drains its background tasks and Redis pools)."""
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Close the engine (its background tasks and Redis pools), bounded by ``timeout_s``.
+
+        A pod being stopped must not hang on a Redis that stopped answering: past the bound the
+        close is abandoned (the process exits and the kernel closes the sockets) and logged.
+        """
         async with self._engine_lock:
             if self.cache is not None:
                 cache, self.cache = self.cache, None
-                await cache.close()
+                try:
+                    await asyncio.wait_for(cache.close(), timeout=timeout_s)
+                except TimeoutError:
+                    log.error(
+                        "engine close did not finish in time; exiting anyway",
+                        extra={"fields": {"timeout_s": timeout_s}},
+                    )
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -160,9 +170,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             state.shutting_down = True
             stop.set()
             if poller is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
-            await state.close()
+                # The poller wakes on `stop` at once unless it is inside an apply; give that a bound.
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(poller, timeout=5.0)
+            await state.close(timeout_s=max(1.0, settings.shutdown_grace_s / 2))
             state.recent_errors.detach(*WATCHED_LOGGERS)
             log.info("runtime stopped")
 

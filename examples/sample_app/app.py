@@ -115,9 +115,10 @@ def create_sample_app(settings: ServiceSettings | None = None, model: FakeModel 
             yield
         finally:
             stop.set()
-            await poller
+            await asyncio.wait_for(poller, timeout=5.0)
             if sample.cache is not None:
-                await sample.cache.close()
+                # Bounded: a stopping pod must not hang on a Redis that stopped answering.
+                await asyncio.wait_for(sample.cache.close(), timeout=10.0)
 
     app = FastAPI(title="cachewarden sample app", lifespan=lifespan)
     app.state.sample = sample
