@@ -15,10 +15,12 @@ from typing import Any
 
 from kubernetes import config as kube_config
 from kubernetes import dynamic
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "cachewarden"
+# Threads that may call the API at once (the operator's default executor) and pooled connections.
+POOL_SIZE = 32
 
 # apiVersion/kind -> (API path prefix, plural). Only what the operator touches.
 _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
@@ -58,13 +60,19 @@ class Kube:
         self._dynamic = dynamic.DynamicClient(api_client)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> Kube:
-        """A client from ``kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``, else in-cluster config."""
+    def from_environment(cls, kubeconfig: str | None = None, pool_size: int = POOL_SIZE) -> Kube:
+        """A client from ``kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``, else in-cluster config.
+
+        ``pool_size`` connections, as many as threads may call at once (the default of 5 x CPUs would
+        serialise a burst of reconciles behind a few sockets on a small machine).
+        """
+        configuration = Configuration()
         try:
-            return cls(kube_config.new_client_from_config(config_file=kubeconfig))
+            kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         except kube_config.ConfigException:
-            kube_config.load_incluster_config()
-            return cls(ApiClient())
+            kube_config.load_incluster_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        return cls(ApiClient(configuration))
 
     def close(self) -> None:
         """Release the connection pool."""

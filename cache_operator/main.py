@@ -7,14 +7,16 @@ client, metrics, options) live in ``memo``, not in globals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from cache_operator import handlers  # noqa: F401  (registers the resource handlers)
-from cache_operator.k8s import Kube
+from cache_operator.k8s import POOL_SIZE, Kube
 from cache_operator.metrics import OperatorMetrics
 from cache_operator.podclient import PodClient
 
@@ -53,6 +55,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     # Many policies at once (bench/scale.py): let kopf process objects in parallel.
     settings.batching.worker_limit = int(options.get("worker_limit", 64))
     settings.execution.max_workers = int(options.get("max_workers", 16))
+    # Kubernetes calls run in the loop's default executor (asyncio.to_thread); its default size
+    # (CPUs + 4) would queue a burst of reconciles of many policies behind a handful of threads.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cachewarden-k8s")
+    )
     memo.kube = Kube.from_environment()
     memo.pods = PodClient(timeout_s=float(options.get("pod_timeout_s", 5.0)))
     memo.metrics = OperatorMetrics()

@@ -27,9 +27,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
+from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
+from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_runtime.config import CacheConfig, ConfigError
 
@@ -105,36 +107,6 @@ def parse_spec(spec: Mapping[str, Any]) -> CachePolicySpec:
         return CachePolicySpec.model_validate(dict(spec))
     except ValidationError as exc:
         raise spec_error_from(exc) from None
-
-
-def set_condition(
-    conditions: list[dict[str, Any]],
-    type_: str,
-    status: str,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str,
-) -> None:
-    """Set one condition in place, keeping ``lastTransitionTime`` while the status does not change."""
-    for existing in conditions:
-        if existing.get("type") == type_:
-            if existing.get("status") != status:
-                existing["lastTransitionTime"] = now
-            existing.update(status=status, reason=reason, message=message[:32000])
-            if generation is not None:
-                existing["observedGeneration"] = generation
-            return
-    entry: dict[str, Any] = {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message[:32000],
-        "lastTransitionTime": now,
-    }
-    if generation is not None:
-        entry["observedGeneration"] = generation
-    conditions.append(entry)
 
 
 def pod_target(pod: Mapping[str, Any], port: int) -> PodTarget | None:
@@ -395,6 +367,7 @@ async def handle_reconcile(
     logger: Any,
     resolve_service_hosts: bool = False,
     apply_children: bool = True,
+    delete_stale: bool = True,
     now: str | None = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
@@ -402,11 +375,12 @@ async def handle_reconcile(
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
 
-    Raises :class:`cache_operator.k8s.KubeError` when the API server refuses a child (kopf retries
-    with back-off); everything about pods is reported in status instead of raised.
+    A child the API server refuses is reported (``ApplyFailed``) and retried on the next pass; reading
+    the token Secret or listing pods raises :class:`cache_operator.k8s.KubeError` (the daemon logs it,
+    counts it and retries). Everything about pods is reported in status, never raised.
     """
     now = now or utc_now()
-    conditions: list[dict[str, Any]] = [dict(c) for c in (status.get("conditions") or [])]
+    previous = status.get("conditions") or []
     gen = policy.generation
 
     try:
@@ -421,46 +395,38 @@ async def handle_reconcile(
         message = str(getattr(exc, "message", None) or exc)
         if field_path and field_path not in message:
             message = f"{field_path}: {message}"
-        set_condition(conditions, "Stalled", "True", "InvalidSpec", message, gen, now)
-        set_condition(conditions, "Ready", "False", "InvalidSpec", message, gen, now)
-        set_condition(
-            conditions, "Reconciling", "False", "InvalidSpec", "waiting for a spec change", gen, now
-        )
-        set_condition(conditions, "ConfigApplied", "False", "InvalidSpec", message, gen, now)
-        patch.status["conditions"] = conditions
+        observed = conds.PolicyObservation(generation=gen, spec_error=message)
+        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
         patch.status["observedGeneration"] = gen
         logger.warning(f"spec rejected: {message}")
         return ReconcileOutcome("stalled", reason="InvalidSpec", message=message)
-
     except RedisServiceNotReady as exc:
         # Pushing an unresolvable host would only make every pod log connection errors: wait instead.
-        set_condition(conditions, "Stalled", "False", "SpecAccepted", "", gen, now)
-        set_condition(conditions, "Reconciling", "True", "WaitingForRedis", str(exc), gen, now)
-        set_condition(conditions, "Ready", "False", "WaitingForRedis", str(exc), gen, now)
-        patch.status["conditions"] = conditions
+        observed = conds.PolicyObservation(generation=gen, paused=model.paused, apply_error=str(exc))
+        waiting = conds.policy_conditions(observed, previous, now)
+        waiting = conds.set_condition(
+            waiting, conds.RECONCILING, "True", "WaitingForRedis", str(exc), now, gen
+        )
+        waiting = conds.set_condition(waiting, conds.READY, "False", "WaitingForRedis", str(exc), now, gen)
+        patch.status["conditions"] = waiting
         patch.status["observedGeneration"] = gen
         return ReconcileOutcome("progressing", reason="WaitingForRedis", message=str(exc))
 
     config_hash = config.config_hash()
     tokens = await current_tokens(kube, policy.namespace, policy.name)
     token = tokens[render.ADMIN_TOKEN_KEY]
-    must_apply = apply_children or status.get("configHash") != config_hash or (
-        status.get("observedGeneration") != gen
+    must_apply = (
+        apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
     )
+    apply_error: str | None = None
     if not model.paused and must_apply:
-        digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
-        for obj in render.render_children(policy, model, config, tokens, digest):
-            await kube.apply(obj)
-        for api_version, kind in render.stale_children(model):
-            # A policy switched from runtime to selector mode leaves no runtime pods behind.
-            await kube.delete(
-                api_version,
-                kind,
-                policy.namespace,
-                render.deployment_name(policy.name)
-                if kind == "Deployment"
-                else render.service_name(policy.name),
-            )
+        try:
+            await apply_children_of(policy, model, config, tokens, kube, delete_stale=delete_stale)
+        except KubeError as exc:
+            # Reported (Reconciling=True, ApplyFailed) and retried on the next pass; pods are still
+            # probed so status stays truthful about them.
+            apply_error = str(exc)
+            logger.error(f"applying children failed: {exc}")
 
     # Target pods.
     if model.runtime is not None:
@@ -491,90 +457,38 @@ async def handle_reconcile(
     configured = sum(1 for v in views if v.config_hash == config_hash)
     pushed = sum(1 for v in views if v.pushed)
     health = aggregate_health(views, now)
-
-    # Conditions (kstatus: Ready is the summary; Reconciling while converging; Stalled only for specs).
-    set_condition(conditions, "Stalled", "False", "SpecAccepted", "", gen, now)
-    all_configured = configured >= desired and len(views) >= desired
-    if model.paused:
-        set_condition(
-            conditions, "Reconciling", "False", "Paused", "spec.paused is true: no changes are made", gen, now
-        )
-    elif all_configured and ready >= desired:
-        set_condition(conditions, "Reconciling", "False", "Converged", "", gen, now)
-    else:
-        set_condition(
-            conditions,
-            "Reconciling",
-            "True",
-            "Progressing",
-            f"{ready}/{desired} pods ready, {configured}/{desired} on config {config_hash[:12]}",
-            gen,
-            now,
-        )
     errors = [f"{v.name}: {v.error}" for v in views if v.error]
-    if all_configured:
-        set_condition(
-            conditions,
-            "ConfigApplied",
-            "True",
-            "AllPodsConfigured",
-            f"{configured} pods run config {config_hash[:12]}",
-            gen,
-            now,
-        )
-    else:
-        set_condition(
-            conditions,
-            "ConfigApplied",
-            "False",
-            "PodsPending",
-            f"{configured}/{desired} pods run config {config_hash[:12]}"
-            + (f"; {'; '.join(errors[:5])}" if errors else ""),
-            gen,
-            now,
-        )
-    verdict = health.get("status", "Unknown")
-    set_condition(
-        conditions,
-        "Healthy",
-        "True" if verdict == "Healthy" else ("Unknown" if verdict == "Unknown" else "False"),
-        verdict,
-        health.get("message") or "",
-        gen,
-        now,
+
+    observed = conds.PolicyObservation(
+        generation=gen,
+        paused=model.paused,
+        apply_error=apply_error,
+        config_hash=config_hash,
+        pods_desired=desired,
+        # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
+        pods_ready=min(ready, desired) if model.runtime is not None else ready,
+        pods_configured=configured,
+        probed=any(v.health is not None for v in views),
+        health=str(health["status"]),
+        health_message="; ".join([str(health.get("message") or ""), *errors[:5]]).strip("; "),
+        redis=str(health["redis"]),
+        redis_message=""
+        if health["redis"] == "Connected"
+        else f"Redis {str(health['redis']).lower()} on target pods",
     )
-    redis = health.get("redis", "Unknown")
-    set_condition(
-        conditions,
-        "RedisConnected",
-        "True" if redis == "Connected" else ("Unknown" if redis in ("Unknown", "Disabled") else "False"),
-        redis,
-        "" if redis == "Connected" else f"Redis {redis.lower()} on the target pods",
-        gen,
-        now,
-    )
-    is_ready = all_configured and ready >= desired and not model.paused
-    if model.paused:
-        ready_reason, ready_message = "Paused", "spec.paused is true"
-    elif is_ready:
-        ready_reason, ready_message = (
-            "AllPodsReady",
-            f"{ready}/{desired} pods ready on config {config_hash[:12]}",
-        )
-    else:
-        ready_reason = "PodsNotReady" if ready < desired else "ConfigPending"
-        ready_message = f"{ready}/{desired} pods ready, {configured}/{desired} configured"
-    set_condition(conditions, "Ready", "True" if is_ready else "False", ready_reason, ready_message, gen, now)
+    conditions = conds.policy_conditions(observed, previous, now)
+    ready_condition = conds.get_condition(conditions, conds.READY) or {}
+    is_ready = ready_condition.get("status") == "True"
 
     patch.status["observedGeneration"] = gen
     patch.status["conditions"] = conditions
-    patch.status["preset"] = model.preset
+    patch.status["preset"] = config.preset
     patch.status["configHash"] = config_hash
     patch.status["pods"] = {
         "desired": desired,
         "ready": ready,
         "configured": configured,
-        "summary": f"{ready}/{desired}",
+        "summary": conds.pods_summary(ready, desired),
     }
     patch.status["targets"] = [
         {
@@ -592,8 +506,41 @@ async def handle_reconcile(
         for view in views[:POD_STATUS_LIMIT]
     ]
     patch.status["health"] = health
-    outcome = "paused" if model.paused else ("ready" if is_ready else "progressing")
-    return ReconcileOutcome(outcome, config_hash, views, pushed, ready_reason, ready_message)
+    if model.paused:
+        outcome = "paused"
+    elif is_ready and not errors:
+        outcome = "ready"
+    else:
+        outcome = "progressing"
+    return ReconcileOutcome(
+        outcome,
+        config_hash,
+        views,
+        pushed,
+        str(ready_condition.get("reason", "")),
+        str(ready_condition.get("message", "")),
+    )
+
+
+async def apply_children_of(
+    policy: PolicyRef,
+    model: CachePolicySpec,
+    config: CacheConfig,
+    tokens: Mapping[str, str],
+    kube: KubeIO,
+    *,
+    delete_stale: bool = True,
+) -> None:
+    """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
+    runtime Deployment and Service of a policy that switched to selector mode."""
+    digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
+    for obj in render.render_children(policy, model, config, tokens, digest):
+        await kube.apply(obj)
+    for api_version, kind in render.stale_children(model) if delete_stale else ():
+        name = (
+            render.deployment_name(policy.name) if kind == "Deployment" else render.service_name(policy.name)
+        )
+        await kube.delete(api_version, kind, policy.namespace, name)
 
 
 async def handle_delete(

@@ -2,9 +2,9 @@
 
 One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
 loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
-Ready or Stalled) and writes the status itself. The create/update/resume handlers only wake it, so a
-spec change is pushed to the pods at once and status has a single writer (no two tasks racing to
-write conditions). Deletion deletes the children explicitly before the finalizer is released.
+Ready or Stalled) and writes the status itself. An event handler wakes it when the spec changes
+(a new generation), so a change is pushed to the pods at once, and status has a single writer (no two
+tasks racing to write conditions). Deletion deletes the children explicitly before the finalizer is released.
 """
 
 from __future__ import annotations
@@ -37,22 +37,20 @@ def _wakeup(memo: kopf.Memo, uid: str) -> asyncio.Event:
     return wakeups.setdefault(uid, asyncio.Event())
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-async def policy_created(uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """A new policy: wake its reconciler (the daemon starts with it)."""
-    _wakeup(memo, uid).set()
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the policy's reconciler when its spec changed (a new metadata.generation).
 
-
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def policy_updated(uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """A spec change: reconcile now, so the new config reaches the pods within a second."""
-    _wakeup(memo, uid).set()
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-async def policy_resumed(uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """Operator restart: reconcile every existing policy once at once."""
-    _wakeup(memo, uid).set()
+    A raw event handler, not on.create/on.update: those persist their progress in annotations, two
+    extra patches of the policy per change, which cost more than the reconcile itself at scale. Status
+    writes (ours) do not move the generation, so they never wake the reconciler.
+    """
+    if event.get("type") == "DELETED":
+        return
+    generation = body.get("metadata", {}).get("generation")
+    seen: dict[str, Any] = memo.setdefault("seen_generation", {})
+    if seen.get(uid) != generation:
+        _wakeup(memo, uid).set()
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
@@ -80,7 +78,13 @@ async def policy_reconciler(
         apply_children = (
             trigger != "timer" or outcome is None or outcome.outcome != "ready" or passes % APPLY_EVERY == 0
         )
-        outcome = await _reconcile_once(name, namespace, uid, body, memo, logger, trigger, apply_children)
+        memo.setdefault("seen_generation", {})[uid] = body.get("metadata", {}).get("generation")
+        # Deleting the runtime children of a policy that moved to selector mode costs two calls; done
+        # after a spec change and on the drift-repair passes, not for every new policy.
+        delete_stale = trigger == "change" or (passes > 0 and passes % APPLY_EVERY == 0)
+        outcome = await _reconcile_once(
+            name, namespace, uid, body, memo, logger, trigger, apply_children, delete_stale
+        )
         passes += 1
         if outcome is None or outcome.outcome == "progressing":
             interval = converge_interval
@@ -99,6 +103,7 @@ async def _reconcile_once(
     logger: kopf.Logger,
     trigger: str,
     apply_children: bool = True,
+    delete_stale: bool = True,
 ) -> ReconcileOutcome | None:
     metrics = memo.metrics
     started = time.perf_counter()
@@ -115,6 +120,7 @@ async def _reconcile_once(
             logger=logger,
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
             apply_children=apply_children,
+            delete_stale=delete_stale,
         )
         if patch.status:
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
@@ -162,3 +168,4 @@ async def policy_deleted(
     await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)
     memo.metrics.policies.forget(f"{namespace}/{name}")
     memo.get("wakeups", {}).pop(uid, None)
+    memo.get("seen_generation", {}).pop(uid, None)

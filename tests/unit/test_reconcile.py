@@ -24,7 +24,6 @@ from cache_operator.reconcile import (
     handle_reconcile,
     rewrite_redis_host,
     service_name_of_host,
-    set_condition,
 )
 
 NOW = "2026-01-01T00:00:00Z"
@@ -222,7 +221,8 @@ async def test_unreachable_pod_leaves_the_policy_progressing_with_the_error() ->
     assert conds["Ready"]["status"] == "False"
     assert conds["Reconciling"]["status"] == "True"
     assert conds["ConfigApplied"]["status"] == "False"
-    assert "web-b: ConnectError" in conds["ConfigApplied"]["message"]
+    assert "ConnectError" in patch.status["targets"][1]["lastError"]
+    assert "web-b: ConnectError" in conds["Healthy"]["message"]
     assert patch.status["pods"]["configured"] == 1
     assert patch.status["health"]["status"] == "Unknown"  # one pod did not answer
 
@@ -325,16 +325,6 @@ async def test_delete_removes_every_child() -> None:
     deleted = await handle_delete(POLICY, RUNTIME_SPEC, kube=kube, logger=FakeLogger())
     assert len(deleted) == 4
     assert kube.objects == {}
-
-
-def test_set_condition_keeps_transition_time_while_status_holds() -> None:
-    conditions: list[dict[str, Any]] = []
-    set_condition(conditions, "Ready", "False", "PodsNotReady", "", 1, "t1")
-    set_condition(conditions, "Ready", "False", "ConfigPending", "x", 2, "t2")
-    assert conditions[0]["lastTransitionTime"] == "t1"
-    assert conditions[0]["reason"] == "ConfigPending" and conditions[0]["observedGeneration"] == 2
-    set_condition(conditions, "Ready", "True", "AllPodsReady", "", 2, "t3")
-    assert conditions[0]["lastTransitionTime"] == "t3"
 
 
 def test_aggregate_health_weights_hit_rates_by_lookups() -> None:
