@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -83,7 +84,12 @@ def validate_key(value: str) -> str:
 
 def request_fingerprint(method: str, path: str, query: dict[str, Any], body: Any) -> str:
     """A stable digest of what a request asks for, to detect a key reused for another request."""
-    canonical = orjson.dumps([method.upper(), path, query, body], option=orjson.OPT_SORT_KEYS)
+    document = [method.upper(), path, query, body]
+    try:
+        canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits (valid JSON a client may send); the stdlib does not.
+        canonical = json.dumps(document, sort_keys=True, default=repr, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
 

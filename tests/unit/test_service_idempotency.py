@@ -145,3 +145,8 @@ def test_fingerprint_ignores_key_order_but_not_values() -> None:
 def test_bad_bounds(max_entries: int, ttl: float) -> None:
     with pytest.raises(ValueError):
         IdempotencyStore(max_entries=max_entries, ttl_s=ttl)
+
+
+def test_fingerprint_of_huge_integers() -> None:
+    big = request_fingerprint("POST", "/x", {"overrides": {"ttl.default_s": 2**70}}, None)
+    assert big != request_fingerprint("POST", "/x", {"overrides": {"ttl.default_s": 2**70 + 1}}, None)
