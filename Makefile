@@ -52,6 +52,7 @@ binaries:
 
 bench: setup
 	$(PY) bench/engine.py
+	$(PY) bench/service.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
