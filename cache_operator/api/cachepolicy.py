@@ -30,6 +30,8 @@ from cache_runtime.config import (
     overrides_json_schema,
     resolve_config,
 )
+from cache_runtime.diagnosis import DISRUPTIVE_ACTIONS as ENGINE_DISRUPTIVE_ACTIONS
+from cache_runtime.diagnosis import INCIDENT_ACTIONS
 
 KIND = "CachePolicy"
 PLURAL = "cachepolicies"
@@ -69,10 +71,11 @@ IncidentAction = Literal[
     "diagnose",
 ]
 RemediationMode = Literal["Off", "Recommend", "Auto"]
-# Actions that change what pods serve or drop cached data; at most one runs per policy at a time.
-DISRUPTIVE_ACTIONS: frozenset[str] = frozenset(
-    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing"}
+assert set(IncidentAction.__args__) == set(INCIDENT_ACTIONS), (  # type: ignore[attr-defined]
+    "IncidentAction must list the engine's actions"
 )
+# Actions that change what pods serve or drop cached data; at most one runs per policy at a time.
+DISRUPTIVE_ACTIONS: frozenset[str] = ENGINE_DISRUPTIVE_ACTIONS & frozenset(INCIDENT_ACTIONS)
 DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", "diagnose")
 
 _REDIS_URL_PATTERN = r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://.+$"
