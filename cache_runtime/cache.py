@@ -64,6 +64,10 @@ _MAINTENANCE_INTERVAL_S = 10.0
 _COARSE_TICK_S = 0.005
 # While the namespace version is unknown, reads and writes retry reading it at most this often.
 _VERSION_RETRY_S = 0.1
+# Keys dropped from L1 (written here, or by another pod) are remembered with a sequence number so a
+# read already in flight does not put the value it got from before the write into L1. Beyond this
+# many remembered keys the memory is reset, and reads in flight at that moment skip their L1 fill.
+_DROP_MEMORY_MAX = 4096
 # Lease waiters poll L2 with this backoff (bounded by stampede.lease_wait_s).
 _LEASE_POLL_FIRST_S = 0.01
 _LEASE_POLL_MAX_S = 0.2
@@ -171,6 +175,12 @@ class TieredCache:
         self._version_task: asyncio.Future[None] | None = None
         self._version_attempt_at = 0.0
         self._redis_memory: dict[str, Any] | None = None
+        # Writes broadcast on the coherence channel: those of one event-loop tick share one pipeline.
+        self._write_batch: _WriteBatch | None = None
+        self._write_tasks: set[asyncio.Task[None]] = set()
+        self._drop_seq = 0
+        self._drop_floor = 0
+        self._dropped: dict[str, int] = {}
         self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
         self._apply_runtime_settings(config)
 
@@ -210,6 +220,10 @@ class TieredCache:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._flight.cancel_all()
+        # Writes already accepted still reach Redis (bounded by the socket timeouts).
+        self._flush_writes()
+        if self._write_tasks:
+            await asyncio.gather(*self._write_tasks, return_exceptions=True)
         await self._close_l2()
 
     async def _build_l2(self, config: CacheConfig) -> None:
@@ -452,6 +466,7 @@ class TieredCache:
         if l2 is None or not self._l2_usable():
             return None
         epoch = self._l1.epoch
+        drop_seq = self._drop_seq
         redis_key = self._keys.redis_key(key)
         started = time.perf_counter()
         raw = await l2.get(redis_key)
@@ -459,9 +474,10 @@ class TieredCache:
             self._stats.latency_l2_get.observe(time.perf_counter() - started)
         if raw is None:
             return None
-        return await self._decode_and_fill(key, raw, epoch, fill_l1)
+        return await self._decode_and_fill(key, raw, epoch, fill_l1, drop_seq)
 
-    async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool) -> Envelope | None:
+    async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool,
+                               drop_seq: int) -> Envelope | None:
         stats = self._stats
         started = time.perf_counter()
         try:
@@ -476,6 +492,8 @@ class TieredCache:
         remaining_s = envelope.remaining_ms() / 1000.0
         if remaining_s <= 0:
             return None
+        if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq):
+            fill_l1 = False  # the key was written or dropped while this read was in flight
         if fill_l1 and self._enabled and self._l1.set(
             key, envelope.value, envelope.size, remaining_s, epoch=epoch, full_ttl=envelope.ttl_ms / 1000.0
         ):
@@ -501,10 +519,12 @@ class TieredCache:
         l2 = self._l2
         if missing and l2 is not None and self._enabled and self._l2_usable():
             epoch = l1.epoch
+            drop_seq = self._drop_seq
             raws = await l2.mget([self._keys.redis_key(key) for key in missing])
             still_missing = []
             for key, raw in zip(missing, raws, strict=True):
-                envelope = None if raw is None else await self._decode_and_fill(key, raw, epoch, True)
+                envelope = None if raw is None else await self._decode_and_fill(key, raw, epoch, True,
+                                                                                   drop_seq)
                 if envelope is None:
                     still_missing.append(key)
                 else:
@@ -567,13 +587,19 @@ class TieredCache:
         started = time.perf_counter()
         ttl_ms = max(1, int(ttl_s * 1000))
         result = await self._codec.encode_entry_async(value, ttl_ms)
+        self._note_drops((key,))
         stored = self._l1.set(key, result.value, len(result.data), ttl_s)
         if stored:
             self._stats.l1_inserts += 1
         l2 = self._l2
         if l2 is not None and self._l2_usable():
             l2_started = time.perf_counter()
-            stored = await l2.set(self._keys.redis_key(key), result.data, ttl_ms) or stored
+            redis_key = self._keys.redis_key(key)
+            if self._listener_channel is not None:
+                written = await self._write_broadcast([(redis_key, result.data, ttl_ms)], (key,))
+            else:
+                written = await l2.set(redis_key, result.data, ttl_ms)
+            stored = written or stored
             if self._monitoring:
                 self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
         self._note_encoded(key, result, ttl_s)
@@ -595,6 +621,7 @@ class TieredCache:
         started = time.perf_counter()
         redis_items: list[tuple[str, bytes, int]] = []
         all_in_l1 = True
+        self._note_drops([key for key, _ in items])
         for (key, value), ttl_s in zip(items, ttls, strict=True):
             ttl_ms = max(1, int(ttl_s * 1000))
             result = await self._codec.encode_entry_async(value, ttl_ms)
@@ -607,7 +634,10 @@ class TieredCache:
         stored = all_in_l1
         l2 = self._l2
         if l2 is not None and self._l2_usable():
-            stored = await l2.set_many(redis_items)
+            if self._listener_channel is not None:
+                stored = await self._write_broadcast(redis_items, [key for key, _ in items])
+            else:
+                stored = await l2.set_many(redis_items)
         if self._monitoring:
             self._stats.latency_set_many.observe(time.perf_counter() - started)
         return stored
@@ -617,6 +647,7 @@ class TieredCache:
         if not isinstance(key, str):
             raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
         started = time.perf_counter()
+        self._note_drops((key,))
         existed = self._l1.delete(key)
         l2 = self._l2
         if l2 is not None:
@@ -765,6 +796,7 @@ class TieredCache:
         if pattern is not None:
             full = self._keys.pattern(pattern)
             result["pattern"] = full
+            self._forget_all_drops()
             result["l1_entries_removed"] += self._drop_l1_matching(full)
             if self._l2 is not None:
                 result["redis_keys_removed"] = await self._l2.scan_unlink(full)
@@ -835,6 +867,71 @@ class TieredCache:
 
     # ------------------------------------------------------------------ coherence
 
+    def _write_broadcast(self, redis_items: list[tuple[str, bytes, int]],
+                         keys: Iterable[str]) -> asyncio.Future[bool]:
+        """Queue writes for this tick's pipeline: their SETs, then one PUBLISH naming every key
+        written in the tick, so other pods drop those keys from L1. Resolves to whether all the
+        batch's SETs were stored."""
+        loop = asyncio.get_running_loop()
+        batch = self._write_batch
+        if batch is None:
+            batch = self._write_batch = _WriteBatch()
+            # Runs after every task already scheduled for this tick, so their writes join too.
+            loop.call_soon(self._flush_writes)
+        batch.items.extend(redis_items)
+        batch.keys.extend(keys)
+        future: asyncio.Future[bool] = loop.create_future()
+        batch.waiters.append(future)
+        return future
+
+    def _flush_writes(self) -> None:
+        batch, self._write_batch = self._write_batch, None
+        if batch is None:
+            return
+        task = asyncio.ensure_future(self._send_writes(batch))
+        self._write_tasks.add(task)
+        task.add_done_callback(self._write_tasks.discard)
+
+    async def _send_writes(self, batch: _WriteBatch) -> None:
+        stored = False
+        try:
+            l2 = self._l2
+            if l2 is None:
+                return
+            channel = self._listener_channel
+            publish = None
+            if channel is not None:
+                message = {"k": "keys", "ns": self._keys.namespace, "keys": list(dict.fromkeys(batch.keys)),
+                           "o": self._origin}
+                publish = (channel, pack_stamped(orjson.dumps(message)))
+            stored = await l2.set_many(batch.items, publish=publish)
+            if publish is not None:
+                self._stats.coherence_messages_published += 1
+        finally:
+            for future in batch.waiters:
+                if not future.done():  # a writer cancelled by its caller
+                    future.set_result(stored)
+
+    def _note_drops(self, keys: Iterable[str]) -> None:
+        """Remember that ``keys`` changed now (see ``_DROP_MEMORY_MAX``)."""
+        seq = self._drop_seq = self._drop_seq + 1
+        dropped = self._dropped
+        if len(dropped) >= _DROP_MEMORY_MAX:
+            dropped.clear()
+            self._drop_floor = seq - 1  # reads that started before this cannot be told apart
+        for key in keys:
+            dropped[key] = seq
+
+    def _forget_all_drops(self) -> None:
+        """Something wider than known keys changed (a pattern): no read in flight may fill L1."""
+        self._drop_seq += 1
+        self._drop_floor = self._drop_seq
+        self._dropped.clear()
+
+    def _may_fill(self, key: str, read_started_at_seq: int) -> bool:
+        """Whether a read that started at drop sequence ``read_started_at_seq`` may fill L1 with ``key``."""
+        return read_started_at_seq >= self._drop_floor and self._dropped.get(key, -1) <= read_started_at_seq
+
     async def _publish(self, message: dict[str, Any]) -> None:
         l2 = self._l2
         if l2 is None or self._listener_channel is None:
@@ -862,6 +959,7 @@ class TieredCache:
         removed = 0
         own_namespace = self._keys.namespace
         if kind == "pattern" and isinstance(message.get("p"), str):
+            self._forget_all_drops()
             removed = self._drop_l1_matching(message["p"])
         elif kind == "ns" and message.get("ns") == own_namespace:
             version = message.get("v")
@@ -870,7 +968,9 @@ class TieredCache:
             removed = len(self._l1)
             self._l1.bump_epoch()
         elif kind == "keys" and message.get("ns") == own_namespace and isinstance(message.get("keys"), list):
-            removed = sum(1 for key in message["keys"] if isinstance(key, str) and self._l1.delete(key))
+            keys = [key for key in message["keys"] if isinstance(key, str)]
+            self._note_drops(keys)
+            removed = sum(1 for key in keys if self._l1.delete(key))
         stats.l1_invalidated += removed
 
     def _on_coherence_reset(self) -> None:
@@ -1007,6 +1107,17 @@ class TieredCache:
         if older:
             window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
+
+
+class _WriteBatch:
+    """Writes of one event-loop tick: Redis items, the logical keys to broadcast, the writers."""
+
+    __slots__ = ("items", "keys", "waiters")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes, int]] = []
+        self.keys: list[str] = []
+        self.waiters: list[asyncio.Future[bool]] = []
 
 
 def _variant_builder(config: CacheConfig) -> KeyBuilder | None:

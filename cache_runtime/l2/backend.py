@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from redis.exceptions import NoPermissionError, ResponseError
+
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
 from cache_runtime.l2.coherence import CoherenceListener
 from cache_runtime.l2.connect import RedisClients, build_clients, mask_url, parse_redis_url, scrub_secrets
@@ -52,6 +54,24 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# SETs then one PUBLISH, in one round trip and one command: the cheapest way (redis-py's pipeline
+# costs about a second round trip of client CPU) to make other pods drop keys from L1 only once the
+# new values are in Redis. KEYS: the keys; ARGV: value, ttl_ms per key, then channel and message.
+_SET_AND_PUBLISH_LUA = """
+local n = #KEYS
+for i = 1, n do
+    redis.call('set', KEYS[i], ARGV[2 * i - 1], 'px', ARGV[2 * i])
+end
+-- pcall: a refused PUBLISH (ACL) must not turn stored values into a failed write.
+local published = redis.pcall('publish', ARGV[2 * n + 1], ARGV[2 * n + 2])
+if type(published) == 'table' and published.err then
+    return {n, published.err}
+end
+return {n, ''}
+"""
+# Longest batch written by that script (it holds Redis for its whole run); longer ones use pipelines.
+_SET_AND_PUBLISH_MAX_KEYS = 128
 
 _OPS = (
     "get",
@@ -155,6 +175,7 @@ class RedisL2:
         "_rtt_samples",
         "_secrets",
         "_sentinel_failovers",
+        "_set_publish_script",
         "_settings",
         "_short_circuited",
         "_tasks",
@@ -170,6 +191,7 @@ class RedisL2:
         self._clients: RedisClients | None = None
         self._client: Any = None
         self._release_script: Any = None
+        self._set_publish_script: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._batch: _Batch | None = None
@@ -225,6 +247,7 @@ class RedisL2:
         self._clients = clients
         self._client = clients.client
         self._release_script = clients.client.register_script(_RELEASE_LEASE_LUA)
+        self._set_publish_script = clients.client.register_script(_SET_AND_PUBLISH_LUA)
         if clients.kind == "sentinel":
             self._spawn(self._watch_sentinel_master(clients))
 
@@ -572,23 +595,67 @@ class RedisL2:
 
         return await self._run("set", call, False)
 
-    async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> bool:
-        """Store (key, value, ttl_ms) items through pipelines; True only if every item was stored."""
+    async def set_many(
+        self, items: Sequence[tuple[str, bytes, int]], publish: tuple[str, bytes] | None = None
+    ) -> bool:
+        """Store (key, value, ttl_ms) items through pipelines; True only if every item was stored.
+
+        ``publish=(channel, message)`` also PUBLISHes the message once the SETs are applied, so a
+        subscriber that reacts to it by reading the keys sees the new values. Up to
+        ``_SET_AND_PUBLISH_MAX_KEYS`` items go in one script call (one command, one round trip);
+        more go through pipelines with the PUBLISH last in the last one (same connection, so Redis
+        applies it after the SETs). With Redis Cluster (keys on several nodes) the PUBLISH follows
+        the pipelines as its own command. A failed PUBLISH does not make the result False (the
+        values are stored); it is counted as a ``publish`` error.
+        """
         items = list(items)
         for _, _, ttl_ms in items:
             self._check_ttl(ttl_ms)
-        if not items:
+        if publish is not None:
+            self._ops["publish"] += 1
+        if not items and publish is None:
             self._ops["set_many"] += 1
             return True
         step = self._settings.pipeline_max_commands
+        cluster = self._clients is not None and self._clients.kind == "cluster"
+        in_pipeline = publish is not None and not cluster
+        if in_pipeline and publish is not None and len(items) <= _SET_AND_PUBLISH_MAX_KEYS:
+            script = self._set_publish_script
+            keys = [key for key, _, _ in items]
+            args: list[Any] = [part for _, value, ttl_ms in items for part in (value, ttl_ms)]
+            args.extend(publish)
+
+            async def scripted(client: Any) -> bool:
+                stored, publish_error = await script(keys=keys, args=args)
+                if publish_error:
+                    text = (publish_error.decode(errors="replace") if isinstance(publish_error, bytes)
+                            else str(publish_error))
+                    # Inside a script Redis words an ACL refusal as "ERR The user executing the script
+                    # can't publish to the channel ...", not NOPERM.
+                    acl = text.startswith("NOPERM") or "user executing the script" in text
+                    refused = NoPermissionError if acl else ResponseError
+                    self._record_failure(refused(text), "publish")
+                return int(stored) == len(keys)
+
+            return await self._run("set_many", scripted, False)
 
         async def call(client: Any) -> bool:
             stored_all = True
-            for start in range(0, len(items), step):
+            starts = list(range(0, len(items), step)) or [0]
+            for start in starts:
                 pipe = client.pipeline(transaction=False)
-                for key, value, ttl_ms in items[start : start + step]:
+                chunk = items[start : start + step]
+                for key, value, ttl_ms in chunk:
                     pipe.set(key, value, px=ttl_ms)
+                published = in_pipeline and start == starts[-1]
+                if published:
+                    assert publish is not None
+                    pipe.publish(*publish)
                 results = await pipe.execute(raise_on_error=False)
+                if published:
+                    if isinstance(results[-1], BaseException):
+                        self._record_failure(results[-1], "publish")
+                    results = results[:-1]
                 failures = [r for r in results if isinstance(r, BaseException)]
                 if failures:
                     # One error per call, not per item: a full Redis would otherwise count thousands.
@@ -596,6 +663,11 @@ class RedisL2:
                     stored_all = False
                 elif not all(results):
                     stored_all = False
+            if publish is not None and not in_pipeline:
+                try:
+                    await client.publish(*publish)
+                except Exception as exc:
+                    self._record_failure(exc, "publish")
             return stored_all
 
         return await self._run("set_many", call, False)

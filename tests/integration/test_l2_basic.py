@@ -223,3 +223,29 @@ async def test_unix_socket(redis_factory: RedisFactory, tmp_path: Path) -> None:
         assert await backend.set("cw:u", b"v", ttl_ms=60_000)
         assert await backend.get("cw:u") == b"v"
         assert backend.stats()["deployment"] == "unix"
+
+
+@pytest.mark.parametrize("count", [1, 3, 300], ids=["one-script", "few-script", "many-pipelined"])
+async def test_set_many_publishes_once_after_the_values_are_stored(
+    l2: RedisL2, redis_server: RedisProcess, count: int
+) -> None:
+    seen_by_subscriber: list[tuple[bytes, list[bytes | None]]] = []
+    reader = redis_server.client()
+
+    def on_message(payload: bytes) -> None:
+        # Read Redis the moment the message arrives: every value must already be there.
+        seen_by_subscriber.append((payload, reader.mget([f"cw:p{i}" for i in range(count)])))
+
+    listener = l2.subscribe("cw#coherence", on_message, lambda: None)
+    assert await listener.wait_subscribed(5)
+    items = [(f"cw:p{i}", f"v{i}".encode(), 60_000) for i in range(count)]
+    assert await l2.set_many(items, publish=("cw#coherence", b"wrote"))
+    for _ in range(200):
+        if seen_by_subscriber:
+            break
+        await asyncio.sleep(0.01)
+    assert [payload for payload, _ in seen_by_subscriber] == [b"wrote"]
+    assert seen_by_subscriber[0][1] == [f"v{i}".encode() for i in range(count)]
+    assert redis_server.command("PTTL", "cw:p0") > 59_000
+    assert l2.stats()["errors_total"] == 0
+    reader.close()

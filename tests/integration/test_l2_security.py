@@ -205,3 +205,24 @@ async def test_plain_client_against_a_tls_port_fails_cleanly(redis_tls: RedisPro
     async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings_for(url, socket_timeout_s=0.3)) as l2:
         assert await l2.get("cw:k") is None
         assert l2.stats()["errors_total"] == 1
+
+
+async def test_set_many_with_a_refused_publish_still_stores_and_counts_the_publish_error(
+    redis_acl: AclRedis,
+) -> None:
+    settings = settings_for(redis_acl.server.url, username=redis_acl.username, password=redis_acl.password)
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings) as l2:
+        received: list[bytes] = []
+        listener = l2.subscribe(redis_acl.channel, received.append, lambda: None)
+        assert await listener.wait_subscribed(5)
+        assert await l2.set_many([("cw:x", b"1", 60_000)], publish=(redis_acl.channel, b"wrote x"))
+        assert await l2.set_many([("cw:y", b"2", 60_000)], publish=("cw#not-granted", b"wrote y"))
+        assert await l2.mget(["cw:x", "cw:y"]) == [b"1", b"2"]
+        stats = l2.stats()
+        assert stats["errors"]["permission"] == 1 and stats["errors_total"] == 1
+        assert "publish" in json.dumps(stats["last_errors"])
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.02)
+        assert received == [b"wrote x"]

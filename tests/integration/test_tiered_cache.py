@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
@@ -22,6 +23,7 @@ from cache_runtime import CacheConfig, TieredCache, resolve_config
 from cache_runtime.cache import required_acl_rules
 from cache_runtime.codec import CODEC_MSGPACK, FLAG_LZ4, HEADER, Codec
 from cache_runtime.keys import TextTooLongError
+from cache_runtime.l2 import pack_stamped
 
 pytestmark = pytest.mark.integration
 
@@ -299,8 +301,13 @@ async def test_two_engines_see_each_others_invalidations(redis_url: str) -> None
     async with TieredCache(cfg) as a, TieredCache(cfg) as b:
         await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
                          what="both subscriptions")
+        received = b.stats()["invalidation"]["coherence_messages_received"]
         for key in ("x:1", "x:2", "y:1"):
             await a.set(key, key)
+        # Each write is broadcast too; once b has seen those, what it reads stays in its L1.
+        await eventually(lambda: b.stats()["invalidation"]["coherence_messages_received"] == received + 3,
+                         what="b to see a's three writes")
+        for key in ("x:1", "x:2", "y:1"):
             assert await b.get(key) == key  # now in b's L1
         result = await a.invalidate(pattern="default:v*:x:*")
         assert result["redis_keys_removed"] == 2
@@ -327,6 +334,8 @@ async def test_a_dropped_subscription_clears_l1(redis_url: str, redis_server: An
         redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
         await eventually(lambda: engine.stats()["invalidation"]["coherence_resets"] >= 1, what="reset")
         assert engine.get_local("k") is None  # messages may have been missed: L1 cannot be trusted
+        # L2 is used again once the namespace version is read again (it may have moved meanwhile).
+        await eventually(lambda: engine.stats()["engine"]["namespace_version_known"], what="version re-read")
         assert await engine.get("k") == "v"  # Redis still has it
 
 
@@ -801,3 +810,71 @@ async def test_turning_coherence_off_and_on_live_leaves_one_listener(
         assert engine.l2.stats()["coherence"]["listeners"] == 1
         await eventually(lambda: subscribers() == 1, what="resubscribed")
     await eventually(lambda: subscribers() == 0, what="closed")
+
+
+async def test_an_overwrite_on_one_engine_reaches_the_other_engines_l1(redis_url: str) -> None:
+    cfg = config(redis_url)
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
+                         what="both subscriptions")
+        await a.set("k", "old")
+        await a.set_many({"m1": "old", "m2": "old"})
+        for key in ("k", "m1", "m2"):
+            assert await b.get(key) == "old"
+            assert a.get_local(key) == b.get_local(key) == "old"  # both hold it in L1
+        published = a.stats()["invalidation"]["coherence_messages_published"]
+        await a.set("k", "new")
+        assert await a.get("k") == "new"
+        await eventually(lambda: b.get_local("k") != "old", what="b to drop the overwritten k")
+        assert await b.get("k") == "new"  # from Redis, then L1 again
+        assert b.get_local("k") == "new"
+        await a.set_many({"m1": "new", "m2": "new"})
+        await eventually(lambda: b.get_local("m1") is None and b.get_local("m2") is None,
+                         what="b to drop m1 and m2")
+        assert await b.get_many(["m1", "m2"]) == {"m1": "new", "m2": "new"}
+        assert a.stats()["invalidation"]["coherence_messages_published"] == published + 2
+        # A does not drop its own writes: its L1 keeps the new values.
+        assert a.get_local("m1") == "new" and a.get_local("k") == "new"
+
+
+async def test_writes_of_one_tick_are_broadcast_in_one_message(redis_url: str) -> None:
+    cfg = config(redis_url)
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
+                         what="both subscriptions")
+        keys = [f"g{i}" for i in range(50)]
+        await a.set_many(dict.fromkeys(keys, 0))
+        assert await b.get_many(keys) == dict.fromkeys(keys, 0)
+        published = a.stats()["invalidation"]["coherence_messages_published"]
+        received = b.stats()["invalidation"]["coherence_messages_received"]
+        results = await asyncio.gather(*(a.set(key, 1) for key in keys))
+        assert all(results)
+        assert a.stats()["invalidation"]["coherence_messages_published"] == published + 1
+        await eventually(lambda: all(b.get_local(key) is None for key in keys), what="b to drop all 50")
+        assert b.stats()["invalidation"]["coherence_messages_received"] == received + 1
+        assert await b.get_many(keys) == dict.fromkeys(keys, 1)
+
+
+async def test_a_read_in_flight_during_an_overwrite_does_not_refill_l1_with_the_old_value(
+    redis_factory: Any,
+) -> None:
+    server = redis_factory.start()
+    cfg = config(server.url, **{"redis.socket_timeout_s": 10.0})
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
+                         what="both subscriptions")
+        await a.set("k", "old")
+        assert await b.get("w") is None  # b's connection is open before Redis is paused
+        server.pause()
+        try:
+            read = asyncio.ensure_future(b.get("k"))  # blocked in Redis until resume
+            await asyncio.sleep(0.05)
+            assert not read.done()
+            # What b's listener delivers when another pod overwrites k (sent while the read waits).
+            message = {"k": "keys", "ns": "default", "keys": ["k"], "o": "another-pod"}
+            b._on_coherence_message(pack_stamped(orjson.dumps(message)))
+        finally:
+            server.resume()
+        assert await read == "old"  # it answered from before the write...
+        assert b.get_local("k") is None  # ...but did not put that into L1 after the drop
+        assert await b.get("k") == "old" and b.get_local("k") == "old"  # a later read fills L1
