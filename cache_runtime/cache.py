@@ -38,7 +38,7 @@ import orjson
 from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
-from cache_runtime.keys import KeyBuilder, redis_glob_to_regex
+from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex
 from cache_runtime.l1 import MISSING, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
 from cache_runtime.l2.coherence import CoherenceListener
@@ -181,6 +181,9 @@ class TieredCache:
         self._drop_seq = 0
         self._drop_floor = 0
         self._dropped: dict[str, int] = {}
+        # Operation (stats bucket) of each AI key that entered L1, so an L1 hit counts it per
+        # operation with one dict lookup instead of parsing the key (see _remember_ai_key).
+        self._ai_operations: dict[str, str] = {}
         self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
         self._apply_runtime_settings(config)
 
@@ -375,7 +378,9 @@ class TieredCache:
     def get_local(self, key: str, default: Any = None) -> Any:
         """L1 only, synchronously: the value if L1 holds it, else ``default`` (Redis is not asked).
 
-        A hit counts as a lookup hit; a miss is not counted (call :meth:`get` next, which counts it).
+        A hit counts as a lookup hit, but not per operation (that would cost this path a third of its
+        time; :meth:`get` counts AI keys per operation); a miss is not counted (call :meth:`get`
+        next, which counts it).
         While the engine runs with the default clock this method is replaced per instance by an
         equivalent closure that reads a coarse clock (see :meth:`_start_coarse_clock`).
         """
@@ -428,7 +433,10 @@ class TieredCache:
         self.__dict__.pop("get_local", None)  # back to the exact method
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble."""
+        """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble.
+
+        Hits and misses of AI keys (from :meth:`key_for`) are also counted per operation.
+        """
         entry = self._l1_data.get(key)
         if entry is not None and entry.deadline > self._clock():
             self._l1_data.move_to_end(key)
@@ -436,6 +444,9 @@ class TieredCache:
             stats.hits_l1 += 1
             if self._monitoring:
                 stats.latency_get.counts[0] += 1
+            ai_operations = self._ai_operations
+            if key in ai_operations:  # an AI response (key_for): counted per operation too
+                stats.op_hits[ai_operations[key]] += 1
             return entry.value
         return await self._get_slow(key, default)
 
@@ -453,9 +464,13 @@ class TieredCache:
         if value is MISSING:
             stats.misses += 1
             stats.reuse.on_miss(key)
+            if key.startswith(AI_KEY_HEAD):
+                _count_operation(stats, key, False)
             value = default
         else:
             stats.hits_l2 += 1
+            if key.startswith(AI_KEY_HEAD):
+                _count_operation(stats, key, True)
         if self._monitoring:
             stats.latency_get.observe(time.perf_counter() - started)
         return value
@@ -498,6 +513,8 @@ class TieredCache:
             key, envelope.value, envelope.size, remaining_s, epoch=epoch, full_ttl=envelope.ttl_ms / 1000.0
         ):
             stats.l1_inserts += 1
+            if key.startswith(AI_KEY_HEAD):
+                self._remember_ai_key(key)
         return envelope
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -534,9 +551,23 @@ class TieredCache:
         stats.misses += len(missing)
         for key in missing:
             stats.reuse.on_miss(key)
+            if key.startswith(AI_KEY_HEAD):
+                _count_operation(stats, key, False)
+        for key in found:
+            if key.startswith(AI_KEY_HEAD):
+                _count_operation(stats, key, True)
         if self._monitoring:
             stats.latency_get_many.observe(time.perf_counter() - started)
         return found
+
+    def _remember_ai_key(self, key: str) -> None:
+        """Note the operation of an AI key entering L1 (bounded: rebuilt from L1 when it outgrows it)."""
+        ai_operations = self._ai_operations
+        if len(ai_operations) >= 2 * self._config.l1.max_entries + 1024:
+            ai_operations = self._ai_operations = {
+                known: _operation_bucket(self._stats, known) for known in self._l1_data
+                if known.startswith(AI_KEY_HEAD)}
+        ai_operations[key] = _operation_bucket(self._stats, key)
 
     # ------------------------------------------------------------------ writes
 
@@ -591,6 +622,8 @@ class TieredCache:
         stored = self._l1.set(key, result.value, len(result.data), ttl_s)
         if stored:
             self._stats.l1_inserts += 1
+            if key.startswith(AI_KEY_HEAD):
+                self._remember_ai_key(key)
         l2 = self._l2
         if l2 is not None and self._l2_usable():
             l2_started = time.perf_counter()
@@ -627,6 +660,8 @@ class TieredCache:
             result = await self._codec.encode_entry_async(value, ttl_ms)
             if self._l1.set(key, result.value, len(result.data), ttl_s):
                 self._stats.l1_inserts += 1
+                if key.startswith(AI_KEY_HEAD):
+                    self._remember_ai_key(key)
             else:
                 all_in_l1 = False
             redis_items.append((self._keys.redis_key(key), result.data, ttl_ms))
@@ -1107,6 +1142,25 @@ class TieredCache:
         if older:
             window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
+
+
+_AI_HEAD_LENGTH = len(AI_KEY_HEAD)
+
+
+def _operation_bucket(stats: EngineStats, key: str) -> str:
+    """The per-operation stats bucket of the AI key ``key`` (``ai1:{operation}:...``)."""
+    end = key.find(":", _AI_HEAD_LENGTH)
+    operation = key[_AI_HEAD_LENGTH:end] if end > _AI_HEAD_LENGTH else "default"
+    return operation if operation in stats.op_hits else "default"
+
+
+def _count_operation(stats: EngineStats, key: str, hit: bool) -> None:
+    """Count a hit or miss of the AI key ``key`` for its operation."""
+    bucket = _operation_bucket(stats, key)
+    if hit:
+        stats.op_hits[bucket] += 1
+    else:
+        stats.op_misses[bucket] += 1
 
 
 class _WriteBatch:

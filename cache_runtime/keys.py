@@ -37,6 +37,7 @@ import xxhash
 from cache_runtime.config import CacheConfig, NormalizeConfig
 
 __all__ = [
+    "AI_KEY_HEAD",
     "KEY_SCHEMA",
     "KeyBuilder",
     "TextTooLongError",
@@ -360,6 +361,8 @@ class KeyBuilder:
 
 
 _AI_HEAD = f"ai{KEY_SCHEMA}:"
+#: Every logical AI key starts with this, then ``{operation}:`` (the facade counts per operation).
+AI_KEY_HEAD = _AI_HEAD
 
 
 def _check_operation(operation: str) -> None:

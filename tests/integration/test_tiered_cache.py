@@ -878,3 +878,36 @@ async def test_a_read_in_flight_during_an_overwrite_does_not_refill_l1_with_the_
         assert await read == "old"  # it answered from before the write...
         assert b.get_local("k") is None  # ...but did not put that into L1 after the drop
         assert await b.get("k") == "old" and b.get_local("k") == "old"  # a later read fills L1
+
+
+async def test_get_counts_ai_keys_per_operation_on_every_tier(redis_url: str) -> None:
+    async with TieredCache(config(redis_url)) as writer, TieredCache(config(redis_url)) as reader:
+        summary = reader.key_for("summarize", "a long article")
+        answer = reader.key_for("qa", "a document", question="why?")
+        await writer.set(summary, "short")
+        await writer.set(answer, "because")
+        assert await reader.get(summary) == "short"  # L2 hit, fills L1
+        assert await reader.get(summary) == "short"  # L1 hit
+        assert await reader.get(reader.key_for("summarize", "never stored")) is None  # miss
+        assert await reader.get_many([answer, reader.key_for("qa", "other", question="?")]) == {
+            answer: "because"}
+        assert await reader.get_many([answer]) == {answer: "because"}  # L1 hit through get_many
+        await reader.get("plain-key")  # not an AI response: no operation
+        await reader.get(reader.data_key("user-key"))
+        operations = reader.stats()["operations"]
+        assert operations["summarize"] == {"hits": 2, "misses": 1, "hit_rate": 2 / 3}
+        assert operations["qa"]["hits"] == 2 and operations["qa"]["misses"] == 1
+        assert sum(op["hits"] + op["misses"] for op in operations.values()) == 6
+        # The key memo that makes L1 hits cheap stays bounded by L1's size.
+        assert len(reader._ai_operations) <= 2 * reader.config.l1.max_entries + 1024
+
+
+async def test_the_per_operation_key_memo_is_rebuilt_from_l1_when_it_outgrows_it() -> None:
+    async with TieredCache(config(None, **{"l1.max_entries": 10})) as engine:
+        keys = [engine.key_for("sentiment", f"text {i}") for i in range(2_000)]
+        for key in keys:
+            await engine.set(key, 1)
+        assert len(engine._ai_operations) <= 2 * 10 + 1024
+        for key in keys[-10:]:
+            assert await engine.get(key) == 1  # L1 hits, still counted
+        assert engine.stats()["operations"]["sentiment"]["hits"] == 10
