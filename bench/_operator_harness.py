@@ -105,16 +105,18 @@ def apply_crds(kubectl: Kubectl) -> None:
 
 
 class Operator:
-    """``cachewarden operator --all-namespaces`` as a subprocess of the bench."""
+    """``cachewarden operator`` (all namespaces, or ``scope``) as a subprocess of the bench."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, *extra: str, scope: tuple[str, ...] = ("--all-namespaces",)
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.metrics_port = free_port()
         argv = [
             str(Path(sys.executable).parent / "cachewarden"),
             "operator",
-            "--all-namespaces",
+            *scope,
             "--metrics-port",
             str(self.metrics_port),
             "--log-level",

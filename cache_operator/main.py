@@ -52,9 +52,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING  # Events for problems only; info stays in the log
     settings.posting.reporting_component = "cachewarden-operator"
-    # Many policies at once (bench/scale.py): let kopf process objects in parallel.
-    settings.batching.worker_limit = int(options.get("worker_limit", 64))
-    settings.execution.max_workers = int(options.get("max_workers", 16))
+    # No cap on kopf's per-object workers: a worker lingers for batching.idle_timeout after each
+    # object's last event, so a cap of N made 300 new policies wait in batches of N, idle_timeout apart.
+    settings.batching.worker_limit = None
     # Kubernetes calls run in the loop's default executor (asyncio.to_thread); its default size
     # (CPUs + 4) would queue a burst of reconciles of many policies behind a handful of threads.
     asyncio.get_running_loop().set_default_executor(
