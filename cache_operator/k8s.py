@@ -109,6 +109,23 @@ class Kube:
             raise KubeError(what, 404, "namespace not found")
         return result
 
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create ``obj``; False (and no change) when an object of that name already exists."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        what = f"create {obj['kind']} {meta['namespace']}/{meta['name']}"
+
+        def call() -> bool:
+            try:
+                self._dynamic.request("post", path, body=dict(obj), field_manager=FIELD_MANAGER)
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise KubeError(what, exc.status, _api_detail(exc)) from None
+            return True
+
+        return await asyncio.to_thread(call)
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         path = resource_path(api_version, kind, namespace, name)

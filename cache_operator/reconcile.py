@@ -42,6 +42,7 @@ class KubeIO(Protocol):
     """What reconcile needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def create(self, obj: Mapping[str, Any]) -> bool: ...
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
@@ -279,11 +280,20 @@ async def resolve_redis_url(
     return rewrite_redis_host(url, ready[0]["status"]["podIP"])
 
 
-async def current_tokens(kube: KubeIO, namespace: str, policy_name: str) -> dict[str, str]:
-    """The tokens in the policy's Secret, or new random ones when there is none yet (they are then
-    applied with the Secret: generated once, kept across passes and operator restarts)."""
-    existing = await kube.get("v1", "Secret", namespace, render.token_secret_name(policy_name))
-    return render.tokens_from_secret(existing) or render.new_tokens()
+async def current_tokens(kube: KubeIO, policy: PolicyRef, create: bool) -> tuple[dict[str, str], bool]:
+    """The admin/read tokens and whether this call created the token Secret.
+
+    Tokens are generated once and kept in the policy's Secret. With ``create`` (a policy never
+    reconciled before, not paused) the Secret is created with new tokens in one call, and read only
+    if it already exists: at scale, the read that would 404 for every new policy is one API call too
+    many.
+    """
+    if create:
+        tokens = render.new_tokens()
+        if await kube.create(render.render_token_secret(policy, tokens)):
+            return tokens, True
+    existing = await kube.get("v1", "Secret", policy.namespace, render.token_secret_name(policy.name))
+    return render.tokens_from_secret(existing) or render.new_tokens(), False
 
 
 async def secrets_digest(kube: KubeIO, namespace: str, spec: CachePolicySpec) -> str | None:
@@ -413,7 +423,8 @@ async def handle_reconcile(
         return ReconcileOutcome("progressing", reason="WaitingForRedis", message=str(exc))
 
     config_hash = config.config_hash()
-    tokens = await current_tokens(kube, policy.namespace, policy.name)
+    first_pass = not status.get("configHash") and not model.paused
+    tokens, secret_created = await current_tokens(kube, policy, create=first_pass)
     token = tokens[render.ADMIN_TOKEN_KEY]
     must_apply = (
         apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
@@ -421,7 +432,9 @@ async def handle_reconcile(
     apply_error: str | None = None
     if not model.paused and must_apply:
         try:
-            await apply_children_of(policy, model, config, tokens, kube, delete_stale=delete_stale)
+            await apply_children_of(
+                policy, model, config, tokens, kube, delete_stale=delete_stale, skip_secret=secret_created
+            )
         except KubeError as exc:
             # Reported (Reconciling=True, ApplyFailed) and retried on the next pass; pods are still
             # probed so status stays truthful about them.
@@ -530,11 +543,14 @@ async def apply_children_of(
     kube: KubeIO,
     *,
     delete_stale: bool = True,
+    skip_secret: bool = False,
 ) -> None:
     """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
     runtime Deployment and Service of a policy that switched to selector mode."""
     digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
     for obj in render.render_children(policy, model, config, tokens, digest):
+        if skip_secret and obj["kind"] == "Secret":
+            continue  # created a moment ago with exactly this content
         await kube.apply(obj)
     for api_version, kind in render.stale_children(model) if delete_stale else ():
         name = (

@@ -45,6 +45,14 @@ class FakeKube:
         self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         return dict(obj)
 
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.objects[key] = dict(obj)
+        self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        return True
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, namespace, name))
 
