@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import orjson
+import xxhash
 
 from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope
@@ -180,7 +181,11 @@ class TieredCache:
         self._write_tasks: set[asyncio.Task[None]] = set()
         self._drop_seq = 0
         self._drop_floor = 0
-        self._dropped: dict[str, int] = {}
+        # key -> (drop sequence, fingerprint of the bytes written, None for a delete/unknown)
+        self._dropped: dict[str, tuple[int, int | None]] = {}
+        # Fingerprint of the bytes behind each L1 entry: a broadcast write of exactly those bytes
+        # (this pod already read the new value) does not need to drop it.
+        self._l1_prints: dict[str, int] = {}
         # Operation (stats bucket) of each AI key that entered L1, so an L1 hit counts it per
         # operation with one dict lookup instead of parsing the key (see _remember_ai_key).
         self._ai_operations: dict[str, str] = {}
@@ -539,12 +544,14 @@ class TieredCache:
         remaining_s = envelope.remaining_ms() / 1000.0
         if remaining_s <= 0:
             return None
-        if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq):
+        fingerprint = _fingerprint(raw)
+        if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
             fill_l1 = False  # the key was written or dropped while this read was in flight
         if fill_l1 and self._enabled and self._l1.set(
             key, envelope.value, envelope.size, remaining_s, epoch=epoch, full_ttl=envelope.ttl_ms / 1000.0
         ):
             stats.l1_inserts += 1
+            self._remember_print(key, fingerprint)
             if key.startswith(AI_KEY_HEAD):
                 self._remember_ai_key(key)
         return envelope
@@ -651,10 +658,12 @@ class TieredCache:
         started = time.perf_counter()
         ttl_ms = max(1, int(ttl_s * 1000))
         result = await self._codec.encode_entry_async(value, ttl_ms)
-        self._note_drops((key,))
+        fingerprint = _fingerprint(result.data)
+        self._note_drops((key,), (fingerprint,))
         stored = self._l1.set(key, result.value, len(result.data), ttl_s)
         if stored:
             self._stats.l1_inserts += 1
+            self._remember_print(key, fingerprint)
             if key.startswith(AI_KEY_HEAD):
                 self._remember_ai_key(key)
         l2 = self._l2
@@ -662,7 +671,8 @@ class TieredCache:
             l2_started = time.perf_counter()
             redis_key = self._keys.redis_key(key)
             if self._listener_channel is not None:
-                written = await self._write_broadcast([(redis_key, result.data, ttl_ms)], (key,))
+                written = await self._write_broadcast([(redis_key, result.data, ttl_ms)], (key,),
+                                                      (fingerprint,))
             else:
                 written = await l2.set(redis_key, result.data, ttl_ms)
             stored = written or stored
@@ -687,12 +697,17 @@ class TieredCache:
         started = time.perf_counter()
         redis_items: list[tuple[str, bytes, int]] = []
         all_in_l1 = True
-        self._note_drops([key for key, _ in items])
+        fingerprints: list[int] = []
+        self._note_drops([key for key, _ in items])  # before the first await: fingerprints not known yet
         for (key, value), ttl_s in zip(items, ttls, strict=True):
             ttl_ms = max(1, int(ttl_s * 1000))
             result = await self._codec.encode_entry_async(value, ttl_ms)
+            fingerprint = _fingerprint(result.data)
+            fingerprints.append(fingerprint)
+            self._note_drops((key,), (fingerprint,))
             if self._l1.set(key, result.value, len(result.data), ttl_s):
                 self._stats.l1_inserts += 1
+                self._remember_print(key, fingerprint)
                 if key.startswith(AI_KEY_HEAD):
                     self._remember_ai_key(key)
             else:
@@ -703,7 +718,7 @@ class TieredCache:
         l2 = self._l2
         if l2 is not None and self._l2_usable():
             if self._listener_channel is not None:
-                stored = await self._write_broadcast(redis_items, [key for key, _ in items])
+                stored = await self._write_broadcast(redis_items, [key for key, _ in items], fingerprints)
             else:
                 stored = await l2.set_many(redis_items)
         if self._monitoring:
@@ -935,8 +950,8 @@ class TieredCache:
 
     # ------------------------------------------------------------------ coherence
 
-    def _write_broadcast(self, redis_items: list[tuple[str, bytes, int]],
-                         keys: Iterable[str]) -> asyncio.Future[bool]:
+    def _write_broadcast(self, redis_items: list[tuple[str, bytes, int]], keys: Iterable[str],
+                         fingerprints: Iterable[int]) -> asyncio.Future[bool]:
         """Queue writes for this tick's pipeline: their SETs, then one PUBLISH naming every key
         written in the tick, so other pods drop those keys from L1. Resolves to whether all the
         batch's SETs were stored."""
@@ -948,6 +963,7 @@ class TieredCache:
             loop.call_soon(self._flush_writes)
         batch.items.extend(redis_items)
         batch.keys.extend(keys)
+        batch.fingerprints.extend(fingerprints)
         future: asyncio.Future[bool] = loop.create_future()
         batch.waiters.append(future)
         return future
@@ -969,8 +985,10 @@ class TieredCache:
             channel = self._listener_channel
             publish = None
             if channel is not None:
-                message = {"k": "keys", "ns": self._keys.namespace, "keys": list(dict.fromkeys(batch.keys)),
-                           "o": self._origin}
+                # The last write of a key in the tick is the one Redis keeps.
+                latest = dict(zip(batch.keys, batch.fingerprints, strict=True))
+                message = {"k": "keys", "ns": self._keys.namespace, "keys": list(latest),
+                           "f": list(latest.values()), "o": self._origin}
                 publish = (channel, pack_stamped(orjson.dumps(message)))
             stored = await l2.set_many(batch.items, publish=publish)
             if publish is not None:
@@ -980,15 +998,29 @@ class TieredCache:
                 if not future.done():  # a writer cancelled by its caller
                     future.set_result(stored)
 
-    def _note_drops(self, keys: Iterable[str]) -> None:
-        """Remember that ``keys`` changed now (see ``_DROP_MEMORY_MAX``)."""
+    def _note_drops(self, keys: Iterable[str], fingerprints: Iterable[int | None] | None = None) -> None:
+        """Remember that ``keys`` changed now, to the bytes with ``fingerprints`` when known (see
+        ``_DROP_MEMORY_MAX``)."""
         seq = self._drop_seq = self._drop_seq + 1
         dropped = self._dropped
         if len(dropped) >= _DROP_MEMORY_MAX:
             dropped.clear()
             self._drop_floor = seq - 1  # reads that started before this cannot be told apart
-        for key in keys:
-            dropped[key] = seq
+        if fingerprints is None:
+            for key in keys:
+                dropped[key] = (seq, None)
+        else:
+            for key, fingerprint in zip(keys, fingerprints, strict=True):
+                dropped[key] = (seq, fingerprint)
+
+    def _remember_print(self, key: str, fingerprint: int) -> None:
+        """Note the fingerprint of the bytes behind a new L1 entry (bounded like _ai_operations)."""
+        prints = self._l1_prints
+        if len(prints) >= 2 * self._config.l1.max_entries + 1024:
+            kept = {known: prints[known] for known in self._l1_data if known in prints}
+            prints.clear()
+            prints.update(kept)
+        prints[key] = fingerprint
 
     def _forget_all_drops(self) -> None:
         """Something wider than known keys changed (a pattern): no read in flight may fill L1."""
@@ -996,9 +1028,13 @@ class TieredCache:
         self._drop_floor = self._drop_seq
         self._dropped.clear()
 
-    def _may_fill(self, key: str, read_started_at_seq: int) -> bool:
-        """Whether a read that started at drop sequence ``read_started_at_seq`` may fill L1 with ``key``."""
-        return read_started_at_seq >= self._drop_floor and self._dropped.get(key, -1) <= read_started_at_seq
+    def _may_fill(self, key: str, read_started_at_seq: int, fingerprint: int) -> bool:
+        """Whether a read that started at drop sequence ``read_started_at_seq`` and got the bytes with
+        ``fingerprint`` may fill L1: yes unless the key changed meanwhile to other bytes."""
+        if read_started_at_seq < self._drop_floor:
+            return False
+        dropped = self._dropped.get(key)
+        return dropped is None or dropped[0] <= read_started_at_seq or dropped[1] == fingerprint
 
     async def _publish(self, message: dict[str, Any]) -> None:
         l2 = self._l2
@@ -1036,10 +1072,23 @@ class TieredCache:
             removed = len(self._l1)
             self._l1.bump_epoch()
         elif kind == "keys" and message.get("ns") == own_namespace and isinstance(message.get("keys"), list):
-            keys = [key for key in message["keys"] if isinstance(key, str)]
-            self._note_drops(keys)
-            removed = sum(1 for key in keys if self._l1.delete(key))
+            removed = self._drop_written_keys(message["keys"], message.get("f"))
         stats.l1_invalidated += removed
+
+    def _drop_written_keys(self, keys: list[Any], fingerprints: Any) -> int:
+        """Drop keys another pod wrote (``fingerprints``: of the bytes written) or deleted (None)."""
+        if not (isinstance(fingerprints, list) and len(fingerprints) == len(keys)):
+            fingerprints = [None] * len(keys)
+        pairs = [(key, fingerprint if isinstance(fingerprint, int) else None)
+                 for key, fingerprint in zip(keys, fingerprints, strict=True) if isinstance(key, str)]
+        self._note_drops([key for key, _ in pairs], [fingerprint for _, fingerprint in pairs])
+        removed = 0
+        prints = self._l1_prints
+        for key, fingerprint in pairs:
+            if fingerprint is not None and prints.get(key) == fingerprint and key in self._l1_data:
+                continue  # L1 already holds exactly the bytes written
+            removed += self._l1.delete(key)
+        return removed
 
     def _on_coherence_reset(self) -> None:
         # Messages may have been missed while the subscription was down: nothing in L1 can be
@@ -1180,6 +1229,11 @@ class TieredCache:
 _AI_HEAD_LENGTH = len(AI_KEY_HEAD)
 
 
+def _fingerprint(data: bytes) -> int:
+    """A 64-bit fingerprint of encoded bytes (the header's created_at makes each write distinct)."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
 def _operation_bucket(stats: EngineStats, key: str) -> str:
     """The per-operation stats bucket of the AI key ``key`` (``ai1:{operation}:...``)."""
     end = key.find(":", _AI_HEAD_LENGTH)
@@ -1199,11 +1253,12 @@ def _count_operation(stats: EngineStats, key: str, hit: bool) -> None:
 class _WriteBatch:
     """Writes of one event-loop tick: Redis items, the logical keys to broadcast, the writers."""
 
-    __slots__ = ("items", "keys", "waiters")
+    __slots__ = ("fingerprints", "items", "keys", "waiters")
 
     def __init__(self) -> None:
         self.items: list[tuple[str, bytes, int]] = []
         self.keys: list[str] = []
+        self.fingerprints: list[int] = []
         self.waiters: list[asyncio.Future[bool]] = []
 
 

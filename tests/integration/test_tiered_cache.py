@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import xxhash
 
 from cache_runtime import CacheConfig, TieredCache, resolve_config
 from cache_runtime.cache import required_acl_rules
@@ -911,3 +912,47 @@ async def test_the_per_operation_key_memo_is_rebuilt_from_l1_when_it_outgrows_it
         for key in keys[-10:]:
             assert await engine.get(key) == 1  # L1 hits, still counted
         assert engine.stats()["operations"]["sentiment"]["hits"] == 10
+
+
+async def test_a_pod_that_already_read_the_new_value_keeps_it_when_the_broadcast_arrives(
+    redis_url: str,
+) -> None:
+    cfg = config(redis_url)
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await eventually(lambda: all(e.l2.stats()["coherence"]["connected"] for e in (a, b)),
+                         what="both subscriptions")
+        for i in range(20):
+            received = b.stats()["invalidation"]["coherence_messages_received"]
+            await a.set("k", i)
+            # b reads at once: before, during or after its listener handles a's message (before:
+            # its L1 may still serve the previous value for that moment; coherence is eventual).
+            await eventually(lambda expected=i: _equals(b.get("k"), expected), what="b to read the new value")
+            await eventually(lambda expected=received + 1: b.stats()["invalidation"][
+                "coherence_messages_received"] == expected, what="b to handle a's write")
+            assert b.get_local("k") == i  # the message named exactly the bytes b holds: kept
+        await a.delete("k")  # a delete names no bytes: always dropped
+        await eventually(lambda: b.get_local("k") is None, what="b to drop k")
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
+async def test_a_late_broadcast_of_the_bytes_l1_holds_keeps_the_entry(
+    redis_url: str, redis_server: Any
+) -> None:
+    async with TieredCache(config(redis_url)) as b:
+        await b.set("k", "v")
+        b.l1.clear()
+        assert await b.get("k") == "v" and b.get_local("k") == "v"  # filled from Redis
+        stored = raw_get(redis_server, "cw:default:v0:k")
+        assert stored is not None
+
+        def deliver(fingerprint: int) -> None:
+            message = {"k": "keys", "ns": "default", "keys": ["k"], "f": [fingerprint], "o": "another-pod"}
+            b._on_coherence_message(pack_stamped(orjson.dumps(message)))
+
+        deliver(xxhash.xxh3_64_intdigest(stored))  # the write b already read, reported late
+        assert b.get_local("k") == "v"
+        deliver(xxhash.xxh3_64_intdigest(stored + b"x"))  # any other bytes: a newer write
+        assert b.get_local("k") is None
