@@ -124,7 +124,7 @@ def crds(kube: KubeTools) -> None:
 
 @pytest.fixture(scope="module")
 def operator(
-    dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+    dev_cluster: Cluster, crds: None, kube: KubeTools, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator process for the module."""
     proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
@@ -135,6 +135,9 @@ def operator(
             "operator liveness endpoint",
         )
         yield proc
+        # While the operator still runs: its finalizer is on every policy it saw, and a policy left in a
+        # namespace being deleted would keep that namespace Terminating for the rest of the session.
+        kube.kubectl("delete", "cachepolicies", "--all", "--all-namespaces", "--timeout", "60s", check=False)
     finally:
         proc.stop()
 
@@ -247,12 +250,13 @@ def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, na
     policy = wait_for(lambda: ready_policy(kube, namespace, "web", 1), READY_TIMEOUT, "policy web Ready")
     status = policy["status"]
     first_hash = status["configHash"]
-    assert first_hash == expected_hash(kube, namespace, spec)
-    assert status["pods"] == {"desired": 2, "ready": 2, "configured": 2, "summary": "2/2"}
-    assert status["preset"] == "development"
-    assert condition(policy, "Stalled")["status"] == "False"
-    assert condition(policy, "ConfigApplied")["status"] == "True"
-    assert all(c.get("observedGeneration") == 1 for c in status["conditions"])
+    shown = json.dumps(status, indent=1)  # the whole status in any failure message below
+    assert first_hash == expected_hash(kube, namespace, spec), shown
+    assert status["pods"] == {"desired": 2, "ready": 2, "configured": 2, "summary": "2/2"}, shown
+    assert status["preset"] == "development", shown
+    assert condition(policy, "Stalled")["status"] == "False", shown
+    assert condition(policy, "ConfigApplied")["status"] == "True", shown
+    assert all(c.get("observedGeneration") == 1 for c in status["conditions"]), shown
 
     # Children: owned by the policy, labelled explicitly.
     for kind, child in [
