@@ -991,7 +991,7 @@ class TieredCache:
                            "f": list(latest.values()), "o": self._origin}
                 publish = (channel, pack_stamped(orjson.dumps(message)))
             stored = await l2.set_many(batch.items, publish=publish)
-            if publish is not None:
+            if publish is not None and stored:
                 self._stats.coherence_messages_published += 1
         finally:
             for future in batch.waiters:
