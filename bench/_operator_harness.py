@@ -93,15 +93,15 @@ def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
 def apply_crds(kubectl: Kubectl) -> None:
     """The generated CRDs, established."""
     kubectl("apply", "-f", str(REPO / "crds"))
-    kubectl(
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout",
-        "60s",
-        "crd/cachepolicies.cachewarden.io",
-        "crd/cacheincidents.cachewarden.io",
-    )
+    # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
+    for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
+        wait_until(lambda crd=crd: established(kubectl.json("get", "crd", crd)), 60, f"CRD {crd} Established")
+
+
+def established(crd: dict[str, Any]) -> bool:
+    """The CRD's Established condition is True."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 class Operator:

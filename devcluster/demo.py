@@ -151,15 +151,9 @@ class Demo:
         """CRDs, operator, Redis and the quickstart policy; returns once the policy is Ready."""
         self.progress("demo: applying CRDs")
         self.kubectl("apply", "-f", str(CRDS_DIR))
-        self.kubectl(
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout",
-            "60s",
-            "crd/cachepolicies.cachewarden.io",
-            "crd/cacheincidents.cachewarden.io",
-        )
+        # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
+        for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
+            _wait(lambda crd=crd: self.crd_established(crd), 60, f"CRD {crd} Established")
         self.progress("demo: starting the operator (a pod in cachewarden-system)")
         self.kubectl("apply", "-f", "-", stdin=OPERATOR_MANIFEST)
         self.kubectl(
@@ -183,6 +177,12 @@ class Demo:
             )
         except TimeoutError as exc:
             self.progress(f"demo: {exc}")
+
+    def crd_established(self, name: str) -> bool:
+        """The CRD's Established condition is True."""
+        crd = json.loads(self.kubectl("get", "crd", name, "-o", "json"))
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
     def policy(self) -> dict[str, Any]:
         """The quickstart policy as stored."""

@@ -107,19 +107,21 @@ class OperatorProcess:
         self._log.close()
 
 
+def crd_established(kube: KubeTools, name: str) -> bool:
+    """The CRD's Established condition is True."""
+    crd = kube.kubectl_json("get", "crd", name)
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
 @pytest.fixture(scope="module")
 def crds(kube: KubeTools) -> None:
     """The generated CRDs, applied and established."""
     kube.kubectl("apply", "-f", str(REPO / "crds"))
-    kube.kubectl(
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout",
-        "60s",
-        "crd/cachepolicies.cachewarden.io",
-        "crd/cacheincidents.cachewarden.io",
-    )
+    # Polled rather than `kubectl wait`, which fails outright ("<nil> is of the type <nil>") when it
+    # reads a CRD whose status has no conditions yet.
+    for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
+        wait_for(lambda crd=crd: crd_established(kube, crd), 60, f"CRD {crd} Established")
 
 
 @pytest.fixture(scope="module")
