@@ -181,10 +181,8 @@ def build_data_router(
     async def ai_lookup(body: AIRequestBody) -> JSONResponse:
         engine = cache()
         key = ai_key(engine, body)
+        # TieredCache.get() counts AI keys per operation itself (operation-stats, diagnosis).
         value = await engine.get(key, _MISS)
-        # TieredCache.get() counts lookups per tier but not per AI operation (only get_or_compute
-        # does); the lookup knows the operation, so it counts it for operation-stats and diagnosis.
-        engine.engine_stats.count_operation(body.operation, hit=value is not _MISS)
         if value is _MISS:
             return JSONResponse(status_code=200, content={"hit": False, "key": key})
         return JSONResponse(content={"hit": True, "key": key, "value": value})

@@ -917,3 +917,17 @@ async def test_admin_router_embedded_in_a_host_app(
         assert cleared.json()["l1_entries_removed"] >= 2
         await client.post("/v1/summarize", json=text)
         assert model.calls["summarize"] == 2
+
+
+async def test_ai_lookups_are_counted_once_per_operation(runtime: Runtime) -> None:
+    request = {"operation": "sentiment", "text": "A fine day."}
+    before = (await runtime.get("/internal/cache/operation-stats")).json()["operations"].get("sentiment", {})
+    miss = await runtime.post("/data/v1/ai/lookup", json=request)
+    assert miss.json()["hit"] is False
+    stored = await runtime.post("/data/v1/ai/store", json={**request, "value": "positive"})
+    assert stored.status_code == 200, stored.text
+    hit = await runtime.post("/data/v1/ai/lookup", json=request)
+    assert hit.json()["hit"] is True and hit.json()["value"] == "positive"
+    after = (await runtime.get("/internal/cache/operation-stats")).json()["operations"]["sentiment"]
+    assert after["misses"] - before.get("misses", 0) == 1
+    assert after["hits"] - before.get("hits", 0) == 1
