@@ -122,6 +122,12 @@ def crds(kube: KubeTools) -> None:
     # reads a CRD whose status has no conditions yet.
     for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
         wait_for(lambda crd=crd: crd_established(kube, crd), 60, f"CRD {crd} Established")
+    # kubectl's discovery cache may predate the CRDs: wait until kubectl itself resolves the kind.
+    wait_for(
+        lambda: kube.kubectl("get", "cachepolicies", "--all-namespaces", check=False).returncode == 0,
+        60,
+        "kubectl to know the CachePolicy kind",
+    )
 
 
 @pytest.fixture(scope="module")
