@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,12 @@ def apply_crds(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(REPO / "crds"))
     # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
     for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
-        wait_until(lambda crd=crd: established(kubectl.json("get", "crd", crd)), 60, f"CRD {crd} Established")
+        wait_until(partial(crd_established, kubectl, crd), 60, f"CRD {crd} Established")
 
 
-def established(crd: dict[str, Any]) -> bool:
+def crd_established(kubectl: Kubectl, name: str) -> bool:
     """The CRD's Established condition is True."""
+    crd = kubectl.json("get", "crd", name)
     conditions = (crd.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 

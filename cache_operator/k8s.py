@@ -143,7 +143,7 @@ class Kube:
         )
         return result is not None
 
-    async def list(
+    async def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Every object of ``kind`` in ``namespace`` matching ``label_selector``."""
@@ -174,7 +174,7 @@ class Kube:
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """Pods in ``namespace`` matching ``label_selector`` (a non-empty selector string)."""
-        return await self.list("v1", "Pod", namespace, label_selector)
+        return await self.list_objects("v1", "Pod", namespace, label_selector)
 
 
 def label_selector_string(selector: Mapping[str, Any]) -> str:

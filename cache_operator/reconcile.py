@@ -170,8 +170,11 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     total = sum(lookups)
 
     def weighted(key: str) -> float | None:
-        pairs = [((r.get("hit_rates") or {}).get(key), n) for r, n in zip(reports, lookups, strict=False)]
-        pairs = [(rate, n) for rate, n in pairs if rate is not None]
+        pairs: list[tuple[float, int]] = []
+        for report, n in zip(reports, lookups, strict=False):
+            rate = (report.get("hit_rates") or {}).get(key)
+            if rate is not None:
+                pairs.append((float(rate), n))
         if not pairs:
             return None
         weight = sum(n for _, n in pairs)
@@ -205,7 +208,7 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     if l1_rate is not None:
         out["l1HitRate"] = l1_rate
     if p95s:
-        out["p95LatencyMs"] = round(max(float(p) for p in p95s), 3)
+        out["p95LatencyMs"] = round(max(float(p) for p in p95s if p is not None), 3)
     if worst != "Healthy":
         unhealthy = [v.name for v, verdict in zip(views, verdicts, strict=False) if verdict != "Healthy"]
         out["message"] = f"{worst}: pods {', '.join(unhealthy[:10])}"

@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ class Demo:
         self.kubectl("apply", "-f", str(CRDS_DIR))
         # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
         for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
-            _wait(lambda crd=crd: self.crd_established(crd), 60, f"CRD {crd} Established")
+            _wait(partial(self.crd_established, crd), 60, f"CRD {crd} Established")
         self.progress("demo: starting the operator (a pod in cachewarden-system)")
         self.kubectl("apply", "-f", "-", stdin=OPERATOR_MANIFEST)
         self.kubectl(

@@ -56,7 +56,7 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def policy_reconciler(
     name: str,
-    namespace: str,
+    namespace: str | None,
     uid: str,
     body: kopf.Body,
     memo: kopf.Memo,
@@ -65,6 +65,7 @@ async def policy_reconciler(
     **_: Any,
 ) -> None:
     """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
+    assert namespace is not None, "CachePolicy is a namespaced resource"
     wake = _wakeup(memo, uid)
     options = memo.get("options") or {}
     converge_interval = float(options.get("converge_interval_s") or CONVERGE_INTERVAL_S)
@@ -161,9 +162,16 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: floa
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def policy_deleted(
-    name: str, namespace: str, uid: str, spec: kopf.Spec, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    name: str,
+    namespace: str | None,
+    uid: str,
+    spec: kopf.Spec,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     """Delete the children, forget the policy; the finalizer goes once this returns."""
+    assert namespace is not None, "CachePolicy is a namespaced resource"
     policy = PolicyRef(name, namespace, uid)
     await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)
     memo.metrics.policies.forget(f"{namespace}/{name}")

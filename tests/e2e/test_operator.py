@@ -16,7 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def crds(kube: KubeTools) -> None:
     # Polled rather than `kubectl wait`, which fails outright ("<nil> is of the type <nil>") when it
     # reads a CRD whose status has no conditions yet.
     for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
-        wait_for(lambda crd=crd: crd_established(kube, crd), 60, f"CRD {crd} Established")
+        wait_for(partial(crd_established, kube, crd), 60, f"CRD {crd} Established")
     # kubectl's discovery cache may predate the CRDs: wait until kubectl itself resolves the kind.
     wait_for(
         lambda: kube.kubectl("get", "cachepolicies", "--all-namespaces", check=False).returncode == 0,
@@ -159,6 +160,13 @@ def _operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def wait_dict(predicate: Callable[[], dict[str, Any] | None], timeout: float, what: str) -> dict[str, Any]:
+    """``wait_for`` for predicates that return a dict once satisfied (typed for mypy)."""
+    value = wait_for(predicate, timeout, what)
+    assert isinstance(value, dict), value
+    return value
 
 
 def policy_yaml(name: str, spec: dict[str, Any]) -> str:
@@ -227,7 +235,11 @@ def expected_hash(kube: KubeTools, namespace: str, spec: dict[str, Any]) -> str:
     Service host resolved to the Redis pod's IP as the operator does on devcluster."""
     model = CachePolicySpec.model_validate(spec)
     redis_pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app=redis")["items"]
-    url = rewrite_redis_host(model.redis.url, redis_pods[0]["status"]["podIP"]) if model.redis else None
+    url = (
+        rewrite_redis_host(model.redis.url, redis_pods[0]["status"]["podIP"])
+        if model.redis is not None and model.redis.url
+        else None
+    )
     return render.resolve_policy_config(model, redis_url=url).config_hash()
 
 
@@ -255,7 +267,7 @@ def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, na
     kube.apply(REDIS, namespace)
     kube.apply(policy_yaml("web", spec), namespace)
 
-    policy = wait_for(lambda: ready_policy(kube, namespace, "web", 1), READY_TIMEOUT, "policy web Ready")
+    policy = wait_dict(lambda: ready_policy(kube, namespace, "web", 1), READY_TIMEOUT, "policy web Ready")
     status = policy["status"]
     first_hash = status["configHash"]
     shown = json.dumps(status, indent=1)  # the whole status in any failure message below
@@ -304,7 +316,7 @@ def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, na
     assert wait_for(
         lambda: all_pods_report(kube, namespace, "web", new_hash, 2), 60, "every pod on the new hash"
     )
-    policy = wait_for(lambda: ready_policy(kube, namespace, "web", 2), 60, "policy Ready at generation 2")
+    policy = wait_dict(lambda: ready_policy(kube, namespace, "web", 2), 60, "policy Ready at generation 2")
     assert policy["status"]["configHash"] == new_hash
     assert policy["status"]["preset"] == "ai-production"
     pushes_after = _metric(operator.metrics(), 'cachewarden_operator_config_pushes_total{result="ok"}')
@@ -322,7 +334,7 @@ def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, na
         "-p",
         '{"spec": {"runtime": {"replicas": 3}}}',
     )
-    policy = wait_for(
+    policy = wait_dict(
         lambda: (p := ready_policy(kube, namespace, "web", 3)) and p["status"]["pods"]["ready"] == 3 and p,
         READY_TIMEOUT,
         "policy Ready with 3 pods",
@@ -350,7 +362,7 @@ def test_runtime_policy_lifecycle(operator: OperatorProcess, kube: KubeTools, na
         )
         return values if values["REDIS"] == "Connected" else None
 
-    values = wait_for(columns, 60, "kubectl get cpol with Redis Connected")
+    values = wait_dict(columns, 60, "kubectl get cpol with Redis Connected")
     assert values["NAME"] == "web"
     assert values["PRESET"] == "ai-production"
     assert values["READY"] == "True"
@@ -389,7 +401,7 @@ def test_semantically_invalid_spec_is_stalled(
         policy = get_policy(kube, namespace, "bad")
         return policy if condition(policy, "Stalled").get("status") == "True" else None
 
-    policy = wait_for(stalled, 60, "policy bad Stalled")
+    policy = wait_dict(stalled, 60, "policy bad Stalled")
     stalled_cond = condition(policy, "Stalled")
     assert stalled_cond["reason"] == "InvalidSpec"
     assert "spec.overrides.keys.tiers.medium" in stalled_cond["message"]
@@ -414,7 +426,7 @@ def test_semantically_invalid_spec_is_stalled(
         "-p",
         '{"spec": {"overrides": {"keys": {"tiers": {"small": 500, "medium": 1000}}}}}',
     )
-    policy = wait_for(lambda: ready_policy(kube, namespace, "bad", 2), 60, "fixed policy Ready")
+    policy = wait_dict(lambda: ready_policy(kube, namespace, "bad", 2), 60, "fixed policy Ready")
     assert condition(policy, "Stalled")["status"] == "False"
     # Selector mode with no matching pod: nothing to configure, Ready with 0/0.
     assert policy["status"]["pods"]["summary"] == "0/0"
@@ -438,7 +450,7 @@ def test_paused_policy_changes_nothing(operator: OperatorProcess, kube: KubeTool
         policy = get_policy(kube, namespace, "still")
         return policy if condition(policy, "Reconciling").get("reason") == "Paused" else None
 
-    policy = wait_for(paused, 60, "policy still reported Paused")
+    policy = wait_dict(paused, 60, "policy still reported Paused")
     assert condition(policy, "Ready")["status"] == "False"
     assert (
         kube.kubectl(
@@ -497,7 +509,7 @@ spec:
     spec: dict[str, Any] = {"preset": "ai-development", "selector": {"matchLabels": {"app": "sample"}}}
     kube.apply(app, namespace)
     kube.apply(policy_yaml("shop", spec), namespace)
-    policy = wait_for(
+    policy = wait_dict(
         lambda: (p := ready_policy(kube, namespace, "shop", 1)) and p["status"]["pods"]["desired"] == 2 and p,
         READY_TIMEOUT,
         "policy shop Ready with both sample pods",
