@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"of which kubectl applying the {count} CachePolicies: {applied_s:.2f} s "
-        f"({applied_s / cr_floor_s:.2f}x the CR floor: the operator's own API calls, ~5 per new policy, "
+        f"({applied_s / cr_floor_s:.2f}x the CR floor: the operator's own API calls, ~4 per new policy, "
         "compete with kubectl's for the "
         f"API server); the operator finished {operator_s - applied_s:.2f} s after the last one was created"
     )

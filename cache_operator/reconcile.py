@@ -20,7 +20,7 @@ pass fakes and the e2e test runs the same code against the real cluster.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -118,6 +118,15 @@ def pod_target(pod: Mapping[str, Any], port: int) -> PodTarget | None:
     if not ip or meta.get("deletionTimestamp") or status.get("phase") not in ("Running", "Pending"):
         return None
     return PodTarget(meta.get("name", "?"), ip, port)
+
+
+def selects(model: CachePolicySpec, policy_name: str, labels: Mapping[str, str]) -> bool:
+    """Whether a pod with ``labels`` is a target of the policy (runtime: its Deployment's selector)."""
+    if model.runtime is not None:
+        wanted = render.pod_selector_labels(policy_name)
+        return all(labels.get(key) == value for key, value in wanted.items())
+    assert model.selector is not None
+    return render.selector_matches(model.selector, labels)
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -381,9 +390,12 @@ async def handle_reconcile(
     resolve_service_hosts: bool = False,
     apply_children: bool = True,
     delete_stale: bool = True,
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
     now: str | None = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
+
+    ``pods_in_namespace`` (the operator's pod index) replaces the pod list call when given.
 
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
@@ -454,7 +466,15 @@ async def handle_reconcile(
         selector_text = render.label_selector_string(model.selector)
         port = model.selector.port
         desired = -1  # every selected pod
-    pod_objects = await kube.list_pods(policy.namespace, selector_text)
+    if pods_in_namespace is not None:
+        # The operator's pod index (a watch): no list call per pass, the same pods a list would give.
+        pod_objects = [
+            p
+            for p in pods_in_namespace(policy.namespace)
+            if selects(model, policy.name, (p.get("metadata") or {}).get("labels") or {})
+        ]
+    else:
+        pod_objects = await kube.list_pods(policy.namespace, selector_text)
     pod_objects = [
         p
         for p in pod_objects

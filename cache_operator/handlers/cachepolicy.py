@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -35,6 +36,25 @@ class StatusPatch:
 def _wakeup(memo: kopf.Memo, uid: str) -> asyncio.Event:
     wakeups: dict[str, asyncio.Event] = memo.setdefault("wakeups", {})
     return wakeups.setdefault(uid, asyncio.Event())
+
+
+@kopf.index("pods")
+def pods_by_namespace(
+    namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status, **_: Any
+) -> dict[str | None, dict[str, Any]]:
+    """Every pod, reduced to what reconcile reads, by namespace: one watch instead of one list call per
+    policy and pass (300 policies probed every 15 s would be 20 list calls a second)."""
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return {
+        namespace: {
+            "metadata": {
+                "name": name,
+                "labels": dict(labels),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "status": {"podIP": status.get("podIP"), "phase": status.get("phase"), "conditions": ready},
+        }
+    }
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -62,6 +82,7 @@ async def policy_reconciler(
     memo: kopf.Memo,
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
+    pods_by_namespace: kopf.Index[str | None, dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
     """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
@@ -84,7 +105,16 @@ async def policy_reconciler(
         # after a spec change and on the drift-repair passes, not for every new policy.
         delete_stale = trigger == "change" or (passes > 0 and passes % APPLY_EVERY == 0)
         outcome = await _reconcile_once(
-            name, namespace, uid, body, memo, logger, trigger, apply_children, delete_stale
+            name,
+            namespace,
+            uid,
+            body,
+            memo,
+            logger,
+            trigger,
+            apply_children,
+            delete_stale,
+            None if pods_by_namespace is None else _index_lookup(pods_by_namespace),
         )
         passes += 1
         if outcome is None or outcome.outcome == "progressing":
@@ -105,6 +135,7 @@ async def _reconcile_once(
     trigger: str,
     apply_children: bool = True,
     delete_stale: bool = True,
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
 ) -> ReconcileOutcome | None:
     metrics = memo.metrics
     started = time.perf_counter()
@@ -122,6 +153,7 @@ async def _reconcile_once(
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
             apply_children=apply_children,
             delete_stale=delete_stale,
+            pods_in_namespace=pods_in_namespace,
         )
         if patch.status:
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
@@ -146,6 +178,15 @@ async def _reconcile_once(
             metrics.pushes.labels(result="ok" if view.error is None else "error").inc()
     metrics.policies.record(f"{namespace}/{name}", patch.status.get("conditions") or [])
     return outcome
+
+
+def _index_lookup(index: kopf.Index[str | None, dict[str, Any]]) -> Callable[[str], list[dict[str, Any]]]:
+    """The pods of a namespace from kopf's index (a snapshot list)."""
+
+    def lookup(namespace: str) -> list[dict[str, Any]]:
+        return list(index.get(namespace, []))
+
+    return lookup
 
 
 async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: float) -> str:

@@ -384,3 +384,27 @@ async def test_probe_pass_applies_nothing_unless_the_hash_moved() -> None:
     # A status from an older spec (another hash) makes even a probe pass apply.
     await reconcile({**spec, "preset": "simple"}, kube, pods, status=patch.status, apply_children=False)
     assert f"ConfigMap/{render.configmap_name('web')}" in kube.applied
+
+
+async def test_pod_index_replaces_the_list_call_with_the_same_selection() -> None:
+    kube, pods = FakeKube(), FakePods()
+    indexed = [
+        make_pod("shop-1", "10.0.0.9", {"app": "shop", "tier": "web"}),
+        make_pod("shop-2", "10.0.0.10", {"app": "shop", "tier": "batch"}),
+        make_pod("other", "10.0.0.8", {"app": "x"}),
+    ]
+    spec = {
+        "preset": "production",
+        "selector": {
+            "matchLabels": {"app": "shop"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}],
+        },
+    }
+
+    async def no_list(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        raise AssertionError("the index must be used instead of a list call")
+
+    kube.list_pods = no_list  # type: ignore[method-assign]
+    outcome, patch = await reconcile(spec, kube, pods, pods_in_namespace=lambda ns: indexed)
+    assert [v.name for v in outcome.pods] == ["shop-1"]
+    assert patch.status["pods"]["desired"] == 1
