@@ -61,4 +61,5 @@ lint: setup
 # Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
 generate: setup
 	$(VENV)/bin/cachewarden crds --write crds/
+	$(PY) -m cache_operator.apidocs docs/api-reference.md
 	$(PY) -m cache_runtime.config docs/configuration.md
