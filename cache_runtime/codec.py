@@ -21,24 +21,31 @@ truncated, corrupt lz4, a size that lz4 could not produce, invalid JSON or msgpa
 :class:`DecodeError`, which the facade counts as a miss. Nothing is ever executed: there is no pickle
 codec, and msgpack extension types are rejected.
 
-Large values are serialized, compressed and decoded in a worker thread (``encode_async`` /
-``decode_async``) so the event loop never stalls on them.
+Large values are compressed and decoded in a worker thread (``encode_async`` / ``decode_async``);
+serialization stays on the loop (it holds the GIL anyway), and the copy L1 keeps of a large value
+is parsed on its first read rather than at write time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import struct
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import lz4.block
 import msgpack
 import orjson
 
 from cache_runtime.config import LZ4_LEVEL_MAP, CacheConfig
+from cache_runtime.l1 import DeferredValue
 
 __all__ = [
     "CODEC_JSON",
@@ -74,8 +81,7 @@ _MAX_U32 = 0xFFFFFFFF
 # must not allocate for.
 _LZ4_MAX_RATIO = 255
 _LZ4_MAX_INPUT = 0x7E000000
-# Walking a value to guess its size stops after this many nodes: the walk itself must stay cheap.
-_SIZE_WALK_NODES = 2048
+_T = TypeVar("_T")
 
 
 class EncodeError(TypeError):
@@ -114,7 +120,9 @@ class EncodeResult:
     """What ``encode_entry`` produced: the stored bytes, the value as a reader will see it, and sizes.
 
     ``value`` is what decoding ``data`` yields, so L1 can hold exactly what an L2 hit would return
-    (tuples become lists, the caller's later mutations do not leak into the cache).
+    (tuples become lists, the caller's later mutations do not leak into the cache). For a large
+    value from :meth:`Codec.encode_entry_async` it is a :class:`~cache_runtime.l1.DeferredValue`
+    that yields it when parsed.
     """
 
     __slots__ = ("compress_seconds", "compressed", "compression_tried", "data", "offloaded", "payload_size",
@@ -212,7 +220,8 @@ class Codec:
             ) from None
 
     def _finish(
-        self, codec_id: int, payload: bytes, value: Any, ttl_ms: int, created_at_ms: int | None
+        self, codec_id: int, payload: bytes, value: Any, ttl_ms: int, created_at_ms: int | None,
+        defer_copy: bool = False,
     ) -> EncodeResult:
         if not 0 <= ttl_ms <= _MAX_U32:
             raise ValueError(f"ttl_ms: {ttl_ms!r} is not accepted; accepted: 0..{_MAX_U32}")
@@ -241,7 +250,9 @@ class Codec:
                 flags = FLAG_LZ4
         created = int(time.time() * 1000) if created_at_ms is None else created_at_ms
         data = HEADER.pack(MAGIC, VERSION, codec_id, flags, created, ttl_ms, size) + body
-        return EncodeResult(data, _reader_copy(codec_id, payload, value), size, bool(flags), seconds, tried)
+        copy = _deferred_copy if defer_copy else _reader_copy
+        reader = copy(codec_id, payload, value)
+        return EncodeResult(data, reader, size, bool(flags), seconds, tried)
 
     def encode_entry(self, value: Any, ttl_ms: int, created_at_ms: int | None = None) -> EncodeResult:
         """Encode ``value`` (synchronously) and return bytes, the reader's view of the value and sizes."""
@@ -255,20 +266,21 @@ class Codec:
     async def encode_entry_async(
         self, value: Any, ttl_ms: int, created_at_ms: int | None = None
     ) -> EncodeResult:
-        """Like :meth:`encode_entry`, but large values are handled in a worker thread.
+        """Like :meth:`encode_entry`, but compression of a large payload runs in a worker thread.
 
-        A cheap bounded walk guesses whether the value is large; if it is, serialization happens in
-        the thread too. If a value turns out large only once serialized, compression (and the copy
-        for L1) still move to the thread.
+        Serialization stays on the event loop: orjson and msgpack hold the GIL for their whole call,
+        so a worker thread would stall the loop just as long (plus a thread switch), and deciding
+        "large" before serializing would need a walk of the value on the loop. lz4 releases the GIL,
+        so it is the part worth moving. For a large payload the reader's copy is not parsed back now
+        (that would hold the GIL about a millisecond per MiB): ``value`` is a
+        :class:`~cache_runtime.l1.DeferredValue` over the immutable payload, parsed by L1 on first read.
         """
-        limit = self.offload_threshold
-        if limit and _looks_large(value, limit):
-            result = await asyncio.to_thread(self.encode_entry, value, ttl_ms, created_at_ms)
-            result.offloaded = True
-            return result
         codec_id, payload = self._serialize(value)
+        limit = self.offload_threshold
         if limit and len(payload) >= limit:
-            result = await asyncio.to_thread(self._finish, codec_id, payload, value, ttl_ms, created_at_ms)
+            result = await _in_background(
+                self._finish, codec_id, payload, value, ttl_ms, created_at_ms, True
+            )
             result.offloaded = True
             return result
         return self._finish(codec_id, payload, value, ttl_ms, created_at_ms)
@@ -288,9 +300,49 @@ class Codec:
         return await decode_async(data, self.offload_threshold)
 
 
+_BACKGROUND_WORKERS = 2
+_background: ThreadPoolExecutor | None = None
+_background_lock = threading.Lock()
+
+
+def _lower_thread_priority() -> None:
+    # The event loop's thread and these workers often share one core (a pinned process, a pod with
+    # a CPU limit of 1): at the default priority a 40 ms lz4 run delays the loop's wakeups by up to
+    # a scheduler slice (bench B5). Niceness is per thread on Linux, so only the workers yield.
+    # Not Linux, or not allowed: the workers run at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _background_executor() -> ThreadPoolExecutor:
+    """The low-priority worker threads large values are compressed and decoded in (created once)."""
+    global _background
+    if _background is None:
+        with _background_lock:
+            if _background is None:
+                _background = ThreadPoolExecutor(
+                    _BACKGROUND_WORKERS, thread_name_prefix="cachewarden-codec",
+                    initializer=_lower_thread_priority,
+                )
+    return _background
+
+
+async def _in_background(function: Callable[..., _T], *args: Any) -> _T:
+    """Run ``function(*args)`` in a codec worker thread and wait for it without blocking the loop."""
+    return await asyncio.get_running_loop().run_in_executor(_background_executor(), function, *args)
+
+
 def _is_int_overflow(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, OverflowError) or "64-bit" in text or "out of range" in text
+
+
+def _deferred_copy(codec_id: int, payload: bytes, value: Any) -> Any:
+    """The reader's value as a snapshot L1 parses on first read (immutable scalars as they are)."""
+    kind = type(value)
+    if kind in _IMMUTABLE or kind is bytes or (kind is float and math.isfinite(value)):
+        return value
+    return DeferredValue(_LOADERS[codec_id], payload)
 
 
 def _reader_copy(codec_id: int, payload: bytes, value: Any) -> Any:
@@ -301,41 +353,6 @@ def _reader_copy(codec_id: int, payload: bytes, value: Any) -> Any:
     if kind is float and math.isfinite(value):
         return value
     return _LOADERS[codec_id](payload)
-
-
-def _looks_large(value: Any, limit: int) -> bool:
-    """Whether ``value`` probably serializes to at least ``limit`` bytes (bounded, cheap walk).
-
-    Counts string and bytes lengths plus a few bytes per scalar; gives up (answers yes) after
-    ``_SIZE_WALK_NODES`` nodes, since a value with that many parts is big enough to be worth a thread.
-    """
-    if isinstance(value, str | bytes | bytearray):
-        return len(value) >= limit
-    if not isinstance(value, dict | list | tuple):
-        return False
-    total = 0
-    nodes = 0
-    stack: list[Any] = [value]
-    while stack:
-        item = stack.pop()
-        nodes += 1
-        if nodes > _SIZE_WALK_NODES:
-            return True
-        if isinstance(item, str | bytes | bytearray):
-            total += len(item) + 2
-        elif isinstance(item, dict):
-            total += 2
-            for key, child in item.items():
-                stack.append(key)
-                stack.append(child)
-        elif isinstance(item, list | tuple):
-            total += 2
-            stack.extend(item)
-        else:
-            total += 8
-        if total >= limit:
-            return True
-    return False
 
 
 def decode(data: bytes | bytearray | memoryview) -> Envelope:
@@ -387,7 +404,7 @@ async def decode_async(data: bytes, offload_threshold: int = 256 * 1024) -> Enve
     if offload_threshold and len(data) >= HEADER.size:
         payload_len = HEADER.unpack_from(data)[6]
         if payload_len >= offload_threshold or len(data) >= offload_threshold:
-            return await asyncio.to_thread(decode, data)
+            return await _in_background(decode, data)
     return decode(data)
 
 

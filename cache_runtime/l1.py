@@ -6,8 +6,10 @@ an expired entry is dropped when it is read (lazy expiry), and each write also c
 so entries nobody reads again do not sit in memory until LRU pressure pushes them out.
 
 Entries hold the *decoded* value (an L1 hit costs no decoding) and the encoded size, which is what
-the byte budget counts. The hit path (:meth:`L1Cache.get`) is deliberately tiny: no logging, no
-metrics, no isinstance checks; hit/miss counting is the caller's (the facade's plain counters).
+the byte budget counts. A large value written by this process may instead be stored as a
+:class:`DeferredValue` (an immutable serialized snapshot), parsed once on its first read.
+The hit path (:meth:`L1Cache.get`) is deliberately tiny: no logging, no metrics, no isinstance
+checks; hit/miss counting is the caller's (the facade's plain counters).
 
 ``epoch`` guards against a race the facade has: a read that started before an invalidation must not
 put its (stale) value into L1 after it. Writers pass the epoch they saw; :meth:`L1Cache.bump_epoch`
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
-__all__ = ["MISSING", "L1Cache", "L1Entry"]
+__all__ = ["MISSING", "DeferredValue", "L1Cache", "L1Entry"]
 
 
 class _Missing:
@@ -54,6 +56,48 @@ class L1Entry:
     def remaining(self, now: float) -> float:
         """Seconds left before expiry at monotonic time ``now``."""
         return self.deadline - now
+
+
+class DeferredValue:
+    """A value L1 keeps as an immutable serialized snapshot until it is first read.
+
+    Copying a large value for L1 at write time (parsing its payload back) holds the GIL for about a
+    millisecond per MiB, which stalls the event loop (bench B5); most large values are read rarely.
+    The payload is bytes, so a caller mutating its object after ``set()`` cannot change what L1
+    serves. ``load`` must return a fresh value from ``payload``.
+    """
+
+    __slots__ = ("load", "payload")
+
+    def __init__(self, load: Callable[[bytes], Any], payload: bytes) -> None:
+        self.load = load
+        self.payload = payload
+
+
+class _DeferredEntry(L1Entry):
+    """An entry whose value is parsed from its payload on first read, then kept.
+
+    ``value`` is a property here, so the hit paths read ``entry.value`` unchanged and plain entries
+    pay nothing for this.
+    """
+
+    __slots__ = ("_deferred", "_loaded")
+
+    def __init__(self, deferred: DeferredValue, size: int, deadline: float, ttl: float) -> None:
+        self._deferred: DeferredValue | None = deferred
+        self._loaded: Any = None
+        self.size = size
+        self.deadline = deadline
+        self.ttl = ttl
+
+    @property  # type: ignore[override]
+    def value(self) -> Any:
+        """The value, parsed from the snapshot the first time it is asked for."""
+        deferred = self._deferred
+        if deferred is not None:
+            self._loaded = deferred.load(deferred.payload)
+            self._deferred = None
+        return self._loaded
 
 
 class L1Cache:
@@ -141,7 +185,11 @@ class L1Cache:
         if old is not None:
             self.bytes -= old.size
         now = self._clock()
-        data[key] = L1Entry(value, size, now + ttl, ttl if full_ttl is None else max(ttl, full_ttl))
+        kept_ttl = ttl if full_ttl is None else max(ttl, full_ttl)
+        if type(value) is DeferredValue:
+            data[key] = _DeferredEntry(value, size, now + ttl, kept_ttl)
+        else:
+            data[key] = L1Entry(value, size, now + ttl, kept_ttl)
         self.bytes += size
         self.inserts += 1
         if self.sweep_batch:

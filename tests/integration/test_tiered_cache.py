@@ -161,6 +161,24 @@ async def test_a_value_above_the_compression_threshold_is_cached_and_read_back(
         assert snapshot["compression"]["compressed"] == 1 and snapshot["compression"]["ratio"] > 4
 
 
+async def test_a_large_value_mutated_by_its_caller_after_set_is_served_as_it_was_set(
+    redis_url: str,
+) -> None:
+    # Above the offload size L1 keeps a snapshot parsed on first read: it must still be the value
+    # as of set(), from L1 (sync and async) and from Redis.
+    async with TieredCache(config(redis_url, **{"compression.offload_threshold_bytes": 1024})) as engine:
+        value = {"items": [{"id": i, "text": "lorem ipsum"} for i in range(200)]}
+        expected = orjson.loads(orjson.dumps(value))
+        assert await engine.set("large", value)
+        value["items"].append({"id": "added later"})
+        value["items"][0]["text"] = "changed later"
+        assert engine.get_local("large") == expected
+        assert await engine.get("large") == expected
+        engine.l1.clear()
+        assert await engine.get("large") == expected
+        assert engine.stats()["compression"]["offloaded"] == 1
+
+
 async def test_near_collisions_are_distinct_entries_in_redis(redis_url: str, redis_server: Any) -> None:
     for preset in ("ai-production", "ai-development"):  # hashed keys and readable keys
         redis_server.command("FLUSHALL")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache_runtime.keys import redis_glob_to_regex
-from cache_runtime.l1 import MISSING, L1Cache
+from cache_runtime.l1 import MISSING, DeferredValue, L1Cache
 
 
 class FakeClock:
@@ -201,3 +201,28 @@ def test_budgets_and_byte_count_hold_under_any_sequence(ops: list[tuple[str, int
             l1.resize(n % 9, m * 4)
         assert len(l1) <= l1.max_entries and l1.bytes <= l1.max_bytes
         assert l1.bytes == sum(e.size for e in l1._data.values())
+
+
+def test_a_deferred_value_is_parsed_once_on_first_read(clock: FakeClock) -> None:
+    calls: list[bytes] = []
+
+    def load(payload: bytes) -> list[str]:
+        calls.append(payload)
+        return [payload.decode()]
+
+    cache = make(clock)
+    assert cache.set("k", DeferredValue(load, b"abc"), 3, 10)
+    assert calls == []  # nothing parsed at write time
+    first = cache.get("k")
+    assert first == ["abc"] and cache.get("k") is first and calls == [b"abc"]
+    entry = cache.get_entry("k")
+    assert entry is not None and entry.value is first and entry.size == 3
+
+
+def test_a_deferred_value_is_never_parsed_when_l1_is_off(clock: FakeClock) -> None:
+    def load(payload: bytes) -> None:
+        raise AssertionError("parsed")
+
+    cache = make(clock, entries=0)
+    assert not cache.set("k", DeferredValue(load, b"abc"), 3, 10)
+    assert cache.get("k") is MISSING
