@@ -37,7 +37,7 @@ import orjson
 import xxhash
 
 from cache_runtime import health as health_module
-from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope
+from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex
 from cache_runtime.l1 import MISSING, L1Cache
@@ -530,27 +530,49 @@ class TieredCache:
 
     async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool,
                                drop_seq: int) -> Envelope | None:
-        stats = self._stats
+        limit = self._codec.offload_threshold
+        if not limit or (len(raw) < limit and _payload_length(raw) < limit):
+            # Small entries (nearly all): decode here, no coroutine hop (bench B2).
+            return self._decode_and_fill_now(key, raw, epoch, fill_l1, drop_seq, None)
         started = time.perf_counter()
         try:
             envelope = await self._codec.decode_async(raw)
         except DecodeError as exc:
-            # Malformed or planted bytes: a miss, never an exception and never executed.
-            stats.decode_failures += 1
-            logger.debug("undecodable L2 entry counted as a miss: %s", exc)
+            self._count_decode_failure(exc)
             return None
         if envelope.compressed:
-            stats.decompress_seconds += time.perf_counter() - started
-        remaining_s = envelope.remaining_ms() / 1000.0
-        if remaining_s <= 0:
+            self._stats.decompress_seconds += time.perf_counter() - started
+        return self._decode_and_fill_now(key, raw, epoch, fill_l1, drop_seq, envelope)
+
+    def _count_decode_failure(self, exc: DecodeError) -> None:
+        # Malformed or planted bytes: a miss, never an exception and never executed.
+        self._stats.decode_failures += 1
+        logger.debug("undecodable L2 entry counted as a miss: %s", exc)
+
+    def _decode_and_fill_now(self, key: str, raw: bytes, epoch: int, fill_l1: bool, drop_seq: int,
+                             envelope: Envelope | None) -> Envelope | None:
+        """Decode ``raw`` on the loop unless ``envelope`` already holds it; fill L1 if allowed."""
+        if envelope is None:
+            started = time.perf_counter()
+            try:
+                envelope = decode(raw)
+            except DecodeError as exc:
+                self._count_decode_failure(exc)
+                return None
+            if envelope.compressed:
+                self._stats.decompress_seconds += time.perf_counter() - started
+        remaining_ms = envelope.remaining_ms()
+        if remaining_ms <= 0:
             return None
+        l1 = self._l1
+        if not fill_l1 or not self._enabled or l1.max_entries <= 0:
+            return envelope  # nothing to fill: skip the fingerprint and the L1 attempt
         fingerprint = _fingerprint(raw)
         if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
-            fill_l1 = False  # the key was written or dropped while this read was in flight
-        if fill_l1 and self._enabled and self._l1.set(
-            key, envelope.value, envelope.size, remaining_s, epoch=epoch, full_ttl=envelope.ttl_ms / 1000.0
-        ):
-            stats.l1_inserts += 1
+            return envelope  # the key was written or dropped while this read was in flight
+        if l1.set(key, envelope.value, envelope.size, remaining_ms / 1000.0, epoch=epoch,
+                  full_ttl=envelope.ttl_ms / 1000.0):
+            self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
             if key.startswith(AI_KEY_HEAD):
                 self._remember_ai_key(key)
@@ -1227,6 +1249,16 @@ class TieredCache:
 
 
 _AI_HEAD_LENGTH = len(AI_KEY_HEAD)
+
+
+_PAYLOAD_LENGTH_AT = HEADER.size - 4  # the header ends with the uncompressed payload length (u32)
+
+
+def _payload_length(raw: bytes) -> int:
+    """The uncompressed payload length an entry's header claims (0 if too short to have one)."""
+    if len(raw) < HEADER.size:
+        return 0
+    return int.from_bytes(raw[_PAYLOAD_LENGTH_AT:HEADER.size], "big")
 
 
 def _fingerprint(data: bytes) -> int:
