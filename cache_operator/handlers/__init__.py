@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-from cache_operator.handlers import cachepolicy  # noqa: F401
+from cache_operator.handlers import (
+    cacheincident,  # noqa: F401
+    cachepolicy,  # noqa: F401
+)

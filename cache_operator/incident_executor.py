@@ -1,0 +1,568 @@
+"""CacheIncident execution: the ``handle_*`` logic behind the thin kopf handlers.
+
+One run (:func:`handle_incident`):
+
+1. re-read the incident (the handler's body may predate a status written by an earlier run) and stop at
+   once when it is finished;
+2. check that ``spec.policyRef`` names an existing CachePolicy, find its target pods with reconcile's
+   own selection (:func:`cache_operator.reconcile.selects`, ``pod_target``), and ask
+   :func:`cache_operator.incidents.safety.may_run` (pause, mode, allowed actions, cooldown, one
+   disruptive action per policy): a refusal is recorded (phase, reason), retried later when the
+   refusal is temporary;
+3. build the plan (:mod:`cache_operator.incidents.plan`) and run it pod by pod, **at most once per
+   pod**: each step is recorded ``Running`` in status *before* the pod is called and its result
+   *after*, and every call carries the plan's ``Idempotency-Key``. An operator killed between the two
+   writes resumes with :func:`~cache_operator.incidents.plan.next_steps`, which hands back the step in
+   flight with the same key, and the runtime replays its first answer instead of acting again;
+4. write conditions (``Running``, ``Succeeded``), the phase, and an Event per step.
+
+``apply-preset`` first writes a time-boxed override into the CachePolicy's *status* (never its spec:
+GitOps owns it), then pushes the config rendered with it to each pod (the same document the policy
+reconciler keeps pushing until ``expiresAt``). Deleting the incident lifts its override
+(:func:`handle_incident_deleted`).
+
+Everything that talks to the outside comes in as an argument (``kube``, ``caller``, ``events``), so unit
+tests pass fakes and the e2e test runs the same code against devcluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from cache_operator import conditions as conds
+from cache_operator import k8s, render
+from cache_operator.api.cacheincident import PLURAL, TERMINAL_PHASES, CacheIncidentSpec
+from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
+from cache_operator.api.common import API_VERSION
+from cache_operator.incidents import plan as plans
+from cache_operator.incidents import safety
+from cache_operator.incidents.timefmt import rfc3339
+from cache_operator.podclient import ADMIN_PREFIX, PodReply, PodTarget
+from cache_operator.reconcile import PolicyRef as PolicyIdentity
+from cache_operator.reconcile import (
+    current_tokens,
+    parse_spec,
+    pod_target,
+    resolve_redis_url,
+    selects,
+)
+
+# k8s.py knows the REST path of each kind it touches; CacheIncident is added here until the kinds table
+# there lists it (k8s.py belongs to another part of the operator).
+k8s._RESOURCES.setdefault((API_VERSION, "CacheIncident"), (f"/apis/{API_VERSION}", PLURAL))
+
+SUCCEEDED = "Succeeded"
+RUNNING = "Running"
+FINISHED_PHASES = frozenset(TERMINAL_PHASES | {"Recommended"})
+HEALTH_STEP = "diagnose-health"
+
+
+class IncidentKube(Protocol):
+    """What the executor needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool: ...
+
+
+class ActionCaller(Protocol):
+    """Sends one planned request to one pod (implemented by :class:`PodActionCaller`)."""
+
+    async def call(
+        self, pod: PodTarget, token: str, request: plans.PodRequest, idempotency_key: str | None
+    ) -> PodReply: ...
+
+
+EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (type Normal/Warning, reason, message)
+
+
+@dataclass(frozen=True)
+class IncidentRef:
+    """Identity of the CacheIncident being executed."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The incident may not run yet (safety said retry later): the handler retries after ``delay_s``."""
+
+    reason: str
+    message: str
+    delay_s: float
+
+
+class PodActionCaller:
+    """:class:`ActionCaller` over the operator's one :class:`~cache_operator.podclient.PodClient` pool,
+    adding the ``Idempotency-Key`` header (the pod client's calls take no extra headers)."""
+
+    def __init__(self, pod_client: Any) -> None:
+        self.pod_client = pod_client
+
+    async def call(
+        self, pod: PodTarget, token: str, request: plans.PodRequest, idempotency_key: str | None
+    ) -> PodReply:
+        """One request; expected failures come back as a ``PodReply`` with ``ok=False``."""
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
+        if idempotency_key:
+            headers[plans.IDEMPOTENCY_HEADER] = idempotency_key
+        url = f"{pod.base_url}{ADMIN_PREFIX}{request.target}"
+        what = f"{request.method} {request.path}"
+        session = self.pod_client._get_session()  # the shared pool: one HTTP client in the operator
+        try:
+            body = dict(request.body) if request.body is not None else None
+            async with session.request(request.method, url, json=body, headers=headers) as response:
+                text = await response.text()
+                try:
+                    data: Any = json.loads(text) if text else None
+                except ValueError:
+                    data = text[:500]
+                if 200 <= response.status < 300:
+                    return PodReply(pod.name, True, response.status, data)
+                return PodReply(
+                    pod.name,
+                    False,
+                    response.status,
+                    data,
+                    f"HTTP {response.status} from {what}: {str(data)[:300]}",
+                )
+        except TimeoutError:
+            return PodReply(pod.name, False, None, None, f"timeout on {what}")
+        except aiohttp.ClientError as exc:
+            return PodReply(pod.name, False, None, None, f"{type(exc).__name__} on {what}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def incident_conditions(
+    previous: list[dict[str, Any]], phase: str, reason: str, message: str, now: str, generation: int | None
+) -> list[dict[str, Any]]:
+    """``Running`` and ``Succeeded`` for a phase (Succeeded Unknown while not finished)."""
+    running = phase in ("Pending", "Running")
+    out = conds.set_condition(
+        previous, RUNNING, "True" if phase == "Running" else "False", reason, message, now, generation
+    )
+    succeeded = "Unknown" if running else ("True" if phase in ("Succeeded", "Resolved") else "False")
+    return conds.set_condition(out, SUCCEEDED, succeeded, reason, message, now, generation)
+
+
+def diagnosis_from_health(reports: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """status.diagnosis from each pod's health report: causes merged by name, best score first, the
+    evidence of each pod kept under its name."""
+    merged: dict[str, dict[str, Any]] = {}
+    for pod, report in sorted(reports.items()):
+        for reported in (report.get("diagnosis") or {}).get("causes") or []:
+            name = str(reported.get("name") or "Unknown")
+            entry = merged.setdefault(
+                name, {"name": name, "evidence": {}, "score": 0.0, "recommendations": []}
+            )
+            entry["evidence"][pod] = reported.get("evidence") or {}
+            entry["score"] = max(entry["score"], float(reported.get("score") or 0.0))
+            if not entry["recommendations"]:
+                entry["recommendations"] = list(reported.get("recommendations") or [])
+    causes = []
+    for entry in sorted(merged.values(), key=lambda e: (-e["score"], e["name"])):
+        cause: dict[str, Any] = {"name": entry["name"], "evidence": entry["evidence"]}
+        first = entry["recommendations"][0] if entry["recommendations"] else None
+        if first:
+            cause["recommendation"] = str(first.get("description") or "")
+            if first.get("action") in safety.INCIDENT_ACTIONS:
+                cause["action"] = first["action"]
+        causes.append(cause)
+    return {"causes": causes, "diagnosedAt": now}
+
+
+def _now_s() -> float:
+    return time.time()
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+class IncidentRun:
+    """One execution of one incident: keeps its status and writes it before and after each pod call."""
+
+    def __init__(
+        self,
+        incident: IncidentRef,
+        status: Mapping[str, Any],
+        generation: int | None,
+        kube: IncidentKube,
+        events: EventSink,
+        clock: Callable[[], float],
+    ) -> None:
+        self.incident = incident
+        self.status: dict[str, Any] = dict(status)
+        self.results: list[dict[str, Any]] = [dict(r) for r in status.get("results") or []]
+        self.generation = generation
+        self.kube = kube
+        self.events = events
+        self.clock = clock
+        self.dry_run = False
+
+    def now(self) -> str:
+        """The current time, RFC 3339."""
+        return rfc3339(self.clock())
+
+    async def event(self, type_: str, reason: str, message: str) -> None:
+        """Post an Event on the incident (the sink may be sync or async)."""
+        outcome = self.events(type_, reason, message)
+        if outcome is not None:
+            await outcome
+
+    async def write(self, **fields: Any) -> None:
+        """Merge ``fields`` into status and write it (results always written whole: a merge patch
+        replaces lists)."""
+        self.status.update(fields)
+        self.status["results"] = self.results
+        self.status["observedGeneration"] = self.generation
+        await self.kube.patch_status(
+            API_VERSION, "CacheIncident", self.incident.namespace, self.incident.name, self.status
+        )
+
+    async def record(self, record: Mapping[str, Any]) -> None:
+        """Merge one step record into status.results and write it."""
+        self.results = plans.merge_record(self.results, record)
+        await self.write()
+
+    async def finish(self, phase: str, reason: str, message: str) -> None:
+        """A finished phase (terminal, or Recommended), conditions, completion time, and an Event."""
+        now = self.now()
+        conditions = incident_conditions(
+            list(self.status.get("conditions") or []), phase, reason, message, now, self.generation
+        )
+        fields: dict[str, Any] = {"phase": phase, "conditions": conditions, "message": message}
+        if phase in TERMINAL_PHASES:
+            fields["completedAt"] = now
+        await self.write(**fields)
+        await self.event("Normal" if phase in ("Succeeded", "Resolved") else "Warning", reason, message)
+
+    async def wait(self, reason: str, message: str) -> None:
+        """Phase Pending with the reason it waits (safety said: not now)."""
+        if self.status.get("phase") == "Pending" and self.status.get("message") == message:
+            return
+        conditions = incident_conditions(
+            list(self.status.get("conditions") or []), "Pending", reason, message, self.now(), self.generation
+        )
+        await self.write(phase="Pending", conditions=conditions, message=message)
+        await self.event("Normal", reason, message)
+
+    async def start(self) -> None:
+        """Phase Running (once), startedAt kept from an earlier run."""
+        if self.status.get("phase") == "Running":
+            return
+        now = self.now()
+        conditions = incident_conditions(
+            list(self.status.get("conditions") or []),
+            "Running",
+            "Executing",
+            "executing",
+            now,
+            self.generation,
+        )
+        await self.write(
+            phase="Running",
+            conditions=conditions,
+            startedAt=self.status.get("startedAt") or now,
+            detection=self.status.get("detection") or {"source": "Manual"},
+            message="executing",
+        )
+
+
+async def handle_incident(
+    incident: IncidentRef,
+    *,
+    kube: IncidentKube,
+    caller: ActionCaller,
+    events: EventSink,
+    logger: Any,
+    resolve_service_hosts: bool = False,
+    clock: Callable[[], float] = _now_s,
+) -> str | Deferred:
+    """Run ``incident`` to a finished phase (or resume it); returns the phase it ended in, or a
+    :class:`Deferred` when safety says to try again later.
+
+    Idempotent: an incident already finished is left alone; one interrupted mid-way resumes from the
+    status records (pods already done are skipped, a step left ``Running`` is sent again with the same
+    Idempotency-Key, so the runtime replays rather than acts twice).
+    """
+    body = await kube.get(API_VERSION, "CacheIncident", incident.namespace, incident.name)
+    if body is None:
+        return "Gone"
+    status = dict(body.get("status") or {})
+    generation = (body.get("metadata") or {}).get("generation")
+    run = IncidentRun(incident, status, generation, kube, events, clock)
+    if status.get("phase") in FINISHED_PHASES:
+        return str(status["phase"])
+    try:
+        spec = plans.parse_incident_spec(body)
+    except ValueError as exc:
+        await run.finish("Failed", "InvalidSpec", str(exc))
+        return "Failed"
+    run.dry_run = spec.dry_run
+
+    policy_name = spec.policy_ref.name
+    policy = await kube.get(API_VERSION, "CachePolicy", incident.namespace, policy_name)
+    if policy is None:
+        message = f"spec.policyRef.name: CachePolicy {incident.namespace}/{policy_name} does not exist"
+        await run.finish("Failed", "PolicyNotFound", message)
+        return "Failed"
+    try:
+        model = parse_spec(policy.get("spec") or {})
+        policy_state = safety.PolicyState.from_policy(policy)
+    except ValueError as exc:
+        await run.finish("Failed", "PolicyInvalid", f"CachePolicy {policy_name}: {exc}")
+        return "Failed"
+
+    # Safety: decided from what is in the cluster (the policy and its incidents), never from memory.
+    siblings = [
+        i
+        for i in await kube.list_objects(API_VERSION, "CacheIncident", incident.namespace)
+        if ((i.get("spec") or {}).get("policyRef") or {}).get("name") == policy_name
+    ]
+    source = (status.get("detection") or {}).get("source") or (
+        "Auto" if safety.is_automatic(body) else "Manual"
+    )
+    decision = safety.may_run(
+        spec.action,
+        policy_state,
+        siblings,
+        clock(),
+        model.remediation,
+        source="Auto" if source == "Auto" else "Manual",
+        incident=incident.name,
+        dry_run=spec.dry_run,
+    )
+    if not decision.allowed and status.get("phase") != "Running":
+        if decision.reason == safety.RECOMMEND_ONLY:
+            await run.write(recommendedAction=spec.action)
+            await run.finish("Recommended", decision.reason, decision.message)
+            return "Recommended"
+        if decision.retry_after_s is not None:
+            await run.wait(decision.reason, decision.message)
+            return Deferred(decision.reason, decision.message, decision.retry_after_s)
+        await run.finish("Skipped", decision.reason, decision.message)
+        return "Skipped"
+
+    targets = await _target_pods(kube, incident.namespace, policy_name, model)
+    names = sorted(targets)
+    if spec.target_pods and not run.results:
+        unknown = sorted(set(spec.target_pods) - set(targets))
+        if unknown:
+            message = (
+                f"spec.targetPods: {', '.join(unknown)} not among the policy's pods "
+                f"({', '.join(names) or 'none'})"
+            )
+            await run.finish("Failed", "UnknownTargetPods", message)
+            return "Failed"
+    if not names and not run.results:
+        await run.finish("Failed", "NoTargetPods", f"CachePolicy {policy_name} has no target pods")
+        return "Failed"
+
+    config_document = None
+    if spec.action == "apply-preset":
+        config_document = await _apply_override(run, body, spec, model, policy, resolve_service_hosts)
+    # On resume the pod set is the one the first run fixed in its records.
+    plan_pods = plans.planned_pods(run.results) if run.results else names
+    plan = plans.build_plan({**body, "status": run.status}, plan_pods, config_document=config_document)
+    if not run.results:
+        run.results = plans.pending_records(plan)
+    await run.start()
+    tokens, _ = await current_tokens(kube, PolicyIdentity(policy_name, incident.namespace, ""), create=False)  # type: ignore[arg-type]
+    token = tokens[render.ADMIN_TOKEN_KEY]
+    health = await _execute(run, plan, targets, token, caller, logger)
+
+    if spec.action == "diagnose":
+        await _record_diagnosis(run, plan, health, targets, token, caller)
+    phase = plans.outcome(plan, run.results)
+    failed = sorted({r["pod"] for r in run.results if r.get("result") == "Failed"})
+    if phase == "Failed":
+        await run.finish("Failed", "StepsFailed", f"{spec.action} failed on {', '.join(failed)}")
+        return "Failed"
+    skipped = sum(1 for r in run.results if r.get("result") == "Skipped")
+    done = f"{spec.action} done on {len(plan_pods) - len(failed)} pod(s)"
+    if spec.dry_run:
+        done = f"dry run: {done}"
+    if skipped:
+        done += f" ({skipped} step(s) skipped)"
+    await run.finish("Succeeded", "DryRun" if spec.dry_run else "Completed", done)
+    return "Succeeded"
+
+
+async def _target_pods(
+    kube: IncidentKube, namespace: str, policy_name: str, model: CachePolicySpec
+) -> dict[str, PodTarget | None]:
+    """The policy's pods by name (where to reach each; None without an IP), as reconcile selects them."""
+    if model.runtime is not None:
+        port = model.runtime.port
+        selector_text = render.pod_selector_string(policy_name)
+    else:
+        assert model.selector is not None
+        port = model.selector.port
+        selector_text = render.label_selector_string(model.selector)
+    targets: dict[str, PodTarget | None] = {}
+    for pod in await kube.list_pods(namespace, selector_text):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") or not selects(model, policy_name, meta.get("labels") or {}):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        targets[str(meta.get("name"))] = pod_target(pod, port)
+    return targets
+
+
+async def _execute(
+    run: IncidentRun,
+    plan: plans.Plan,
+    targets: Mapping[str, PodTarget | None],
+    token: str,
+    caller: ActionCaller,
+    logger: Any,
+) -> dict[str, Mapping[str, Any]]:
+    """Run every step the records leave to run; returns the health bodies read (diagnose)."""
+    health: dict[str, Mapping[str, Any]] = {}
+    # Bounded: each pass finishes at least one step of each pod it returns.
+    for _ in range(len(plan.steps) + 1):
+        steps = plans.next_steps(plan, run.results)
+        if not steps:
+            break
+        for step in steps:
+            await _run_step(run, step, targets, token, caller, logger, health)
+    return health
+
+
+async def _run_step(
+    run: IncidentRun,
+    step: plans.PlannedStep,
+    targets: Mapping[str, PodTarget | None],
+    token: str,
+    caller: ActionCaller,
+    logger: Any,
+    health: dict[str, Mapping[str, Any]],
+) -> None:
+    where = f"{step.step} on {step.pod}"
+    target = targets.get(step.pod)
+    if step.request is None:
+        await run.record(plans.finished_record(step, run.clock(), "Skipped", message=step.note))
+        await run.event("Normal", "StepSkipped", f"{where}: {step.note}")
+        return
+    if target is None:
+        message = "pod gone or without an IP"
+        await run.record(plans.finished_record(step, run.clock(), "Failed", message=message))
+        await run.event("Warning", "StepFailed", f"{where}: {message}")
+        return
+    # Recorded before the call: a restart finds Running and sends the same key again.
+    await run.record(plans.started_record(step, run.clock()))
+    reply = await caller.call(target, token, step.request, step.idempotency_key)
+    if reply.ok:
+        counts = plans.counts_from_reply(reply.body)
+        counts.pop("duration_ms", None)
+        if step.step == HEALTH_STEP and isinstance(reply.body, Mapping):
+            health[step.pod] = reply.body
+            counts = {"causes": len((reply.body.get("diagnosis") or {}).get("causes") or [])}
+        message = step.note or ("dry run" if run.dry_run else "")
+        await run.record(
+            plans.finished_record(step, run.clock(), "Succeeded", counts=counts, message=message or None)
+        )
+        await run.event("Normal", "StepSucceeded", f"{where}: {json.dumps(counts)}")
+    else:
+        await run.record(plans.finished_record(step, run.clock(), "Failed", message=reply.error))
+        await run.event("Warning", "StepFailed", f"{where}: {reply.error}")
+        logger.warning(f"{where} failed: {reply.error}")
+
+
+async def _record_diagnosis(
+    run: IncidentRun,
+    plan: plans.Plan,
+    health: dict[str, Mapping[str, Any]],
+    targets: Mapping[str, PodTarget | None],
+    token: str,
+    caller: ActionCaller,
+) -> None:
+    """status.diagnosis from every pod's health report (read again for pods an earlier run read)."""
+    for pod in sorted({s.pod for s in plan.steps} - set(health)):
+        target = targets.get(pod)
+        if target is None:
+            continue
+        reply = await caller.call(target, token, plans.PodRequest("GET", "/health"), None)
+        if reply.ok and isinstance(reply.body, Mapping):
+            health[pod] = reply.body
+    diagnosis = diagnosis_from_health(health, run.now())
+    top = diagnosis["causes"][0] if diagnosis["causes"] else None
+    await run.write(
+        diagnosis=diagnosis,
+        cause=top["name"] if top else "NoCauseFound",
+        recommendedAction=(top or {}).get("action"),
+    )
+
+
+async def _apply_override(
+    run: IncidentRun,
+    body: Mapping[str, Any],
+    spec: CacheIncidentSpec,
+    model: CachePolicySpec,
+    policy: Mapping[str, Any],
+    resolve_service_hosts: bool,
+) -> dict[str, Any]:
+    """Record the override in the policy's status (unless a dry run, or already there) and return the
+    config document rendered with it, which the plan pushes to each pod."""
+    started = run.status.get("startedAt") or run.now()
+    run.status["startedAt"] = started
+    incident_view = {**body, "status": run.status}
+    override = plans.override_for(incident_view, run.clock(), model.remediation.override_duration_seconds)
+    if override is None:  # dry run: validate the document the override would push
+        override = {
+            "preset": spec.parameters.preset if spec.parameters else None,
+            "incident": run.incident.name,
+            "expiresAt": plans.expires_at(
+                incident_view, run.clock(), model.remediation.override_duration_seconds
+            ),
+        }
+    elif ((policy.get("status") or {}).get("override") or {}).get("incident") != run.incident.name:
+        # The policy's status only: the spec stays what GitOps says.
+        await run.kube.patch_status(
+            API_VERSION, "CachePolicy", run.incident.namespace, spec.policy_ref.name, {"override": override}
+        )
+        await run.event(
+            "Normal",
+            "OverrideApplied",
+            f"preset {override['preset']} on CachePolicy {spec.policy_ref.name} "
+            f"until {override['expiresAt']}",
+        )
+    redis_url = await resolve_redis_url(model, run.incident.namespace, run.kube, resolve_service_hosts)  # type: ignore[arg-type]
+    config = render.resolve_policy_config(
+        model, redis_url=redis_url, override=ActiveOverride.model_validate(override)
+    )
+    return {"config": config.public_dict(), "hash": config.config_hash()}
+
+
+async def handle_incident_deleted(
+    incident: IncidentRef, spec: Mapping[str, Any], *, kube: IncidentKube, logger: Any
+) -> bool:
+    """Lift the incident's override from its policy's status; True when one was lifted."""
+    policy_name = ((spec or {}).get("policyRef") or {}).get("name")
+    if not policy_name:
+        return False
+    policy = await kube.get(API_VERSION, "CachePolicy", incident.namespace, policy_name)
+    override = ((policy or {}).get("status") or {}).get("override") or {}
+    if override.get("incident") != incident.name:
+        return False
+    await kube.patch_status(API_VERSION, "CachePolicy", incident.namespace, policy_name, {"override": None})
+    logger.info(f"lifted the override of {incident.name} from CachePolicy {policy_name}")
+    return True
