@@ -36,8 +36,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from cache_operator import conditions as conds
-from cache_operator import k8s, render
-from cache_operator.api.cacheincident import PLURAL, TERMINAL_PHASES, CacheIncidentSpec
+from cache_operator import render
+from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
 from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import plan as plans
@@ -52,10 +52,6 @@ from cache_operator.reconcile import (
     resolve_redis_url,
     selects,
 )
-
-# k8s.py knows the REST path of each kind it touches; CacheIncident is added here until the kinds table
-# there lists it (k8s.py belongs to another part of the operator).
-k8s._RESOURCES.setdefault((API_VERSION, "CacheIncident"), (f"/apis/{API_VERSION}", PLURAL))
 
 SUCCEEDED = "Succeeded"
 RUNNING = "Running"

@@ -30,6 +30,7 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
     ("cachewarden.io/v1alpha1", "CachePolicy"): ("/apis/cachewarden.io/v1alpha1", "cachepolicies"),
+    ("cachewarden.io/v1alpha1", "CacheIncident"): ("/apis/cachewarden.io/v1alpha1", "cacheincidents"),
 }
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import lz4.block
 import msgpack
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
