@@ -33,8 +33,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
-
 from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
@@ -43,7 +41,7 @@ from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import plan as plans
 from cache_operator.incidents import safety
 from cache_operator.incidents.timefmt import rfc3339
-from cache_operator.podclient import ADMIN_PREFIX, PodReply, PodTarget
+from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.reconcile import PolicyRef as PolicyIdentity
 from cache_operator.reconcile import (
     current_tokens,
@@ -103,7 +101,7 @@ class Deferred:
 
 class PodActionCaller:
     """:class:`ActionCaller` over the operator's one :class:`~cache_operator.podclient.PodClient` pool,
-    adding the ``Idempotency-Key`` header (the pod client's calls take no extra headers)."""
+    adding the ``Idempotency-Key`` header."""
 
     def __init__(self, pod_client: Any) -> None:
         self.pod_client = pod_client
@@ -112,33 +110,12 @@ class PodActionCaller:
         self, pod: PodTarget, token: str, request: plans.PodRequest, idempotency_key: str | None
     ) -> PodReply:
         """One request; expected failures come back as a ``PodReply`` with ``ok=False``."""
-        headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
-        if idempotency_key:
-            headers[plans.IDEMPOTENCY_HEADER] = idempotency_key
-        url = f"{pod.base_url}{ADMIN_PREFIX}{request.target}"
-        what = f"{request.method} {request.path}"
-        session = self.pod_client._get_session()  # the shared pool: one HTTP client in the operator
-        try:
-            body = dict(request.body) if request.body is not None else None
-            async with session.request(request.method, url, json=body, headers=headers) as response:
-                text = await response.text()
-                try:
-                    data: Any = json.loads(text) if text else None
-                except ValueError:
-                    data = text[:500]
-                if 200 <= response.status < 300:
-                    return PodReply(pod.name, True, response.status, data)
-                return PodReply(
-                    pod.name,
-                    False,
-                    response.status,
-                    data,
-                    f"HTTP {response.status} from {what}: {str(data)[:300]}",
-                )
-        except TimeoutError:
-            return PodReply(pod.name, False, None, None, f"timeout on {what}")
-        except aiohttp.ClientError as exc:
-            return PodReply(pod.name, False, None, None, f"{type(exc).__name__} on {what}: {exc}")
+        headers = {plans.IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        body = dict(request.body) if request.body is not None else None
+        reply: PodReply = await self.pod_client.call(
+            pod, request.method, request.target, token, body, extra_headers=headers
+        )
+        return reply
 
 
 # --------------------------------------------------------------------------------------------------

@@ -80,10 +80,18 @@ class PodClient:
             await self._session.close()
         self._session = None
 
-    async def _call(
-        self, pod: PodTarget, method: str, path: str, token: str | None, body: Mapping[str, Any] | None = None
+    async def call(
+        self,
+        pod: PodTarget,
+        method: str,
+        path: str,
+        token: str | None,
+        body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> PodReply:
-        headers = {"Accept": "application/json"}
+        """One admin API request (``path`` relative to the admin prefix, query included); expected
+        failures (HTTP errors, timeouts, connection errors) come back as ``PodReply(ok=False)``."""
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = f"{pod.base_url}{ADMIN_PREFIX}{path}"
@@ -112,13 +120,13 @@ class PodClient:
 
     async def health(self, pod: PodTarget, token: str | None) -> PodReply:
         """``GET /internal/cache/health``: status, config hash, hit rates, memory, latency, Redis."""
-        return await self._call(pod, "GET", "/health", token)
+        return await self.call(pod, "GET", "/health", token)
 
     async def apply_config(
         self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
     ) -> PodReply:
         """``POST /internal/cache/config/apply`` with the full resolved config and its hash."""
-        return await self._call(
+        return await self.call(
             pod, "POST", "/config/apply", token, {"config": dict(config), "hash": config_hash}
         )
 
