@@ -194,6 +194,18 @@ def processes_marked_with(cluster_id: str) -> list[int]:
     return found
 
 
+def wait_until_gone(pids: Iterable[int], timeout: float) -> bool:
+    """Poll until none of ``pids`` is alive (zombies count as gone), at most ``timeout`` seconds;
+    True when they all went."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while any(process_start_ticks(p) is not None for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def kill_marked_processes(cluster_id: str, grace: float = 5.0) -> list[int]:
     """SIGTERM, then SIGKILL, every process still carrying the cluster's id; returns their pids.
     A safety net after the process groups are stopped, for descendants that left the group."""
@@ -201,9 +213,7 @@ def kill_marked_processes(cluster_id: str, grace: float = 5.0) -> list[int]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(process_start_ticks(p) is not None for p in pids):
-        time.sleep(0.05)
+    wait_until_gone(pids, timeout=grace)
     for pid in pids:
         if process_start_ticks(pid) is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):

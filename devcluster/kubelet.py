@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import datetime
 import fcntl
 import http.client
 import http.server
@@ -63,16 +62,14 @@ from urllib.parse import parse_qs, quote, urlparse
 
 import urllib3
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import images, podspec
+from devcluster.controlplane import process_start_ticks, wait_until_gone
+from devcluster.pki import CertificateAuthority, CertificatePair
 
 log = logging.getLogger("devcluster.kubelet")
 
@@ -119,19 +116,6 @@ def parse_rfc3339(text: str) -> float:
     import calendar
 
     return float(calendar.timegm(time.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S")))
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (None if gone or a zombie): with the pid it
-    names one process, so a reused pid is never signalled."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in {"Z", "X"}:
-        return None
-    return int(fields[19])
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -496,9 +480,7 @@ def kill_leftover_processes(run_dir: Path) -> list[int]:
         if process_start_ticks(pid) == ticks:
             _signal_group(pid, signal.SIGKILL)
             killed.append(pid)
-    deadline = time.monotonic() + 5.0
-    while killed and time.monotonic() < deadline and any(process_start_ticks(p) is not None for p in killed):
-        time.sleep(0.05)
+    wait_until_gone(killed, timeout=5.0)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return killed
@@ -1919,37 +1901,16 @@ class Kubelet:
 
 
 def serving_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (created once per run directory). The API server does
-    not verify kubelet certificates unless given ``--kubelet-certificate-authority``."""
-    cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
+    """A serving certificate for 127.0.0.1 from a throwaway CA (created once per run directory). The
+    API server does not verify kubelet certificates unless given ``--kubelet-certificate-authority``."""
+    pair = CertificatePair(cert=directory / "kubelet.crt", key=directory / "kubelet.key")
+    if pair.cert.exists() and pair.key.exists():
+        return pair.cert, pair.key
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devcluster-kubelet")])
-    now = datetime.datetime.now(datetime.UTC)
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST_IP))]), critical=False
-        )
-        .sign(key, hashes.SHA256())
+    CertificateAuthority.create("devcluster-kubelet-ca").issue_to_files(
+        pair, "devcluster-kubelet", server=True, ip_addresses=[ipaddress.ip_address(HOST_IP)]
     )
-    _write_atomic(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return cert_path, key_path
+    return pair.cert, pair.key
 
 
 LOG_READ_LIMIT = 8 * 1024 * 1024
