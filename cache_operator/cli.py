@@ -12,6 +12,8 @@ import argparse
 import json
 import logging
 import os
+import random
+import re
 import sys
 from collections.abc import Sequence
 
@@ -34,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--peering",
         default=None,
         help="kopf peering object name (several replicas, one active); default standalone",
+    )
+    parser.add_argument(
+        "--priority",
+        default=None,
+        help="kopf peering priority: an integer, or 'random' (a random one per process, so replicas of "
+        "one Deployment never tie: kopf pauses every peer of equal priority); only with --peering",
     )
     parser.add_argument(
         "--liveness", default=None, help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz"
@@ -77,9 +85,23 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--pod-timeout {args.pod_timeout} is not accepted; accepted: 0.1..120 seconds"
     if args.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         return f"--log-level {args.log_level!r} is not accepted; accepted: DEBUG, INFO, WARNING, ERROR"
+    if args.priority is not None:
+        if args.peering is None:
+            return f"--priority {args.priority!r} is not accepted without --peering (standalone has no peers)"
+        if args.priority != "random" and not re.fullmatch(r"-?[0-9]{1,9}", args.priority):
+            return f"--priority {args.priority!r} is not accepted; accepted: an integer or 'random'"
     if args.liveness is not None and not args.liveness.startswith("http://"):
         return f"--liveness {args.liveness!r} is not accepted; accepted: an http:// URL"
     return None
+
+
+def peering_priority(value: str | None) -> int | None:
+    """kopf's priority from ``--priority``: None (kopf's default), an integer, or a random one."""
+    if value is None:
+        return None
+    if value == "random":
+        return random.SystemRandom().randint(1, 2**31 - 1)
+    return int(value)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -112,6 +134,7 @@ def main(argv: Sequence[str]) -> int:
         namespaces=args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=peering_priority(args.priority),
         liveness_endpoint=args.liveness,
     )
     return 0
