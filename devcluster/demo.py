@@ -32,7 +32,10 @@ POLICY = "quickstart"
 OPERATOR_MANIFEST = f"""
 apiVersion: v1
 kind: Namespace
-metadata: {{name: {OPERATOR_NAMESPACE}}}
+metadata:
+  name: {OPERATOR_NAMESPACE}
+  # The operator's pod passes the restricted Pod Security profile: enforce it (docs/reliability.md).
+  labels: {{pod-security.kubernetes.io/enforce: restricted, pod-security.kubernetes.io/warn: restricted}}
 ---
 apiVersion: v1
 kind: ServiceAccount
@@ -88,9 +91,18 @@ spec:
     metadata: {{labels: {{app.kubernetes.io/name: cachewarden-operator}}}}
     spec:
       serviceAccountName: cachewarden-operator
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 10001
+        runAsGroup: 10001
+        seccompProfile: {{type: RuntimeDefault}}
       containers:
         - name: operator
           image: ghcr.io/cachewarden/cachewarden:0.1.0
+          securityContext:
+            allowPrivilegeEscalation: false
+            privileged: false
+            capabilities: {{drop: [ALL]}}
           args: [operator, --all-namespaces, --resolve-service-hosts,
                  --liveness, "http://$(POD_IP):8081/healthz",
                  --metrics-address, "$(POD_IP)", --metrics-port, "9090"]
