@@ -7,7 +7,11 @@
 - ``kube`` (session): :class:`KubeTools`, kubectl and helm bound to the cluster's kubeconfig.
 - ``k8s_api`` (session): a ``kubernetes.client.ApiClient`` from the official client, configured from
   the kubeconfig.
-- ``namespace`` (function): a fresh namespace per test, deleted at teardown.
+- ``namespace`` (function): a fresh namespace per test, deleted at teardown. Pod Security admission
+  labels: ``warn`` and ``audit`` at ``restricted`` always, ``enforce`` at ``CACHEWARDEN_E2E_POD_SECURITY``
+  (default ``baseline``: some tests' own helper pods, e.g. a bare ``redis:7`` Deployment, carry no
+  securityContext and would be rejected by ``restricted``).
+- ``restricted_namespace`` (function): the same, enforcing the ``restricted`` profile.
 
 Missing binaries skip the e2e tests with the reason and the build command, except in CI
 (``CI=true``) or with ``CACHEWARDEN_REQUIRE_E2E=1``, where they fail: a CI run that silently skipped
@@ -37,6 +41,9 @@ T = TypeVar("T")
 
 REQUIRE_E2E_ENV = "CACHEWARDEN_REQUIRE_E2E"
 E2E_KUBELET_ENV = "CACHEWARDEN_E2E_KUBELET"
+POD_SECURITY_ENV = "CACHEWARDEN_E2E_POD_SECURITY"
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+DEFAULT_POD_SECURITY = "baseline"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -217,16 +224,50 @@ def k8s_api(dev_cluster: Cluster) -> Iterator[Any]:
         client.close()
 
 
+def pod_security_labels(enforce: str) -> dict[str, str]:
+    """Pod Security admission labels of a test namespace: ``enforce`` at the given level, ``warn`` and
+    ``audit`` at ``restricted`` (so a pod that would not pass ``restricted`` shows up as a kubectl
+    warning and in the audit annotations even where it is admitted), every version ``latest``."""
+    if enforce not in POD_SECURITY_LEVELS:
+        raise ValueError(f"{POD_SECURITY_ENV}: {enforce!r} is not a Pod Security level; accepted: "
+                         f"{', '.join(POD_SECURITY_LEVELS)}")
+    labels: dict[str, str] = {}
+    for mode, level in (("enforce", enforce), ("warn", "restricted"), ("audit", "restricted")):
+        labels[f"pod-security.kubernetes.io/{mode}"] = level
+        labels[f"pod-security.kubernetes.io/{mode}-version"] = "latest"
+    return labels
+
+
+def default_pod_security(environ: Mapping[str, str] | None = None) -> str:
+    """The ``enforce`` level of the ``namespace`` fixture: ``CACHEWARDEN_E2E_POD_SECURITY`` or baseline."""
+    env = os.environ if environ is None else environ
+    return env.get(POD_SECURITY_ENV, "").strip().lower() or DEFAULT_POD_SECURITY
+
+
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -> Iterator[str]:
-    """A namespace for one test, deleted (without waiting for it to finish) at teardown.
+    """A namespace for one test, deleted (without waiting for it to finish) at teardown; Pod Security
+    ``enforce`` at :func:`default_pod_security`, ``warn``/``audit`` at ``restricted``.
 
     Returned once its ``default`` ServiceAccount exists: until then the ServiceAccount admission
     plugin rejects pods created in it."""
+    yield from _test_namespace(request, dev_cluster, default_pod_security())
+
+
+@pytest.fixture
+def restricted_namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -> Iterator[str]:
+    """Like ``namespace``, enforcing the ``restricted`` Pod Security profile: the API server rejects
+    any pod (and any workload's pod) that runs as root, may escalate privileges, keeps capabilities,
+    lacks a seccomp profile or uses host namespaces or host paths."""
+    yield from _test_namespace(request, dev_cluster, "restricted")
+
+
+def _test_namespace(request: pytest.FixtureRequest, dev_cluster: Cluster, enforce: str) -> Iterator[str]:
     name = namespace_name(request.node.name)
     api = dev_cluster.api
     api.request("POST", "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": name, "labels": pod_security_labels(enforce)}})
     try:
         wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60,
                  f"ServiceAccount {name}/default")
