@@ -23,8 +23,13 @@ HEALTHY = "Healthy"
 REDIS_CONNECTED = "RedisConnected"
 SUCCEEDED = "Succeeded"
 RUNNING = "Running"
+SYMPTOMS_TRACKED = "SymptomsTracked"
+RESOLVED = "Resolved"
 POLICY_CONDITION_TYPES = (READY, RECONCILING, STALLED, CONFIG_APPLIED, HEALTHY, REDIS_CONNECTED)
-INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING)
+# Set by automatic detection (cache_operator.autoincidents), only on passes that count a probe, and
+# carried over unchanged by policy_conditions on the others.
+DETECTION_CONDITION_TYPES = (SYMPTOMS_TRACKED,)
+INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED)
 STATUSES = ("True", "False", "Unknown")
 
 
@@ -122,9 +127,11 @@ def _short(config_hash: str | None) -> str:
 
 def policy_conditions(observed: PolicyObservation, previous: Sequence[Mapping[str, Any]] | None,
                       now: str) -> list[dict[str, Any]]:
-    """All six policy conditions for ``observed``, keeping transition times from ``previous``."""
+    """All six policy conditions for ``observed``, keeping transition times from ``previous``; the
+    detection condition (``SymptomsTracked``) is carried over from ``previous`` as it was."""
     gen = observed.generation
-    conditions = [dict(c) for c in previous or () if c.get("type") in POLICY_CONDITION_TYPES]
+    kept = POLICY_CONDITION_TYPES + DETECTION_CONDITION_TYPES
+    conditions = [dict(c) for c in previous or () if c.get("type") in kept]
 
     def put(type_: str, status: str, reason: str, message: str = "") -> None:
         nonlocal conditions
@@ -195,7 +202,12 @@ def policy_conditions(observed: PolicyObservation, previous: Sequence[Mapping[st
 
 
 def _ordered(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    order = {name: index for index, name in enumerate(POLICY_CONDITION_TYPES + INCIDENT_CONDITION_TYPES)}
+    order = {
+        name: index
+        for index, name in enumerate(
+            POLICY_CONDITION_TYPES + DETECTION_CONDITION_TYPES + INCIDENT_CONDITION_TYPES
+        )
+    }
     return sorted(conditions, key=lambda c: order.get(str(c.get("type")), len(order)))
 
 

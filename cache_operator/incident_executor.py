@@ -27,9 +27,11 @@ tests pass fakes and the e2e test runs the same code against devcluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -188,6 +190,7 @@ class IncidentRun:
         self.events = events
         self.clock = clock
         self.dry_run = False
+        self.automatic = False
 
     def now(self) -> str:
         """The current time, RFC 3339."""
@@ -253,7 +256,8 @@ class IncidentRun:
             phase="Running",
             conditions=conditions,
             startedAt=self.status.get("startedAt") or now,
-            detection=self.status.get("detection") or {"source": "Manual"},
+            # Merged into whatever detection the policy's reconciler wrote (a JSON merge patch).
+            detection=self.status.get("detection") or {"source": "Auto" if self.automatic else "Manual"},
             message="executing",
         )
 
@@ -267,6 +271,7 @@ async def handle_incident(
     logger: Any,
     resolve_service_hosts: bool = False,
     clock: Callable[[], float] = _now_s,
+    locks: PolicyLocks | None = None,
 ) -> str | Deferred:
     """Run ``incident`` to a finished phase (or resume it); returns the phase it ended in, or a
     :class:`Deferred` when safety says to try again later.
@@ -289,6 +294,7 @@ async def handle_incident(
         await run.finish("Failed", "InvalidSpec", str(exc))
         return "Failed"
     run.dry_run = spec.dry_run
+    run.automatic = safety.is_automatic(body)
 
     policy_name = spec.policy_ref.name
     policy = await kube.get(API_VERSION, "CachePolicy", incident.namespace, policy_name)
@@ -298,12 +304,81 @@ async def handle_incident(
         return "Failed"
     try:
         model = parse_spec(policy.get("spec") or {})
-        policy_state = safety.PolicyState.from_policy(policy)
+        safety.PolicyState.from_policy(policy)
     except ValueError as exc:
         await run.finish("Failed", "PolicyInvalid", f"CachePolicy {policy_name}: {exc}")
         return "Failed"
 
     # Safety: decided from what is in the cluster (the policy and its incidents), never from memory.
+    # The policy's lock (one per policy in this operator) makes "decide, record the cooldown, mark
+    # Running" one step, so two incidents of a policy cannot both see no disruptive action running.
+    async with locks.lock(incident.namespace, policy_name) if locks is not None else _no_lock():
+        prepared = await _decide_and_start(
+            run, body, spec, incident, model, kube, clock, resolve_service_hosts
+        )
+    if not isinstance(prepared, tuple):
+        return prepared
+    plan, targets, token = prepared
+    plan_pods = sorted({step.pod for step in plan.steps})
+    health = await _execute(run, plan, targets, token, caller, logger)
+
+    if spec.action == "diagnose":
+        await _record_diagnosis(run, plan, health, targets, token, caller)
+    phase = plans.outcome(plan, run.results)
+    failed = sorted({r["pod"] for r in run.results if r.get("result") == "Failed"})
+    if phase == "Failed":
+        await run.finish("Failed", "StepsFailed", f"{spec.action} failed on {', '.join(failed)}")
+        return "Failed"
+    skipped = sum(1 for r in run.results if r.get("result") == "Skipped")
+    done = f"{spec.action} done on {len(plan_pods) - len(failed)} pod(s)"
+    if spec.dry_run:
+        done = f"dry run: {done}"
+    if skipped:
+        done += f" ({skipped} step(s) skipped)"
+    await run.finish("Succeeded", "DryRun" if spec.dry_run else "Completed", done)
+    return "Succeeded"
+
+
+class PolicyLocks:
+    """One asyncio lock per policy, for the operator's process: serializes the safety decision and
+    the start of incidents of one policy (with ``--peering`` one replica is active at a time)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, namespace: str, policy: str) -> asyncio.Lock:
+        """The lock of ``namespace/policy`` (created on first use)."""
+        return self._locks.setdefault((namespace, policy), asyncio.Lock())
+
+
+@contextlib.asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
+
+
+async def _decide_and_start(
+    run: IncidentRun,
+    body: Mapping[str, Any],
+    spec: CacheIncidentSpec,
+    incident: IncidentRef,
+    model: CachePolicySpec,
+    kube: IncidentKube,
+    clock: Callable[[], float],
+    resolve_service_hosts: bool,
+) -> str | Deferred | tuple[plans.Plan, dict[str, PodTarget | None], str]:
+    """Safety decision, target pods, plan, cooldown record and phase Running; returns the finished
+    phase or :class:`Deferred` when it must not run (now), else (plan, targets, admin token).
+
+    Called under the policy's lock; the policy is read again here so the cooldown records of an
+    incident that held the lock a moment ago are seen (and kept)."""
+    status = dict(run.status)
+    policy_name = spec.policy_ref.name
+    policy = await kube.get(API_VERSION, "CachePolicy", incident.namespace, policy_name)
+    if policy is None:
+        message = f"spec.policyRef.name: CachePolicy {incident.namespace}/{policy_name} does not exist"
+        await run.finish("Failed", "PolicyNotFound", message)
+        return "Failed"
+    policy_state = safety.PolicyState.from_policy(policy)
     siblings = [
         i
         for i in await kube.list_objects(API_VERSION, "CacheIncident", incident.namespace)
@@ -356,26 +431,24 @@ async def handle_incident(
     plan = plans.build_plan({**body, "status": run.status}, plan_pods, config_document=config_document)
     if not run.results:
         run.results = plans.pending_records(plan)
+    if (
+        source == "Auto"
+        and not spec.dry_run
+        and status.get("phase") != "Running"
+        and decision.reason == safety.ALLOWED
+    ):
+        # The cooldown is kept in the policy's status, written before the action starts: a restarted
+        # operator (or a second replica) reads the same record.
+        last_actions = safety.record_action(
+            (policy.get("status") or {}).get("lastActions"), spec.action, incident.name, clock()
+        )
+        await kube.patch_status(
+            API_VERSION, "CachePolicy", incident.namespace, policy_name, {"lastActions": last_actions}
+        )
     await run.start()
     tokens, _ = await current_tokens(kube, PolicyIdentity(policy_name, incident.namespace, ""), create=False)  # type: ignore[arg-type]
     token = tokens[render.ADMIN_TOKEN_KEY]
-    health = await _execute(run, plan, targets, token, caller, logger)
-
-    if spec.action == "diagnose":
-        await _record_diagnosis(run, plan, health, targets, token, caller)
-    phase = plans.outcome(plan, run.results)
-    failed = sorted({r["pod"] for r in run.results if r.get("result") == "Failed"})
-    if phase == "Failed":
-        await run.finish("Failed", "StepsFailed", f"{spec.action} failed on {', '.join(failed)}")
-        return "Failed"
-    skipped = sum(1 for r in run.results if r.get("result") == "Skipped")
-    done = f"{spec.action} done on {len(plan_pods) - len(failed)} pod(s)"
-    if spec.dry_run:
-        done = f"dry run: {done}"
-    if skipped:
-        done += f" ({skipped} step(s) skipped)"
-    await run.finish("Succeeded", "DryRun" if spec.dry_run else "Completed", done)
-    return "Succeeded"
+    return plan, targets, token
 
 
 async def _target_pods(

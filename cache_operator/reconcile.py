@@ -11,7 +11,10 @@ One pass (:func:`handle_reconcile`), run on create/update/resume and by the prob
 4. list the target pods (runtime: the Deployment's selector; selector mode: ``spec.selector``), probe
    each one's ``health`` and push ``config/apply`` to each pod that reports another hash (concurrent,
    bounded, with timeouts: :class:`cache_operator.podclient.PodClient`);
-5. aggregate into status (pods desired/ready/configured, health, per-pod view) and kstatus conditions.
+5. aggregate into status (pods desired/ready/configured, health, per-pod view) and kstatus conditions;
+6. once per probe interval, automatic detection (:mod:`cache_operator.autoincidents`): symptoms with
+   hysteresis in ``status.symptoms``, automatic CacheIncidents opened, resolved and garbage-collected;
+   an expired time-boxed override is removed from status (the base config was pushed in step 4).
 
 Everything that talks to the outside world comes in as an argument (``kube``, ``pods``), so unit tests
 pass fakes and the e2e test runs the same code against the real cluster.
@@ -31,6 +34,8 @@ from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
+from cache_operator.autoincidents import detection_due, run_detection
+from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_runtime.config import CacheConfig, ConfigError
@@ -46,6 +51,12 @@ class KubeIO(Protocol):
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool: ...
 
 
 class PodIO(Protocol):
@@ -91,6 +102,7 @@ class ReconcileOutcome:
     pushed: int = 0
     reason: str = ""
     message: str = ""
+    detection: Any = None  # cache_operator.autoincidents.DetectionOutcome when detection ran
 
 
 def utc_now() -> str:
@@ -392,10 +404,14 @@ async def handle_reconcile(
     delete_stale: bool = True,
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
     now: str | None = None,
+    events: Any = None,
+    detect: bool = True,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
     ``pods_in_namespace`` (the operator's pod index) replaces the pod list call when given.
+    ``events(type, reason, message)`` posts Events on the policy (detection's openings, resolutions,
+    refusals); ``detect=False`` turns automatic detection off for the pass.
 
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
@@ -542,6 +558,31 @@ async def handle_reconcile(
         for view in views[:POD_STATUS_LIMIT]
     ]
     patch.status["health"] = health
+    raw_override = status.get("override")
+    if isinstance(raw_override, Mapping) and override is None:
+        # Expired (or unreadable): the config above is already the base one and was pushed to every
+        # pod still on the override's hash; the record goes too.
+        patch.status["override"] = None
+        await _post_event(
+            events,
+            "Normal",
+            "OverrideExpired",
+            f"time-boxed override of incident {raw_override.get('incident')} "
+            f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
+            f"base config {config_hash[:12]} pushed",
+        )
+    detection = None
+    now_s = parse_rfc3339(now, "now")
+    if detect and detection_due(status, now_s, float(model.health.probe_interval_seconds)):
+        try:
+            detection = await run_detection(
+                policy, model, status, views, config_hash, conditions,
+                kube=kube, now_s=now_s, events=events, logger=logger,
+            )
+        except ValueError as exc:
+            logger.warning(f"automatic detection skipped this pass: {exc}")
+        else:
+            patch.status.update(detection.status)
     if model.paused:
         outcome = "paused"
     elif is_ready and not errors:
@@ -555,7 +596,17 @@ async def handle_reconcile(
         pushed,
         str(ready_condition.get("reason", "")),
         str(ready_condition.get("message", "")),
+        detection,
     )
+
+
+async def _post_event(events: Any, type_: str, reason: str, message: str) -> None:
+    """Post an Event through ``events`` (sync or async), if given."""
+    if events is None:
+        return
+    outcome = events(type_, reason, message[:1000])
+    if outcome is not None:
+        await outcome
 
 
 async def apply_children_of(

@@ -179,6 +179,17 @@ class Detection(ApiModel):
         description="Snapshot of the figures that triggered detection (hit rate, memory, latency...).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+    occurrences: int | None = Field(
+        default=None,
+        ge=1,
+        description="Auto incidents: episodes of the symptom this incident stands for (a symptom that "
+        "clears and comes back within the naming window reopens it).",
+    )
+    last_detected_at: str | None = Field(
+        default=None,
+        description="Auto incidents: when the symptom was last confirmed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class Cause(ApiModel):
@@ -242,7 +253,8 @@ class CacheIncidentStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Succeeded (True/False when finished) and Running.",
+        description="Succeeded (True/False when finished), Running, and for automatic incidents "
+        "Resolved (True once the symptom cleared).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: IncidentPhase = Field(
@@ -269,3 +281,13 @@ class CacheIncidentStatus(ApiModel):
         json_schema_extra={"format": "date-time"},
     )
     message: str | None = Field(default=None, description="Summary of the outcome.")
+    resolved_at: str | None = Field(
+        default=None,
+        description="Auto incidents: when the symptom cleared and the incident was resolved (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    resolved_from_phase: IncidentPhase | None = Field(
+        default=None,
+        description="Auto incidents: the phase the incident had when it was resolved (its action's "
+        "outcome: Succeeded, Failed, Recommended, Skipped or Pending).",
+    )

@@ -656,6 +656,11 @@ class SymptomState(ApiModel):
         description="When the symptom was first seen in this episode (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
+    incident: str | None = Field(
+        default=None,
+        description="The automatic CacheIncident opened for this episode (set while active); an "
+        "episode never gets a second one.",
+    )
 
 
 class ActionRecord(ApiModel):
@@ -687,10 +692,25 @@ class CachePolicyStatus(ApiModel):
     targets: list[TargetPodStatus] | None = Field(default=None, max_length=1000, description="Per-pod view.")
     health: HealthSummary | None = Field(default=None, description="Aggregated health at the last probe.")
     active_incidents: list[str] | None = Field(
-        default=None, description="Names of open CacheIncidents of this policy."
+        default=None,
+        description="Names of this policy's open CacheIncidents: not in a terminal phase, or automatic "
+        "with a symptom that has not cleared.",
     )
     override: ActiveOverride | None = Field(default=None, description="Time-boxed override in force, if any.")
-    symptoms: list[SymptomState] | None = Field(default=None, description="Detection state per symptom.")
+    symptoms: list[SymptomState] | None = Field(
+        default=None, description="Detection state per symptom (only symptoms seen or active)."
+    )
+    last_detection_time: str | None = Field(
+        default=None,
+        description="When detection last counted a probe pass (RFC 3339); passes closer together "
+        "than the probe interval are not counted.",
+        json_schema_extra={"format": "date-time"},
+    )
+    last_garbage_collection_time: str | None = Field(
+        default=None,
+        description="When finished incidents were last checked for deletion (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
     last_actions: list[ActionRecord] | None = Field(
-        default=None, description="Last automatic run per action."
+        default=None, description="Last automatic run per action (cooldowns survive a restart)."
     )

@@ -17,6 +17,7 @@ from cache_operator.incident_executor import (
     Deferred,
     IncidentRef,
     PodActionCaller,
+    PolicyLocks,
     handle_incident,
     handle_incident_deleted,
 )
@@ -52,6 +53,7 @@ async def incident_run(
             events=post_event,
             logger=logger,
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
+            locks=memo.setdefault("policy_locks", PolicyLocks()),
         )
     except KubeError as exc:
         # Progress is in status: a retry resumes where this run stopped (kopf's default is 60 s later).

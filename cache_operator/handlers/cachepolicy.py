@@ -2,9 +2,12 @@
 
 One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
 loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
-Ready or Stalled) and writes the status itself. An event handler wakes it when the spec changes
-(a new generation), so a change is pushed to the pods at once, and status has a single writer (no two
-tasks racing to write conditions). Deletion deletes the children explicitly before the finalizer is released.
+Ready or Stalled, and right after a time-boxed override expires) and writes the status itself;
+automatic detection counts at most one probe per interval (status ``lastDetectionTime``). An event
+handler wakes it when the spec changes (a new generation), so a change is pushed to the pods at once,
+and status has a single writer (no two tasks racing to write conditions; the incident executor only
+merges ``override`` and ``lastActions``, which the reconciler never writes, except removing an
+expired override). Deletion deletes the children explicitly before the finalizer is released.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import kopf
 
 from cache_operator.api.cachepolicy import PLURAL
 from cache_operator.api.common import API_VERSION, GROUP, VERSION
+from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.reconcile import PolicyRef, ReconcileOutcome, handle_delete, handle_reconcile
 
@@ -122,6 +126,7 @@ async def policy_reconciler(
         else:
             probe = ((body.get("spec") or {}).get("health") or {}).get("probeIntervalSeconds")
             interval = float(probe or DEFAULT_PROBE_INTERVAL_S)
+        interval = min(interval, _until_override_expires(body.get("status") or {}, time.time()))
         trigger = await _wait(wake, stopped, interval)
 
 
@@ -141,6 +146,12 @@ async def _reconcile_once(
     started = time.perf_counter()
     policy = PolicyRef(name, namespace, uid, body.get("metadata", {}).get("generation"))
     patch = StatusPatch()
+
+    def post_event(type_: str, reason: str, message: str) -> None:
+        # kopf.event: detection's openings, resolutions and refusals are Events on the policy even
+        # though the operator posts only warnings from its logs.
+        kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
     try:
         outcome = await handle_reconcile(
             policy,
@@ -154,6 +165,7 @@ async def _reconcile_once(
             apply_children=apply_children,
             delete_stale=delete_stale,
             pods_in_namespace=pods_in_namespace,
+            events=post_event,
         )
         if patch.status:
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
@@ -178,6 +190,19 @@ async def _reconcile_once(
             metrics.pushes.labels(result="ok" if view.error is None else "error").inc()
     metrics.policies.record(f"{namespace}/{name}", patch.status.get("conditions") or [])
     return outcome
+
+
+def _until_override_expires(status: Any, now_s: float) -> float:
+    """Seconds until the time-boxed override in ``status`` expires (at least 0.5, so the pass right
+    after the expiry lifts it), or infinity when there is none."""
+    override = status.get("override") if hasattr(status, "get") else None
+    if not isinstance(override, dict) and not hasattr(override, "get"):
+        return float("inf")
+    try:
+        expires = parse_rfc3339(override.get("expiresAt"), "status.override.expiresAt")
+    except ValueError:
+        return float("inf")
+    return max(0.5, expires - now_s + 0.5)
 
 
 def _index_lookup(index: kopf.Index[str | None, dict[str, Any]]) -> Callable[[str], list[dict[str, Any]]]:

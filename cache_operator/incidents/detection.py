@@ -68,11 +68,15 @@ class ProbeSummary:
 
 @dataclass(frozen=True)
 class SymptomEvent:
-    """A symptom that opened or cleared at this probe, with when its episode began and the evidence."""
+    """A symptom that opened or cleared at this probe, with when its episode began and the evidence.
+
+    ``incident`` is the automatic incident recorded for the episode (cleared events only; None when
+    none was opened)."""
 
     name: str
     since: str | None
     evidence: Mapping[str, Any]
+    incident: str | None = None
 
 
 def _symptom_entries(report: Mapping[str, Any], pod: str) -> list[Mapping[str, Any]]:
@@ -170,12 +174,19 @@ def _entries(state: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
             raise ValueError(
                 f"status.symptoms[{index}].consecutive={consecutive!r} is invalid; accepted: an integer >= 0"
             )
+        incident = item.get("incident")
+        if incident is not None and not isinstance(incident, str):
+            raise ValueError(
+                f"status.symptoms[{index}].incident={incident!r} is invalid; accepted: a CacheIncident name"
+            )
         entries[item["name"]] = {
             "name": item["name"],
             "active": bool(item.get("active", False)),
             "consecutive": consecutive,
             "since": item.get("since"),
         }
+        if incident and entries[item["name"]]["active"]:
+            entries[item["name"]]["incident"] = incident
     return entries
 
 
@@ -185,7 +196,9 @@ def observe(
     """Advance the detection state by one probe: ``(new_state, opened, cleared)``.
 
     ``state`` is the previous return value (or ``{"symptoms": status.symptoms}``; None = nothing yet).
-    The input is not modified. Events come in the fixed order of :data:`SYMPTOMS`.
+    The input is not modified. Events come in the fixed order of :data:`SYMPTOMS`. An active entry
+    keeps its ``incident`` (the automatic incident recorded for the episode, see :func:`with_incident`)
+    until it clears.
     """
     entries = _entries(state)
     if probe.answered == 0:
@@ -216,7 +229,7 @@ def observe(
             else:
                 count = entry["consecutive"] + 1
                 if count >= settings.clear_after:
-                    cleared.append(SymptomEvent(name, entry["since"], evidence))
+                    cleared.append(SymptomEvent(name, entry["since"], evidence, entry.get("incident")))
                     entry = {"name": name, "active": False, "consecutive": 0, "since": None}
                 else:
                     entry = {**entry, "consecutive": count}
@@ -224,6 +237,18 @@ def observe(
         if entry["active"] or entry["consecutive"]:
             new_entries.append(entry)
     return {"symptoms": new_entries}, opened, cleared
+
+
+def with_incident(state: Mapping[str, Any], symptom: str, incident: str) -> dict[str, Any]:
+    """``state`` with ``incident`` recorded on the active entry of ``symptom`` (so a later pass knows
+    the episode has its incident and never opens another, even if a person deleted it)."""
+    entries = []
+    for entry in (state or {}).get("symptoms") or []:
+        entry = dict(entry)
+        if entry.get("name") == symptom and entry.get("active"):
+            entry["incident"] = incident
+        entries.append(entry)
+    return {"symptoms": entries}
 
 
 def active_symptoms(state: Mapping[str, Any] | None) -> list[str]:

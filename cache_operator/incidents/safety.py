@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from cache_operator.api.cacheincident import TERMINAL_PHASES
 from cache_operator.api.cachepolicy import RemediationSpec
+from cache_operator.incidents.lifecycle import tracks_symptom
 from cache_operator.incidents.naming import LABEL_SOURCE, SOURCE_AUTO
 from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
 from cache_runtime.diagnosis import DISRUPTIVE_ACTIONS, INCIDENT_ACTIONS
@@ -189,8 +190,13 @@ def may_open(
     policy_state: PolicyState, incidents: Sequence[Mapping[str, Any]], remediation: RemediationSpec
 ) -> Decision:
     """May the operator open one more automatic incident? No when the open automatic ones reach
-    ``spec.remediation.stormLimit`` (a storm of symptoms is one problem, not fifty incidents)."""
-    open_auto = sorted(_name(i) for i in incidents if is_automatic(i) and is_open(i))
+    ``spec.remediation.stormLimit`` (a storm of symptoms is one problem, not fifty incidents).
+
+    An automatic incident is open while its phase is not terminal *or* its symptom has not cleared
+    (no ``status.resolvedAt``): one whose action already ran still stands for an ongoing symptom."""
+    open_auto = sorted(
+        _name(i) for i in incidents if is_automatic(i) and (is_open(i) or tracks_symptom(i))
+    )
     if len(open_auto) >= remediation.storm_limit:
         return Decision(
             False,
@@ -205,12 +211,13 @@ def incidents_to_delete(
     incidents: Sequence[Mapping[str, Any]], now: float, ttl: float, history_limit: int
 ) -> list[str]:
     """Names of finished incidents to delete: ended more than ``ttl`` seconds ago, or beyond the
-    newest ``history_limit`` finished ones of their policy. Open incidents are never deleted; a
-    finished incident without a valid ``status.completedAt`` is kept only by the history limit."""
+    newest ``history_limit`` finished ones of their policy. Open incidents, and automatic ones whose
+    symptom has not cleared, are never deleted; a finished incident without a valid
+    ``status.completedAt`` is kept only by the history limit."""
     by_policy: dict[str, list[tuple[float, str]]] = {}
     doomed: set[str] = set()
     for incident in incidents:
-        if is_open(incident):
+        if is_open(incident) or tracks_symptom(incident):
             continue
         name = _name(incident)
         policy = str(((incident.get("spec") or {}).get("policyRef") or {}).get("name", ""))

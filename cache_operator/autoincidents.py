@@ -1,0 +1,367 @@
+"""Automatic incidents, driven by the CachePolicy's probe pass: detection, opening, resolution, GC.
+
+:func:`cache_operator.reconcile.handle_reconcile` calls :func:`run_detection` after it probed the pods,
+at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, from
+``status.lastDetectionTime``: a wake-up for a spec change or a converging pass is not a probe). One call:
+
+1. **detect**: :func:`~cache_operator.incidents.detection.summarize_probe` over the pods' health answers
+   (with the hash each pod runs after this pass's push, so ConfigDrift means "still another config
+   after the operator pushed ours") and :func:`~cache_operator.incidents.detection.observe`, whose
+   state is ``status.symptoms``: hysteresis survives an operator restart;
+2. **open**: every active symptom without an incident gets one, named deterministically from the
+   policy, the symptom and the episode's start (:mod:`~cache_operator.incidents.autoincident`); a
+   create that answers 409 finds the incident (reopened if it was resolved). Refused while the policy
+   is paused or the storm limit is reached (:func:`~cache_operator.incidents.safety.may_open`): the
+   ``SymptomsTracked`` condition says why and an Event is posted when that reason appears; the
+   next pass tries again. The incident's name is then recorded on the symptom's entry in
+   ``status.symptoms`` so the episode never gets a second one (not even after a person deleted it);
+3. **resolve**: every automatic incident of the policy that no active symptom holds is resolved
+   (:mod:`~cache_operator.incidents.lifecycle`), a Running one on a later pass;
+4. **collect garbage**: finished incidents beyond ``spec.remediation.incidentTtlSeconds`` or the
+   newest ``historyLimit`` are deleted (never open ones nor automatic ones whose symptom is active).
+
+Incidents are listed only when something can change (a symptom event, an untracked symptom, open
+incidents in ``status.activeIncidents``, or a garbage collection due), so a healthy policy costs no API
+call here. Running the action is the incident executor's job (:mod:`cache_operator.incident_executor`,
+started by the CacheIncident handler): it applies ``spec.remediation.mode`` and every safety rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cache_operator import conditions as conds
+from cache_operator.api.cachepolicy import CachePolicySpec
+from cache_operator.api.common import API_VERSION
+from cache_operator.incidents import lifecycle, safety
+from cache_operator.incidents.autoincident import auto_incident_status, render_auto_incident
+from cache_operator.incidents.detection import (
+    DetectionSettings,
+    SymptomEvent,
+    observe,
+    summarize_probe,
+    with_incident,
+)
+from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
+from cache_operator.k8s import KubeError
+
+# A pass counts as a probe when at least this share of the probe interval passed since the last one
+# (the daemon wakes at the interval; timestamps in status have whole seconds).
+DETECTION_FRACTION = 0.8
+GC_INTERVAL_S = 60.0
+CREATE_FAILED = "CreateFailed"
+NAME_TAKEN = "NameTaken"
+NO_SYMPTOMS = "NoSymptoms"
+TRACKED = "Tracked"
+
+EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (Normal/Warning, reason, message)
+
+
+class IncidentsIO(Protocol):
+    """What detection needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
+
+    async def create(self, obj: Mapping[str, Any]) -> bool: ...
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> bool: ...
+
+
+@dataclass
+class DetectionOutcome:
+    """What one detection pass did; ``status`` holds the policy status fields to merge."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    opened: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+    reopened: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # symptom -> reason
+    listed: bool = False
+
+
+def detection_due(status: Mapping[str, Any], now_s: float, interval_s: float) -> bool:
+    """Whether this pass counts as a probe for detection: none counted yet, or the last one (status
+    ``lastDetectionTime``) is at least 80% of the probe interval ago (a malformed time counts)."""
+    last = status.get("lastDetectionTime")
+    if not last:
+        return True
+    try:
+        last_s = parse_rfc3339(last, "status.lastDetectionTime")
+    except ValueError:
+        return True
+    return now_s - last_s >= max(1.0, interval_s * DETECTION_FRACTION) or now_s < last_s
+
+
+def gc_due(status: Mapping[str, Any], now_s: float) -> bool:
+    """Whether finished incidents should be looked at: every minute, from
+    ``status.lastGarbageCollectionTime`` (kept in the cluster like everything else). A policy never
+    collected starts its clock now (:func:`run_detection` writes the time): a new policy has no
+    finished incident, and 300 new policies cost no list call for it."""
+    last = status.get("lastGarbageCollectionTime")
+    if not last:
+        return False
+    try:
+        return now_s - parse_rfc3339(last, "status.lastGarbageCollectionTime") >= GC_INTERVAL_S
+    except ValueError:
+        return True
+
+
+def probe_reports(views: Sequence[Any]) -> dict[str, Mapping[str, Any] | None]:
+    """Pod name -> health answer (None = not answered), with the hash the pod runs after this pass's
+    push in place of the one it reported before it."""
+    reports: dict[str, Mapping[str, Any] | None] = {}
+    for view in views:
+        if view.health is None:
+            reports[view.name] = None
+        else:
+            reports[view.name] = {**view.health, "config_hash": view.config_hash}
+    return reports
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _policy_of(incident: Mapping[str, Any]) -> str:
+    return str(((incident.get("spec") or {}).get("policyRef") or {}).get("name", ""))
+
+
+async def _post(events: EventSink | None, type_: str, reason: str, message: str) -> None:
+    if events is None:
+        return
+    outcome = events(type_, reason, message[:1000])
+    if outcome is not None:
+        await outcome
+
+
+def tracked_condition(
+    active: Sequence[Mapping[str, Any]], blocked: Mapping[str, tuple[str, str]]
+) -> tuple[str, str, str]:
+    """(status, reason, message) of the policy's ``SymptomsTracked`` condition."""
+    if blocked:
+        first = sorted(blocked)[0]
+        reason = blocked[first][0]
+        message = "; ".join(f"{symptom}: {text}" for symptom, (_, text) in sorted(blocked.items()))
+        return "False", reason, f"no incident opened for {message}"
+    if not active:
+        return "True", NO_SYMPTOMS, "no symptom held over the configured consecutive probes"
+    listed = ", ".join(f"{e['name']} ({e.get('incident')})" for e in active)
+    return "True", TRACKED, f"every active symptom has its incident: {listed}"
+
+
+async def run_detection(
+    policy: Any,
+    model: CachePolicySpec,
+    status: Mapping[str, Any],
+    views: Sequence[Any],
+    config_hash: str,
+    conditions: list[dict[str, Any]],
+    *,
+    kube: IncidentsIO,
+    now_s: float,
+    events: EventSink | None,
+    logger: Any,
+) -> DetectionOutcome:
+    """One detection pass for ``policy`` (a :class:`cache_operator.reconcile.PolicyRef`); returns the
+    status fields to merge (``symptoms``, ``lastDetectionTime``, ``activeIncidents``,
+    ``lastGarbageCollectionTime``, ``conditions``). Raises ValueError on a malformed health answer or
+    ``status.symptoms`` (the caller logs it and skips detection for the pass); Kubernetes errors are
+    logged and retried on the next pass, the detection state is kept either way."""
+    out = DetectionOutcome()
+    stamp = rfc3339(now_s)
+    reports = probe_reports(views)
+    summary = summarize_probe(reports, config_hash)
+    state, opened, cleared = observe(
+        {"symptoms": list(status.get("symptoms") or [])}, summary, now_s, DetectionSettings.from_policy(model)
+    )
+    for event in opened:
+        logger.info(f"symptom {event.name} opened (since {event.since}): {event.evidence.get('message')}")
+    for event in cleared:
+        logger.info(f"symptom {event.name} cleared (episode since {event.since})")
+    out.status["lastDetectionTime"] = stamp
+    active = [e for e in state["symptoms"] if e.get("active")]
+    untracked = [e for e in active if not e.get("incident")]
+    collect = gc_due(status, now_s) and not model.paused
+    if not status.get("lastGarbageCollectionTime"):
+        out.status["lastGarbageCollectionTime"] = stamp
+    blocked: dict[str, tuple[str, str]] = {}
+    need_list = bool(opened or cleared or untracked or status.get("activeIncidents") or collect)
+    if need_list:
+        try:
+            state = await _open_resolve_collect(
+                policy,
+                model,
+                state,
+                summary,
+                reports,
+                untracked,
+                collect,
+                blocked,
+                out,
+                kube=kube,
+                now_s=now_s,
+                events=events,
+            )
+        except KubeError as exc:
+            logger.error(f"automatic incidents: {exc}")
+            for entry in untracked:
+                if not entry.get("incident") and entry["name"] not in blocked:
+                    blocked[entry["name"]] = (CREATE_FAILED, f"Kubernetes API: {str(exc)[:300]}")
+    out.status["symptoms"] = state["symptoms"]
+    active = [e for e in state["symptoms"] if e.get("active")]
+    previous = conds.get_condition(conditions, conds.SYMPTOMS_TRACKED) or {}
+    cond_status, reason, message = tracked_condition(active, blocked)
+    if cond_status == "False" and previous.get("reason") != reason:
+        await _post(events, "Warning", reason, message)
+    out.status["conditions"] = conds.set_condition(
+        conditions, conds.SYMPTOMS_TRACKED, cond_status, reason, message, stamp, policy.generation
+    )
+    out.blocked = {symptom: why for symptom, (why, _) in blocked.items()}
+    return out
+
+
+async def _open_resolve_collect(
+    policy: Any,
+    model: CachePolicySpec,
+    state: dict[str, Any],
+    summary: Any,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    untracked: Sequence[Mapping[str, Any]],
+    collect: bool,
+    blocked: dict[str, tuple[str, str]],
+    out: DetectionOutcome,
+    *,
+    kube: IncidentsIO,
+    now_s: float,
+    events: EventSink | None,
+) -> dict[str, Any]:
+    """Steps 2-4 of :func:`run_detection` (open, resolve, collect) over the policy's incidents."""
+    stamp = rfc3339(now_s)
+    namespace = policy.namespace
+    incidents = [
+        i
+        for i in await kube.list_objects(API_VERSION, "CacheIncident", namespace)
+        if _policy_of(i) == policy.name
+    ]
+    out.listed = True
+    policy_state = safety.PolicyState(name=policy.name, paused=model.paused)
+
+    # 2. open (or find) the incident of every active symptom that has none
+    for entry in untracked:
+        symptom = str(entry["name"])
+        event = SymptomEvent(symptom, entry.get("since"), dict(summary.symptoms.get(symptom) or {}))
+        if model.paused:
+            blocked[symptom] = (safety.PAUSED, "spec.paused is true")
+            continue
+        decision = safety.may_open(policy_state, incidents, model.remediation)
+        if not decision.allowed:
+            blocked[symptom] = (decision.reason, decision.message)
+            continue
+        manifest = render_auto_incident(
+            policy=policy.name,
+            namespace=namespace,
+            event=event,
+            reports=reports,
+            now=now_s,
+            policy_uid=policy.uid or None,
+        )
+        name = _name(manifest)
+        initial = auto_incident_status(event, reports, now_s, policy.name)
+        # The executor (started by the create) owns the phase: writing Pending here could overwrite
+        # a phase it already wrote. Detection and diagnosis are ours alone.
+        initial.pop("phase", None)
+        initial["detection"]["occurrences"] = 1
+        initial["detection"]["lastDetectedAt"] = stamp
+        if await kube.create(manifest):
+            await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, initial)
+            incidents.append({**manifest, "status": initial})
+            out.opened.append(name)
+            await _post(
+                events,
+                "Normal",
+                "IncidentOpened",
+                f"{symptom} held over {model.health.consecutive_probes} probes: CacheIncident {name} "
+                f"(action {manifest['spec']['action']}, cause {initial.get('cause') or 'undetermined'}, "
+                f"remediation {model.remediation.mode})",
+            )
+        else:
+            existing = await kube.get(API_VERSION, "CacheIncident", namespace, name)
+            if existing is None:
+                blocked[symptom] = (CREATE_FAILED, f"CacheIncident {name} exists and vanished; retried")
+                continue
+            if _policy_of(existing) != policy.name or not lifecycle.is_automatic(existing):
+                blocked[symptom] = (
+                    NAME_TAKEN,
+                    f"CacheIncident {name} exists and is not this policy's automatic incident",
+                )
+                continue
+            existing_status = existing.get("status") or {}
+            generation = (existing.get("metadata") or {}).get("generation")
+            if lifecycle.is_resolved(existing):
+                patch = lifecycle.recurrence_status(existing_status, stamp, event.evidence, generation)
+                await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, patch)
+                out.reopened.append(name)
+                await _post(
+                    events, "Warning", lifecycle.SYMPTOM_RECURRED, f"CacheIncident {name}: {patch['message']}"
+                )
+                existing = {**existing, "status": {**existing_status, **patch}}
+            elif not existing_status.get("detection", {}).get("symptom"):
+                # Created by an earlier pass that stopped before writing its status.
+                await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, initial)
+                existing = {**existing, "status": {**existing_status, **initial}}
+            out.found.append(name)
+            incidents = [i for i in incidents if _name(i) != name] + [existing]
+        state = with_incident(state, symptom, name)
+
+    # 3. resolve automatic incidents that no active symptom holds any more
+    held = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
+    for position, incident in enumerate(incidents):
+        name = _name(incident)
+        if not lifecycle.is_automatic(incident) or name in held:
+            continue
+        incident_status = incident.get("status") or {}
+        generation = (incident.get("metadata") or {}).get("generation")
+        if lifecycle.is_resolved(incident):
+            patch = lifecycle.tidy_status(incident_status)
+        else:
+            symptom = lifecycle.symptom_of(incident) or "symptom"
+            message = f"{symptom} no longer detected: cleared over {model.health.consecutive_probes} probes"
+            patch = lifecycle.resolution_status(incident_status, stamp, message, generation)
+        if patch is None:
+            continue
+        await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, patch)
+        incidents[position] = {**incident, "status": {**incident_status, **patch}}
+        if patch.get("resolvedAt"):
+            out.resolved.append(name)
+            await _post(events, "Normal", "IncidentResolved", f"CacheIncident {name}: {patch['message']}")
+
+    # 4. garbage collection of finished incidents (TTL and history limit per policy)
+    if collect:
+        remediation = model.remediation
+        doomed = safety.incidents_to_delete(
+            incidents, now_s, float(remediation.incident_ttl_seconds), remediation.history_limit
+        )
+        for name in doomed:
+            if await kube.delete(API_VERSION, "CacheIncident", namespace, name):
+                out.deleted.append(name)
+        if doomed:
+            await _post(
+                events,
+                "Normal",
+                "IncidentsDeleted",
+                f"deleted {len(doomed)} finished incident(s) (ttl {remediation.incident_ttl_seconds}s, "
+                f"historyLimit {remediation.history_limit}): {', '.join(doomed)}",
+            )
+        incidents = [i for i in incidents if _name(i) not in set(doomed)]
+        out.status["lastGarbageCollectionTime"] = stamp
+
+    out.status["activeIncidents"] = lifecycle.active_incident_names(incidents)
+    return state
