@@ -35,6 +35,7 @@ MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
 OPERATOR_RULES = [
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies", "cacheincidents"],
      "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["cachewarden.io"], "resources": ["cacheincidents"], "verbs": ["create", "delete"]},
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/status", "cacheincidents/status"],
      "verbs": ["patch"]},
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/finalizers"], "verbs": ["update"]},

@@ -115,6 +115,10 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
 - apiGroups: [cachewarden.io]
   resources: [cachepolicies, cacheincidents]
   verbs: [get, list, watch, patch]
+# Automatic incidents: created by deterministic name, finished ones garbage-collected (TTL, history).
+- apiGroups: [cachewarden.io]
+  resources: [cacheincidents]
+  verbs: [create, delete]
 # Status is written by merge patch of the status subresource.
 - apiGroups: [cachewarden.io]
   resources: [cachepolicies/status, cacheincidents/status]
