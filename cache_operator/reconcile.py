@@ -349,16 +349,19 @@ async def probe_and_push(
     pods_io: PodIO,
     targets: Sequence[tuple[PodTarget | None, bool, str]],
     token: str,
-    config: CacheConfig,
+    config: CacheConfig | None,
     config_hash: str,
     push: bool,
 ) -> list[PodView]:
-    """Probe every target's health; push ``config`` to each one that reports another hash (if ``push``).
+    """Probe every target's health; push ``config`` to each one that reports another hash (if ``push``;
+    ``config`` may be None when not).
 
     ``targets`` are (where to reach it or None, Ready, pod name). A pod without an address is reported,
     not contacted.
     """
-    public = config.public_dict()
+    if push and config is None:
+        raise ValueError("probe_and_push: config is required when push is true")
+    public = config.public_dict() if config is not None else {}
 
     async def one(item: tuple[PodTarget | None, bool, str]) -> PodView:
         target, ready, name = item
@@ -451,6 +454,21 @@ async def handle_reconcile(
         waiting = conds.set_condition(waiting, conds.READY, "False", "WaitingForRedis", str(exc), now, gen)
         patch.status["conditions"] = waiting
         patch.status["observedGeneration"] = gen
+        if status.get("configHash"):
+            await _probe_while_waiting(
+                policy,
+                model,
+                status,
+                waiting,
+                kube=kube,
+                pods_io=pods_io,
+                patch=patch,
+                logger=logger,
+                pods_in_namespace=pods_in_namespace,
+                now=now,
+                events=events,
+                detect=detect,
+            )
         return ReconcileOutcome("progressing", reason="WaitingForRedis", message=str(exc))
 
     config_hash = config.config_hash()
@@ -472,38 +490,7 @@ async def handle_reconcile(
             apply_error = str(exc)
             logger.error(f"applying children failed: {exc}")
 
-    # Target pods.
-    if model.runtime is not None:
-        selector_text = render.pod_selector_string(policy.name)
-        port = model.runtime.port
-        desired = model.runtime.replicas
-    else:
-        assert model.selector is not None
-        selector_text = render.label_selector_string(model.selector)
-        port = model.selector.port
-        desired = -1  # every selected pod
-    if pods_in_namespace is not None:
-        # The operator's pod index (a watch): no list call per pass, the same pods a list would give.
-        pod_objects = [
-            p
-            for p in pods_in_namespace(policy.namespace)
-            if selects(model, policy.name, (p.get("metadata") or {}).get("labels") or {})
-        ]
-    else:
-        pod_objects = await kube.list_pods(policy.namespace, selector_text)
-    pod_objects = [
-        p
-        for p in pod_objects
-        if not (p.get("metadata") or {}).get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]
-    pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
-    if desired < 0:
-        desired = len(pod_objects)
-    targets = [
-        (pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
-        for p in pod_objects
-    ]
+    targets, desired = await select_targets(policy, model, kube, pods_in_namespace)
     views = await probe_and_push(pods_io, targets, token, config, config_hash, push=not model.paused)
     ready = sum(1 for v in views if v.ready)
     configured = sum(1 for v in views if v.config_hash == config_hash)
@@ -542,21 +529,7 @@ async def handle_reconcile(
         "configured": configured,
         "summary": conds.pods_summary(ready, desired),
     }
-    patch.status["targets"] = [
-        {
-            k: v
-            for k, v in {
-                "name": view.name,
-                "ip": view.ip,
-                "ready": view.ready,
-                "configHash": view.config_hash,
-                "health": (view.health or {}).get("status"),
-                "lastError": view.error,
-            }.items()
-            if v is not None
-        }
-        for view in views[:POD_STATUS_LIMIT]
-    ]
+    patch.status["targets"] = _target_rows(views)
     patch.status["health"] = health
     raw_override = status.get("override")
     if isinstance(raw_override, Mapping) and override is None:
@@ -576,8 +549,16 @@ async def handle_reconcile(
     if detect and detection_due(status, now_s, float(model.health.probe_interval_seconds)):
         try:
             detection = await run_detection(
-                policy, model, status, views, config_hash, conditions,
-                kube=kube, now_s=now_s, events=events, logger=logger,
+                policy,
+                model,
+                status,
+                views,
+                config_hash,
+                conditions,
+                kube=kube,
+                now_s=now_s,
+                events=events,
+                logger=logger,
             )
         except ValueError as exc:
             logger.warning(f"automatic detection skipped this pass: {exc}")
@@ -607,6 +588,116 @@ async def _post_event(events: Any, type_: str, reason: str, message: str) -> Non
     outcome = events(type_, reason, message[:1000])
     if outcome is not None:
         await outcome
+
+
+async def select_targets(
+    policy: PolicyRef,
+    model: CachePolicySpec,
+    kube: KubeIO,
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None,
+) -> tuple[list[tuple[PodTarget | None, bool, str]], int]:
+    """The policy's target pods as (where to reach it, Ready, name), by name, and the desired count
+    (runtime: replicas; selector mode: every selected pod). Pods being deleted or finished are left out."""
+    if model.runtime is not None:
+        selector_text = render.pod_selector_string(policy.name)
+        port = model.runtime.port
+        desired = model.runtime.replicas
+    else:
+        assert model.selector is not None
+        selector_text = render.label_selector_string(model.selector)
+        port = model.selector.port
+        desired = -1  # every selected pod
+    if pods_in_namespace is not None:
+        # The operator's pod index (a watch): no list call per pass, the same pods a list would give.
+        pod_objects = [
+            p
+            for p in pods_in_namespace(policy.namespace)
+            if selects(model, policy.name, (p.get("metadata") or {}).get("labels") or {})
+        ]
+    else:
+        pod_objects = await kube.list_pods(policy.namespace, selector_text)
+    pod_objects = [
+        p
+        for p in pod_objects
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+    pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
+    if desired < 0:
+        desired = len(pod_objects)
+    targets = [
+        (pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
+        for p in pod_objects
+    ]
+    return targets, desired
+
+
+async def _probe_while_waiting(
+    policy: PolicyRef,
+    model: CachePolicySpec,
+    status: Mapping[str, Any],
+    conditions: list[dict[str, Any]],
+    *,
+    kube: KubeIO,
+    pods_io: PodIO,
+    patch: Any,
+    logger: Any,
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None,
+    now: str,
+    events: Any,
+    detect: bool,
+) -> None:
+    """A policy already configured whose Redis Service has no Ready pod (devcluster's
+    ``--resolve-service-hosts``: Redis stopped): nothing is pushed, but the pods are still probed, their
+    health reported and detection run against the hash they were last given, so a stopped Redis
+    becomes a RedisUnavailable incident instead of a silent wait."""
+    config_hash = str(status["configHash"])
+    tokens, _ = await current_tokens(kube, policy, create=False)
+    targets, _ = await select_targets(policy, model, kube, pods_in_namespace)
+    views = await probe_and_push(
+        pods_io, targets, tokens[render.ADMIN_TOKEN_KEY], None, config_hash, push=False
+    )
+    health = aggregate_health(views, now)
+    patch.status["health"] = health
+    patch.status["targets"] = _target_rows(views)
+    now_s = parse_rfc3339(now, "now")
+    if detect and detection_due(status, now_s, float(model.health.probe_interval_seconds)):
+        try:
+            detection = await run_detection(
+                policy,
+                model,
+                status,
+                views,
+                config_hash,
+                conditions,
+                kube=kube,
+                now_s=now_s,
+                events=events,
+                logger=logger,
+            )
+        except ValueError as exc:
+            logger.warning(f"automatic detection skipped this pass: {exc}")
+        else:
+            patch.status.update(detection.status)
+
+
+def _target_rows(views: Sequence[PodView]) -> list[dict[str, Any]]:
+    """status.targets: one row per pod (the first POD_STATUS_LIMIT), without empty fields."""
+    return [
+        {
+            k: v
+            for k, v in {
+                "name": view.name,
+                "ip": view.ip,
+                "ready": view.ready,
+                "configHash": view.config_hash,
+                "health": (view.health or {}).get("status"),
+                "lastError": view.error,
+            }.items()
+            if v is not None
+        }
+        for view in views[:POD_STATUS_LIMIT]
+    ]
 
 
 async def apply_children_of(

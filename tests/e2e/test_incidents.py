@@ -9,6 +9,7 @@ that every target pod executed the action exactly once (a replay would be counte
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -71,12 +72,20 @@ class OperatorSlot:
         """The current operator's last log lines."""
         return self.proc.log_tail(lines)
 
-    def kill_and_restart(self) -> None:
-        """SIGKILL the operator (its own pid, nothing else) and start a new one."""
+    def kill(self) -> None:
+        """SIGKILL the operator (its own pid, nothing else) and reap it."""
         self.proc.process.send_signal(signal.SIGKILL)
         self.proc.process.wait(15)
         self.proc.stop()  # closes its log
+
+    def restart(self) -> None:
+        """Start a new operator after :meth:`kill` and wait until it is live."""
         self.proc = self._start()
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the operator and start a new one."""
+        self.kill()
+        self.restart()
 
 
 @pytest.fixture(scope="module")
@@ -353,20 +362,132 @@ def test_apply_preset_override_then_lifted(operator: OperatorSlot, kube: KubeToo
     )
 
 
-def test_restart_safety_sigkill_mid_incident(operator: OperatorSlot, kube: KubeTools, ns: str) -> None:
-    """The operator SIGKILLed at a random point of a 3-pod incident, then restarted (bounded trials):
-    every incident ends Succeeded and every pod executed the action exactly once (its own journal)."""
-    rng = random.Random(20261125)
+RESTART_TRIALS = 20
+INCIDENTS_PER_TRIAL = 2
+# The operator is killed at a uniformly random delay after the trial's incidents are created, between 0
+# and KILL_WINDOW_FACTOR times how long such a pair takes without a kill (measured first, on this
+# machine, now): so the kill points spread over "not seen yet", "mid-way" and "already finished".
+# Override the seed with CACHEWARDEN_RESTART_SEED to replay a failing run.
+KILL_WINDOW_FACTOR = 1.2
+CALIBRATION_RUNS = 3
+DEFAULT_RESTART_SEED = 20261125
+INCIDENTS_API = "/apis/cachewarden.io/v1alpha1/namespaces/{ns}/cacheincidents"
+
+
+def _progress(inc: dict[str, Any] | None) -> str:
+    """Where an incident stood at a kill: its phase and how many pods were recorded Running/Succeeded."""
+    status = (inc or {}).get("status") or {}
+    results = [r.get("result") for r in status.get("results") or []]
+    phase = status.get("phase") or "unseen"
+    return f"{phase}[{results.count('Succeeded')} done,{results.count('Running')} running]"
+
+
+def _executions_by_key(pod: dict[str, Any], token: str, action: str) -> dict[str, dict[str, int]]:
+    """Per idempotency key: how often this pod executed / replayed ``action`` (its own journal)."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in journal(pod, token).get("recent") or []:
+        if entry.get("action") != JOURNAL_NAME[action] or not entry.get("idempotency_key"):
+            continue
+        slot = counts.setdefault(entry["idempotency_key"], {"executed": 0, "replayed": 0})
+        if entry.get("replayed"):
+            slot["replayed"] += 1
+        elif not entry.get("failed") and not entry.get("dry_run"):
+            slot["executed"] += 1
+    return counts
+
+
+def _create_incidents(cluster: Cluster, ns: str, names: list[str], action: str) -> None:
+    """Create the incidents straight through the API (no kubectl start-up in the timing)."""
+    for name in names:
+        body = json.loads(incident_yaml(name, {"policyRef": {"name": POLICY}, "action": action}))
+        cluster.api.request("POST", INCIDENTS_API.format(ns=ns), body)
+
+
+def _incident(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    """The incident as stored (through the API)."""
+    inc: dict[str, Any] = cluster.api.get(INCIDENTS_API.format(ns=ns) + f"/{name}")
+    return inc
+
+
+def _all_terminal(cluster: Cluster, ns: str, names: list[str]) -> bool:
+    return all(
+        (_incident(cluster, ns, n).get("status") or {}).get("phase") in ("Succeeded", "Failed", "Skipped")
+        for n in names
+    )
+
+
+def _calibrate(cluster: Cluster, kube: KubeTools, ns: str) -> float:
+    """Median seconds from creating a pair of incidents to both being terminal, without a kill."""
+    spans = []
+    for run in range(CALIBRATION_RUNS):
+        names = [f"calibrate-{run}-{i}" for i in range(INCIDENTS_PER_TRIAL)]
+        started = time.monotonic()
+        _create_incidents(cluster, ns, names, "gc")
+        wait_for(partial(_all_terminal, cluster, ns, names), 120, f"{names} terminal", interval=0.02)
+        spans.append(time.monotonic() - started)
+        kube.kubectl("delete", "cinc", *names, "-n", ns, "--timeout", "60s")
+    return sorted(spans)[len(spans) // 2]
+
+
+def test_restart_safety_sigkill_mid_incident(
+    operator: OperatorSlot, dev_cluster: Cluster, kube: KubeTools, ns: str
+) -> None:
+    """The operator SIGKILLed at a random point of 3-pod incidents, then restarted, 20 trials of 2
+    concurrent incidents each: every incident ends Succeeded and every pod executed each incident's
+    action exactly once. Proven by the pods themselves: per idempotency key in each pod's journal
+    (one execution, any number of replays) and by the pods' executed counters (+1 per incident)."""
+    seed = int(os.environ.get("CACHEWARDEN_RESTART_SEED", DEFAULT_RESTART_SEED))
+    rng = random.Random(seed)
     names = [p["metadata"]["name"] for p in pods_of(kube, ns)]
-    trials = 4
+    assert len(names) == REPLICAS
+    token = admin_token(kube, ns, POLICY)
+    span = _calibrate(dev_cluster, kube, ns)
+    window = KILL_WINDOW_FACTOR * span
+    print(f"restart-safety seed={seed} (replay with CACHEWARDEN_RESTART_SEED={seed}); "
+          f"a pair takes {span:.3f}s unkilled, kill window 0..{window:.3f}s")
     before = executed(kube, ns, "gc")
-    for trial in range(trials):
-        name = f"restart-{trial}"
-        kube.apply(incident_yaml(name, {"policyRef": {"name": POLICY}, "action": "gc"}), ns)
-        time.sleep(rng.uniform(0.0, 1.5))  # somewhere between not yet seen and finished
-        operator.kill_and_restart()
-        inc = wait_dict(partial(terminal, kube, ns, name), 120, f"incident {name} terminal")
-        assert inc["status"]["phase"] == "Succeeded", json.dumps(inc["status"], indent=1)
-        assert sorted(results_by_pod(inc)) == names
+    kill_log: list[str] = []
+    replays = mid_way = 0
+    started = time.monotonic()
+    for trial in range(RESTART_TRIALS):
+        delay = rng.uniform(0.0, window)
+        incidents = [f"restart-{trial}-{i}" for i in range(INCIDENTS_PER_TRIAL)]
+        _create_incidents(dev_cluster, ns, incidents, "gc")
+        time.sleep(delay)
+        operator.kill()
+        # Nothing moves while the operator is dead: this is exactly where it was killed.
+        at_kill = [_progress(_incident(dev_cluster, ns, name)) for name in incidents]
+        mid_way += sum(1 for p in at_kill if p.startswith(("Running", "Pending")))
+        kill_log.append(f"trial {trial}: killed at {delay:.3f}s: " + ", ".join(at_kill))
+        print(kill_log[-1])
+        operator.restart()
+        done = []
+        for name in incidents:
+            try:
+                done.append(wait_dict(partial(terminal, kube, ns, name), 120, f"incident {name} terminal"))
+            except AssertionError as exc:
+                stuck = json.dumps(_incident(dev_cluster, ns, name), indent=1)
+                raise AssertionError(f"seed={seed} {kill_log[-1]}\n{exc}\n{stuck}") from exc
+        by_pod = {p["metadata"]["name"]: _executions_by_key(p, token, "gc") for p in pods_of(kube, ns)}
+        for inc in done:
+            shown = f"seed={seed} {kill_log[-1]}\n" + json.dumps(inc["status"], indent=1)
+            assert inc["status"]["phase"] == "Succeeded", shown
+            assert sorted(results_by_pod(inc)) == names, shown
+            for pod_name, keys in by_pod.items():
+                key = f"{inc['metadata']['uid']}:gc:{pod_name}"
+                assert keys.get(key, {}).get("executed") == 1, (shown, pod_name, keys.get(key))
+                replays += keys[key]["replayed"]
+        kube.kubectl("delete", "cinc", *incidents, "-n", ns, "--timeout", "60s")
     after = executed(kube, ns, "gc")
-    assert {p: after[p] - before.get(p, 0) for p in names} == {p: trials for p in names}, (before, after)
+    total = RESTART_TRIALS * INCIDENTS_PER_TRIAL
+    assert {p: after[p] - before.get(p, 0) for p in names} == {p: total for p in names}, (
+        seed,
+        kill_log,
+        before,
+        after,
+    )
+    print(
+        f"restart-safety: {RESTART_TRIALS} trials, {total} incidents, {total * REPLICAS} pod executions, "
+        f"{mid_way} incidents killed mid-way, {replays} calls replayed by a pod, "
+        f"{time.monotonic() - started:.0f}s"
+    )

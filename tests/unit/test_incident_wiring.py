@@ -73,7 +73,12 @@ class FakeCluster:
         return self.objects.pop((kind, name), None) is not None
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.pods)
+        wanted = dict(part.split("=", 1) for part in label_selector.split(","))
+        return [
+            copy.deepcopy(p)
+            for p in self.pods
+            if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
@@ -220,7 +225,7 @@ def make_cluster(
     return cluster
 
 
-async def probe(cluster: FakeCluster, pods: FakePods, now: float) -> Any:
+async def probe(cluster: FakeCluster, pods: FakePods, now: float, **kw: Any) -> Any:
     """One reconcile pass at ``now`` whose status is written back as the daemon does."""
     policy = cluster.policy()
 
@@ -239,6 +244,7 @@ async def probe(cluster: FakeCluster, pods: FakePods, now: float) -> Any:
         logger=Log(),
         now=rfc3339(now),
         events=cluster.sink,
+        **kw,
     )
     await cluster.patch_status("", "CachePolicy", NS, "web", patch.status)
     CachePolicyStatus.model_validate(cluster.policy()["status"])  # the CRD's shape
@@ -596,3 +602,36 @@ async def test_config_drift_is_judged_after_the_push() -> None:
     evidence = cluster.incidents()[name]["status"]["detection"]["evidence"]
     assert evidence["pods"] == ["web-1"] and evidence["reportedHashes"] == {"web-1": "f" * 64}
     assert parse_rfc3339(evidence["since"], "since") == T0 + 100
+
+
+async def test_a_stopped_redis_service_still_probes_and_detects() -> None:
+    """devcluster's --resolve-service-hosts: with no Ready pod behind the Redis Service the policy waits
+    (nothing pushed) but its pods are still probed, so the stopped Redis becomes an incident."""
+    cluster = make_cluster({"mode": "Recommend"})
+    cluster.objects[("Service", "redis")] = {"spec": {"selector": {"app": "redis"}}}
+    redis_pod = {
+        "metadata": {"name": "redis-0", "labels": {"app": "redis"}},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.1.1",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    cluster.pods.append(redis_pod)
+    scenario: dict[str, Callable[[], Scenario]] = {"now": healthy}
+    pods = FakePods(lambda: scenario["now"]())
+    outcome = await probe(cluster, pods, T0, resolve_service_hosts=True)
+    assert outcome.outcome == "ready"
+    configured = cluster.policy()["status"]["configHash"]
+    cluster.pods.remove(redis_pod)
+    scenario["now"] = lambda: with_redis_down(healthy())
+    now = T0 + PROBE_S
+    for _ in range(3):
+        outcome = await probe(cluster, pods, now, resolve_service_hosts=True)
+        now += PROBE_S
+        assert outcome.reason == "WaitingForRedis"
+    status = cluster.policy()["status"]
+    assert status["configHash"] == configured and set(pods.hashes.values()) == {configured}
+    assert status["health"]["redis"] == "Disconnected"
+    assert list(cluster.incidents()) == [redis_down_name(T0 + PROBE_S)]
+    assert policy_condition(cluster, "Ready")["reason"] == "WaitingForRedis"
