@@ -8,10 +8,13 @@ a slow link, not a slow server: throughput is not cut by the delay.
 
 The delay changes at runtime through a small line-based control socket (``--control``)::
 
-    get                              -> {"delay_ms": 0, "jitter_ms": 0, "connections_open": 1, ...}
-    set delay_ms=250 [jitter_ms=20]  -> {"ok": true, "delay_ms": 250, "jitter_ms": 20}
+    get                              -> {"ok": true, "delay_ms": 0, "jitter_ms": 0, "upstream": ..., ...}
+    set delay_ms=250 [jitter_ms=20]  -> {"ok": true, "delay_ms": 250, "jitter_ms": 20, ...}
+    set upstream=127.0.0.9:6379      -> new connections go there (open ones keep theirs)
 
-A new setting applies to chunks read from then on (a chunk already waiting keeps its due time).
+A new delay applies to chunks read from then on (a chunk already waiting keeps its due time). A new
+upstream plays a Service's stable address when the pod behind it is replaced (devcluster has no
+ClusterIP): clients keep one address while the Redis pod is deleted and recreated elsewhere.
 :func:`control` is the client (``python -m devcluster.faultproxy --control ADDR --send 'set delay_ms=0'``).
 
 Bounds: addresses must be loopback (127.0.0.0/8 or ::1), the delay at most 60 s, at most
@@ -88,7 +91,7 @@ class DelaySettings:
         known = ("delay_ms", "jitter_ms")
         for key in values:
             if key not in known:
-                raise FaultProxyError(str(key), values[key], "one of " + ", ".join(known))
+                raise FaultProxyError(str(key), values[key], "one of " + ", ".join((*known, "upstream")))
         return cls(
             delay_ms=_int_setting("delay_ms", values.get("delay_ms", base.delay_ms), 0, MAX_DELAY_MS),
             jitter_ms=_int_setting("jitter_ms", values.get("jitter_ms", base.jitter_ms), 0, MAX_DELAY_MS),
@@ -152,7 +155,9 @@ def parse_command(line: str) -> tuple[str, dict[str, str]]:
     """A control line -> (verb, arguments): ``get`` or ``set key=value ...``."""
     words = line.strip().split()
     if not words or words[0] not in ("get", "set"):
-        raise FaultProxyError("command", line.strip()[:100], "'get' or 'set delay_ms=N [jitter_ms=M]'")
+        raise FaultProxyError(
+            "command", line.strip()[:100], "'get' or 'set delay_ms=N [jitter_ms=M] [upstream=HOST:PORT]'"
+        )
     arguments: dict[str, str] = {}
     for word in words[1:]:
         key, sep, value = word.partition("=")
@@ -250,7 +255,8 @@ class FaultProxy:
 
     def describe(self) -> dict[str, Any]:
         """Settings and counters (the ``get`` answer)."""
-        return {**self.settings.to_dict(), **self.stats.to_dict()}
+        upstream = f"{self.upstream[0]}:{self.upstream[1]}"
+        return {**self.settings.to_dict(), "upstream": upstream, **self.stats.to_dict()}
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -349,7 +355,13 @@ class FaultProxy:
         try:
             verb, arguments = parse_command(line)
             if verb == "set":
-                self.set_settings(DelaySettings.from_mapping(arguments, self.settings))
+                # Everything is checked before anything changes: a refused line changes nothing.
+                upstream_text = arguments.pop("upstream", None)
+                upstream = parse_address(upstream_text, "upstream") if upstream_text is not None else None
+                settings = DelaySettings.from_mapping(arguments, self.settings)
+                if upstream is not None:
+                    self.upstream = upstream
+                self.set_settings(settings)
             return {"ok": True, **self.describe()}
         except FaultProxyError as exc:
             return {"ok": False, "error": str(exc), "field": exc.field}

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -85,9 +86,7 @@ def test_ping_round_trip_carries_the_injected_delay(redis_server: RedisProcess) 
         rtts = ping_rtts(conn, 5)
         conn.close()
     assert min(rtts) >= 0.100, rtts
-    print(
-        f"PING at 50 ms one-way: min {min(rtts) * 1000:.1f} ms, max {max(rtts) * 1000:.1f} ms"
-    )
+    print(f"PING at 50 ms one-way: min {min(rtts) * 1000:.1f} ms, max {max(rtts) * 1000:.1f} ms")
 
 
 def test_delay_changes_at_runtime_through_the_control_socket(redis_server: RedisProcess) -> None:
@@ -156,6 +155,30 @@ def test_connection_bound(redis_server: RedisProcess) -> None:
             time.sleep(0.05)
         assert client(proxy.listen_address).ping()
         second.close()
+
+
+def test_upstream_changes_at_runtime(redis_factory: Any) -> None:
+    """set upstream=: new connections go to the new server (a Redis pod replaced behind a stable
+    address), open ones stay where they were; a non-loopback upstream is refused and changes nothing."""
+    first, second = redis_factory.start(), redis_factory.start()
+    first.command("SET", "who", "first")
+    second.command("SET", "who", "second")
+    with running_proxy(upstream_of(first)) as proxy:
+        ctl = proxy.control_address
+        assert ctl is not None
+        old = client(proxy.listen_address)
+        assert old.get("who") == b"first"
+        answer = control(ctl, f"set upstream={second.host}:{second.port}")
+        assert answer["ok"] and answer["upstream"] == f"{second.host}:{second.port}", answer
+        new = client(proxy.listen_address)
+        assert new.get("who") == b"second"
+        assert old.get("who") == b"first"
+        refused = control(ctl, "set upstream=192.0.2.1:6379 delay_ms=5")
+        assert refused["ok"] is False and refused["field"] == "upstream", refused
+        after = control(ctl, "get")
+        assert after["upstream"] == f"{second.host}:{second.port}" and after["delay_ms"] == 0, after
+        old.close()
+        new.close()
 
 
 def test_upstream_down_closes_the_client_connection(redis_factory: object) -> None:
