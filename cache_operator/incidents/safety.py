@@ -194,9 +194,7 @@ def may_open(
 
     An automatic incident is open while its phase is not terminal *or* its symptom has not cleared
     (no ``status.resolvedAt``): one whose action already ran still stands for an ongoing symptom."""
-    open_auto = sorted(
-        _name(i) for i in incidents if is_automatic(i) and (is_open(i) or tracks_symptom(i))
-    )
+    open_auto = sorted(_name(i) for i in incidents if is_automatic(i) and (is_open(i) or tracks_symptom(i)))
     if len(open_auto) >= remediation.storm_limit:
         return Decision(
             False,
