@@ -39,6 +39,7 @@ from lupa import lua51
 
 from cache_operator import conditions as conds
 from cache_operator.incident_executor import incident_conditions
+from cache_operator.incidents import lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOMIZATIONS = REPO / "gitops" / "argocd" / "resource_customizations" / "cachewarden.io"
@@ -310,6 +311,31 @@ def test_incident_agreement_over_executor_conditions(phase: str) -> None:
     behind = {**obj, "metadata": {**obj["metadata"], "generation": 2}}
     assert argo_health("CacheIncident", behind)[0] == "Progressing"
     assert flux_health("CacheIncident", behind) == "InProgress"
+
+
+@pytest.mark.parametrize("phase", sorted(set(INCIDENT_PHASES) - {"Resolved", "Running"}))
+def test_incident_agreement_through_resolve_and_recurrence(phase: str) -> None:
+    """An automatic incident in each phase, resolved when its symptom clears and reopened when it
+    recurs, with the status patches the operator's lifecycle code writes: Healthy once resolved,
+    back to its phase's health once reopened; Flux agrees at each step."""
+    reason, expected = INCIDENT_PHASES[phase]
+    conditions = incident_conditions([], phase, reason, f"{phase} message", "2026-11-25T22:00:00Z", 1)
+    status = {"phase": phase, "observedGeneration": 1, "message": f"{phase} message",
+              "conditions": conditions}
+    obj = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
+           "metadata": {"name": "i", "namespace": "ns", "generation": 1,
+                        "labels": {"cachewarden.io/incident-source": "auto"}},
+           "spec": {"policyRef": {"name": "p"}, "action": "gc"}, "status": status}
+    resolved = lifecycle.resolution_status(status, "2026-11-25T22:05:00Z", "symptom cleared", 1)
+    assert resolved is not None
+    obj["status"] = {**status, **resolved}
+    assert argo_health("CacheIncident", obj) == ("Healthy", "Resolved: symptom cleared")
+    assert flux_health("CacheIncident", obj) == "Current"
+    reopened = lifecycle.recurrence_status(obj["status"], "2026-11-25T22:06:00Z", {}, 1)
+    obj["status"] = {k: v for k, v in {**obj["status"], **reopened}.items() if v is not None}
+    status_now, _ = argo_health("CacheIncident", obj)
+    assert status_now == expected, (phase, obj["status"])
+    assert_agree("CacheIncident", obj, status_now, flux_health("CacheIncident", obj))
 
 
 def test_lua_runs_in_argo_sandbox_only() -> None:
