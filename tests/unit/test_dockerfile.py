@@ -361,7 +361,8 @@ def test_dockerignore_keeps_local_state_out() -> None:
     rules = ignore_rules()
     for path in (".venv/bin/python", ".git/config", "tests/unit/test_dockerfile.py", ".env",
                  "cache_runtime/__pycache__/cache.cpython-311.pyc", "cachewarden.egg-info/PKG-INFO",
-                 "examples/quickstart.yaml", ".devcluster/kubeconfig"):
+                 "examples/quickstart.yaml", ".devcluster/kubeconfig",
+                 "examples/sample_app/k8s/deployment.yaml"):
         assert excluded(path, rules), f"{path}: should be excluded from the build context"
 
 
