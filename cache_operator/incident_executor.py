@@ -40,8 +40,8 @@ from cache_operator import render
 from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
 from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
 from cache_operator.api.common import API_VERSION
+from cache_operator.incidents import lifecycle, safety
 from cache_operator.incidents import plan as plans
-from cache_operator.incidents import safety
 from cache_operator.incidents.timefmt import rfc3339
 from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.reconcile import PolicyRef as PolicyIdentity
@@ -396,6 +396,7 @@ async def _decide_and_start(
         source="Auto" if source == "Auto" else "Manual",
         incident=incident.name,
         dry_run=spec.dry_run,
+        symptom=lifecycle.symptom_of(body) if source == "Auto" else None,
     )
     if not decision.allowed and status.get("phase") != "Running":
         if decision.reason == safety.RECOMMEND_ONLY:

@@ -29,9 +29,14 @@ Symptom = Literal[
     "SlowOperations",
     "RedisUnavailable",
     "RedisAuthFailure",
+    "RedisOutOfMemory",
     "L1Thrashing",
     "ConfigDrift",
 ]
+# Symptoms whose automatic incident is never run by the operator, whatever spec.remediation.mode says:
+# the fix is outside the cache (RedisOutOfMemory: Redis's maxmemory / maxmemory-policy), and the only
+# runnable steps (clear, invalidate) drop cached data to free room, a person's call.
+RECOMMEND_ONLY_SYMPTOMS: frozenset[str] = frozenset({"RedisOutOfMemory"})
 StepResult = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
 
 # Which parameters each action takes; the CEL rules and the Python validator are built from this table.

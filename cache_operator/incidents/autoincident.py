@@ -22,7 +22,7 @@ from cache_runtime.diagnosis import INCIDENT_ACTIONS
 
 FALLBACK_ACTION = "diagnose"
 _CAMEL = {"duration_seconds": "durationSeconds", "max_entries": "maxEntries"}
-_REDIS_SYMPTOMS = frozenset({"RedisUnavailable", "RedisAuthFailure"})
+_REDIS_SYMPTOMS = frozenset({"RedisUnavailable", "RedisAuthFailure", "RedisOutOfMemory"})
 
 
 def causes_for(reports: Mapping[str, Mapping[str, Any] | None], symptom: str) -> list[dict[str, Any]]:

@@ -25,9 +25,9 @@ from cache_operator.incidents.naming import SYMPTOMS
 from cache_operator.incidents.timefmt import rfc3339
 
 CONFIG_DRIFT = "ConfigDrift"
-# Symptoms the runtime's health report names and the operator turns into incidents. RedisOutOfMemory
-# is not among CacheIncident's symptoms: the runtime reports it, but no runbook action addresses it
-# (it is Redis's maxmemory policy), so it stays visible in status.health only.
+# Symptoms the runtime's health report names and the operator turns into incidents (all but ConfigDrift,
+# which the operator judges from hashes). RedisOutOfMemory is one of them, recommend-only (see
+# cache_operator.api.cacheincident.RECOMMEND_ONLY_SYMPTOMS).
 REPORTED_SYMPTOMS: tuple[str, ...] = tuple(name for name in SYMPTOMS if name != CONFIG_DRIFT)
 _SEVERITY_ORDER = {"warning": 1, "critical": 2}
 

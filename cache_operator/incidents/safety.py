@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cache_operator.api.cacheincident import TERMINAL_PHASES
+from cache_operator.api.cacheincident import RECOMMEND_ONLY_SYMPTOMS, TERMINAL_PHASES
 from cache_operator.api.cachepolicy import RemediationSpec
 from cache_operator.incidents.lifecycle import tracks_symptom
 from cache_operator.incidents.naming import LABEL_SOURCE, SOURCE_AUTO
@@ -131,6 +131,7 @@ def may_run(
     source: Source = "Auto",
     incident: str | None = None,
     dry_run: bool = False,
+    symptom: str | None = None,
 ) -> Decision:
     """May the incident ``incident`` run ``action`` on the policy's pods now?
 
@@ -139,7 +140,8 @@ def may_run(
     resumed incident continues); then at most ``maxConcurrent`` (default 1) disruptive actions
     running per policy. A person's (Manual) incident is not subject to mode, allowedActions or
     cooldown. A dry run changes nothing, so only pause holds it back. ``incidents`` are the
-    policy's CacheIncident objects (this one may be among them).
+    policy's CacheIncident objects (this one may be among them). An automatic incident of a
+    recommend-only ``symptom`` (RedisOutOfMemory) is only ever recommended, even in Auto mode.
     """
     if action not in INCIDENT_ACTIONS:
         return Decision(
@@ -152,6 +154,13 @@ def may_run(
     if source == "Auto":
         if remediation.mode == "Off":
             return Decision(False, REMEDIATION_OFF, "spec.remediation.mode is Off: detect only")
+        if symptom in RECOMMEND_ONLY_SYMPTOMS:
+            return Decision(
+                False,
+                RECOMMEND_ONLY,
+                f"{symptom} is never remediated automatically (the fix is Redis's maxmemory or "
+                f"maxmemory-policy, see the diagnosis): {action} is recommended, not run",
+            )
         if remediation.mode == "Recommend":
             return Decision(
                 False, RECOMMEND_ONLY, f"spec.remediation.mode is Recommend: {action} is recommended, not run"

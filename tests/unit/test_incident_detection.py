@@ -161,14 +161,16 @@ def test_summary_keeps_worst_figures_and_unreachable_pods() -> None:
             "pod-a": report("LowHitRate", severity="warning", value=0.5),
             "pod-b": report("LowHitRate", severity="critical", value=0.2),
             "pod-c": None,
-            "pod-d": report("RedisOutOfMemory"),  # not an incident symptom
+            "pod-d": report("RedisOutOfMemory"),  # an incident symptom (recommend-only)
+            "pod-e": report("SomethingNew"),  # a symptom a newer runtime reports: not an incident's
         },
         HASH,
     )
-    assert summary.answered == 3 and summary.unreachable == ("pod-c",)
+    assert summary.answered == 4 and summary.unreachable == ("pod-c",)
     low = summary.symptoms["LowHitRate"]
     assert low["pods"] == ["pod-a", "pod-b"] and low["severity"] == "critical" and low["value"] == 0.2
-    assert set(summary.symptoms) == {"LowHitRate"}
+    assert set(summary.symptoms) == {"LowHitRate", "RedisOutOfMemory"}
+    assert summary.symptoms["RedisOutOfMemory"]["pods"] == ["pod-d"]
     assert summarize_probe({"pod-a": {"config_hash": HASH, "diagnosis": None}}, HASH).symptoms == {}
 
 

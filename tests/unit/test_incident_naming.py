@@ -66,7 +66,7 @@ def test_dotted_policy_names_become_labels_without_colliding() -> None:
         ("web-", "LowHitRate", 0, 60, "policy="),
         ("x" * 254, "LowHitRate", 0, 60, "policy="),
         ("web", "lowhitrate", 0, 60, "symptom="),
-        ("web", "RedisOutOfMemory", 0, 60, "symptom="),
+        ("web", "RedisOutOfMemoryError", 0, 60, "symptom="),
         ("web", "LowHitRate", 0, 0, "window_seconds="),
         ("web", "LowHitRate", -1, 60, "opened_at="),
     ],

@@ -330,3 +330,14 @@ def test_gc_ttl_and_history_limit() -> None:
         "other-policy",
     ]
     assert incidents_to_delete(incidents, NOW, 60, 10) == ["expired", "new1", "new2", "new3", "other-policy"]
+
+
+def test_recommend_only_symptom_is_never_run_automatically() -> None:
+    spec = remediation()
+    auto = may_run("clear", policy(), [], NOW, spec, symptom="RedisOutOfMemory")
+    assert (auto.allowed, auto.reason) == (False, "RecommendOnly") and "maxmemory" in auto.message
+    off = may_run("clear", policy(), [], NOW, remediation(mode="Off"), symptom="RedisOutOfMemory")
+    assert off.reason == "RemediationOff"
+    manual = may_run("clear", policy(), [], NOW, spec, source="Manual", symptom="RedisOutOfMemory")
+    assert manual.allowed  # a person's incident runs
+    assert may_run("clear", policy(), [], NOW, spec, symptom="HighMemory").allowed

@@ -635,3 +635,37 @@ async def test_a_stopped_redis_service_still_probes_and_detects() -> None:
     assert status["health"]["redis"] == "Disconnected"
     assert list(cluster.incidents()) == [redis_down_name(T0 + PROBE_S)]
     assert policy_condition(cluster, "Ready")["reason"] == "WaitingForRedis"
+
+
+def with_redis_full(scenario: Scenario) -> Scenario:
+    """Redis at maxmemory with noeviction: writes refused (OOM errors), reads fine."""
+    assert scenario.l2 is not None
+    scenario.l2.update(
+        errors={"oom": 25}, last_error="OOM command not allowed when used memory > 'maxmemory'."
+    )
+    scenario.redis_memory = {
+        "used_memory": 1024 * 1024 * 1024,
+        "maxmemory": 1024 * 1024 * 1024,
+        "maxmemory_policy": "noeviction",
+        "evicted_keys": 0,
+    }
+    return scenario
+
+
+async def test_redis_out_of_memory_is_recommended_only_even_in_auto_mode() -> None:
+    cluster = make_cluster({"mode": "Auto", "allowedActions": ["clear", "gc", "reconnect-redis"]})
+    pods = FakePods(lambda: with_redis_full(healthy()))
+    now = await probes(cluster, pods, T0, 3)
+    name = auto_incident_name("web", "RedisOutOfMemory", T0)
+    assert name in cluster.incidents()
+    incident = cluster.incidents()[name]
+    assert incident["spec"]["severity"] == "critical"
+    status = incident["status"]
+    assert status["cause"] == "RedisOutOfMemory"
+    top = status["diagnosis"]["causes"][0]
+    assert "maxmemory-policy" in top["recommendation"] and top["evidence"]["maxmemory_policy"] == "noeviction"
+    assert await execute(cluster, pods, name, now) == "Recommended"
+    status = cluster.incidents()[name]["status"]
+    assert status["recommendedAction"] == incident["spec"]["action"] == "clear"
+    assert "never remediated automatically" in status["message"]
+    assert pods.executed == [] and "lastActions" not in cluster.policy()["status"]
