@@ -22,8 +22,11 @@ import json
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -387,3 +390,37 @@ def test_default_runtime_image_is_this_image() -> None:
     repository, _, tag = DEFAULT_IMAGE.rpartition(":")
     assert repository == "ghcr.io/cachewarden/cachewarden"
     assert tag == pyproject()["project"]["version"]
+
+
+def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
+    """What the builder stage sees (its COPY sources, filtered by .dockerignore) builds a wheel with
+    every package, the package data and the console script: the builder's `pip wheel` step, run
+    here without the image (setuptools from this venv instead of an isolated build env)."""
+    rules = ignore_rules()
+    builder = next(s for s in stages() if s.name == "builder")
+    context = tmp_path / "context"
+    for instruction in builder.all("COPY"):
+        sources, from_stage = copy_sources(instruction)
+        assert from_stage is None
+        for source in sources:
+            prefix = source.rstrip("/") + "/"
+            for path in tracked_files():
+                if (path == source or path.startswith(prefix)) and not excluded(path, rules):
+                    target = context / path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO / path, target)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "--wheel-dir", str(tmp_path / "wheels"), str(context)],
+                   check=True, capture_output=True, text=True, timeout=240)
+    wheel = next((tmp_path / "wheels").glob("cachewarden-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("cache_runtime", "cache_operator", "devcluster"):
+        modules = {p for p in tracked_files() if p.startswith(package + "/") and p.endswith(".py")}
+        missing = sorted(modules - names)
+        assert modules and not missing, f"{package}: missing from the wheel: {missing[:5]}"
+    for package, data in pyproject()["tool"]["setuptools"].get("package-data", {}).items():
+        for name in data:
+            assert f"{package}/{name}" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "cachewarden = cache_runtime.cli:main" in text, text
