@@ -39,10 +39,10 @@ OPERATOR_RULES = [
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/status", "cacheincidents/status"],
      "verbs": ["patch"]},
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["patch", "delete"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
@@ -122,7 +122,7 @@ def test_helm_lint_strict(helm: Path, values: list[str]) -> None:
 
 
 def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
-    repo_crds = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    repo_crds = sorted(p.name for p in (REPO / "crds").glob("*.cachewarden.io.yaml"))
     assert repo_crds == ["cacheincidents.cachewarden.io.yaml", "cachepolicies.cachewarden.io.yaml"]
     for name in repo_crds:
         assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
@@ -130,6 +130,11 @@ def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
     peering = list(yaml.safe_load_all((CHART / "crds" / "kopfpeerings.kopf.dev.yaml").read_text()))
     assert sorted(d["metadata"]["name"] for d in peering) == ["clusterkopfpeerings.kopf.dev",
                                                               "kopfpeerings.kopf.dev"]
+    # A copy of kopf's peering CRDs among the repository's CRDs (for running the operator outside the
+    # chart) must define the same objects.
+    for other in (REPO / "crds").glob("*kopf*.yaml"):
+        assert sorted(list(yaml.safe_load_all(other.read_text())), key=lambda d: d["metadata"]["name"]) == (
+            sorted(peering, key=lambda d: d["metadata"]["name"])), f"{other} differs from the chart's copy"
 
 
 def test_chart_and_app_version() -> None:
@@ -180,7 +185,7 @@ def test_image_tag_digest_args_and_devcluster_flag(helm: Path) -> None:
     assert container["args"][-1] == "--pod-timeout=7"
     services_rule = next(r for r in one(docs, "ClusterRole", "cw-cachewarden")["rules"]
                          if r["resources"] == ["services"])
-    assert services_rule["verbs"] == ["get", "patch", "delete"]  # the Redis Service lookup needs get
+    assert services_rule["verbs"] == ["get", "create", "patch", "delete"]  # get: the Redis Service lookup
     digest = "sha256:" + "a" * 64
     assert operator_container(render(helm, f"image.digest={digest}"))["image"] == (
         f"ghcr.io/cachewarden/cachewarden@{digest}")

@@ -128,20 +128,21 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
 - apiGroups: [cachewarden.io]
   resources: [cachepolicies/finalizers]
   verbs: [update]
-# Children: server-side apply (patch), deletion. Only the token Secret is created by POST (create),
-# and Secrets are read by name (the token Secret, the Redis Secrets a policy references): no list/watch.
+# Children: server-side apply (a PATCH; the API server authorizes it as create when the object does
+# not exist yet), deletion. Secrets are read by name (the token Secret, the Redis Secrets a policy
+# references): no list/watch.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [patch, delete]
+  verbs: [create, patch, delete]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [{{ if .Values.operator.resolveServiceHosts }}get, {{ end }}patch, delete]
+  verbs: [{{ if .Values.operator.resolveServiceHosts }}get, {{ end }}create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [patch, delete]
+  verbs: [create, patch, delete]
 # kopf's pod index (one watch) and the target pods of a policy or incident.
 - apiGroups: [""]
   resources: [pods]
