@@ -11,6 +11,7 @@ not available offline), so their required fields are checked below instead.
 from __future__ import annotations
 
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,27 @@ def test_argocd_application_manages_the_policy_path() -> None:
     assert spec["syncPolicy"]["automated"]["selfHeal"] is True
 
 
-def test_flux_kustomization_and_source_fit_together() -> None:
+def assert_source_ignore_keeps_only(rules: str, path: str, tmp_path: Path) -> None:
+    """The GitRepository's ``spec.ignore`` (.gitignore syntax) keeps the managed path's manifests and
+    drops the rest of the repository, judged by git itself on a copy of the repository's layout."""
+    repo = tmp_path / "layout"
+    keep = path.strip("./").rstrip("/")
+    wanted = [p.relative_to(REPO).as_posix() for p in (REPO / keep).glob("*.yaml")]
+    others = ["README.md", "examples/quickstart.yaml", "examples/gitops/flux/gitrepository.yaml",
+              "crds/cachepolicies.cachewarden.io.yaml", "cache_operator/main.py"]
+    for name in wanted + others:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("x\n")
+    (repo / ".gitignore").write_text(rules)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    result = subprocess.run(["git", "-C", str(repo), "check-ignore", "--no-index", *wanted, *others],
+                            capture_output=True, text=True, check=False)
+    ignored = set(result.stdout.split())
+    assert wanted and not ignored & set(wanted), f"spec.ignore drops the managed manifests: {ignored}"
+    assert set(others) <= ignored, f"spec.ignore keeps more than {keep}: {set(others) - ignored}"
+
+
+def test_flux_kustomization_and_source_fit_together(tmp_path: Path) -> None:
     """The Kustomization has the fields kustomize-controller requires, reads the GitRepository of the
     example, applies the policy directory, and that directory is not excluded by the source's ignore
     rules; the target namespace is created by the example's Namespace."""
@@ -248,8 +269,6 @@ def test_flux_kustomization_and_source_fit_together() -> None:
     assert source["spec"]["url"].startswith("https://") and source["spec"]["interval"]
     assert source["spec"]["ref"]["branch"]
     managed_path_has_a_policy(spec["path"])
-    rules = [line.strip() for line in source["spec"]["ignore"].splitlines()]
-    included = [rule for rule in rules if rule.startswith("!")]
-    assert any(spec["path"].lstrip(".").rstrip("/") + "/" == rule[1:] for rule in included), included
+    assert_source_ignore_keeps_only(source["spec"]["ignore"], spec["path"], tmp_path)
     namespaces = {d["metadata"]["name"] for _, d in all_documents() if d["kind"] == "Namespace"}
     assert spec["targetNamespace"] in namespaces
