@@ -85,6 +85,7 @@ class DetectionOutcome:
     deleted: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)  # symptom -> reason
     listed: bool = False
+    transitions: list[tuple[str, str]] = field(default_factory=list)  # (event, symptom), for metrics
 
 
 def detection_due(status: Mapping[str, Any], now_s: float, interval_s: float) -> bool:
@@ -225,6 +226,7 @@ async def run_detection(
         conditions, conds.SYMPTOMS_TRACKED, cond_status, reason, message, stamp, policy.generation
     )
     out.blocked = {symptom: why for symptom, (why, _) in blocked.items()}
+    out.transitions.extend(("blocked", symptom) for symptom in sorted(blocked))
     return out
 
 
@@ -284,6 +286,7 @@ async def _open_resolve_collect(
             await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, initial)
             incidents.append({**manifest, "status": initial})
             out.opened.append(name)
+            out.transitions.append(("opened", symptom))
             await _post(
                 events,
                 "Normal",
@@ -309,6 +312,7 @@ async def _open_resolve_collect(
                 patch = lifecycle.recurrence_status(existing_status, stamp, event.evidence, generation)
                 await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, patch)
                 out.reopened.append(name)
+                out.transitions.append(("reopened", symptom))
                 await _post(
                     events, "Warning", lifecycle.SYMPTOM_RECURRED, f"CacheIncident {name}: {patch['message']}"
                 )
@@ -318,6 +322,7 @@ async def _open_resolve_collect(
                 await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, initial)
                 existing = {**existing, "status": {**existing_status, **initial}}
             out.found.append(name)
+            out.transitions.append(("found", symptom))
             incidents = [i for i in incidents if _name(i) != name] + [existing]
         state = with_incident(state, symptom, name)
 
@@ -341,6 +346,7 @@ async def _open_resolve_collect(
         incidents[position] = {**incident, "status": {**incident_status, **patch}}
         if patch.get("resolvedAt"):
             out.resolved.append(name)
+            out.transitions.append(("resolved", lifecycle.symptom_of(incident) or "unknown"))
             await _post(events, "Normal", "IncidentResolved", f"CacheIncident {name}: {patch['message']}")
 
     # 4. garbage collection of finished incidents (TTL and history limit per policy)

@@ -99,6 +99,17 @@ class OperatorMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.auto_incidents = Counter(
+            "cachewarden_operator_auto_incidents",
+            "Automatic incident events by kind (opened, found, reopened, resolved, blocked) and symptom.",
+            ["event", "symptom"],
+            registry=self.registry,
+        )
+        self.incidents_deleted = Counter(
+            "cachewarden_operator_incidents_deleted",
+            "Finished CacheIncidents deleted by garbage collection (TTL or history limit).",
+            registry=self.registry,
+        )
         self.policies = PolicyConditions()
         self.registry.register(self.policies)
 

@@ -454,8 +454,9 @@ async def handle_reconcile(
         waiting = conds.set_condition(waiting, conds.READY, "False", "WaitingForRedis", str(exc), now, gen)
         patch.status["conditions"] = waiting
         patch.status["observedGeneration"] = gen
+        detection = None
         if status.get("configHash"):
-            await _probe_while_waiting(
+            detection = await _probe_while_waiting(
                 policy,
                 model,
                 status,
@@ -469,7 +470,9 @@ async def handle_reconcile(
                 events=events,
                 detect=detect,
             )
-        return ReconcileOutcome("progressing", reason="WaitingForRedis", message=str(exc))
+        return ReconcileOutcome(
+            "progressing", reason="WaitingForRedis", message=str(exc), detection=detection
+        )
 
     config_hash = config.config_hash()
     first_pass = not status.get("configHash") and not model.paused
@@ -646,11 +649,12 @@ async def _probe_while_waiting(
     now: str,
     events: Any,
     detect: bool,
-) -> None:
+) -> Any:
     """A policy already configured whose Redis Service has no Ready pod (devcluster's
     ``--resolve-service-hosts``: Redis stopped): nothing is pushed, but the pods are still probed, their
     health reported and detection run against the hash they were last given, so a stopped Redis
-    becomes a RedisUnavailable incident instead of a silent wait."""
+    becomes a RedisUnavailable incident instead of a silent wait. Returns the detection outcome (None
+    when detection did not run)."""
     config_hash = str(status["configHash"])
     tokens, _ = await current_tokens(kube, policy, create=False)
     targets, _ = await select_targets(policy, model, kube, pods_in_namespace)
@@ -679,6 +683,8 @@ async def _probe_while_waiting(
             logger.warning(f"automatic detection skipped this pass: {exc}")
         else:
             patch.status.update(detection.status)
+            return detection
+    return None
 
 
 def _target_rows(views: Sequence[PodView]) -> list[dict[str, Any]]:

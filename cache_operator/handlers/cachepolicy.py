@@ -189,6 +189,11 @@ async def _reconcile_once(
         if view.pushed:
             metrics.pushes.labels(result="ok" if view.error is None else "error").inc()
     metrics.policies.record(f"{namespace}/{name}", patch.status.get("conditions") or [])
+    if outcome.detection is not None:
+        for event, symptom in outcome.detection.transitions:
+            metrics.auto_incidents.labels(event=event, symptom=symptom).inc()
+        if outcome.detection.deleted:
+            metrics.incidents_deleted.inc(len(outcome.detection.deleted))
     return outcome
 
 

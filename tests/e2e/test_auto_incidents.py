@@ -30,6 +30,7 @@ from tests.e2e.test_operator import (
     READY_TIMEOUT,
     REDIS,
     OperatorProcess,
+    _metric,
     admin_token,
     crds,
     get_policy,
@@ -232,6 +233,10 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
         assert all(s["name"] != SYMPTOM or not s["active"] for s in policy["status"].get("symptoms") or [])
         tracked = next(c for c in policy["status"]["conditions"] if c["type"] == "SymptomsTracked")
         assert tracked["status"] == "True"
+        metrics = operator.metrics()
+        for event in ("opened", "resolved"):
+            sample = f'cachewarden_operator_auto_incidents_total{{event="{event}",symptom="{SYMPTOM}"}}'
+            assert _metric(metrics, sample) == 1.0, (sample, metrics)
     finally:
         # While the operator runs (its finalizers are on these objects).
         kube.kubectl("delete", "cacheincidents", "--all", "-n", namespace, "--timeout", "60s", check=False)
