@@ -263,12 +263,17 @@ def ttl_too_short(snapshot: Snapshot, t: Thresholds) -> Cause | None:
 
 
 def excessive_invalidation(snapshot: Snapshot, t: Thresholds) -> Cause | None:
-    """Invalidations (local, and received from other pods) wipe entries before they are reused."""
+    """Invalidations issued on this pod wipe entries before they are reused.
+
+    Coherence messages received from other pods are evidence only, not the trigger: most of them are
+    the broadcasts of ordinary writes (every set on a pod tells the others to drop that key), so with
+    several pods every write-heavy workload would look "invalidated". An invalidation a pod issues
+    is counted as local on that pod, whose report names this cause (the operator merges the pods')."""
     inval = snapshot["invalidation"]
     sets = snapshot["requests"]["sets"]
     local = inval.get("pattern", 0) + inval.get("namespace", 0)
     received = inval.get("coherence_messages_received", 0)
-    events = local + received
+    events = local
     if events < t.invalidation_min_events:
         return None
     per_100_sets = 100.0 * _share(events, max(sets, 1))

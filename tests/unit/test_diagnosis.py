@@ -74,6 +74,12 @@ def low_hit_with_invalidations() -> Scenario:
     return scenario
 
 
+def low_hit_expiring_with_write_broadcasts() -> Scenario:
+    scenario = low_hit_with_expiring_reuse()
+    scenario.stats.coherence_messages_received = 734  # other pods' writes, as 3 pods on devcluster saw
+    return scenario
+
+
 def low_hit_with_rare_invalidations() -> Scenario:
     scenario = with_cold_misses(with_low_hit_rate(healthy(), lookups=100_000))
     scenario.stats.invalidations_namespace = 2  # 2 over 85,000 writes: routine
@@ -209,6 +215,8 @@ ROWS: list[Row] = [
         "LowReuseWorkload", ("TtlTooShort", "ExcessiveInvalidation")),
     Row("too much invalidation", low_hit_with_invalidations, SymptomName.LOW_HIT_RATE,
         "ExcessiveInvalidation", ("TtlTooShort",)),
+    Row("other pods' write broadcasts are not invalidations", low_hit_expiring_with_write_broadcasts,
+        SymptomName.LOW_HIT_RATE, "TtlTooShort", ("ExcessiveInvalidation",)),
     Row("routine invalidation is not too much", low_hit_with_rare_invalidations, SymptomName.LOW_HIT_RATE,
         "LowReuseWorkload", ("ExcessiveInvalidation",)),
     Row("L1 too small when it is the only tier", low_hit_memory_only_l1_thrashing, SymptomName.LOW_HIT_RATE,
