@@ -40,7 +40,7 @@ def crd_established(kube: KubeTools, name: str) -> bool:
 @pytest.fixture(scope="module")
 def crds(kube: KubeTools) -> None:
     """The repository's CRDs, applied and established, and known to kubectl's discovery."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kube.kubectl("apply", "-f", str(REPO / "crds"))
     for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
         wait_for(partial(crd_established, kube, crd), 60, f"CRD {crd} Established")
     wait_for(lambda: kube.kubectl("get", "cacheincidents", "-A", check=False).returncode == 0, 60,
