@@ -77,10 +77,13 @@ COPY --from=builder /opt/cachewarden /opt/cachewarden
 WORKDIR /app
 COPY examples/sample_app ./examples/sample_app
 
+# The runtime (and the sample app) bind 127.0.0.1 by default, right on a workstation and useless in a
+# container: listen on every interface of the container's network namespace instead.
 ENV PATH=/opt/cachewarden/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    TMPDIR=/tmp
+    TMPDIR=/tmp \
+    CACHEWARDEN_BIND_HOST=0.0.0.0
 
 USER 10001:10001
 

@@ -272,6 +272,8 @@ def test_multi_stage_builder_builds_a_wheel_and_final_copies_the_venv() -> None:
     assert re.search(rf"python -m venv {re.escape(venv)}\b", builder_runs), (venv, builder_runs)
     env = " ".join(i.args for i in final.all("ENV"))
     assert f"PATH={venv}/bin:" in env, "the venv's bin must lead PATH in the final stage"
+    # The service binds 127.0.0.1 unless told otherwise: unreachable through a container's port.
+    assert "CACHEWARDEN_BIND_HOST=0.0.0.0" in env, "the final stage must make the runtime listen on 0.0.0.0"
 
 
 def test_every_base_image_is_pinned_by_tag_and_digest() -> None:

@@ -22,6 +22,7 @@ import yaml
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.incidents import plan
+from cache_operator.reconcile import PolicyRef
 from cache_runtime.config import PRESETS
 from cache_runtime.diagnosis import INCIDENT_ACTIONS
 
@@ -163,6 +164,14 @@ def test_incidents_target_the_quickstart_policy() -> None:
 # the sample app in selector mode
 
 
+def runtime_container_env() -> list[dict[str, Any]]:
+    """The env the operator renders for a runtime pod's container."""
+    spec = CachePolicySpec.model_validate({"runtime": {}})
+    identity = PolicyRef(name="p", namespace="ns", uid="uid-1")
+    deployment = render.render_deployment(identity, spec)
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["env"])
+
+
 def test_sample_app_mounts_what_the_operator_renders_for_its_policy() -> None:
     """The Deployment's pods match the policy's selector, serve on its port, mount the ConfigMap and
     Secret the operator renders for that policy at the paths the env points at, and run the sample
@@ -186,6 +195,9 @@ def test_sample_app_mounts_what_the_operator_renders_for_its_policy() -> None:
     assert container["command"] == ["python", "-m", "examples.sample_app"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["CACHEWARDEN_PORT"]) == spec.selector.port
+    # Listening where the operator (by pod IP) and the Service reach it, as the runtime pods do.
+    runtime_env = {e["name"]: e.get("value") for e in runtime_container_env()}
+    assert env["CACHEWARDEN_BIND_HOST"] == runtime_env["CACHEWARDEN_BIND_HOST"] == "0.0.0.0"
     assert any(p["containerPort"] == spec.selector.port for p in container["ports"])
     assert env["CACHEWARDEN_CONFIG_PATH"] == render.CONFIG_PATH
     assert env["CACHEWARDEN_ADMIN_TOKEN_FILE"] == f"{render.TOKENS_DIR}/{render.ADMIN_TOKEN_KEY}"
