@@ -547,26 +547,11 @@ async def handle_reconcile(
             f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
             f"base config {config_hash[:12]} pushed",
         )
-    detection = None
-    now_s = parse_rfc3339(now, "now")
-    if detect and detection_due(status, now_s, float(model.health.probe_interval_seconds)):
-        try:
-            detection = await run_detection(
-                policy,
-                model,
-                status,
-                views,
-                config_hash,
-                conditions,
-                kube=kube,
-                now_s=now_s,
-                events=events,
-                logger=logger,
-            )
-        except ValueError as exc:
-            logger.warning(f"automatic detection skipped this pass: {exc}")
-        else:
-            patch.status.update(detection.status)
+    detection = (
+        await _detect(policy, model, status, views, config_hash, conditions, kube, now, events, logger, patch)
+        if detect
+        else None
+    )
     if model.paused:
         outcome = "paused"
     elif is_ready and not errors:
@@ -664,27 +649,56 @@ async def _probe_while_waiting(
     health = aggregate_health(views, now)
     patch.status["health"] = health
     patch.status["targets"] = _target_rows(views)
+    if not detect:
+        return None
+    return await _detect(
+        policy, model, status, views, config_hash, conditions, kube, now, events, logger, patch
+    )
+
+
+async def _detect(
+    policy: PolicyRef,
+    model: CachePolicySpec,
+    status: Mapping[str, Any],
+    views: Sequence[PodView],
+    config_hash: str,
+    conditions: list[dict[str, Any]],
+    kube: KubeIO,
+    now: str,
+    events: Any,
+    logger: Any,
+    patch: Any,
+) -> Any:
+    """Run automatic detection if a probe is due, merging what it writes into ``patch.status``; returns
+    its :class:`~cache_operator.autoincidents.DetectionOutcome`, or None when it did not run or failed.
+
+    A failure of detection never costs the pass its status (pods, health, conditions are written
+    anyway): a malformed health answer or ``status.symptoms`` is logged as a warning, anything else
+    as an error, and the next probe pass tries again."""
     now_s = parse_rfc3339(now, "now")
-    if detect and detection_due(status, now_s, float(model.health.probe_interval_seconds)):
-        try:
-            detection = await run_detection(
-                policy,
-                model,
-                status,
-                views,
-                config_hash,
-                conditions,
-                kube=kube,
-                now_s=now_s,
-                events=events,
-                logger=logger,
-            )
-        except ValueError as exc:
-            logger.warning(f"automatic detection skipped this pass: {exc}")
-        else:
-            patch.status.update(detection.status)
-            return detection
-    return None
+    if not detection_due(status, now_s, float(model.health.probe_interval_seconds)):
+        return None
+    try:
+        detection = await run_detection(
+            policy,
+            model,
+            status,
+            views,
+            config_hash,
+            conditions,
+            kube=kube,
+            now_s=now_s,
+            events=events,
+            logger=logger,
+        )
+    except ValueError as exc:
+        logger.warning(f"automatic detection skipped this pass: {exc}")
+        return None
+    except Exception as exc:  # a detection bug must not stop the policy's status from being written
+        logger.error(f"automatic detection failed: {type(exc).__name__}: {exc}")
+        return None
+    patch.status.update(detection.status)
+    return detection
 
 
 def _target_rows(views: Sequence[PodView]) -> list[dict[str, Any]]:

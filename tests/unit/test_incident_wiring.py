@@ -26,6 +26,7 @@ from cache_operator.incident_executor import Deferred, IncidentRef, PolicyLocks,
 from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest
 from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
+from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.reconcile import PolicyRef, handle_reconcile
 from cache_runtime.health import evaluate
@@ -669,3 +670,33 @@ async def test_redis_out_of_memory_is_recommended_only_even_in_auto_mode() -> No
     assert status["recommendedAction"] == incident["spec"]["action"] == "clear"
     assert "never remediated automatically" in status["message"]
     assert pods.executed == [] and "lastActions" not in cluster.policy()["status"]
+
+
+async def test_an_incident_created_without_its_status_gets_it_on_the_next_pass() -> None:
+    """The operator died between creating the incident and writing its detection: the next pass finds
+    the incident by its name (409) and writes detection and diagnosis then."""
+    cluster, pods = make_cluster(), FakePods(lambda: with_redis_down(healthy()))
+    now = await probes(cluster, pods, T0, 2)
+
+    original = cluster.patch_status
+
+    async def drop_incident_status(
+        api_version: str, kind: str, namespace: str, name: str, status: Any
+    ) -> bool:
+        if kind == "CacheIncident":
+            raise KubeError(f"patch status of CacheIncident {name}", 503, "connection reset")
+        return await original(api_version, kind, namespace, name, status)
+
+    cluster.patch_status = drop_incident_status  # type: ignore[method-assign]
+    await probe(cluster, pods, now)
+    name = redis_down_name()
+    assert cluster.incidents()[name]["status"] == {}
+    # The failed pass kept the symptom active but recorded no incident for it: the next one adopts it.
+    assert "incident" not in symptom_entry(cluster, "RedisUnavailable")
+    assert policy_condition(cluster, "SymptomsTracked")["reason"] == "CreateFailed"
+    cluster.patch_status = original  # type: ignore[method-assign]
+    await probe(cluster, pods, now + PROBE_S)
+    status = cluster.incidents()[name]["status"]
+    assert status["detection"]["symptom"] == "RedisUnavailable" and status["cause"] == "RedisUnreachable"
+    assert symptom_entry(cluster, "RedisUnavailable")["incident"] == name
+    assert cluster.incident_creates() == [f"CacheIncident/{name}"]
