@@ -1,9 +1,15 @@
 """``cachewarden operator``: run the kopf operator with the project's settings.
 
-    cachewarden operator [--namespace NS ... | --all-namespaces] [--peering NAME]
+    cachewarden operator [--namespace NS ... | --all-namespaces]
+                         [--peering NAME [--priority N|random] [--peering-lifetime S]]
                          [--liveness URL] [--metrics-port N] [--kubeconfig PATH]
 
-Without ``--peering`` the operator runs standalone (no peering objects needed, one replica).
+Without ``--peering`` the operator runs standalone (no peering objects needed, one replica). With it,
+several replicas share the peering object ``NAME`` (a KopfPeering in each watched namespace, or a
+ClusterKopfPeering with ``--all-namespaces``; kopf's CRDs are in ``crds/kopf-peering.yaml``): the one with
+the highest ``--priority`` acts, the others stand by with their watches and daemons stopped, and take
+over once its record in the peering object is older than ``--peering-lifetime`` (a replica that exits
+cleanly removes its record at once). See docs/operator.md, "High availability".
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import sys
 from collections.abc import Sequence
 
 from cache_operator.main import OPTIONS_ENV
+
+DEFAULT_PEERING_LIFETIME_S = 30
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="kopf peering priority: an integer, or 'random' (a random one per process, so replicas of "
         "one Deployment never tie: kopf pauses every peer of equal priority); only with --peering",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=DEFAULT_PEERING_LIFETIME_S,
+        help="seconds a replica's peering record stays valid without a keep-alive (refreshed 5-10 s "
+        "before it expires); bounds how long a killed active replica blocks the standby (default 30)",
     )
     parser.add_argument(
         "--liveness", default=None, help="liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz"
@@ -90,6 +106,12 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--priority {args.priority!r} is not accepted without --peering (standalone has no peers)"
         if args.priority != "random" and not re.fullmatch(r"-?[0-9]{1,9}", args.priority):
             return f"--priority {args.priority!r} is not accepted; accepted: an integer or 'random'"
+    if args.peering is not None and not _DNS_SUBDOMAIN.match(args.peering):
+        return f"--peering {args.peering!r} is not accepted; accepted: a DNS subdomain name (lower-case)"
+    if args.peering is None and args.peering_lifetime != DEFAULT_PEERING_LIFETIME_S:
+        return "--peering-lifetime is not accepted without --peering (standalone has no peers)"
+    if not 10 <= args.peering_lifetime <= 3600:
+        return f"--peering-lifetime {args.peering_lifetime} is not accepted; accepted: 10..3600 seconds"
     if args.liveness is not None and not args.liveness.startswith("http://"):
         return f"--liveness {args.liveness!r} is not accepted; accepted: an http:// URL"
     return None
@@ -121,6 +143,10 @@ def main(argv: Sequence[str]) -> int:
             "converge_interval_s": args.converge_interval,
             "pod_timeout_s": args.pod_timeout,
             "resolve_service_hosts": args.resolve_service_hosts,
+            "peering": args.peering,
+            "peering_lifetime_s": args.peering_lifetime,
+            "clusterwide": args.all_namespaces,
+            "namespaces": list(args.namespace),
         }
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

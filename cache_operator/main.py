@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,12 +62,79 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
         ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cachewarden-k8s")
     )
     memo.kube = Kube.from_environment()
+    if options.get("peering"):
+        settings.peering.lifetime = int(options.get("peering_lifetime_s", 30))
+        settings.peering.stealth = True  # keep-alives every lifetime - 5..10 s are not worth a log line
+        await ensure_peering_objects(memo.kube, options, logger)
     memo.pods = PodClient(timeout_s=float(options.get("pod_timeout_s", 5.0)))
     memo.metrics = OperatorMetrics()
     memo.options = options
     if options.get("metrics_port"):
         memo.metrics.serve(int(options["metrics_port"]), options.get("metrics_address", "127.0.0.1"))
         logger.info("metrics on %s:%s", options.get("metrics_address", "127.0.0.1"), options["metrics_port"])
+
+
+PEERING_API = "kopf.dev/v1"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def peering_objects(name: str, clusterwide: bool, namespaces: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(collection path, object) of every peering object an operator with these flags watches: one
+    ClusterKopfPeering cluster-wide, else one KopfPeering per watched namespace (namespace patterns
+    such as ``team-*`` are left out: which namespaces they match is only known at run time)."""
+    if clusterwide:
+        return [(f"/apis/{PEERING_API}/clusterkopfpeerings",
+                 {"apiVersion": PEERING_API, "kind": "ClusterKopfPeering", "metadata": {"name": name}})]
+    return [(f"/apis/{PEERING_API}/namespaces/{ns}/kopfpeerings",
+             {"apiVersion": PEERING_API, "kind": "KopfPeering", "metadata": {"name": name, "namespace": ns}})
+            for ns in namespaces if _DNS_LABEL.match(ns)]
+
+
+async def ensure_peering_objects(kube: Kube, options: dict[str, Any], logger: kopf.Logger) -> None:
+    """Create the peering object(s) ``--peering`` names when missing.
+
+    Without its peering object a kopf operator with mandatory peering stays paused for ever and says
+    so only at debug level; a missing CRD or a forbidden create fails the start instead, naming what
+    to apply.
+    """
+    from kubernetes import dynamic
+    from kubernetes.client.exceptions import ApiException
+
+    client = dynamic.DynamicClient(kube.api_client)
+    name = str(options["peering"])
+    wanted = peering_objects(name, bool(options.get("clusterwide")), list(options.get("namespaces") or []))
+    for path, obj in wanted:
+        where = obj["metadata"].get("namespace") or "cluster scope"
+
+        def create(path: str = path, obj: dict[str, Any] = obj) -> bool:
+            # Read first: an operator allowed to get/patch but not create its peering object is fine
+            # as long as the object exists.
+            try:
+                client.request("get", f"{path}/{name}")
+                return False
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                client.request("post", path, body=obj)
+            except ApiException as exc:
+                if exc.status == 409:  # another replica created it meanwhile
+                    return False
+                raise
+            return True
+
+        try:
+            created = await asyncio.to_thread(create)
+        except ApiException as exc:
+            hint = ("the peering CRDs are not installed: kubectl apply -f crds/kopf-peering.yaml"
+                    if exc.status == 404 else f"HTTP {exc.status} {exc.reason}")
+            raise kopf.PermanentError(
+                f"--peering {name}: the {obj['kind']} {name!r} ({where}) does not exist and cannot be "
+                f"created: {hint}; accepted: an existing {obj['kind']} of that name "
+                f"(apiVersion {PEERING_API})"
+            ) from None
+        if created:
+            logger.info("created the %s %r (%s) for peering", obj["kind"], name, where)
 
 
 @kopf.on.cleanup()
