@@ -1,19 +1,23 @@
-"""The demo ``cachewarden dev up`` installs: CRDs, the operator as a pod, Redis and the quickstart policy.
+"""The demo ``cachewarden dev up`` installs: the Helm chart, Redis and the quickstart policy.
 
-The operator runs the way it runs on a real cluster: a Deployment (image ``cachewarden``, which the
-process kubelet maps to this checkout's console script) under its own ServiceAccount with a
-ClusterRole, so RBAC is enforced on it. Its only devcluster-specific flag is
-``--resolve-service-hosts`` (no Service routing here: ``redis://redis:6379`` is resolved to the Redis
-pod's IP). ``dev down`` stops it with every other pod.
+The operator is installed the way users install it: ``helm upgrade --install`` of ``charts/cachewarden``
+into ``cachewarden-system`` (a namespace enforcing the restricted Pod Security profile), so it runs as
+a pod under the chart's ServiceAccount and RBAC (image ``ghcr.io/cachewarden/cachewarden``, which the
+process kubelet maps to this checkout's console script). Its only devcluster-specific value is
+``operator.resolveServiceHosts=true`` (no Service routing here: ``redis://redis:6379`` is resolved to
+the Redis pod's IP). The CRDs are applied first with server-side apply (the chart's documented upgrade
+path), so a re-run on a kept cluster picks up changed CRDs; Helm itself never upgrades them.
+``dev down`` stops the operator with every other pod.
 
 After the policy is Ready, a short burst of AI lookups and stores is sent to the runtime pods through
-their data API, so ``kubectl get cachepolicies`` shows a real hit rate at the next probe.
+their data API, so ``kubectl get cpol,cinc`` shows a real hit rate at the next probe.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -24,101 +28,24 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
-CRDS_DIR = REPO / "crds"
+CHART = REPO / "charts" / "cachewarden"
+CHART_CRDS = CHART / "crds"
+RELEASE = "cachewarden"
 OPERATOR_NAMESPACE = "cachewarden-system"
+OPERATOR_DEPLOYMENT = "cachewarden"  # the chart's full name for a release named "cachewarden"
 DEMO_NAMESPACE = "default"
 POLICY = "quickstart"
+# The chart's values for devcluster: everything else is the chart's default (cluster scope, one replica,
+# image ghcr.io/cachewarden/cachewarden:<appVersion>, restricted security context).
+HELM_VALUES = ("operator.resolveServiceHosts=true",)
 
-OPERATOR_MANIFEST = f"""
+NAMESPACE_MANIFEST = f"""
 apiVersion: v1
 kind: Namespace
 metadata:
   name: {OPERATOR_NAMESPACE}
-  # The operator's pod passes the restricted Pod Security profile: enforce it (docs/reliability.md).
+  # The chart's operator pod passes the restricted Pod Security profile: enforce it (docs/reliability.md).
   labels: {{pod-security.kubernetes.io/enforce: restricted, pod-security.kubernetes.io/warn: restricted}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: cachewarden-operator, namespace: {OPERATOR_NAMESPACE}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: cachewarden-operator}}
-rules:
-  - apiGroups: [cachewarden.io]
-    resources: [cachepolicies, cacheincidents]
-    verbs: [get, list, watch, patch, update]
-  - apiGroups: [cachewarden.io]
-    resources: [cachepolicies/status, cacheincidents/status]
-    verbs: [get, patch, update]
-  - apiGroups: [""]
-    resources: [configmaps, secrets, services]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [apps]
-    resources: [deployments]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [""]
-    resources: [pods]
-    verbs: [get, list, watch]
-  - apiGroups: ["", events.k8s.io]
-    resources: [events]
-    verbs: [create, patch]
-  - apiGroups: [apiextensions.k8s.io]
-    resources: [customresourcedefinitions]
-    verbs: [get, list, watch]
-  - apiGroups: [""]
-    resources: [namespaces]
-    verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: cachewarden-operator}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cachewarden-operator}}
-subjects:
-  - {{kind: ServiceAccount, name: cachewarden-operator, namespace: {OPERATOR_NAMESPACE}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: cachewarden-operator
-  namespace: {OPERATOR_NAMESPACE}
-  labels: {{app.kubernetes.io/name: cachewarden-operator}}
-spec:
-  replicas: 1
-  strategy: {{type: Recreate}}
-  selector: {{matchLabels: {{app.kubernetes.io/name: cachewarden-operator}}}}
-  template:
-    metadata: {{labels: {{app.kubernetes.io/name: cachewarden-operator}}}}
-    spec:
-      serviceAccountName: cachewarden-operator
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 10001
-        runAsGroup: 10001
-        seccompProfile: {{type: RuntimeDefault}}
-      containers:
-        - name: operator
-          image: ghcr.io/cachewarden/cachewarden:0.1.0
-          securityContext:
-            allowPrivilegeEscalation: false
-            privileged: false
-            capabilities: {{drop: [ALL]}}
-          args: [operator, --all-namespaces, --resolve-service-hosts,
-                 --liveness, "http://$(POD_IP):8081/healthz",
-                 --metrics-address, "$(POD_IP)", --metrics-port, "9090"]
-          env:
-            - name: POD_IP
-              valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-          ports:
-            - {{name: health, containerPort: 8081}}
-            - {{name: metrics, containerPort: 9090}}
-          livenessProbe:
-            httpGet: {{path: /healthz, port: health}}
-            initialDelaySeconds: 10
-            periodSeconds: 10
-          readinessProbe:
-            httpGet: {{path: /healthz, port: health}}
-            periodSeconds: 2
 """
 
 
@@ -141,10 +68,17 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 class Demo:
     """kubectl against the cluster plus the steps of the demo."""
 
-    def __init__(self, kubeconfig: Path, kubectl: Path, progress: Callable[[str], None] = print) -> None:
+    def __init__(self, kubeconfig: Path, kubectl: Path, progress: Callable[[str], None] = print,
+                 helm: Path | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.kubectl_path = kubectl
+        self.helm_path = helm if helm is not None else kubectl.with_name("helm")
         self.progress = progress
+        # Helm's cache and config next to the kubeconfig (the run directory), never in ~/.config/helm.
+        home = kubeconfig.parent / "helm"
+        self.helm_env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+                         "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+                         "HELM_DATA_HOME": str(home / "data")}
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         """Run kubectl; raise with its stderr on failure."""
@@ -160,23 +94,34 @@ class Demo:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result.stdout
 
-    def install(self, timeout: float = 180.0) -> None:
-        """CRDs, operator, Redis and the quickstart policy; returns once the policy is Ready."""
-        self.progress("demo: applying CRDs")
-        self.kubectl("apply", "-f", str(CRDS_DIR))
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        """Run helm; raise with its stderr on failure."""
+        result = subprocess.run(
+            [str(self.helm_path), *args], capture_output=True, text=True, env=self.helm_env,
+            timeout=timeout, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def install_chart(self, timeout: float = 180.0) -> None:
+        """CRDs (server-side apply, the chart's upgrade path), then ``helm upgrade --install`` of the
+        chart with :data:`HELM_VALUES`; returns once the operator's Deployment is available."""
+        self.progress("demo: applying the CRDs (kubectl apply --server-side -f charts/cachewarden/crds/)")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART_CRDS))
         # Polled: `kubectl wait` fails outright on a CRD whose status has no conditions yet.
         for crd in ("cachepolicies.cachewarden.io", "cacheincidents.cachewarden.io"):
             _wait(partial(self.crd_established, crd), 60, f"CRD {crd} Established")
-        self.progress("demo: starting the operator (a pod in cachewarden-system)")
-        self.kubectl("apply", "-f", "-", stdin=OPERATOR_MANIFEST)
-        self.kubectl(
-            "rollout",
-            "status",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "deployment/cachewarden-operator",
-            f"--timeout={int(timeout)}s",
-        )
+        self.kubectl("apply", "-f", "-", stdin=NAMESPACE_MANIFEST)
+        self.progress(f"demo: helm upgrade --install {RELEASE} charts/cachewarden -n {OPERATOR_NAMESPACE} "
+                      + " ".join(f"--set {v}" for v in HELM_VALUES))
+        sets = [arg for value in HELM_VALUES for arg in ("--set", value)]
+        self.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, *sets,
+                  "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)
+
+    def install(self, timeout: float = 180.0) -> None:
+        """The chart, Redis and the quickstart policy; returns once the policy is Ready."""
+        self.install_chart(timeout)
         self.progress("demo: applying examples/quickstart.yaml (Redis + CachePolicy quickstart)")
         self.kubectl("apply", "-n", DEMO_NAMESPACE, "-f", str(QUICKSTART))
         _wait(self.policy_ready, timeout, f"CachePolicy {DEMO_NAMESPACE}/{POLICY} Ready")
@@ -225,8 +170,8 @@ class Demo:
                     )
 
     def table(self) -> str:
-        """``kubectl get cachepolicies`` in the demo namespace."""
-        return self.kubectl("get", "cachepolicies", "-n", DEMO_NAMESPACE)
+        """``kubectl get cpol,cinc`` in the demo namespace (no incidents yet prints only the policies)."""
+        return self.kubectl("get", "cachepolicies,cacheincidents", "-n", DEMO_NAMESPACE)
 
 
 def _post(url: str, token: str, body: dict[str, Any]) -> Any:
@@ -244,9 +189,26 @@ def _post(url: str, token: str, body: dict[str, Any]) -> Any:
         return None
 
 
+def next_steps(kubeconfig: Path, bin_dir: Path) -> str:
+    """What to try once the demo is up (printed after the table)."""
+    return f"""
+What to try next:
+  export KUBECONFIG={kubeconfig} PATH={bin_dir}:$PATH
+  kubectl get cpol,cinc                       # live figures: hit rate, pods configured, Redis state
+  kubectl patch cpol {POLICY} --type merge -p '{{"spec":{{"preset":"ai-production"}}}}'   # pushed in < 1 s
+  kubectl apply -f examples/quickstart.yaml   # ... or change the preset in the manifest (GitOps)
+  kubectl scale deployment redis --replicas=0 # stop Redis, then watch an incident appear:
+  kubectl get cinc -w                         #   (the next health probes, ~10 s apart, detect it)
+  kubectl scale deployment redis --replicas=1 # Redis back: the pods reconnect by themselves
+  helm -n {OPERATOR_NAMESPACE} status {RELEASE}             # the operator, installed from charts/cachewarden
+  kubectl -n {OPERATOR_NAMESPACE} logs deploy/{OPERATOR_DEPLOYMENT}
+  make down                                   # stop everything (make demo starts it again)
+"""
+
+
 def start_demo(kubeconfig: Path, bin_dir: Path, progress: Callable[[str], None] = print) -> str:
-    """Install the demo on a running cluster (idempotent: everything is applied); returns the
-    ``kubectl get cachepolicies`` table."""
-    demo = Demo(kubeconfig, bin_dir / "kubectl", progress)
+    """Install the demo on a running cluster (idempotent: ``helm upgrade --install`` and applies);
+    returns the ``kubectl get cpol,cinc`` table followed by what to try next."""
+    demo = Demo(kubeconfig, bin_dir / "kubectl", progress, helm=bin_dir / "helm")
     demo.install()
-    return demo.table()
+    return demo.table() + next_steps(kubeconfig, bin_dir)
