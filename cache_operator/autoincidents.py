@@ -51,6 +51,9 @@ from cache_operator.k8s import KubeError
 # (the daemon wakes at the interval; timestamps in status have whole seconds).
 DETECTION_FRACTION = 0.8
 GC_INTERVAL_S = 60.0
+# The history limit never deletes an incident that ended less than this long ago: a burst of incidents
+# (a person's runbook, a test suite) stays readable for a while; the TTL applies as set.
+HISTORY_GRACE_S = 300.0
 CREATE_FAILED = "CreateFailed"
 NAME_TAKEN = "NameTaken"
 NO_SYMPTOMS = "NoSymptoms"
@@ -353,7 +356,11 @@ async def _open_resolve_collect(
     if collect:
         remediation = model.remediation
         doomed = safety.incidents_to_delete(
-            incidents, now_s, float(remediation.incident_ttl_seconds), remediation.history_limit
+            incidents,
+            now_s,
+            float(remediation.incident_ttl_seconds),
+            remediation.history_limit,
+            min_age=HISTORY_GRACE_S,
         )
         for name in doomed:
             if await kube.delete(API_VERSION, "CacheIncident", namespace, name):

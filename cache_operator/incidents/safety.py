@@ -215,12 +215,18 @@ def may_open(
 
 
 def incidents_to_delete(
-    incidents: Sequence[Mapping[str, Any]], now: float, ttl: float, history_limit: int
+    incidents: Sequence[Mapping[str, Any]],
+    now: float,
+    ttl: float,
+    history_limit: int,
+    min_age: float = 0.0,
 ) -> list[str]:
     """Names of finished incidents to delete: ended more than ``ttl`` seconds ago, or beyond the
     newest ``history_limit`` finished ones of their policy. Open incidents, and automatic ones whose
     symptom has not cleared, are never deleted; a finished incident without a valid
-    ``status.completedAt`` is kept only by the history limit."""
+    ``status.completedAt`` is kept only by the history limit. The history limit spares incidents that
+    ended less than ``min_age`` seconds ago (a person or a pipeline still reading the outcome); the TTL
+    does not."""
     by_policy: dict[str, list[tuple[float, str]]] = {}
     doomed: set[str] = set()
     for incident in incidents:
@@ -239,5 +245,5 @@ def incidents_to_delete(
         by_policy.setdefault(policy, []).append((ended, name))
     for finished in by_policy.values():
         finished.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        doomed.update(name for _, name in finished[history_limit:])
+        doomed.update(name for ended, name in finished[history_limit:] if now - ended >= min_age)
     return sorted(doomed)

@@ -330,6 +330,21 @@ def test_gc_ttl_and_history_limit() -> None:
         "other-policy",
     ]
     assert incidents_to_delete(incidents, NOW, 60, 10) == ["expired", "new1", "new2", "new3", "other-policy"]
+    # A grace period spares recently ended incidents from the history limit (not from the TTL).
+    assert incidents_to_delete(incidents, NOW, hour, 0, min_age=150) == [
+        "expired",
+        "new3",
+        "no-time",
+        "other-policy",
+    ]
+    assert incidents_to_delete(incidents, NOW, 60, 0, min_age=1000) == [
+        "expired",
+        "new1",
+        "new2",
+        "new3",
+        "no-time",
+        "other-policy",
+    ]
 
 
 def test_recommend_only_symptom_is_never_run_automatically() -> None:
