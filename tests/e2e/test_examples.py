@@ -8,18 +8,28 @@ Documents that name a namespace are moved into the test's namespace (the object,
 is under test). Argo CD and Flux objects are skipped here: their CRDs are not part of devcluster and
 cannot be fetched offline; tests/unit/test_examples.py checks their required fields and that the
 paths and sources they name exist.
+
+Beyond acceptance, the examples a newcomer runs first are run for real: the quickstart (Redis + a
+runtime policy), the sample app in selector mode from its own manifests, and three incident examples,
+with an operator; the live objects are then judged by the GitOps health checks (Argo CD Lua and
+Flux CEL) as a GitOps tool would see them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, restricted_namespace, wait_for
+from tests.e2e.test_operator import OperatorProcess
+from tests.unit.test_gitops_health import argo_health, flux_health
 
 __all__ = ["restricted_namespace"]
 
@@ -122,3 +132,93 @@ def test_pod_security_warning_is_seen(crds: None, kube: KubeTools, restricted_na
     del deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(documents))
     assert "would violate PodSecurity" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# the examples run for real
+
+
+READY_TIMEOUT = 240.0
+
+
+@pytest.fixture(scope="module")
+def operator(dev_cluster: Cluster, crds: None, kube: KubeTools,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """``cachewarden operator`` (all namespaces, Service hosts resolved as on devcluster) for the
+    module's live test."""
+    proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("examples-operator") / "operator.log")
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code
+                 == 200, 60, "operator liveness endpoint")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def apply_example(kube: KubeTools, path: Path, namespace: str) -> None:
+    """``kubectl apply`` of an example file or directory, as written, into ``namespace``."""
+    kube.kubectl("apply", "-n", namespace, "-f", str(path))
+
+
+def get(kube: KubeTools, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    """One object as stored."""
+    return dict(kube.kubectl_json("get", kind, name, "-n", namespace))
+
+
+def ready_with(kube: KubeTools, name: str, namespace: str, pods: int) -> dict[str, Any] | None:
+    """The policy once Ready=True for its generation with ``pods`` pods all configured."""
+    policy = get(kube, "cachepolicy", name, namespace)
+    status = policy.get("status") or {}
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    counts = status.get("pods") or {}
+    if ready and status.get("observedGeneration") == policy["metadata"]["generation"] \
+            and counts.get("desired") == pods and counts.get("configured") == pods:
+        return policy
+    return None
+
+
+def test_quickstart_sample_app_and_incidents_run(operator: OperatorProcess, kube: KubeTools,
+                                                 namespace: str) -> None:
+    """quickstart.yaml gives a Ready policy with 2 configured runtime pods; sample_app/k8s/ gives a
+    Ready selector-mode policy over the app's 2 pods, and the app serves a repeated request from its
+    cache; gc, clear (dry run) and diagnose incidents from examples/incidents/ succeed on the
+    quickstart pods. Argo CD's Lua and Flux's CEL call all of them healthy."""
+    try:
+        apply_example(kube, EXAMPLES / "quickstart.yaml", namespace)
+        apply_example(kube, EXAMPLES / "sample_app" / "k8s", namespace)
+        quickstart = wait_for(partial(ready_with, kube, "quickstart", namespace, 2), READY_TIMEOUT,
+                              "quickstart Ready with 2 configured pods")
+        sample = wait_for(partial(ready_with, kube, "sample-app", namespace, 2), READY_TIMEOUT,
+                          "sample-app Ready with both app pods configured")
+
+        pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=sample-app")
+        pod_ip = next(p["status"]["podIP"] for p in pods["items"] if p["status"].get("podIP"))
+        body = {"text": "Caches keep answers close. Close answers are fast. Fast answers please."}
+        calls = []
+        for _ in range(2):
+            response = httpx.post(f"http://{pod_ip}:8080/v1/summarize", json=body, timeout=10)
+            assert response.status_code == 200, response.text
+            calls.append(httpx.get(f"http://{pod_ip}:8080/v1/model-calls", timeout=10).json()["total"])
+        assert calls == [1, 1], f"the repeated request reached the model again: {calls}"
+
+        incidents = (("gc.yaml", "quickstart-gc"), ("clear-dry-run.yaml", "quickstart-clear-dry-run"),
+                     ("diagnose.yaml", "quickstart-diagnose"))
+        for example, name in incidents:
+            apply_example(kube, EXAMPLES / "incidents" / example, namespace)
+            incident = wait_for(
+                lambda name=name: (i := get(kube, "cacheincident", name, namespace))
+                and (i.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Skipped") and i,
+                READY_TIMEOUT, f"incident {name} finished")
+            assert incident["status"]["phase"] == "Succeeded", incident["status"]
+            done = {r["pod"] for r in incident["status"]["results"] if r["result"] == "Succeeded"}
+            assert len(done) == 2, incident["status"]["results"]
+            assert argo_health("CacheIncident", incident)[0] == "Healthy"
+            assert flux_health("CacheIncident", incident) == "Current"
+
+        for policy in (quickstart, sample):
+            assert argo_health("CachePolicy", policy)[0] == "Healthy", policy["status"]
+            assert flux_health("CachePolicy", policy) == "Current"
+    finally:
+        # While the operator runs: its finalizers must come off before the namespace goes.
+        kube.kubectl("delete", "cacheincidents,cachepolicies", "--all", "-n", namespace, "--timeout", "90s",
+                     check=False)
