@@ -6,7 +6,7 @@ password, incident parameters per action...), defaulting, and admission (Pod Sec
 
 Documents that name a namespace are moved into the test's namespace (the object, not where it lives,
 is under test). Argo CD and Flux objects are skipped here: their CRDs are not part of devcluster and
-cannot be fetched offline; tests/unit/test_examples.py checks their required fields and that the
+cannot be fetched offline; tests/unit/test_examples_static.py checks their required fields and that the
 paths and sources they name exist.
 
 Beyond acceptance, the examples a newcomer runs first are run for real: the quickstart (Redis + a
@@ -91,7 +91,7 @@ def test_example_accepted_by_api_server(path: Path, crds: None, kube: KubeTools,
     if not documents:
         assert skipped, f"{path}: no documents"
         pytest.skip(f"only {', '.join(skipped)}: CRDs not available offline; "
-                    "checked by tests/unit/test_examples.py")
+                    "checked by tests/unit/test_examples_static.py")
     manifest = yaml.safe_dump_all(documents, sort_keys=False)
     result = kube.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=manifest, check=False)
     assert result.returncode == 0, f"{path.relative_to(REPO)} rejected:\n{result.stderr}"
