@@ -326,6 +326,9 @@ async def handle_incident(
         await _record_diagnosis(run, plan, health, targets, token, caller)
     phase = plans.outcome(plan, run.results)
     failed = sorted({r["pod"] for r in run.results if r.get("result") == "Failed"})
+    if spec.action == "restore" and not spec.dry_run:
+        restored = sorted({r["pod"] for r in run.results if r.get("result") == "Succeeded"})
+        await _lift_isolation(kube, incident.namespace, spec.policy_ref.name, restored, logger)
     if phase == "Failed":
         await run.finish("Failed", "StepsFailed", f"{spec.action} failed on {', '.join(failed)}")
         return "Failed"
@@ -445,6 +448,25 @@ async def _decide_and_start(
         )
         await kube.patch_status(
             API_VERSION, "CachePolicy", incident.namespace, policy_name, {"lastActions": last_actions}
+        )
+    if spec.action == "isolate" and not spec.dry_run and status.get("phase") != "Running":
+        # Recorded before any pod is isolated: the reconciler restores them when it expires, also
+        # if this operator dies mid-way.
+        isolation = plans.isolation_for(
+            {**body, "status": run.status},
+            sorted({step.pod for step in plan.steps if step.request is not None}),
+            clock(),
+            model.remediation.override_duration_seconds,
+            current=(policy.get("status") or {}).get("isolation"),
+        )
+        await kube.patch_status(
+            API_VERSION, "CachePolicy", incident.namespace, policy_name, {"isolation": isolation}
+        )
+        await run.event(
+            "Normal",
+            "IsolationRecorded",
+            f"pods {', '.join(isolation['pods'] if isolation else [])} of CachePolicy {policy_name} "
+            f"restored by the operator at {isolation['expiresAt'] if isolation else '?'}",
         )
     await run.start()
     tokens, _ = await current_tokens(kube, PolicyIdentity(policy_name, incident.namespace, ""), create=False)  # type: ignore[arg-type]
@@ -599,17 +621,50 @@ async def _apply_override(
     return {"config": config.public_dict(), "hash": config.config_hash()}
 
 
+async def _lift_isolation(
+    kube: IncidentKube, namespace: str, policy_name: str, restored: list[str], logger: Any
+) -> None:
+    """A restore incident took ``restored`` out of maintenance mode: they leave the policy's
+    time-boxed isolation record (the record goes when no pod is left)."""
+    policy = await kube.get(API_VERSION, "CachePolicy", namespace, policy_name)
+    current = ((policy or {}).get("status") or {}).get("isolation")
+    if not current:
+        return
+    after = plans.isolation_after_restore(current, restored)
+    await kube.patch_status(API_VERSION, "CachePolicy", namespace, policy_name, {"isolation": after})
+    logger.info(f"isolation of CachePolicy {policy_name}: restored {', '.join(restored)}")
+
+
 async def handle_incident_deleted(
-    incident: IncidentRef, spec: Mapping[str, Any], *, kube: IncidentKube, logger: Any
+    incident: IncidentRef,
+    spec: Mapping[str, Any],
+    *,
+    kube: IncidentKube,
+    logger: Any,
+    clock: Callable[[], float] = _now_s,
 ) -> bool:
-    """Lift the incident's override from its policy's status; True when one was lifted."""
+    """Lift the incident's override from its policy's status, and make the isolation it recorded expire
+    now (the policy's reconciler restores the pods on its next pass); True when something was lifted."""
     policy_name = ((spec or {}).get("policyRef") or {}).get("name")
     if not policy_name:
         return False
     policy = await kube.get(API_VERSION, "CachePolicy", incident.namespace, policy_name)
-    override = ((policy or {}).get("status") or {}).get("override") or {}
+    policy_status = (policy or {}).get("status") or {}
+    isolation = policy_status.get("isolation") or {}
+    lifted = False
+    if isolation.get("incident") == incident.name:
+        await kube.patch_status(
+            API_VERSION,
+            "CachePolicy",
+            incident.namespace,
+            policy_name,
+            {"isolation": {"expiresAt": rfc3339(clock())}},
+        )
+        logger.info(f"isolation of {incident.name} on CachePolicy {policy_name} ends now (incident deleted)")
+        lifted = True
+    override = policy_status.get("override") or {}
     if override.get("incident") != incident.name:
-        return False
+        return lifted
     await kube.patch_status(API_VERSION, "CachePolicy", incident.namespace, policy_name, {"override": None})
     logger.info(f"lifted the override of {incident.name} from CachePolicy {policy_name}")
     return True

@@ -35,6 +35,7 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.autoincidents import detection_due, run_detection
+from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
@@ -409,12 +410,14 @@ async def handle_reconcile(
     now: str | None = None,
     events: Any = None,
     detect: bool = True,
+    caller: Any = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
     ``pods_in_namespace`` (the operator's pod index) replaces the pod list call when given.
     ``events(type, reason, message)`` posts Events on the policy (detection's openings, resolutions,
-    refusals); ``detect=False`` turns automatic detection off for the pass.
+    refusals); ``detect=False`` turns automatic detection off for the pass. ``caller`` sends admin
+    actions to pods (the restore of an expired isolation; default: the pod client's).
 
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
@@ -546,6 +549,10 @@ async def handle_reconcile(
             f"time-boxed override of incident {raw_override.get('incident')} "
             f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
             f"base config {config_hash[:12]} pushed",
+        )
+    if not model.paused and isolation_expired(status.get("isolation"), parse_rfc3339(now, "now")):
+        patch.status["isolation"] = await restore_expired_isolation(
+            status["isolation"], targets, token, caller or _pod_action_caller(pods_io), events, logger
         )
     detection = (
         await _detect(policy, model, status, views, config_hash, conditions, kube, now, events, logger, patch)
@@ -699,6 +706,58 @@ async def _detect(
         return None
     patch.status.update(detection.status)
     return detection
+
+
+def _pod_action_caller(pods_io: Any) -> Any:
+    """The incident executor's action caller over the pod client (imported here: it imports us)."""
+    from cache_operator.incident_executor import PodActionCaller
+
+    return PodActionCaller(pods_io)
+
+
+async def restore_expired_isolation(
+    isolation: Mapping[str, Any],
+    targets: Sequence[tuple[PodTarget | None, bool, str]],
+    token: str,
+    caller: Any,
+    events: Any,
+    logger: Any,
+) -> dict[str, Any] | None:
+    """Restore every pod of an expired ``status.isolation`` that is still a target; returns the new
+    record: None when every pod is restored (or gone), else the record with the pods that failed, tried
+    again on the next pass. Each call carries ``<incident uid>:restore-expired:<pod>`` as its
+    Idempotency-Key, so a pass repeated after a crash replays instead of acting twice."""
+    by_name = {name: target for target, _, name in targets}
+    failed: list[str] = []
+    restored: list[str] = []
+    for pod in sorted(isolation.get("pods") or []):
+        target = by_name.get(pod)
+        if target is None:
+            continue  # gone (or without an IP): a new pod starts unisolated
+        request, key = restore_request(isolation, pod)
+        reply = await caller.call(target, token, request, key)
+        if reply.ok:
+            restored.append(pod)
+        else:
+            failed.append(pod)
+            logger.warning(f"restoring {pod} at the end of its isolation failed: {reply.error}")
+    if failed:
+        await _post_event(
+            events,
+            "Warning",
+            "IsolationRestoreFailed",
+            f"isolation by {isolation.get('incident')} expired; restore failed on {', '.join(failed)} "
+            "(retried next pass)",
+        )
+        return {**isolation, "pods": failed}
+    await _post_event(
+        events,
+        "Normal",
+        "IsolationExpired",
+        f"isolation by incident {isolation.get('incident')} ended at {isolation.get('expiresAt')}; "
+        f"restored {', '.join(restored) or 'no pod (none left)'}",
+    )
+    return None
 
 
 def _target_rows(views: Sequence[PodView]) -> list[dict[str, Any]]:

@@ -643,6 +643,26 @@ class ActiveOverride(ApiModel):
     )
 
 
+class ActiveIsolation(ApiModel):
+    """Pods an ``isolate`` incident put in maintenance mode, and when the operator restores them."""
+
+    incident: str = Field(description="Name of the CacheIncident that isolated the pods.")
+    incident_uid: str = Field(
+        description="Its UID: the restore calls' idempotency keys are <uid>:restore-expired:<pod>."
+    )
+    pods: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Pods isolated (and not restored since).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    expires_at: str = Field(
+        description="When the operator restores them (RFC 3339); deleting the incident restores them at "
+        "once.",
+        json_schema_extra={"format": "date-time"},
+    )
+
+
 class SymptomState(ApiModel):
     """Detection state of one symptom, kept in the cluster so an operator restart keeps hysteresis."""
 
@@ -697,6 +717,9 @@ class CachePolicyStatus(ApiModel):
         "with a symptom that has not cleared.",
     )
     override: ActiveOverride | None = Field(default=None, description="Time-boxed override in force, if any.")
+    isolation: ActiveIsolation | None = Field(
+        default=None, description="Time-boxed isolation (maintenance mode) of pods, if any."
+    )
     symptoms: list[SymptomState] | None = Field(
         default=None, description="Detection state per symptom (only symptoms seen or active)."
     )

@@ -2,7 +2,7 @@
 
 One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
 loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
-Ready or Stalled, and right after a time-boxed override expires) and writes the status itself;
+Ready or Stalled, and right after a time-boxed override or isolation expires) and writes the status itself;
 automatic detection counts at most one probe per interval (status ``lastDetectionTime``). An event
 handler wakes it when the spec changes (a new generation), so a change is pushed to the pods at once,
 and status has a single writer (no two tasks racing to write conditions; the incident executor only
@@ -126,7 +126,7 @@ async def policy_reconciler(
         else:
             probe = ((body.get("spec") or {}).get("health") or {}).get("probeIntervalSeconds")
             interval = float(probe or DEFAULT_PROBE_INTERVAL_S)
-        interval = min(interval, _until_override_expires(body.get("status") or {}, time.time()))
+        interval = min(interval, _until_expiry(body.get("status") or {}, time.time()))
         trigger = await _wait(wake, stopped, interval)
 
 
@@ -197,17 +197,20 @@ async def _reconcile_once(
     return outcome
 
 
-def _until_override_expires(status: Any, now_s: float) -> float:
-    """Seconds until the time-boxed override in ``status`` expires (at least 0.5, so the pass right
-    after the expiry lifts it), or infinity when there is none."""
-    override = status.get("override") if hasattr(status, "get") else None
-    if not isinstance(override, dict) and not hasattr(override, "get"):
-        return float("inf")
-    try:
-        expires = parse_rfc3339(override.get("expiresAt"), "status.override.expiresAt")
-    except ValueError:
-        return float("inf")
-    return max(0.5, expires - now_s + 0.5)
+def _until_expiry(status: Any, now_s: float) -> float:
+    """Seconds until the time-boxed override or isolation in ``status`` expires (at least 0.5, so the
+    pass right after the expiry lifts it), or infinity when there is none."""
+    waits = [float("inf")]
+    for key in ("override", "isolation"):
+        record = status.get(key) if hasattr(status, "get") else None
+        if not hasattr(record, "get"):
+            continue
+        try:
+            expires = parse_rfc3339(record.get("expiresAt"), f"status.{key}.expiresAt")
+        except ValueError:
+            continue
+        waits.append(max(0.5, expires - now_s + 0.5))
+    return min(waits)
 
 
 def _index_lookup(index: kopf.Index[str | None, dict[str, Any]]) -> Callable[[str], list[dict[str, Any]]]:

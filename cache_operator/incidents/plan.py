@@ -373,3 +373,68 @@ def override_to_lift(override: Mapping[str, Any] | None, now: float, incident_na
     if override is None:
         return False
     return not override_active(override, now) or override.get("incident") not in set(incident_names)
+
+
+# ------------------------------------------------------------------------------------------------
+# time-boxed isolation
+
+RESTORE_EXPIRED_STEP = "restore-expired"
+
+
+def isolation_for(
+    incident: Mapping[str, Any],
+    pods: Sequence[str],
+    now: float,
+    default_duration_s: int,
+    current: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The policy's ``status.isolation`` after an ``isolate`` incident isolates ``pods``
+    (``{incident, incidentUid, pods, expiresAt}``), or None for any other action or a dry run.
+
+    Pods of a ``current`` record that has not expired stay in it (they are still isolated); the new
+    incident's expiry and UID apply to all of them."""
+    spec = parse_incident_spec(incident)
+    if spec.action != "isolate" or spec.dry_run:
+        return None
+    kept: set[str] = set()
+    if isinstance(current, Mapping):
+        try:
+            if parse_rfc3339(current.get("expiresAt"), "status.isolation.expiresAt") > now:
+                kept = {str(pod) for pod in current.get("pods") or []}
+        except ValueError:
+            kept = set()
+    metadata = incident.get("metadata") or {}
+    return {
+        "incident": str(metadata.get("name", "")),
+        "incidentUid": str(metadata.get("uid", "")),
+        "pods": sorted(kept | set(pods)),
+        "expiresAt": expires_at(incident, now, default_duration_s),
+    }
+
+
+def isolation_after_restore(
+    current: Mapping[str, Any] | None, restored: Sequence[str]
+) -> dict[str, Any] | None:
+    """``status.isolation`` once ``restored`` pods are out of maintenance mode: None when none is left
+    (or there was no record), else the record with the remaining pods."""
+    if not isinstance(current, Mapping):
+        return None
+    left = sorted(set(current.get("pods") or []) - set(restored))
+    return {**current, "pods": left} if left else None
+
+
+def isolation_expired(isolation: Mapping[str, Any] | None, now: float) -> bool:
+    """True when a recorded isolation is due to be restored (a malformed expiry counts as due)."""
+    if not isinstance(isolation, Mapping):
+        return False
+    try:
+        return parse_rfc3339(isolation.get("expiresAt"), "status.isolation.expiresAt") <= now
+    except ValueError:
+        return True
+
+
+def restore_request(isolation: Mapping[str, Any], pod: str) -> tuple[PodRequest, str]:
+    """The call that restores ``pod`` at the isolation's expiry and its idempotency key
+    (``<incident uid>:restore-expired:<pod>``: a repeated pass replays instead of acting twice)."""
+    uid = str(isolation.get("incidentUid") or isolation.get("incident") or "isolation")
+    return PodRequest("POST", "/emergency/restore"), idempotency_key(uid, RESTORE_EXPIRED_STEP, pod)

@@ -10,7 +10,7 @@ import pytest
 
 from cache_operator.api.cacheincident import CacheIncidentStatus
 from cache_operator.autoincidents import detection_due, gc_due, tracked_condition
-from cache_operator.handlers.cachepolicy import _until_override_expires
+from cache_operator.handlers.cachepolicy import _until_expiry
 from cache_operator.incidents import lifecycle
 from cache_operator.incidents.timefmt import rfc3339
 
@@ -145,7 +145,9 @@ def test_symptoms_tracked_condition() -> None:
 
 
 def test_daemon_wakes_right_after_an_override_expires() -> None:
-    assert _until_override_expires({}, T) == float("inf")
-    assert _until_override_expires({"override": {"expiresAt": rfc3339(T + 30)}}, T) == 30.5
-    assert _until_override_expires({"override": {"expiresAt": rfc3339(T - 30)}}, T) == 0.5
-    assert _until_override_expires({"override": {"expiresAt": "soon"}}, T) == float("inf")
+    assert _until_expiry({}, T) == float("inf")
+    assert _until_expiry({"override": {"expiresAt": rfc3339(T + 30)}}, T) == 30.5
+    assert _until_expiry({"override": {"expiresAt": rfc3339(T - 30)}}, T) == 0.5
+    assert _until_expiry({"override": {"expiresAt": "soon"}}, T) == float("inf")
+    both = {"override": {"expiresAt": rfc3339(T + 30)}, "isolation": {"expiresAt": rfc3339(T + 10)}}
+    assert _until_expiry(both, T) == 10.5

@@ -245,6 +245,7 @@ async def probe(cluster: FakeCluster, pods: FakePods, now: float, **kw: Any) -> 
         logger=Log(),
         now=rfc3339(now),
         events=cluster.sink,
+        caller=pods,  # FakePods is also the executor's ActionCaller
         **kw,
     )
     await cluster.patch_status("", "CachePolicy", NS, "web", patch.status)
@@ -700,3 +701,65 @@ async def test_an_incident_created_without_its_status_gets_it_on_the_next_pass()
     assert status["detection"]["symptom"] == "RedisUnavailable" and status["cause"] == "RedisUnreachable"
     assert symptom_entry(cluster, "RedisUnavailable")["incident"] == name
     assert cluster.incident_creates() == [f"CacheIncident/{name}"]
+
+
+async def test_isolation_is_time_boxed_restored_once_and_lifted_by_restore_or_deletion() -> None:
+    cluster, pods = make_cluster(), FakePods()
+    await probe(cluster, pods, T0)
+    keys: list[str | None] = []
+    original_call = pods.call
+
+    async def keep_keys(pod: PodTarget, token: str, request: PodRequest, key: str | None) -> PodReply:
+        keys.append(key)
+        return await original_call(pod, token, request, key)
+
+    pods.call = keep_keys  # type: ignore[method-assign]
+
+    def manual(name: str, action: str, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"policyRef": {"name": "web"}, "action": action, **spec},
+        }
+
+    # isolate for 60 s: recorded in the policy's status, restored by the reconciler at the expiry.
+    await cluster.create(manual("iso", "isolate", parameters={"durationSeconds": 60}))
+    assert await execute(cluster, pods, "iso", T0 + 10) == "Succeeded"
+    isolation = cluster.policy()["status"]["isolation"]
+    assert isolation == {
+        "incident": "iso",
+        "incidentUid": "uid-iso",
+        "pods": ["web-0", "web-1"],
+        "expiresAt": rfc3339(T0 + 70),
+    }
+    await probe(cluster, pods, T0 + 69)
+    assert [path for _, path in pods.executed] == ["/emergency/isolate"] * 2
+    await probe(cluster, pods, T0 + 70)
+    assert [path for _, path in pods.executed] == ["/emergency/isolate"] * 2 + ["/emergency/restore"] * 2
+    assert keys[-2:] == ["uid-iso:restore-expired:web-0", "uid-iso:restore-expired:web-1"]
+    assert "isolation" not in cluster.policy()["status"] and "IsolationExpired" in cluster.reasons()
+
+    # A restore incident lifts the record of the pods it restored.
+    await cluster.create(manual("iso2", "isolate"))
+    assert await execute(cluster, pods, "iso2", T0 + 100) == "Succeeded"
+    assert cluster.policy()["status"]["isolation"]["expiresAt"] == rfc3339(T0 + 100 + 1800)
+    await cluster.create(manual("back", "restore", targetPods=["web-1"]))
+    assert await execute(cluster, pods, "back", T0 + 110) == "Succeeded"
+    assert cluster.policy()["status"]["isolation"]["pods"] == ["web-0"]
+
+    # Deleting the isolate incident ends the isolation now: the next pass restores what is left.
+    from cache_operator.incident_executor import handle_incident_deleted
+
+    lifted = await handle_incident_deleted(
+        IncidentRef("iso2", NS, "uid-iso2"),
+        cluster.incidents()["iso2"]["spec"],
+        kube=cluster,
+        logger=Log(),
+        clock=lambda: T0 + 120,
+    )
+    assert lifted and cluster.policy()["status"]["isolation"]["expiresAt"] == rfc3339(T0 + 120)
+    before = len(pods.executed)
+    await probe(cluster, pods, T0 + 121)
+    assert pods.executed[before:] == [("web-0", "/emergency/restore")]
+    assert "isolation" not in cluster.policy()["status"]
