@@ -296,7 +296,7 @@ def test_incident_agreement_over_executor_conditions(phase: str) -> None:
     and Flux agrees; also while the operator has not yet observed the object's generation."""
     reason, expected = INCIDENT_PHASES[phase]
     condition_list = incident_conditions([], phase, reason, f"{phase} message", "2026-11-25T22:00:00Z", 1)
-    obj = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
+    obj: dict[str, Any] = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
            "metadata": {"name": "i", "namespace": "ns", "generation": 1},
            "spec": {"policyRef": {"name": "p"}, "action": "gc"},
            "status": {"phase": phase, "conditions": condition_list, "message": f"{phase} message",
@@ -320,9 +320,9 @@ def test_incident_agreement_through_resolve_and_recurrence(phase: str) -> None:
     back to its phase's health once reopened; Flux agrees at each step."""
     reason, expected = INCIDENT_PHASES[phase]
     conditions = incident_conditions([], phase, reason, f"{phase} message", "2026-11-25T22:00:00Z", 1)
-    status = {"phase": phase, "observedGeneration": 1, "message": f"{phase} message",
-              "conditions": conditions}
-    obj = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
+    status: dict[str, Any] = {"phase": phase, "observedGeneration": 1, "message": f"{phase} message",
+                              "conditions": conditions}
+    obj: dict[str, Any] = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
            "metadata": {"name": "i", "namespace": "ns", "generation": 1,
                         "labels": {"cachewarden.io/incident-source": "auto"}},
            "spec": {"policyRef": {"name": "p"}, "action": "gc"}, "status": status}
