@@ -177,6 +177,13 @@ def ready_with(kube: KubeTools, name: str, namespace: str, pods: int) -> dict[st
     return None
 
 
+def finished(kube: KubeTools, name: str, namespace: str) -> dict[str, Any] | None:
+    """The incident once it reached a terminal phase, else None."""
+    incident = get(kube, "cacheincident", name, namespace)
+    phase = (incident.get("status") or {}).get("phase")
+    return incident if phase in ("Succeeded", "Failed", "Skipped") else None
+
+
 def test_quickstart_sample_app_and_incidents_run(operator: OperatorProcess, kube: KubeTools,
                                                  namespace: str) -> None:
     """quickstart.yaml gives a Ready policy with 2 configured runtime pods; sample_app/k8s/ gives a
@@ -190,6 +197,7 @@ def test_quickstart_sample_app_and_incidents_run(operator: OperatorProcess, kube
                               "quickstart Ready with 2 configured pods")
         sample = wait_for(partial(ready_with, kube, "sample-app", namespace, 2), READY_TIMEOUT,
                           "sample-app Ready with both app pods configured")
+        assert quickstart is not None and sample is not None
 
         pods = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=sample-app")
         pod_ip = next(p["status"]["podIP"] for p in pods["items"] if p["status"].get("podIP"))
@@ -205,10 +213,9 @@ def test_quickstart_sample_app_and_incidents_run(operator: OperatorProcess, kube
                      ("diagnose.yaml", "quickstart-diagnose"))
         for example, name in incidents:
             apply_example(kube, EXAMPLES / "incidents" / example, namespace)
-            incident = wait_for(
-                lambda name=name: (i := get(kube, "cacheincident", name, namespace))
-                and (i.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Skipped") and i,
-                READY_TIMEOUT, f"incident {name} finished")
+            incident = wait_for(partial(finished, kube, name, namespace), READY_TIMEOUT,
+                                f"incident {name} finished")
+            assert incident is not None
             assert incident["status"]["phase"] == "Succeeded", incident["status"]
             done = {r["pod"] for r in incident["status"]["results"] if r["result"] == "Succeeded"}
             assert len(done) == 2, incident["status"]["results"]
