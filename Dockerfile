@@ -38,13 +38,15 @@ COPY cache_runtime ./cache_runtime
 COPY cache_operator ./cache_operator
 COPY devcluster ./devcluster
 
-# The final image never installs anything, so pip and setuptools leave the venv once it is built; the
-# last two commands fail the build if the console script or either half cannot be imported.
+# The final image never installs anything, so pip leaves the venv once it is built (setuptools stays
+# only if a dependency needs it at run time; Python 3.12's venv does not add it). The last two
+# commands fail the build if the console script, the runtime service or the operator with its kopf
+# handlers cannot be imported.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/cachewarden/bin/pip install /wheels/cachewarden-*.whl \
- && /opt/cachewarden/bin/pip uninstall --yes pip setuptools \
+ && /opt/cachewarden/bin/pip uninstall --yes pip \
  && /opt/cachewarden/bin/cachewarden --help >/dev/null \
- && /opt/cachewarden/bin/python -c "import cache_runtime.service.runtime_main, cache_operator.cli"
+ && /opt/cachewarden/bin/python -c "import cache_runtime.service.runtime_main, cache_operator.main"
 
 # ---------------------------------------------------------------------------------------------------
 # final: the same Python base (the venv's interpreter symlinks point into it), the venv, the sample

@@ -312,7 +312,18 @@ def test_no_build_tools_or_installs_in_the_final_stage() -> None:
         if from_stage is None:
             assert "." not in sources and "./" not in sources, f"COPY {instruction.args}: copies the context"
     builder_runs = " ".join(i.args for i in stages()[0].all("RUN"))
-    assert "pip uninstall" in builder_runs, "pip should not ship in the venv the final stage copies"
+    assert re.search(r"/opt/cachewarden/bin/pip uninstall --yes pip\b", builder_runs), (
+        "pip should not ship in the venv the final stage copies")
+
+
+def test_builder_smoke_test_imports_real_modules() -> None:
+    """The modules the builder imports to prove the venv works exist in this repository (a renamed
+    module would otherwise only fail the image build)."""
+    builder_runs = " ".join(i.args for i in stages()[0].all("RUN"))
+    imported = re.search(r'python -c "import ([^"]+)"', builder_runs)
+    assert imported, builder_runs
+    for module in (m.strip() for m in imported.group(1).split(",")):
+        assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{module}: no such module"
 
 
 def test_entrypoint_is_the_console_script() -> None:
