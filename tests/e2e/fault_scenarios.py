@@ -1,0 +1,912 @@
+"""The CacheIncident fault scenarios, shared by ``tests/e2e/test_incident_faults.py`` (asserts) and
+``bench/incidents.py`` (times): fault injection, traffic and the incident timeline live here only.
+
+Each :class:`Scenario` runs in its own namespace of a devcluster (a :class:`Lab`): a real redis-server
+pod, a CachePolicy with 3 real runtime pods, and the real operator (started by the caller). It
+injects one fault, drives bounded traffic through the pods' data API (``docs/runtime-api.md``) until
+the operator opens the automatic incident, then ends the fault the way a person would (or lets the
+operator's action do it) and drives traffic until the symptom clears and the incident is resolved.
+:func:`run_scenario` returns a :class:`Timeline`: seconds from the fault to each milestone, as the
+test client observed them (polled every ``POLL_S``), plus the incident as it ended.
+
+Faults (all on loopback, all bounded):
+
+============================ ================== ======================================================
+scenario                     symptom            fault / repair
+============================ ================== ======================================================
+``redis-stopped``            RedisUnavailable   Redis scaled to 0 / back to 1 (behind a stable address)
+``redis-slow``               SlowOperations     40 ms each way through ``devcluster.faultproxy`` / 0 ms
+``redis-wrong-password``     RedisAuthFailure   the password Secret holds a wrong password / fixed
+``short-ttl``                LowHitRate         ttl.default_s 2 s, re-requests after 3 s / TTL raised
+``uncompressed-memory``      HighMemory         64 KiB values, compression off / threshold lowered
+============================ ================== ======================================================
+
+The health window of the runtime is 5 minutes (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
+symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
+traffic is sized for that, and bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cache_operator import render
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = "cache"
+REPLICAS = 3
+POLL_S = 0.5
+PROBE_INTERVAL_S = 5
+CONSECUTIVE_PROBES = 2
+# Upper bounds of every wait (never timing asserts: a loaded machine only makes the figures worse).
+DETECT_TIMEOUT_S = 150.0
+RESOLVE_TIMEOUT_S = 240.0
+READY_TIMEOUT_S = 180.0
+REDIS_PASSWORD = "right-password-0123456789"
+WRONG_PASSWORD = "wrong-password-9876543210"
+PROXY_DELAY_MS = 40
+INCIDENTS = "cacheincidents.cachewarden.io"
+
+
+def redis_manifest(password: str | None = None) -> str:
+    """A Redis Deployment and Service (``redis:7`` is Debian's redis-server on devcluster)."""
+    args = ["--save", "", "--appendonly", "no"]
+    probe = ["redis-cli", "ping"]
+    if password:
+        args += ["--requirepass", password]
+        probe = ["redis-cli", "--no-auth-warning", "-a", password, "ping"]
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: redis}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: redis}}}}
+  template:
+    metadata: {{labels: {{app: redis}}}}
+    spec:
+      containers:
+        - name: redis
+          image: redis:7
+          args: {json.dumps(args)}
+          ports: [{{name: redis, containerPort: 6379}}]
+          readinessProbe: {{exec: {{command: {json.dumps(probe)}}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: redis}}
+spec:
+  selector: {{app: redis}}
+  ports: [{{name: redis, port: 6379, targetPort: redis}}]
+"""
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = POLL_S) -> Any:
+    """Poll until truthy (exceptions count as "not yet"); TimeoutError naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+        except Exception as exc:  # an object that does not exist yet, a pod restarting
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last: {str(last)[:1500]}")
+        time.sleep(interval)
+
+
+class Lab:
+    """One namespace of a cluster: kubectl, Redis, the policy's pods and traffic to them."""
+
+    def __init__(self, kubeconfig: Path, bin_dir: Path, namespace: str, work_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.bin_dir = bin_dir
+        self.namespace = namespace
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self._env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "KUBECACHEDIR": str(work_dir / "kube-cache"),
+        }
+        self._clients: dict[str, httpx.Client] = {}
+        self.proxy: ProxyProcess | None = None
+        self._refused: socket.socket | None = None
+        self.rng = random.Random(int(os.environ.get("CACHEWARDEN_FAULT_SEED", "6")))
+
+    # --- kubectl ------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """kubectl in the lab's namespace; a failure raises with the command and stderr."""
+        result = subprocess.run(
+            [str(self.bin_dir / "kubectl"), "-n", self.namespace, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self._env,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        """``kubectl ... -o json`` decoded."""
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def apply(self, manifest: str | dict[str, Any]) -> None:
+        """``kubectl apply`` of YAML/JSON text or an object."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl("apply", "-f", "-", input=text)
+
+    def create_namespace(self) -> None:
+        """Create the namespace and wait for its default ServiceAccount (pods need it)."""
+        subprocess.run(
+            [str(self.bin_dir / "kubectl"), "create", "namespace", self.namespace],
+            capture_output=True,
+            text=True,
+            env=self._env,
+            timeout=60,
+            check=True,
+        )
+        _wait(lambda: self.kubectl("get", "serviceaccount", "default", check=False), 60, "default SA")
+
+    def delete_namespace(self) -> None:
+        """Delete the lab's incidents and policy (while the operator runs), then the namespace."""
+        self.kubectl("delete", INCIDENTS, "--all", "--timeout", "60s", check=False)
+        self.kubectl("delete", "cachepolicies", "--all", "--timeout", "60s", check=False)
+        subprocess.run(
+            [str(self.bin_dir / "kubectl"), "delete", "namespace", self.namespace, "--wait=false"],
+            capture_output=True,
+            text=True,
+            env=self._env,
+            timeout=60,
+            check=False,
+        )
+
+    def refused_port(self) -> int:
+        """A 127.0.0.1 port held (bound, never listening) while the lab lives: connecting is refused."""
+        if self._refused is None:
+            self._refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._refused.bind(("127.0.0.1", 0))
+        return int(self._refused.getsockname()[1])
+
+    def close(self) -> None:
+        """Stop the proxy this lab started, release the held port and close HTTP clients."""
+        if self._refused is not None:
+            self._refused.close()
+            self._refused = None
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # --- Redis and the policy -------------------------------------------------------------------
+
+    def redis_pod_ip(self) -> str:
+        """The Ready Redis pod's IP."""
+
+        def ready_ip() -> str | None:
+            for pod in self.json("get", "pods", "-l", "app=redis")["items"]:
+                conditions = pod.get("status", {}).get("conditions") or []
+                if pod["metadata"].get("deletionTimestamp"):
+                    continue
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                    return str(pod["status"]["podIP"])
+            return None
+
+        return str(_wait(ready_ip, READY_TIMEOUT_S, "a Ready Redis pod"))
+
+    def scale_redis(self, replicas: int) -> None:
+        """Scale the Redis Deployment (0 stops Redis: its pod is deleted)."""
+        self.kubectl("scale", "deployment", "redis", f"--replicas={replicas}")
+        if replicas == 0:
+            _wait(lambda: not self.json("get", "pods", "-l", "app=redis")["items"], 60, "Redis pod gone")
+        else:
+            self.redis_pod_ip()
+
+    def set_password_secret(self, password: str) -> None:
+        """The Secret the policy's ``spec.redis.passwordSecretRef`` names."""
+        data = base64.b64encode(password.encode()).decode()
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "redis-auth"},
+                "type": "Opaque",
+                "data": {"password": data},
+            }
+        )
+
+    def policy(self) -> dict[str, Any]:
+        """The CachePolicy as stored."""
+        policy: dict[str, Any] = self.json("get", "cachepolicy", POLICY)
+        return policy
+
+    def apply_policy(self, spec: dict[str, Any]) -> None:
+        """Apply the CachePolicy with ``spec``."""
+        self.apply(
+            {
+                "apiVersion": "cachewarden.io/v1alpha1",
+                "kind": "CachePolicy",
+                "metadata": {"name": POLICY},
+                "spec": spec,
+            }
+        )
+
+    def patch_policy(self, patch: dict[str, Any]) -> None:
+        """A merge patch of the policy's spec (the person's GitOps change)."""
+        self.kubectl("patch", "cachepolicy", POLICY, "--type", "merge", "-p", json.dumps({"spec": patch}))
+
+    def wait_ready(self, count: int = REPLICAS) -> list[dict[str, Any]]:
+        """Until the policy is Ready with ``count`` pods, each answering its health endpoint."""
+
+        def ready() -> list[dict[str, Any]] | None:
+            status = self.policy().get("status") or {}
+            ok = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+            pods = self.pods()
+            if not ok or len(pods) != count:
+                return None
+            for pod in pods:
+                self.health(pod)
+            return pods
+
+        pods: list[dict[str, Any]] = _wait(ready, READY_TIMEOUT_S, f"policy {POLICY} Ready with {count} pods")
+        return pods
+
+    # --- pods -------------------------------------------------------------------------------------
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The policy's Running runtime pods (not being deleted), by name."""
+        items = self.json("get", "pods", "-l", render.pod_selector_string(POLICY))["items"]
+        pods = [
+            p
+            for p in items
+            if not p["metadata"].get("deletionTimestamp")
+            and p["status"].get("phase") == "Running"
+            and p["status"].get("podIP")
+        ]
+        return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+    def token(self) -> str:
+        """The admin token from the Secret the operator rendered."""
+        secret = self.json("get", "secret", render.token_secret_name(POLICY))
+        return base64.b64decode(secret["data"][render.ADMIN_TOKEN_KEY]).decode()
+
+    def client(self, pod: dict[str, Any]) -> httpx.Client:
+        """A keep-alive client for one pod (by IP)."""
+        ip = pod["status"]["podIP"]
+        if ip not in self._clients:
+            self._clients[ip] = httpx.Client(
+                base_url=f"http://{ip}:8080", headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
+            )
+        return self._clients[ip]
+
+    def health(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """The pod's own ``GET /internal/cache/health``."""
+        response = self.client(pod).get("/internal/cache/health")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def pod_diagnoses(self) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+        """Pod -> {"symptoms": [...], "causes": [...]} from each pod's own health report now, and the
+        errors of pods that did not answer (starting or going away during a rollout)."""
+        found: dict[str, dict[str, list[str]]] = {}
+        errors: list[str] = []
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            try:
+                diagnosis = self.health(pod).get("diagnosis") or {}
+            except Exception as exc:
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:150]}")
+                continue
+            found[name] = {
+                "symptoms": [s["name"] for s in diagnosis.get("symptoms") or []],
+                "causes": [c["name"] for c in diagnosis.get("causes") or []],
+            }
+        return found, errors
+
+    # --- traffic (bounded) --------------------------------------------------------------------------
+
+    def each_pod(
+        self, work: Callable[[dict[str, Any], int], Any], per_pod: int, workers: int = 6
+    ) -> list[Any]:
+        """``work(pod, index)`` for index 0..per_pod-1 on every pod, ``workers`` at a time; the list of
+        exceptions raised (None for each call that succeeded): faults make requests fail."""
+        pods = self.pods()
+        jobs = [(pod, i) for i in range(per_pod) for pod in pods]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda job: _swallow(work, *job), jobs))
+
+    def get_or_put(
+        self, keys: list[str], value: Any, ttl_s: int | None = None, workers: int = 6
+    ) -> dict[str, int]:
+        """Per pod and key: GET it, PUT it on a miss (``ttl_s`` None = the policy's default TTL).
+        Every key is asked of every pod; returns hit/miss/error counts."""
+        counts = {"hit": 0, "miss": 0, "error": 0}
+        lock = threading.Lock()
+
+        def one(pod: dict[str, Any], index: int) -> None:
+            key = f"{pod['metadata']['name']}/{keys[index]}"
+            client = self.client(pod)
+            got = client.get(f"/data/v1/keys/{key}")
+            outcome = "hit" if got.status_code == 200 else "miss"
+            with lock:
+                counts[outcome] += 1
+            if outcome == "hit":
+                return
+            body: dict[str, Any] = {"value": value}
+            if ttl_s is not None:
+                body["ttl_s"] = ttl_s
+            client.put(f"/data/v1/keys/{key}", json=body).raise_for_status()
+
+        for failure in self.each_pod(one, len(keys), workers):
+            if failure is not None:
+                counts["error"] += 1
+        return counts
+
+
+def _swallow(work: Callable[..., Any], *args: Any) -> Exception | None:
+    """Run ``work``; return the exception instead of raising it (faults make requests fail)."""
+    try:
+        work(*args)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def compressible_text(rng: random.Random, size: int) -> str:
+    """Text that lz4 shrinks several times (words from a small vocabulary), ``size`` characters."""
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 9))) for _ in range(64)]
+    parts: list[str] = []
+    total = 0
+    while total < size:
+        word = rng.choice(words)
+        parts.append(word)
+        total += len(word) + 1
+    return " ".join(parts)[:size]
+
+
+class ProxyProcess:
+    """``python -m devcluster.faultproxy`` as a subprocess of the test (its pid only is ever signalled)."""
+
+    def __init__(self, upstream: str, log_path: Path) -> None:
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devcluster.faultproxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                upstream,
+                "--control",
+                "127.0.0.1:0",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        banner = json.loads(self.process.stdout.readline())
+        self.listen = str(banner["listening"])
+        self.control_address = str(banner["control"])
+
+    def set_delay(self, delay_ms: int) -> dict[str, Any]:
+        """Change the delay of the running proxy."""
+        from devcluster.faultproxy import control, parse_address
+
+        answer = control(parse_address(self.control_address, "control"), f"set delay_ms={delay_ms}")
+        if not answer.get("ok"):
+            raise RuntimeError(f"faultproxy refused delay_ms={delay_ms}: {answer}")
+        return answer
+
+    def set_upstream(self, upstream: str) -> dict[str, Any]:
+        """Send new connections to ``upstream`` (HOST:PORT)."""
+        from devcluster.faultproxy import control, parse_address
+
+        answer = control(parse_address(self.control_address, "control"), f"set upstream={upstream}")
+        if not answer.get("ok"):
+            raise RuntimeError(f"faultproxy refused upstream={upstream}: {answer}")
+        return answer
+
+    def stop(self) -> None:
+        """SIGTERM the proxy (then SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+def base_spec(lab: Lab, mode: str, redis_url: str = "redis://redis:6379/0") -> dict[str, Any]:
+    """The policy every scenario starts from: 3 pods, a short probe interval, L1 large enough that it
+    never evicts in these workloads (so L1Thrashing stays out of the way)."""
+    return {
+        "preset": "development",
+        "overrides": {"l1": {"max_entries": 20000, "max_bytes": 64 * 1024 * 1024}},
+        "redis": {"url": redis_url},
+        "runtime": {"replicas": REPLICAS},
+        "health": {"probeIntervalSeconds": PROBE_INTERVAL_S, "consecutiveProbes": CONSECUTIVE_PROBES},
+        "remediation": {"mode": mode, "cooldownSeconds": 0},
+    }
+
+
+@dataclass
+class Scenario:
+    """One fault: how to set it up, inject it, feed it traffic, end it, and what must be diagnosed."""
+
+    name: str
+    symptom: str
+    causes: tuple[str, ...]  # acceptable top causes (the first is expected)
+    mode: str  # the policy's remediation mode
+    description: str
+    setup: Callable[[Lab], dict[str, Any]]  # -> the policy spec (Redis applied, Secrets created)
+    inject: Callable[[Lab], None]
+    fault_traffic: Callable[[Lab], Any]  # one bounded burst, repeated until the incident is there
+    repair: Callable[[Lab], None] | None  # what a person does; None: the operator's action alone
+    recover_traffic: Callable[[Lab], Any]  # one bounded burst, repeated until resolved
+    action: str = "reconnect-redis"  # the incident's action (run in Auto, recommended in Recommend)
+    allowed_actions: tuple[str, ...] = ("gc", "reconnect-redis", "diagnose")
+    action_applies: bool = True  # a runbook action addresses it (remediation time is meaningful)
+
+
+def _keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i}" for i in range(count)]
+
+
+# --- traffic shared by the Redis scenarios --------------------------------------------------------------
+
+HOT_KEYS = 40
+MISSES_PER_BURST = 4
+
+
+def _hot_reads(lab: Lab) -> Any:
+    """GETs of keys every pod holds in L1 (PUT on the first pass): hits that never touch Redis."""
+    return lab.get_or_put(_keys("hot", HOT_KEYS), {"v": "hot"}, workers=8)
+
+
+def _absent_reads(lab: Lab, per_pod: int) -> Any:
+    """GETs of keys nobody stored: each asks Redis (L1 misses). One call per pod at a time, so the pool
+    (3 connections in `development`) never runs dry and the evidence stays Redis' own."""
+
+    def absent(pod: dict[str, Any], index: int) -> None:
+        lab.client(pod).get(f"/data/v1/keys/absent-{uuid.uuid4().hex}")
+
+    return lab.each_pod(absent, per_pod, workers=REPLICAS)
+
+
+def _mixed_traffic(lab: Lab) -> Any:
+    """Mostly L1 hits plus a few GETs that must ask Redis (~10%): Redis faults show in the Redis
+    figures and the latency p95 while the hit rate stays healthy (no LowHitRate noise)."""
+    hot = _hot_reads(lab)
+    _absent_reads(lab, MISSES_PER_BURST)
+    return hot
+
+
+def _recover_traffic(lab: Lab) -> Any:
+    """Healthy traffic in bulk: fast hits, and Redis calls that now succeed, so the fault's share of
+    the 5-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
+    for _ in range(3):
+        _hot_reads(lab)
+    _absent_reads(lab, 3 * MISSES_PER_BURST)
+
+
+# (a) Redis stopped, then restarted -----------------------------------------------------------------
+#
+# The policy reaches Redis through a faultproxy at a fixed address, standing in for the Service's
+# ClusterIP that devcluster lacks: the Redis pod is deleted and a new one (with a new pod IP) starts
+# behind the same address, as in a real cluster. (Naming the Service instead makes the operator resolve
+# it to a pod IP with --resolve-service-hosts; with no Ready pod it stops probing altogether, so
+# nothing could be detected: see the report of the issue.)
+
+
+def _proxied_setup(lab: Lab, mode: str) -> dict[str, Any]:
+    lab.apply(redis_manifest())
+    ip = lab.redis_pod_ip()
+    lab.proxy = ProxyProcess(f"{ip}:6379", lab.work_dir / "faultproxy.log")
+    return base_spec(lab, mode, redis_url=f"redis://{lab.proxy.listen}/0")
+
+
+def _stopped_setup(lab: Lab) -> dict[str, Any]:
+    return _proxied_setup(lab, "Auto")
+
+
+def _redis_stopped(lab: Lab) -> None:
+    """Hot keys stored first (while Redis works). Then the stable address stops answering (connections
+    refused, as a Service without endpoints), then the Redis pod is deleted. In that order: devcluster
+    hands a freed pod IP to the next pod created on this host, often another test's Redis, which a
+    stale upstream would then reach."""
+    _hot_reads(lab)
+    assert lab.proxy is not None
+    lab.proxy.set_upstream(f"127.0.0.1:{lab.refused_port()}")
+    lab.scale_redis(0)
+
+
+def _redis_restarted(lab: Lab) -> None:
+    """Redis back (a new pod), reachable at the same address again."""
+    lab.scale_redis(1)
+    assert lab.proxy is not None
+    lab.proxy.set_upstream(f"{lab.redis_pod_ip()}:6379")
+
+
+REDIS_STOPPED = Scenario(
+    name="redis-stopped",
+    symptom="RedisUnavailable",
+    causes=("RedisUnreachable",),
+    mode="Auto",
+    description="Redis scaled to 0 (its pod deleted), later back to 1",
+    setup=_stopped_setup,
+    inject=_redis_stopped,
+    fault_traffic=_mixed_traffic,
+    repair=_redis_restarted,
+    recover_traffic=_recover_traffic,
+)
+
+
+# (b) Redis slow through the latency proxy --------------------------------------------------------------
+
+
+def _slow_setup(lab: Lab) -> dict[str, Any]:
+    return _proxied_setup(lab, "Auto")
+
+
+def _slow_inject(lab: Lab) -> None:
+    _hot_reads(lab)  # stored while Redis is fast
+    assert lab.proxy is not None
+    lab.proxy.set_delay(PROXY_DELAY_MS)
+
+
+def _slow_repair(lab: Lab) -> None:
+    assert lab.proxy is not None
+    lab.proxy.set_delay(0)
+
+
+REDIS_SLOW = Scenario(
+    name="redis-slow",
+    symptom="SlowOperations",
+    causes=("RedisLatency",),
+    mode="Auto",
+    description=f"the policy's Redis URL is a faultproxy; {PROXY_DELAY_MS} ms added each way, later 0",
+    setup=_slow_setup,
+    inject=_slow_inject,
+    fault_traffic=_mixed_traffic,
+    repair=_slow_repair,
+    recover_traffic=_recover_traffic,
+)
+
+
+# (c) Redis with a wrong password ---------------------------------------------------------------------
+
+
+def _auth_setup(lab: Lab) -> dict[str, Any]:
+    lab.apply(redis_manifest(password=REDIS_PASSWORD))
+    lab.redis_pod_ip()
+    lab.set_password_secret(REDIS_PASSWORD)
+    spec = base_spec(lab, "Recommend")
+    spec["redis"]["passwordSecretRef"] = {"name": "redis-auth", "key": "password"}
+    return spec
+
+
+AUTH_FAILURE = Scenario(
+    name="redis-wrong-password",
+    symptom="RedisAuthFailure",
+    causes=("RedisAuthenticationFailure",),
+    mode="Recommend",
+    description="the password Secret is rotated to a wrong password (pods roll onto it), later fixed",
+    setup=_auth_setup,
+    inject=lambda lab: lab.set_password_secret(WRONG_PASSWORD),
+    fault_traffic=_mixed_traffic,
+    repair=lambda lab: lab.set_password_secret(REDIS_PASSWORD),
+    recover_traffic=_recover_traffic,
+    action_applies=False,  # a person fixes the Secret; reconnect-redis only helps after that
+)
+
+
+# (d) low hit rate: TTL too short ---------------------------------------------------------------------
+
+SHORT_TTL_S = 2
+SHORT_TTL_KEYS = 240  # per pod; the engine samples 1 key in 16 for TTL evidence (>= 20 sampled misses)
+
+
+def _short_ttl_setup(lab: Lab) -> dict[str, Any]:
+    lab.apply(redis_manifest())
+    lab.redis_pod_ip()
+    spec = base_spec(lab, "Recommend")
+    # Hit rates judged from 700 lookups per pod (3 rounds of 240): by then two rounds of re-requests
+    # after expiry are in the TTL evidence (1 key in 16 is sampled), so the incident, diagnosed when
+    # it opens, can name the short TTL instead of "undetermined".
+    spec["health"]["thresholds"] = {"minRequests": 700}
+    return spec
+
+
+def _short_ttl_inject(lab: Lab) -> None:
+    lab.patch_policy({"overrides": {"ttl": {"default_s": SHORT_TTL_S}}})
+    _wait(lambda: _pods_ttl(lab) == {SHORT_TTL_S}, 60, f"every pod on ttl.default_s={SHORT_TTL_S}")
+
+
+def _pods_ttl(lab: Lab) -> set[int]:
+    ttls = set()
+    for pod in lab.pods():
+        current = lab.client(pod).get("/internal/cache/config/current").json()
+        ttls.add(int(current["config"]["ttl"]["default_s"]))
+    return ttls
+
+
+def _short_ttl_traffic(lab: Lab) -> Any:
+    # The same keys, asked again after the TTL ran out: every re-request is an "expired" miss.
+    counts = lab.get_or_put(_keys("ttl", SHORT_TTL_KEYS), {"answer": "x" * 200}, workers=8)
+    time.sleep(SHORT_TTL_S + 1)
+    return counts
+
+
+def _short_ttl_repair(lab: Lab) -> None:
+    """The person applies the incident's suggested TTL (read from its diagnosis) to the policy."""
+    lab.patch_policy({"overrides": {"ttl": {"default_s": 3600}}})
+
+
+def _short_ttl_recover(lab: Lab) -> Any:
+    return lab.get_or_put(_keys("ttl", SHORT_TTL_KEYS), {"answer": "x" * 200}, workers=8)
+
+
+SHORT_TTL = Scenario(
+    name="short-ttl",
+    symptom="LowHitRate",
+    causes=("TtlTooShort",),
+    mode="Recommend",
+    description=f"ttl.default_s={SHORT_TTL_S} s while clients re-ask every {SHORT_TTL_S + 1}+ s; fixed by "
+    "raising the TTL in the policy",
+    setup=_short_ttl_setup,
+    inject=_short_ttl_inject,
+    fault_traffic=_short_ttl_traffic,
+    repair=_short_ttl_repair,
+    recover_traffic=_short_ttl_recover,
+    action="diagnose",  # TtlTooShort's only fix is a spec change: the incident diagnoses, the person fixes
+    action_applies=False,  # the fix is a spec change (GitOps), carried as a recommendation
+)
+
+
+# (e) high memory: large values, compression off ---------------------------------------------------------
+
+LARGE_VALUE_CHARS = 64 * 1024
+LARGE_VALUES_PER_POD = 100  # 6.4 MiB per pod uncompressed, well under 1 MiB compressed
+MEMORY_WARNING_MB = 4
+
+
+def _memory_setup(lab: Lab) -> dict[str, Any]:
+    lab.apply(redis_manifest())
+    lab.redis_pod_ip()
+    spec = base_spec(lab, "Auto")
+    spec["health"]["thresholds"] = {"memoryWarningMb": MEMORY_WARNING_MB, "memoryCriticalMb": 64}
+    spec["remediation"]["allowedActions"] = ["gc", "reconnect-redis", "diagnose", "compress-existing"]
+    # Compression has no off switch: "off" is a threshold above every value.
+    spec["overrides"]["compression"] = {"threshold_bytes": 100 * 1024 * 1024}
+    return spec
+
+
+def _memory_traffic(lab: Lab) -> Any:
+    text = compressible_text(lab.rng, LARGE_VALUE_CHARS)
+    return lab.get_or_put(_keys("large", LARGE_VALUES_PER_POD), {"document": text}, workers=4)
+
+
+def _memory_repair(lab: Lab) -> None:
+    """The runbook's fix: apply the diagnosis' suggested threshold to the policy, then a manual
+    compress-existing incident rewrites what L1 holds with it (the automatic one ran with the old)."""
+    lab.patch_policy({"overrides": {"compression": {"threshold_bytes": 4096}}})
+    _wait(lambda: _pods_threshold(lab) == {4096}, 60, "every pod on compression.threshold_bytes=4096")
+    name = f"recompress-{uuid.uuid4().hex[:5]}"
+    lab.apply(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": name},
+            "spec": {
+                "policyRef": {"name": POLICY},
+                "action": "compress-existing",
+                "reason": "compression threshold lowered: rewrite what L1 holds",
+            },
+        }
+    )
+    _wait(
+        lambda: (
+            (lab.json("get", INCIDENTS, name).get("status") or {}).get("phase")
+            in ("Succeeded", "Failed", "Skipped")
+        ),
+        90,
+        f"manual incident {name} finished",
+    )
+
+
+def _pods_threshold(lab: Lab) -> set[int]:
+    values = set()
+    for pod in lab.pods():
+        current = lab.client(pod).get("/internal/cache/config/current").json()
+        values.add(int(current["config"]["compression"]["threshold_bytes"]))
+    return values
+
+
+UNCOMPRESSED_MEMORY = Scenario(
+    name="uncompressed-memory",
+    symptom="HighMemory",
+    causes=("LargeUncompressedEntries",),
+    mode="Auto",
+    description=f"{LARGE_VALUES_PER_POD} values of {LARGE_VALUE_CHARS // 1024} KiB per pod with compression "
+    f"off, memory warning at {MEMORY_WARNING_MB} MiB",
+    setup=_memory_setup,
+    inject=lambda lab: None,  # the workload itself is the fault
+    fault_traffic=_memory_traffic,
+    repair=_memory_repair,
+    recover_traffic=lambda lab: None,
+    action="compress-existing",
+    allowed_actions=("gc", "reconnect-redis", "diagnose", "compress-existing"),
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (REDIS_STOPPED, REDIS_SLOW, AUTH_FAILURE, SHORT_TTL, UNCOMPRESSED_MEMORY)
+}
+
+
+# --- running one ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timeline:
+    """Seconds from the fault to each milestone (None: not reached), as observed by the client."""
+
+    scenario: str
+    symptom_in_pods: float | None = None  # a pod's own health report shows the symptom
+    incident: float | None = None  # the automatic incident exists
+    diagnosed: float | None = None  # it carries a diagnosis (causes)
+    remediated: float | None = None  # its action ended (Succeeded/Failed) or was recorded (Recommended)
+    repaired: float | None = None  # the person's repair was done (when the scenario has one)
+    resolved: float | None = None  # the incident was resolved (symptom cleared)
+    incident_name: str | None = None
+    cause: str | None = None  # the incident's diagnosed cause
+    action_results: list[dict[str, Any]] = field(default_factory=list)  # per pod: result and counts
+    final: dict[str, Any] = field(default_factory=dict)
+    pod_causes: dict[str, list[str]] = field(default_factory=dict)  # every cause a pod gave while it
+    # showed the symptom (its own health report)
+    notes: list[str] = field(default_factory=list)
+
+
+def auto_incidents(lab: Lab, symptom: str) -> list[dict[str, Any]]:
+    """The policy's automatic incidents for ``symptom`` (by the labels the operator sets)."""
+    selector = f"cachewarden.io/incident-source=auto,cachewarden.io/symptom={symptom}"
+    items: list[dict[str, Any]] = lab.json("get", INCIDENTS, "-l", selector)["items"]
+    return items
+
+
+@contextmanager
+def lab_for(kubeconfig: Path, bin_dir: Path, work_dir: Path, scenario: Scenario) -> Iterator[Lab]:
+    """A namespace with the scenario's Redis and policy Ready (3 pods); torn down at the end."""
+    lab = Lab(kubeconfig, bin_dir, f"fault-{scenario.name}-{uuid.uuid4().hex[:5]}", work_dir / scenario.name)
+    lab.create_namespace()
+    try:
+        lab.apply_policy(scenario.setup(lab))
+        lab.wait_ready()
+        yield lab
+    finally:
+        lab.close()
+        lab.delete_namespace()
+
+
+def run_scenario(lab: Lab, scenario: Scenario, log: Callable[[str], None] = print) -> Timeline:
+    """Inject the fault, feed traffic, wait for the incident, repair, wait for its resolution."""
+    timeline = Timeline(scenario.name)
+    scenario.inject(lab)
+    fault_at = time.monotonic()
+
+    def since() -> float:
+        return round(time.monotonic() - fault_at, 1)
+
+    def observe(incident: dict[str, Any]) -> None:
+        status = incident.get("status") or {}
+        now = since()
+        if timeline.incident is None:
+            timeline.incident = now
+            timeline.incident_name = incident["metadata"]["name"]
+        if timeline.diagnosed is None and (status.get("diagnosis") or {}).get("causes"):
+            timeline.diagnosed = now
+        if timeline.remediated is None and status.get("phase") in ("Succeeded", "Failed", "Recommended"):
+            timeline.remediated = now
+        if timeline.remediated is None and status.get("resolvedFromPhase") in (
+            "Succeeded",
+            "Failed",
+            "Recommended",
+        ):
+            timeline.remediated = now
+        if timeline.resolved is None and (status.get("resolvedAt") or status.get("phase") == "Resolved"):
+            timeline.resolved = now
+
+    def current() -> dict[str, Any] | None:
+        found = auto_incidents(lab, scenario.symptom)
+        if timeline.incident_name:
+            found = [i for i in found if i["metadata"]["name"] == timeline.incident_name]
+        return found[0] if found else None
+
+    # 1. fault traffic until the pods show the symptom and the incident is diagnosed and acted on
+    deadline = time.monotonic() + DETECT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        scenario.fault_traffic(lab)
+        diagnoses, errors = lab.pod_diagnoses()
+        timeline.notes.extend(errors[:3])
+        for pod, seen in diagnoses.items():
+            if scenario.symptom in seen["symptoms"]:
+                if timeline.symptom_in_pods is None:
+                    timeline.symptom_in_pods = since()
+                known = timeline.pod_causes.setdefault(pod, [])
+                known.extend(c for c in seen["causes"] if c not in known)
+        incident = current()
+        if incident is not None:
+            observe(incident)
+            if None not in (timeline.diagnosed, timeline.remediated, timeline.symptom_in_pods):
+                break
+    log(
+        f"{scenario.name}: symptom in pods {timeline.symptom_in_pods}s, incident {timeline.incident}s "
+        f"({timeline.incident_name}), diagnosed {timeline.diagnosed}s, acted {timeline.remediated}s"
+    )
+    if timeline.incident is None:
+        timeline.final = {"pods": lab.pod_diagnoses()[0], "policy": lab.policy().get("status")}
+        return timeline
+
+    # 2. the person's repair, then healthy traffic until the incident is resolved
+    if scenario.repair is not None:
+        scenario.repair(lab)
+        timeline.repaired = since()
+    deadline = time.monotonic() + RESOLVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        scenario.recover_traffic(lab)
+        incident = current()
+        if incident is not None:
+            observe(incident)
+            if timeline.resolved is not None:
+                break
+        time.sleep(POLL_S)
+    final = current()
+    timeline.final = final or {}
+    status = timeline.final.get("status") or {}
+    timeline.cause = status.get("cause")
+    timeline.action_results = [
+        {"pod": r.get("pod"), "result": r.get("result"), "counts": r.get("counts")}
+        for r in status.get("results") or []
+    ]
+    log(f"{scenario.name}: repaired {timeline.repaired}s, resolved {timeline.resolved}s")
+    if timeline.notes:
+        log(f"{scenario.name}: notes: {timeline.notes[:5]}")
+    return timeline
