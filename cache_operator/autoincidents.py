@@ -337,20 +337,23 @@ async def _open_resolve_collect(
             continue
         incident_status = incident.get("status") or {}
         generation = (incident.get("metadata") or {}).get("generation")
+        resolution: dict[str, Any] | None
         if lifecycle.is_resolved(incident):
-            patch = lifecycle.tidy_status(incident_status)
+            resolution = lifecycle.tidy_status(incident_status)
         else:
             symptom = lifecycle.symptom_of(incident) or "symptom"
             message = f"{symptom} no longer detected: cleared over {model.health.consecutive_probes} probes"
-            patch = lifecycle.resolution_status(incident_status, stamp, message, generation)
-        if patch is None:
+            resolution = lifecycle.resolution_status(incident_status, stamp, message, generation)
+        if resolution is None:
             continue
-        await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, patch)
-        incidents[position] = {**incident, "status": {**incident_status, **patch}}
-        if patch.get("resolvedAt"):
+        await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, resolution)
+        incidents[position] = {**incident, "status": {**incident_status, **resolution}}
+        if resolution.get("resolvedAt"):
             out.resolved.append(name)
             out.transitions.append(("resolved", lifecycle.symptom_of(incident) or "unknown"))
-            await _post(events, "Normal", "IncidentResolved", f"CacheIncident {name}: {patch['message']}")
+            await _post(
+                events, "Normal", "IncidentResolved", f"CacheIncident {name}: {resolution['message']}"
+            )
 
     # 4. garbage collection of finished incidents (TTL and history limit per policy)
     if collect:

@@ -203,7 +203,7 @@ def _until_expiry(status: Any, now_s: float) -> float:
     waits = [float("inf")]
     for key in ("override", "isolation"):
         record = status.get(key) if hasattr(status, "get") else None
-        if not hasattr(record, "get"):
+        if record is None or not hasattr(record, "get"):
             continue
         try:
             expires = parse_rfc3339(record.get("expiresAt"), f"status.{key}.expiresAt")

@@ -376,7 +376,11 @@ async def test_clear_resolves_and_a_recurrence_in_the_window_reopens_the_same_in
     assert cluster.policy()["status"]["symptoms"] == []
     assert cluster.policy()["status"]["activeIncidents"] == []
     assert policy_condition(cluster, "SymptomsTracked")["reason"] == "NoSymptoms"
-    assert "IncidentResolved" in cluster.reasons()
+    resolved_event = next(e for e in cluster.events if e[1] == "IncidentResolved")
+    assert (
+        resolved_event[2]
+        == f"CacheIncident {name}: RedisUnavailable no longer detected: cleared over 3 probes"
+    )
     # The symptom comes back within the hour: same name, the resolved incident is reopened.
     scenario["now"] = lambda: with_redis_down(healthy())
     now = await probes(cluster, pods, now + PROBE_S, 3)
