@@ -213,6 +213,35 @@ def test_uninstall_with_delete_mode_deletes_the_policies_first(
         lambda: operator_pods(kube, release_namespace, release) == [], 60, "the operator pods gone")
 
 
+def test_ha_replicas_peer_with_distinct_priorities_and_one_reconciles(
+    kube: KubeTools, namespace: str, release_namespace: str
+) -> None:
+    """replicas=2: both pods run, both record themselves in the namespace's KopfPeering with different
+    (random) priorities, and the policy is reconciled; the peering RBAC is enough for kopf."""
+    release = f"cw{uuid.uuid4().hex[:5]}"
+    helm_install(kube, release, release_namespace, "rbac.scope=namespace",
+                 f"rbac.watchNamespaces={{{namespace}}}", "replicas=2", "cleanup.onUninstall=delete")
+    wait_for(lambda: len([p for p in operator_pods(kube, release_namespace, release)
+                          if running_ready(p)]) == 2, TIMEOUT, "two operator pods Running and Ready")
+    pods = operator_pods(kube, release_namespace, release)
+    peering = f"{release}-cachewarden"
+
+    def peers() -> dict[str, Any] | None:
+        status = kube.kubectl_json("get", "kopfpeering", peering, "-n", namespace).get("status") or {}
+        live = {k: v for k, v in status.items() if isinstance(v, dict)}
+        return live if len(live) == 2 else None
+
+    recorded = wait_for(peers, TIMEOUT, f"both replicas in KopfPeering {namespace}/{peering}")
+    assert set(recorded) == {p["metadata"]["name"] for p in pods}  # POD_ID: the pod names
+    priorities = [v["priority"] for v in recorded.values()]
+    assert len(set(priorities)) == 2 and all(p > 0 for p in priorities), recorded
+    kube.apply(SELECTOR_POLICY, namespace)
+    wait_for(lambda: ready(get_policy(kube, namespace, "apps")), TIMEOUT, "the policy Ready under peering")
+    kube.helm("uninstall", release, "--namespace", release_namespace, "--wait", "--timeout", HELM_TIMEOUT,
+              timeout=300)
+    assert kube.kubectl_json("get", "cachepolicies", "-n", namespace)["items"] == []
+
+
 # --- RBAC with a real token of the chart's ServiceAccount -------------------------------------------
 
 
@@ -333,6 +362,7 @@ def test_rbac_cluster_scope_with_a_real_token(
         # HA: peering objects, patch only on its own.
         assert sa.can("watch", "clusterkopfpeerings.kopf.dev")
         assert sa.can("patch", "clusterkopfpeerings.kopf.dev", name=f"{release}-cachewarden")
+        assert sa.can("get", "clusterkopfpeerings.kopf.dev", name=f"{release}-cachewarden")
         assert not sa.can("patch", "clusterkopfpeerings.kopf.dev", name="someone-else")
         denied = sa.run("get", "secrets", "-n", "kube-system")
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr

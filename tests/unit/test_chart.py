@@ -245,13 +245,14 @@ def test_replicas_above_one_switch_on_peering_with_random_priorities(helm: Path)
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     args = operator_container(docs)["args"]
     assert "--peering=cw-cachewarden" in args and "--priority=random" in args
+    assert "--peering-lifetime=30" in args
     assert one(docs, "ClusterKopfPeering", "cw-cachewarden")["apiVersion"] == "kopf.dev/v1"
     rules = one(docs, "ClusterRole", "cw-cachewarden")["rules"]
     assert rules[: len(OPERATOR_RULES)] == OPERATOR_RULES
     assert rules[len(OPERATOR_RULES):] == [
         {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch"]},
         {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "resourceNames": ["cw-cachewarden"],
-         "verbs": ["patch"]},
+         "verbs": ["get", "patch"]},
     ]
     env = {e["name"] for e in operator_container(docs)["env"]}
     assert "POD_ID" in env  # kopf's peer identity is the pod name
@@ -266,7 +267,7 @@ def test_ha_in_namespace_scope_uses_a_kopfpeering_per_namespace(helm: Path) -> N
     assert find(docs, "ClusterKopfPeering") == []
     role = find(docs, "Role", "cw-cachewarden")[0]
     assert {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "resourceNames": ["cw-peers"],
-            "verbs": ["patch"]} in role["rules"]
+            "verbs": ["get", "patch"]} in role["rules"]
     assert "--peering=cw-peers" in operator_container(docs)["args"]
 
 
@@ -480,6 +481,7 @@ def test_delete_cleanup_in_namespace_scope_and_none(helm: Path) -> None:
 @pytest.mark.parametrize(("values", "needle"), [
     (["rbac.scope=everywhere"], "/rbac/scope"),
     (["replicas=0"], "/replicas"),
+    (["ha.peeringLifetime=5"], "/ha/peeringLifetime"),
     (["operator.logLevel=LOUD"], "/operator/logLevel"),
     (["image.digest=sha1:abc"], "/image/digest"),
     (["cleanup.onUninstall=keep"], "/cleanup/onUninstall"),

@@ -89,6 +89,7 @@ app.kubernetes.io/part-of: cachewarden
 {{- if include "cachewarden.ha" . }}
 - --peering={{ include "cachewarden.peeringName" . }}
 - --priority=random
+- --peering-lifetime={{ .Values.ha.peeringLifetime }}
 {{- end }}
 - --liveness=http://$(POD_IP):{{ .Values.operator.healthPort }}/healthz
 {{- if .Values.metrics.enabled }}
@@ -174,5 +175,5 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
 - apiGroups: [kopf.dev]
   resources: [{{ $resource }}]
   resourceNames: [{{ include "cachewarden.peeringName" . }}]
-  verbs: [patch]
+  verbs: [get, patch]
 {{- end -}}
