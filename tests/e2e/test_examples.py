@@ -229,3 +229,58 @@ def test_quickstart_sample_app_and_incidents_run(operator: OperatorProcess, kube
         # While the operator runs: its finalizers must come off before the namespace goes.
         kube.kubectl("delete", "cacheincidents,cachepolicies", "--all", "-n", namespace, "--timeout", "90s",
                      check=False)
+
+
+def test_gitops_walkthrough_preset_change_without_rollout(operator: OperatorProcess, kube: KubeTools,
+                                                          namespace: str) -> None:
+    """docs/gitops.md's walk-through, minus the GitOps tool (which only applies the file): apply
+    examples/gitops/policy/cachepolicy.yaml, then the same file with the walk-through's `sed` edit
+    (ai-development -> ai-production). The operator pushes the new config to the same pods (same
+    UIDs, same ReplicaSet, Deployment generation unchanged), the status shows the new generation,
+    preset and hash on every pod, and both health checks say Healthy / current with the new hash."""
+    redis = [d for d in yaml.safe_load_all((EXAMPLES / "quickstart.yaml").read_text())
+             if d and d["kind"] != "CachePolicy"]
+    kube.apply(yaml.safe_dump_all(redis), namespace)
+    path = EXAMPLES / "gitops" / "policy" / "cachepolicy.yaml"
+    text = path.read_text()
+    name = yaml.safe_load(text)["metadata"]["name"]
+    try:
+        kube.apply(text, namespace)
+        before = wait_for(partial(ready_with, kube, name, namespace, 2), READY_TIMEOUT, f"{name} Ready 2/2")
+        assert before is not None and before["status"]["preset"] == "ai-development"
+        selector = f"cachewarden.io/policy={name}"
+        pods_before = {p["metadata"]["uid"] for p in kube.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                                                        selector)["items"]}
+        deployment = kube.kubectl_json("get", "deployment", f"{name}-cachewarden", "-n", namespace)
+        replicasets = {r["metadata"]["name"] for r in kube.kubectl_json("get", "replicasets", "-n", namespace,
+                                                                         "-l", selector)["items"]}
+
+        # The walk-through's edit: sed -i 's/preset: ai-development /preset: ai-production  /'
+        assert text.count("preset: ai-development ") == 1
+        kube.apply(text.replace("preset: ai-development ", "preset: ai-production  "), namespace)
+
+        def changed() -> dict[str, Any] | None:
+            policy = ready_with(kube, name, namespace, 2)
+            if policy is None or policy["metadata"]["generation"] != before["metadata"]["generation"] + 1:
+                return None
+            return policy if policy["status"]["preset"] == "ai-production" else None
+
+        after = wait_for(changed, READY_TIMEOUT, f"{name} Ready on ai-production")
+        assert after is not None
+        new_hash = after["status"]["configHash"]
+        assert new_hash != before["status"]["configHash"]
+        assert {t["configHash"] for t in after["status"]["targets"]} == {new_hash}
+
+        pods_after = {p["metadata"]["uid"] for p in kube.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                                                       selector)["items"]}
+        assert pods_after == pods_before, "a preset change must not replace the pods"
+        assert kube.kubectl_json("get", "deployment", f"{name}-cachewarden", "-n", namespace)["metadata"][
+            "generation"] == deployment["metadata"]["generation"], "the Deployment's template changed"
+        assert {r["metadata"]["name"] for r in kube.kubectl_json("get", "replicasets", "-n", namespace, "-l",
+                                                                  selector)["items"]} == replicasets
+
+        status, message = argo_health("CachePolicy", after)
+        assert status == "Healthy" and new_hash[:12] in message, message
+        assert flux_health("CachePolicy", after) == "Current"
+    finally:
+        kube.kubectl("delete", "cachepolicies", "--all", "-n", namespace, "--timeout", "90s", check=False)
