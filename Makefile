@@ -58,7 +58,7 @@ bench: setup
 # (each entry justified in the doc: a new finding fails), and the installed venv's dependencies
 # (pip-audit, with a fallback where its per-version service is unreachable: a known vulnerability
 # fails, an audit that could not reach its data says DEGRADED and names the packages, never fails).
-AUDIT_PATHS = cache_runtime cache_operator devcluster examples bench .ci
+AUDIT_PATHS = cache_runtime cache_operator devcluster examples .ci
 audit: setup
 	$(VENV)/bin/bandit -q -ll -r $(AUDIT_PATHS) -b .ci/bandit-baseline.json
 	$(PY) .ci/audit_deps.py

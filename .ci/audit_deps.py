@@ -90,7 +90,7 @@ def installed_versions() -> dict[str, str]:
     """Installed distribution name (lower-case, ``_`` as ``-``) -> version, for this interpreter."""
     versions: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = normalize(dist.metadata.get("Name") or "")
+        name = normalize(dist.metadata["Name"] or "")
         if name:
             versions[name] = dist.version
     return versions
