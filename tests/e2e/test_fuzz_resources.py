@@ -29,7 +29,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,16 +241,17 @@ def policy_cases(draw: st.DrawFn) -> Case:
                                       ("health", None, ("latency_warning_ms", "latency_critical_ms"))]))
         section, sub, names = group
         for name in names:
-            path: Path_ = ("spec", "overrides", section, *((sub,) if sub else ()), name)
-            schema = POLICY_SCHEMA["properties"]["overrides"]["properties"][section]
-            schema = (schema["properties"][sub] if sub else schema)["properties"][name]
-            set_path(case.body, path, draw(valid_value(schema)))
-            case.set_paths.append(path)
+            group_path: Path_ = ("spec", "overrides", section, *((sub,) if sub else ()), name)
+            section_schema = POLICY_SCHEMA["properties"]["overrides"]["properties"][section]
+            field_schema = (section_schema["properties"][sub] if sub else section_schema)["properties"][name]
+            set_path(case.body, group_path, draw(valid_value(field_schema)))
+            case.set_paths.append(group_path)
     if mode == "selector" and draw(st.booleans()):
         operator_ = draw(st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"]))
-        values = draw(st.lists(st.sampled_from(["a", "b"]), min_size=0, max_size=2))
+        values: list[str] = draw(st.lists(st.sampled_from(["a", "b"]), min_size=0, max_size=2))
         requirement: dict[str, Any] = {"key": "fuzz.cachewarden.io/tier", "operator": operator_}
-        if values or draw(st.booleans()):
+        keep_empty: bool = draw(st.booleans())
+        if values or keep_empty:
             requirement["values"] = values
         spec["selector"]["matchExpressions"] = [requirement]
         case.set_paths.append(("spec", "selector", "matchExpressions", 0))
@@ -358,6 +359,13 @@ def field_named(message: str, case: Case) -> str | None:
     return None
 
 
+def wait_obj(predicate: Callable[[], dict[str, Any] | None], timeout: float, what: str) -> dict[str, Any]:
+    """``wait_for`` of a predicate returning the object once satisfied."""
+    obj = wait_for(predicate, timeout, what)
+    assert isinstance(obj, dict), obj
+    return obj
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     """One status condition ({} when absent)."""
     for cond in (obj.get("status") or {}).get("conditions") or []:
@@ -418,7 +426,7 @@ def run_case(api: Api, namespace: str, case: Case, name: str, tally: Tally) -> N
     path = f"{base}/{name}"
     started = time.monotonic()
     if case.kind == "CachePolicy":
-        obj = wait_for(lambda: settled_policy(api, path), RECONCILE_TIMEOUT,
+        obj = wait_obj(lambda: settled_policy(api, path), RECONCILE_TIMEOUT,
                        f"policy {name} Ready or Stalled: {shown}")
         stalled = condition(obj, "Stalled")
         if stalled.get("status") == "True":
@@ -428,7 +436,7 @@ def run_case(api: Api, namespace: str, case: Case, name: str, tally: Tally) -> N
         else:
             tally.outcomes["Ready"] += 1
     else:
-        obj = wait_for(lambda: settled_incident(api, path), RECONCILE_TIMEOUT,
+        obj = wait_obj(lambda: settled_incident(api, path), RECONCILE_TIMEOUT,
                        f"incident {name} finished: {shown}")
         phase = obj["status"]["phase"]
         if phase == "Failed":
@@ -557,10 +565,12 @@ def test_a_spec_whose_deployment_the_api_server_refuses_settles(
         obj = settled_policy(api, path)
         if obj is not None:
             return obj
-        status, obj = api.call("GET", path)
-        return obj if status == 200 and condition(obj, "Reconciling").get("reason") == "ApplyFailed" else None
+        status, current = api.call("GET", path)
+        if status == 200 and condition(current, "Reconciling").get("reason") == "ApplyFailed":
+            return dict(current)
+        return None
 
-    obj = wait_for(settled_or_refused, 60, f"policy with a refused {case}: Ready, Stalled or ApplyFailed")
+    obj = wait_obj(settled_or_refused, 60, f"policy with a refused {case}: Ready, Stalled or ApplyFailed")
     stalled = condition(obj, "Stalled")
     assert stalled.get("status") == "True" and field_named(stalled.get("message", ""), fake), obj["status"]
 

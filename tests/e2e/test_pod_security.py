@@ -87,7 +87,7 @@ spec:
   ports: [{name: redis, port: 6379, targetPort: redis}]
 """
 
-BARE_POD = {
+BARE_POD: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Pod",
     "metadata": {"name": "bare"},
@@ -117,7 +117,7 @@ def create_pod(
 def pods_of(manifest: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(what, Pod) for every pod template in a workload object (the Pod as its controller would create
     it, minus what the controller fills in), or the object itself when it is a Pod."""
-    kind = manifest.get("kind")
+    kind = str(manifest.get("kind"))
     name = (manifest.get("metadata") or {}).get("name", "?")
     if kind == "Pod":
         yield f"Pod/{name}", manifest

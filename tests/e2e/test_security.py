@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -175,6 +176,12 @@ class Markers:
     def all(self) -> dict[str, str]:
         """name -> marker text."""
         return {name: value for name, value in vars(self).items() if isinstance(value, str)}
+
+
+def incident_finished(kube: KubeTools, namespace: str, name: str) -> bool:
+    """The incident reached Succeeded or Failed."""
+    incident = kube.kubectl_json("get", "cacheincident", name, "-n", namespace)
+    return (incident.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def data_flow(pod: dict[str, Any], token: str, read: str, m: Markers) -> None:
@@ -345,14 +352,7 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
             },
         }
         kube.apply(json.dumps(incident), ns)
-        wait_for(
-            lambda n=name: (
-                (kube.kubectl_json("get", "cacheincident", n, "-n", ns).get("status") or {}).get("phase")
-                in ("Succeeded", "Failed")
-            ),
-            90,
-            f"incident {name} finished",
-        )
+        wait_for(partial(incident_finished, kube, ns, name), 90, f"incident {name} finished")
     # A probe pass after the traffic, so the status carries health from it.
     generation = policy["metadata"]["generation"]
     wait_for(lambda: ready_policy(kube, ns, "leak", generation), 60, "policy Ready after the incidents")

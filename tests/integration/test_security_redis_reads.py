@@ -171,10 +171,10 @@ def test_hostile_bytes_from_redis_are_values_or_counted_misses_never_exceptions(
             got = await engine.get(keys[0], default=MISS)
             many = await engine.get_many([keys[1]])
 
-            async def loader() -> str:
+            async def loader() -> Any:
                 return "computed"
 
-            computed = await engine.get_or_compute(keys[2], loader)
+            computed: Any = await engine.get_or_compute(keys[2], loader)
             return got, many, computed
 
         got, many, computed = loop.run_until_complete(asyncio.wait_for(reads(), 30))
