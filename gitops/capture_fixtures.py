@@ -10,9 +10,9 @@ managedFields and server bookkeeping) to
 The expected health of each is in that directory's ``health_test.yaml`` (written by hand, from what
 the state means, never from what the scripts return).
 
-States that cannot be reached on purpose with manual incidents (Running and Pending are too short
-to catch reliably; Recommended and Resolved come from automatic incidents) are hand-written in
-``testdata/`` from the status shapes of ``cache_operator/incident_executor.py``; their files say so.
+Automatic incidents come from a Recommend-mode policy whose Redis is scaled to 0 and back. Running
+and Pending are too short-lived to catch reliably; those two are constructed in ``testdata/`` from the
+status the executor writes (``cache_operator/incident_executor.py``); their files say so.
 """
 
 from __future__ import annotations
@@ -239,6 +239,29 @@ def run_scenarios(cap: Capture, kube: KubeTools, operator: subprocess.Popen[byte
     kube.apply(incident("unseen", {"policyRef": {"name": "unwatched"}, "action": "gc"}), UNWATCHED)
     cap.save("CacheIncident", "no-status", cap.get("cinc", "unseen", UNWATCHED),
              "no operator has seen it yet (no status)")
+
+    # An automatic incident: Redis of a Recommend-mode policy goes away (RedisUnavailable after one
+    # probe), then comes back (the symptom clears, the incident is resolved).
+    flaky_redis = REDIS.replace("name: redis}", "name: redis-flaky}")
+    flaky_redis = flaky_redis.replace("app: redis}", "app: redis-flaky}")
+    kube.apply(flaky_redis, WATCHED)
+    flaky = {**base, "redis": {"url": "redis://redis-flaky:6379/0"},
+             "health": {"probeIntervalSeconds": 5, "consecutiveProbes": 1},
+             "remediation": {"mode": "Recommend"}}
+    kube.apply(policy("flaky", flaky), WATCHED)
+    cap.wait("cpol", "flaky", lambda o: condition(o, "Ready").get("status") == "True", "flaky Ready")
+    kube.kubectl("scale", "deployment", "redis-flaky", "-n", WATCHED, "--replicas", "0")
+
+    def auto_incident(want: str) -> dict[str, Any] | None:
+        items = kube.kubectl_json("get", "cinc", "-n", WATCHED, "-l", "cachewarden.io/policy=flaky")["items"]
+        return next((dict(i) for i in items if phase(i) == want), None)
+
+    obj = wait_for(lambda: auto_incident("Recommended"), TIMEOUT, "an automatic incident Recommended")
+    cap.save("CacheIncident", "recommended", obj,
+             "automatic RedisUnavailable incident of a Recommend-mode policy whose Redis was scaled to 0")
+    kube.kubectl("scale", "deployment", "redis-flaky", "-n", WATCHED, "--replicas", "1")
+    obj = wait_for(lambda: auto_incident("Resolved"), TIMEOUT, "the automatic incident Resolved")
+    cap.save("CacheIncident", "resolved", obj, "the same incident after Redis came back")
 
     # A spec change the operator has not observed: stop it, then change the Ready policy.
     operator.send_signal(signal.SIGTERM)
