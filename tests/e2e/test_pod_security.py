@@ -301,14 +301,16 @@ def test_the_operator_pod_of_the_helm_chart_is_admitted(kube: KubeTools, restric
     assert any(what.startswith("Deployment/") for what in checked), checked
 
 
-def test_the_operator_pod_of_the_demo_is_admitted(kube: KubeTools, restricted_namespace: str) -> None:
-    """The operator Deployment `cachewarden dev up` installs (devcluster/demo.py) is admitted too."""
+def test_the_operator_pod_the_demo_installs_is_admitted(kube: KubeTools, restricted_namespace: str) -> None:
+    """`cachewarden dev up` installs the chart with its devcluster values into cachewarden-system, which
+    it labels to enforce restricted: the pods of exactly that release are admitted under restricted."""
     from devcluster import demo
 
-    manifest = getattr(demo, "OPERATOR_MANIFEST", None)
-    if manifest is None:
-        pytest.skip("devcluster/demo.py has no inline operator manifest any more (installed from the chart)")
-    docs = [doc for doc in yaml.safe_load_all(manifest) if isinstance(doc, dict)]
-    deployments = [d for d in docs if d.get("kind") == "Deployment"]
-    assert deployments, "the demo manifest has no operator Deployment"
-    assert assert_admitted(kube, restricted_namespace, deployments)
+    namespace_doc = yaml.safe_load(demo.NAMESPACE_MANIFEST)
+    assert namespace_doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    sets = [arg for value in demo.HELM_VALUES for arg in ("--set", value)]
+    rendered = kube.helm("template", demo.RELEASE, str(demo.CHART), "--namespace", restricted_namespace,
+                         *sets).stdout
+    manifests = [doc for doc in yaml.safe_load_all(rendered) if isinstance(doc, dict)]
+    checked = assert_admitted(kube, restricted_namespace, manifests)
+    assert f"Deployment/{demo.OPERATOR_DEPLOYMENT}" in checked, checked

@@ -81,6 +81,19 @@ def status_code(pod: dict[str, Any], token: str, path: str = "/internal/cache/st
     return response.status_code
 
 
+def probed_since(kube: KubeTools, namespace: str, name: str, since: float) -> dict[str, Any] | None:
+    """The policy once Ready with a probe pass later than ``since`` (epoch s) and no target error."""
+    policy = ready_policy(kube, namespace, name)
+    if policy is None:
+        return None
+    status = policy["status"]
+    last = (status.get("health") or {}).get("lastProbeTime")
+    if not last or datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() < since:
+        return None
+    targets = status.get("targets") or []
+    return policy if targets and not any(t.get("lastError") for t in targets) else None
+
+
 def pod_identity(pods: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
     """(name, uid, restarts) of each pod: equal before and after means nothing restarted."""
     return sorted(
@@ -140,18 +153,9 @@ def test_admin_token_rotation_takes_effect_without_a_restart(
     assert pod_identity(runtime_pods(kube, ns, "rot")) == before
 
     # The operator reads the new token from the Secret: it keeps probing the pods successfully.
-    def probed_after_rotation() -> dict[str, Any] | None:
-        policy = ready_policy(kube, ns, "rot")
-        if policy is None:
-            return None
-        status = policy["status"]
-        last = (status.get("health") or {}).get("lastProbeTime")
-        if not last or datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() < rotated_at:
-            return None
-        targets = status.get("targets") or []
-        return policy if targets and not any(t.get("lastError") for t in targets) else None
-
-    policy = wait_dict(probed_after_rotation, 60, "a successful probe after the rotation")
+    policy = wait_dict(
+        partial(probed_since, kube, ns, "rot", rotated_at), 60, "a successful probe after the rotation"
+    )
     assert policy["status"]["pods"]["configured"] == 2
     # The operator did not put the old token back (drift repair applies what the Secret holds).
     assert secret_tokens(kube, ns, "rot")[render.ADMIN_TOKEN_KEY].splitlines()[0] == new
@@ -319,7 +323,7 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
         "health": {"probeIntervalSeconds": 5},
     }
     kube.apply(policy_yaml("leak", spec), ns)
-    policy = wait_dict(lambda: ready_policy(kube, ns, "leak", 1), READY_TIMEOUT, "policy leak Ready")
+    wait_dict(lambda: ready_policy(kube, ns, "leak", 1), READY_TIMEOUT, "policy leak Ready")
     wait_for(
         lambda: (
             ((ready_policy(kube, ns, "leak") or {}).get("status", {}).get("health") or {}).get("redis")
@@ -353,10 +357,8 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
         }
         kube.apply(json.dumps(incident), ns)
         wait_for(partial(incident_finished, kube, ns, name), 90, f"incident {name} finished")
-    # A probe pass after the traffic, so the status carries health from it.
-    generation = policy["metadata"]["generation"]
-    wait_for(lambda: ready_policy(kube, ns, "leak", generation), 60, "policy Ready after the incidents")
-    time.sleep(6)  # one more probe interval: status reflects the traffic and the incidents
+    # A successful probe pass after the traffic and the incidents: the status carries health from it.
+    wait_dict(partial(probed_since, kube, ns, "leak", time.time()), 60, "a probe after the incidents")
 
     needles = {**markers.all(), "redis password": password, "admin token": admin, "read token": read}
     for name, value in list(needles.items()):
