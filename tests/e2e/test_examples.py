@@ -9,10 +9,10 @@ is under test). Argo CD and Flux objects are skipped here: their CRDs are not pa
 cannot be fetched offline; tests/unit/test_examples_static.py checks their required fields and that the
 paths and sources they name exist.
 
-Beyond acceptance, the examples a newcomer runs first are run for real: the quickstart (Redis + a
-runtime policy), the sample app in selector mode from its own manifests, and three incident examples,
-with an operator; the live objects are then judged by the GitOps health checks (Argo CD Lua and
-Flux CEL) as a GitOps tool would see them.
+Beyond acceptance, the examples are run for real with an operator: the quickstart (Redis + a runtime
+policy) and the sample app in selector mode from its own manifests, judged by the GitOps health checks
+(Argo CD Lua and Flux CEL) as a GitOps tool would see them; every incident example against the
+quickstart policy; and docs/gitops.md's preset change by commit on examples/gitops/policy/.
 """
 
 from __future__ import annotations
@@ -284,3 +284,49 @@ def test_gitops_walkthrough_preset_change_without_rollout(operator: OperatorProc
         assert flux_health("CachePolicy", after) == "Current"
     finally:
         kube.kubectl("delete", "cachepolicies", "--all", "-n", namespace, "--timeout", "90s", check=False)
+
+
+# Every incident example, in an order a person might run them; the targetPods examples name a
+# placeholder pod, replaced by a real one exactly as their comments tell the reader to.
+INCIDENT_RUN_ORDER = (
+    "diagnose", "gc", "clear-dry-run", "clear", "invalidate", "invalidate-namespace",
+    "compress-existing-dry-run", "compress-existing", "reset-config", "reconnect-redis",
+    "reconnect-redis-one-pod", "apply-preset-dry-run", "apply-preset", "isolate-one-pod", "isolate",
+    "restore",
+)
+PLACEHOLDER_POD = "quickstart-cachewarden-7d9c8b6f4-x2k8p"
+
+
+def test_every_incident_example_runs(operator: OperatorProcess, kube: KubeTools, namespace: str) -> None:
+    """Each file in examples/incidents/ applied (as written, but for the placeholder pod name) against
+    the quickstart policy ends Succeeded with one successful step record per targeted pod; the
+    apply-preset example puts its preset in force as a time-boxed override and deleting it lifts it."""
+    assert sorted(INCIDENT_RUN_ORDER) == sorted(p.stem for p in (EXAMPLES / "incidents").glob("*.yaml"))
+    try:
+        apply_example(kube, EXAMPLES / "quickstart.yaml", namespace)
+        wait_for(partial(ready_with, kube, "quickstart", namespace, 2), READY_TIMEOUT, "quickstart Ready 2/2")
+        pods = sorted(p["metadata"]["name"] for p in kube.kubectl_json(
+            "get", "pods", "-n", namespace, "-l", "cachewarden.io/policy=quickstart")["items"]
+            if not p["metadata"].get("deletionTimestamp"))
+        assert len(pods) == 2, pods
+        for stem in INCIDENT_RUN_ORDER:
+            text = (EXAMPLES / "incidents" / f"{stem}.yaml").read_text()
+            targeted = [pods[0]] if PLACEHOLDER_POD in text else pods
+            document = yaml.safe_load(text.replace(PLACEHOLDER_POD, pods[0]))
+            name = document["metadata"]["name"]
+            kube.apply(yaml.safe_dump(document), namespace)
+            incident = wait_for(partial(finished, kube, name, namespace), READY_TIMEOUT, f"{stem} finished")
+            assert incident is not None
+            status = incident["status"]
+            assert status["phase"] == "Succeeded", (stem, status.get("message"), status.get("results"))
+            acted = {r["pod"] for r in status["results"] if r["result"] == "Succeeded"}
+            assert acted == set(targeted), (stem, status["results"])
+            if stem == "apply-preset":
+                policy = get(kube, "cachepolicy", "quickstart", namespace)
+                assert policy["status"]["override"]["preset"] == document["spec"]["parameters"]["preset"]
+                kube.kubectl("delete", "cacheincident", name, "-n", namespace, "--timeout", "60s")
+                wait_for(lambda: "override" not in (get(kube, "cachepolicy", "quickstart", namespace)
+                                                    .get("status") or {}), READY_TIMEOUT, "override lifted")
+    finally:
+        kube.kubectl("delete", "cacheincidents,cachepolicies", "--all", "-n", namespace, "--timeout", "90s",
+                     check=False)
