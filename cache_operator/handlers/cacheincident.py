@@ -7,6 +7,7 @@ time-boxed override from its policy before the project finalizer is released.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
@@ -24,6 +25,42 @@ from cache_operator.incident_executor import (
 from cache_operator.k8s import KubeError
 
 RETRY_DELAY_S = 5.0
+# One registry of per-policy locks for the operator process. Not in memo: kopf hands each object's
+# handlers a shallow copy of the operator's memo, so a registry created from a handler would be one per
+# incident and would serialize nothing (two automatic incidents of one policy, opened in the same
+# probe pass, then both passed the cooldown check before either recorded its run).
+POLICY_LOCKS = PolicyLocks()
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def incidents_by_namespace(
+    namespace: str | None,
+    name: str,
+    uid: str,
+    labels: kopf.Labels,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> dict[str | None, dict[str, Any]]:
+    """Every CacheIncident by namespace, without its per-pod results: what automatic detection reads
+    (one watch instead of a list call per policy and probe pass)."""
+    return {
+        namespace: {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CacheIncident",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "generation": meta.get("generation"),
+                "labels": dict(labels),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "spec": copy.deepcopy(dict(spec)),
+            "status": {k: copy.deepcopy(v) for k, v in status.items() if k != "results"},
+        }
+    }
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -53,7 +90,7 @@ async def incident_run(
             events=post_event,
             logger=logger,
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
-            locks=memo.setdefault("policy_locks", PolicyLocks()),
+            locks=POLICY_LOCKS,
         )
     except KubeError as exc:
         # Progress is in status: a retry resumes where this run stopped (kopf's default is 60 s later).

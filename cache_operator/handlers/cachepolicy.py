@@ -13,6 +13,7 @@ expired override). Deletion deletes the children explicitly before the finalizer
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,7 @@ async def policy_reconciler(
     logger: kopf.Logger,
     stopped: kopf.DaemonStopped,
     pods_by_namespace: kopf.Index[str | None, dict[str, Any]] | None = None,
+    incidents_by_namespace: kopf.Index[str | None, dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
     """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
@@ -119,6 +121,9 @@ async def policy_reconciler(
             apply_children,
             delete_stale,
             None if pods_by_namespace is None else _index_lookup(pods_by_namespace),
+            memo.kube
+            if incidents_by_namespace is None
+            else IncidentIndexKube(memo.kube, incidents_by_namespace),
         )
         passes += 1
         if outcome is None or outcome.outcome == "progressing":
@@ -141,6 +146,7 @@ async def _reconcile_once(
     apply_children: bool = True,
     delete_stale: bool = True,
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
+    kube: Any = None,
 ) -> ReconcileOutcome | None:
     metrics = memo.metrics
     started = time.perf_counter()
@@ -157,7 +163,7 @@ async def _reconcile_once(
             policy,
             dict(body.get("spec") or {}),
             dict(body.get("status") or {}),
-            kube=memo.kube,
+            kube=kube or memo.kube,
             pods_io=memo.pods,
             patch=patch,
             logger=logger,
@@ -211,6 +217,36 @@ def _until_expiry(status: Any, now_s: float) -> float:
             continue
         waits.append(max(0.5, expires - now_s + 0.5))
     return min(waits)
+
+
+class IncidentIndexKube:
+    """The operator's Kubernetes client for one reconcile, except that listing a namespace's
+    CacheIncidents reads the incident index (a watch) instead of calling the API server: automatic
+    detection lists them at every probe of a policy with open incidents and every minute for garbage
+    collection. Incidents being deleted are left out. The incident executor keeps listing for real
+    (its safety decisions read the API server)."""
+
+    def __init__(self, kube: Any, index: kopf.Index[str | None, dict[str, Any]]) -> None:
+        self.kube = kube
+        self.index = index
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kube, name)
+
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """CacheIncidents of ``namespace`` from the index (no selector); anything else from the API."""
+        if kind != "CacheIncident" or label_selector is not None:
+            result: list[dict[str, Any]] = await self.kube.list_objects(
+                api_version, kind, namespace, label_selector
+            )
+            return result
+        return [
+            copy.deepcopy(item)
+            for item in self.index.get(namespace, [])
+            if not (item.get("metadata") or {}).get("deletionTimestamp")
+        ]
 
 
 def _index_lookup(index: kopf.Index[str | None, dict[str, Any]]) -> Callable[[str], list[dict[str, Any]]]:

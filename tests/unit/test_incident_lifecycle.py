@@ -151,3 +151,38 @@ def test_daemon_wakes_right_after_an_override_expires() -> None:
     assert _until_expiry({"override": {"expiresAt": "soon"}}, T) == float("inf")
     both = {"override": {"expiresAt": rfc3339(T + 30)}, "isolation": {"expiresAt": rfc3339(T + 10)}}
     assert _until_expiry(both, T) == 10.5
+
+
+async def test_incident_listing_reads_the_index_and_leaves_deleted_ones_out() -> None:
+    from cache_operator.handlers.cachepolicy import IncidentIndexKube
+
+    class Api:
+        """FAKE API client: answers list calls for anything but the indexed incidents."""
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        async def list_objects(
+            self, api_version: str, kind: str, namespace: str, label_selector: Any = None
+        ) -> Any:
+            self.calls.append(f"{kind}:{label_selector}")
+            return [{"metadata": {"name": "from-api"}}]
+
+        async def get(self, *args: Any) -> str:
+            return "delegated"
+
+    index = {
+        "shop": [
+            {"metadata": {"name": "a"}, "status": {"phase": "Succeeded"}},
+            {"metadata": {"name": "gone", "deletionTimestamp": NOW}, "status": {}},
+        ]
+    }
+    api = Api()
+    view = IncidentIndexKube(api, index)  # type: ignore[arg-type]
+    listed = await view.list_objects("cachewarden.io/v1alpha1", "CacheIncident", "shop")
+    assert [i["metadata"]["name"] for i in listed] == ["a"] and api.calls == []
+    listed[0]["status"]["phase"] = "changed"  # a copy: the index is not modified
+    assert index["shop"][0]["status"]["phase"] == "Succeeded"
+    assert await view.list_objects("cachewarden.io/v1alpha1", "CacheIncident", "other") == []
+    assert await view.list_objects("v1", "Pod", "shop", "app=x") == [{"metadata": {"name": "from-api"}}]
+    assert await view.get("x") == "delegated"
