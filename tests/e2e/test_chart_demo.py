@@ -1,7 +1,8 @@
 """The demo ``make demo`` / ``cachewarden dev up`` runs (devcluster/demo.py) on the session cluster: the
 operator installed by ``helm upgrade --install`` of charts/cachewarden, Redis and the quickstart policy
 Ready with a live hit rate, the printed ``kubectl get cpol,cinc`` table and what to try next; running it
-again is idempotent (a Helm upgrade). Uninstalled at the end so no cluster-wide operator outlives it."""
+again is idempotent (a Helm upgrade); ``helm uninstall`` in cluster scope leaves the policy without the
+operator's finalizer. Always uninstalled at the end so no cluster-wide operator outlives the test."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def test_demo_installs_the_operator_with_helm(dev_cluster: Cluster, kube: KubeTo
         releases = json.loads(kube.helm("list", "-n", OPERATOR_NAMESPACE, "-o", "json").stdout)
         assert [(r["name"], r["revision"]) for r in releases] == [(RELEASE, "2")]
         wait_for(demo.policy_ready, 120, "the quickstart policy Ready after the second install")
+
+        # Uninstall in cluster scope: the pre-delete hook (a ClusterRole of its own) stops the operator
+        # and strips its finalizer from the policy in `default`.
+        kube.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "240s", timeout=300)
+        assert kube.kubectl_json("get", "deployments", "-n", OPERATOR_NAMESPACE)["items"] == []
+        assert "cachewarden.io/finalizer" not in (demo.policy()["metadata"].get("finalizers") or [])
+        assert kube.kubectl("get", "clusterrole", f"{RELEASE}-cleanup", check=False).returncode != 0
     finally:
         kube.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "240s",
                   check=False, timeout=300)
