@@ -70,6 +70,6 @@ lint: setup
 # Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
 generate: setup
 	$(VENV)/bin/cachewarden crds --write crds/
-	cp crds/cache*.cachewarden.io.yaml charts/cachewarden/crds/   # the chart ships the same CRDs (tests/unit/test_chart.py)
+	cp crds/cache*.cachewarden.io.yaml charts/cachewarden/crds/   # the chart ships the same CRDs (tests/unit/test_chart_render.py)
 	$(PY) -m cache_operator.apidocs docs/api-reference.md
 	$(PY) -m cache_runtime.config docs/configuration.md
