@@ -11,23 +11,29 @@
   logs``) and every status field and Event of the namespace's objects is searched for the password,
   the tokens (raw and base64) and the marker text. Control plane logs are out of scope.
 
-Both run in a namespace enforcing the ``restricted`` Pod Security profile.
+Both run in a namespace enforcing the ``restricted`` Pod Security profile, with the operator at
+``--log-level DEBUG`` (the same subprocess as test_operator.py's, one more flag).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+import redis
 
 from cache_operator import render
 from devcluster.cluster import Cluster
@@ -35,8 +41,8 @@ from devcluster.testing import KubeTools, restricted_namespace, wait_for
 from tests.e2e.test_operator import (
     READY_TIMEOUT,
     OperatorProcess,
+    _free_port,
     crds,
-    operator,
     policy_yaml,
     ready_policy,
     runtime_pods,
@@ -44,7 +50,46 @@ from tests.e2e.test_operator import (
 )
 from tests.e2e.test_pod_security import RESTRICTED_REDIS
 
-__all__ = ["crds", "operator", "restricted_namespace"]  # fixtures, reused
+__all__ = ["crds", "restricted_namespace"]  # fixtures, reused
+
+
+class DebugOperatorProcess(OperatorProcess):
+    """``cachewarden operator`` exactly as test_operator.OperatorProcess runs it, plus ``--log-level
+    DEBUG``: the leak search covers the operator's (and kopf's) most talkative level."""
+
+    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+        self.metrics_port = _free_port()
+        self.liveness_port = _free_port()
+        self.log_path = log_path
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        argv = [
+            str(Path(sys.executable).parent / "cachewarden"), "operator", "--all-namespaces",
+            "--metrics-port", str(self.metrics_port),
+            "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "--resolve-service-hosts", "--log-level", "DEBUG",
+        ]
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+@pytest.fixture(scope="module")
+def operator(
+    dev_cluster: Cluster, crds: None, kube: KubeTools, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the module, at DEBUG."""
+    proc = DebugOperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    try:
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
+            60,
+            "operator liveness endpoint",
+        )
+        yield proc
+        kube.kubectl("delete", "cachepolicies", "--all", "--all-namespaces", "--timeout", "60s", check=False)
+    finally:
+        proc.stop()
 
 PORT = 8080
 
@@ -269,6 +314,28 @@ def data_flow(pod: dict[str, Any], token: str, read: str, m: Markers) -> None:
             assert client.get(f"/internal/cache/{path}", headers=admin).status_code == 200, path
 
 
+def plant_undecodable_value(
+    kube: KubeTools, namespace: str, pods: list[dict[str, Any]], token: str, password: str, m: Markers
+) -> None:
+    """Overwrite a stored value in Redis with bytes that carry marker text but do not decode, and read it
+    on the other pod: the engine logs the decode failure (at DEBUG) and must not log the bytes."""
+    key = f"{m.key}planted"
+    first, second = (f"http://{p['status']['podIP']}:{PORT}" for p in pods[:2])
+    headers = {"Authorization": f"Bearer {token}"}
+    stored = httpx.put(f"{first}/data/v1/keys/{key}", headers=headers, json={"value": m.value}, timeout=10)
+    assert stored.status_code == 200, stored.text
+    redis_pod = kube.kubectl_json("get", "pods", "-n", namespace, "-l", "app=redis")["items"][0]
+    client = redis.Redis(host=redis_pod["status"]["podIP"], port=6379, password=password, socket_timeout=5)
+    try:
+        planted = [k for k in client.scan_iter(match=f"*{key}*") if not k.startswith(b"cw#")]
+        assert len(planted) == 1, planted
+        client.set(planted[0], b"CW\x01\x09\x00" + m.value.encode() * 4, px=600_000)
+    finally:
+        client.close()
+    missed = httpx.get(f"{second}/data/v1/keys/{key}", headers=headers, timeout=10)
+    assert missed.status_code == 404, missed.text  # a counted miss, not an error
+
+
 def collect_logs(
     cluster: Cluster, kube: KubeTools, namespace: str, operator: OperatorProcess
 ) -> dict[str, str]:
@@ -337,6 +404,7 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
     pods = runtime_pods(kube, ns, "leak")
     for pod in pods:
         data_flow(pod, admin, read, markers)
+    plant_undecodable_value(kube, ns, pods, admin, password, markers)
 
     # Incidents through the operator (diagnose reads the pods' health reports into status).
     for name, action, params in (
@@ -374,6 +442,8 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
     for route in ("/data/v1/keys/{key}", "/data/v1/ai/store", "/internal/cache/invalidate"):
         assert route in runtime_text, f"no request line for {route} in the runtime logs"
     assert any(name.startswith("cacheincidents/diag") for name in haystacks), sorted(haystacks)
+    assert " DEBUG " in haystacks["operator"], "the operator was meant to log at DEBUG"
+    assert "undecodable L2 entry" in runtime_text, "the planted value's decode failure was meant to be logged"
     leaks = [
         f"{what} in {where}: ...{text[max(0, text.index(needle) - 200) : text.index(needle) + 200]}..."
         for where, text in haystacks.items()
