@@ -219,7 +219,7 @@ class LoadGenerator:
         if answer is None:
             return
         status, body, _, started = answer
-        self.ledger.check_read(key, started, body.get("value") if status == 200 else None)
+        self._judge(key, started, body.get("value") if status == 200 else None)
 
     async def read_many(self, keys: list[str]) -> None:
         """mget several keys and judge each."""
@@ -229,7 +229,14 @@ class LoadGenerator:
         _, body, _, started = answer
         values = body.get("values") or {}
         for key in keys:
-            self.ledger.check_read(key, started, values.get(key))
+            self._judge(key, started, values.get(key))
+
+    def _judge(self, key: str, started: float, value: Any) -> None:
+        verdict = self.ledger.check_read(key, started, value)
+        if verdict.kind == "degraded-stale":
+            self.book.note_degraded_stale(started)
+        elif verdict.wrong:
+            self.book.note_wrong(started)
 
     async def write(self, key: str) -> None:
         """PUT the next version of ``key``."""

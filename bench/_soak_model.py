@@ -29,7 +29,7 @@ import hashlib
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FAULT_KINDS: tuple[str, ...] = (
@@ -147,6 +147,7 @@ class Verdict:
     seq: int | None = None
     floor: int = 0
     detail: str = ""
+    started: float = 0.0  # when the read started (the caller's clock)
 
     @property
     def wrong(self) -> bool:
@@ -237,7 +238,7 @@ class Ledger:
     # reads
     def check_read(self, key: str, started: float, value: Any) -> Verdict:
         """Judge a read of ``key`` started at ``started`` that returned ``value`` (None: a miss)."""
-        verdict = self._judge(key, started, value)
+        verdict = replace(self._judge(key, started, value), started=started)
         self.counts[verdict.kind] = self.counts.get(verdict.kind, 0) + 1
         if verdict.wrong and len(self.wrong) < 50:
             self.wrong.append(verdict)
@@ -328,6 +329,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     retried: int = 0
+    degraded_stale: int = 0  # reads judged degraded-stale (see Ledger) that started in this phase
+    wrong: int = 0  # reads judged wrong (foreign, phantom, stale) that started in this phase
 
     def stats(self) -> dict[str, Any]:
         """Requests, errors, retried requests, p50/p99/max latency (ms) of this phase."""
@@ -341,6 +344,8 @@ class Phase:
             "p50_ms": None if p50 is None else round(p50 * 1000, 2),
             "p99_ms": None if p99 is None else round(p99 * 1000, 2),
             "max_ms": round(max(self.latencies) * 1000, 2) if self.latencies else None,
+            "degraded_stale": self.degraded_stale,
+            "wrong": self.wrong,
         }
 
 
@@ -372,6 +377,14 @@ class PhaseBook:
         if retried:
             phase.retried += 1
 
+    def note_degraded_stale(self, started: float) -> None:
+        """A read that started at ``started`` was judged degraded-stale."""
+        self.phase_at(started).degraded_stale += 1
+
+    def note_wrong(self, started: float) -> None:
+        """A read that started at ``started`` was judged a wrong answer."""
+        self.phase_at(started).wrong += 1
+
     def finish(self, at: float) -> None:
         """End the last phase."""
         self.phases[-1].end = at
@@ -389,6 +402,8 @@ class PhaseBook:
             into.latencies.extend(phase.latencies)
             into.errors += phase.errors
             into.retried += phase.retried
+            into.degraded_stale += phase.degraded_stale
+            into.wrong += phase.wrong
             if phase.end is not None:
                 into.end = (into.end or 0.0) + (phase.end - phase.start)
         out = []

@@ -63,6 +63,7 @@ from bench._soak_cluster import (  # noqa: E402
 )
 from bench._soak_load import LoadGenerator, LoadSettings, PodDirectory  # noqa: E402
 from bench._soak_model import (  # noqa: E402
+    FAULT_KINDS,
     REDIS_FAULTS,
     Ledger,
     PhaseBook,
@@ -100,6 +101,7 @@ class SoakOptions:
     redis_settle_s: float = 3.0
     converge_timeout_s: float = 180.0
     rss_every_s: float = 10.0
+    kinds: tuple[str, ...] = FAULT_KINDS
     work_dir: Path | None = None
     json_path: Path | None = None
 
@@ -157,6 +159,7 @@ class Soak:
             warmup_s=options.warmup_s,
             cooldown_s=options.cooldown_s,
             slot_s=options.slot_s,
+            kinds=options.kinds,
         )
         self.ledger = Ledger(options.coherence_bound_s)
         self.faults: list[FaultRecord] = []
@@ -399,6 +402,9 @@ class Soak:
         rss_rows = self.rss.rows()
         long_lived = [r for r in rss_rows if r["lived_s"] >= 0.9 * seconds and r["start_mib"] > 0]
         worst_ratio = max((r["ratio"] for r in long_lived if r["ratio"] is not None), default=None)
+        for example in ledger["wrong_examples"]:
+            example["phase"] = self.book.phase_at(example["started"]).name
+            example["at_s"] = round(example.pop("started") - self.book.phases[0].start, 2)
         return {
             "bench": "soak",
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items()},
@@ -477,7 +483,18 @@ def render_report(result: dict[str, Any]) -> str:
         "latency per fault kind (requests accounted to the phase they started in):",
         format_table(
             result["by_kind"],
-            ["phase", "seconds", "requests", "errors", "retried", "p50_ms", "p99_ms", "max_ms"],
+            [
+                "phase",
+                "seconds",
+                "requests",
+                "errors",
+                "retried",
+                "p50_ms",
+                "p99_ms",
+                "max_ms",
+                "wrong",
+                "degraded_stale",
+            ],
         ),
         "",
         "faults:",
@@ -533,6 +550,11 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
         "--json", type=Path, default=None, help="result file (default bench/results/soak-<time>.json)"
     )
     parser.add_argument(
+        "--faults",
+        default=",".join(FAULT_KINDS),
+        help=f"comma-separated fault kinds to schedule (default all: {','.join(FAULT_KINDS)})",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="keep the cluster and logs here (new dir)"
     )
     args = parser.parse_args(argv)
@@ -558,6 +580,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
         blackhole_s=args.blackhole,
         redis_down_s=args.redis_down,
         json_path=args.json,
+        kinds=tuple(kind.strip() for kind in args.faults.split(",") if kind.strip()),
         work_dir=args.work_dir,
     )
 

@@ -197,8 +197,10 @@ def test_phase_book_accounts_by_start_time_and_merges_kinds() -> None:
     book.record(9.9, 0.500, True)  # started in the baseline, finished later
     book.record(11.0, 0.020, True, retried=True)
     book.record(12.0, 0.0, False)
+    book.note_degraded_stale(12.5)
     book.begin("redis-restart#1", 20.0)
     book.record(21.0, 0.030, True)
+    book.note_wrong(21.5)
     book.begin("pod-delete#2", 30.0)
     book.record(31.0, 0.040, True)
     book.finish(40.0)
@@ -213,10 +215,14 @@ def test_phase_book_accounts_by_start_time_and_merges_kinds() -> None:
         "p50_ms": 20.0,
         "p99_ms": 20.0,
         "max_ms": 20.0,
+        "degraded_stale": 1,
+        "wrong": 0,
     }
     kinds = {row["phase"]: row for row in book.by_kind()}
     assert kinds["pod-delete"]["requests"] == 3 and kinds["pod-delete"]["seconds"] == 20.0
     assert kinds["pod-delete"]["p99_ms"] == 40.0
+    assert kinds["pod-delete"]["degraded_stale"] == 1 and kinds["baseline"]["degraded_stale"] == 0
+    assert kinds["redis-restart"]["wrong"] == 1 and kinds["pod-delete"]["wrong"] == 0
     assert set(kinds) == {"baseline", "pod-delete", "redis-restart"}
 
 
