@@ -10,6 +10,7 @@ blocks kopf's event loop. Objects go in and come out as plain dicts.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,10 +36,17 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
 
 
 class KubeError(RuntimeError):
-    """A Kubernetes API call failed with something other than the expected 404."""
+    """A Kubernetes API call failed with something other than the expected 404.
 
-    def __init__(self, what: str, status: int | None, detail: str) -> None:
+    ``body`` is the API server's ``Status`` object when it sent one (a 422 carries
+    ``details.causes`` naming each refused field), else None.
+    """
+
+    def __init__(
+        self, what: str, status: int | None, detail: str, body: Mapping[str, Any] | None = None
+    ) -> None:
         self.status = status
+        self.body = body
         super().__init__(f"{what}: HTTP {status}: {detail}")
 
 
@@ -87,7 +95,7 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise KubeError(what, exc.status, _api_detail(exc)) from None
+            raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
         return result.to_dict() if result is not None else None
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,7 +130,7 @@ class Kube:
             except ApiException as exc:
                 if exc.status == 409:
                     return False
-                raise KubeError(what, exc.status, _api_detail(exc)) from None
+                raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
             return True
 
         return await asyncio.to_thread(call)
@@ -200,6 +208,16 @@ def label_selector_string(selector: Mapping[str, Any]) -> str:
                 "accepted: In, NotIn, Exists, DoesNotExist"
             )
     return ",".join(parts)
+
+
+def _api_status(exc: ApiException) -> dict[str, Any] | None:
+    """The ``Status`` object in the error's body, or None when the body is not one."""
+    body = getattr(exc, "body", None)
+    try:
+        parsed = json.loads(body) if isinstance(body, (str, bytes)) else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) and parsed.get("kind") == "Status" else None
 
 
 def _api_detail(exc: ApiException) -> str:
