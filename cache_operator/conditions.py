@@ -102,6 +102,9 @@ class PolicyObservation:
 
     ``spec_error`` is set when the spec was rejected (then nothing else matters: Stalled).
     ``apply_error`` is a transient failure applying children or listing pods (Reconciling, retried).
+    ``child_rejected`` is the message of a child the API server refused as invalid (HTTP 422): the
+    spec cannot be acted on as it is (Stalled, reason ``ChildRejected``); the pods' own conditions are
+    still computed from what was observed of them.
     ``health`` is the aggregated verdict (Healthy/Degraded/Unhealthy/Unknown); ``redis`` the
     aggregated Redis state (Connected/Degraded/Disconnected/Disabled/Unknown).
     """
@@ -110,6 +113,7 @@ class PolicyObservation:
     spec_error: str | None = None
     paused: bool = False
     apply_error: str | None = None
+    child_rejected: str | None = None
     config_hash: str | None = None
     pods_desired: int = 0
     pods_ready: int = 0
@@ -147,7 +151,9 @@ def policy_conditions(observed: PolicyObservation, previous: Sequence[Mapping[st
         put(REDIS_CONNECTED, "Unknown", "InvalidSpec", "")
         return _ordered(conditions)
 
-    put(STALLED, "False", "SpecAccepted")
+    rejected = observed.child_rejected if not observed.paused else None  # paused: nothing is applied
+    if rejected is None:
+        put(STALLED, "False", "SpecAccepted")
     desired, ready, configured = observed.pods_desired, observed.pods_ready, observed.pods_configured
     hash_text = _short(observed.config_hash)
 
@@ -186,6 +192,13 @@ def policy_conditions(observed: PolicyObservation, previous: Sequence[Mapping[st
     elif configured < desired:
         blocking = ("ConfigPending", f"{configured}/{desired} pods run config {hash_text}")
 
+    if rejected is not None:
+        # Not retried in a loop: the same spec renders the same refused object. The reconciler tries
+        # again on the next spec change and once per probe interval (an admission policy may change).
+        put(STALLED, "True", "ChildRejected", rejected)
+        put(RECONCILING, "False", "ChildRejected", "waiting for a corrected spec")
+        put(READY, "False", "ChildRejected", rejected)
+        return _ordered(conditions)
     if observed.paused:
         put(RECONCILING, "False", "Paused", "spec.paused is true: the operator changes nothing")
     elif blocking is not None:

@@ -7,7 +7,8 @@ One pass (:func:`handle_reconcile`), run on create/update/resume and by the prob
    message naming the field, and the pass ends: no retry loop, the next spec change retries;
 2. resolve the engine config (``cache_runtime.config.resolve_config`` through the model) and its hash;
 3. unless ``spec.paused``: render the children (pure, :mod:`cache_operator.render`) and apply them with
-   server-side apply (owner references and explicit labels come from the renderers);
+   server-side apply (owner references and explicit labels come from the renderers); a child the API
+   server refuses as invalid (422) makes the policy ``Stalled`` (``ChildRejected``) naming the field;
 4. list the target pods (runtime: the Deployment's selector; selector mode: ``spec.selector``), probe
    each one's ``health`` and push ``config/apply`` to each pod that reports another hash (concurrent,
    bounded, with timeouts: :class:`cache_operator.podclient.PodClient`);
@@ -35,6 +36,7 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.autoincidents import detection_due, run_detection
+from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
 from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
@@ -263,6 +265,15 @@ def service_name_of_host(host: str, namespace: str) -> str | None:
 # I/O steps
 
 
+class ChildRejectedError(KubeError):
+    """The API server refused a rendered child as invalid (HTTP 422); ``rejection`` names the policy's
+    field. A :class:`KubeError` so callers that only know that one still see an API failure."""
+
+    def __init__(self, rejection: ChildRejection) -> None:
+        super().__init__(f"apply {rejection.kind} {rejection.name}", 422, rejection.message())
+        self.rejection = rejection
+
+
 class RedisServiceNotReady(Exception):
     """The Service named by the Redis URL has no Ready pod to resolve to yet (transient)."""
 
@@ -422,7 +433,10 @@ async def handle_reconcile(
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
 
-    A child the API server refuses is reported (``ApplyFailed``) and retried on the next pass; reading
+    A child the API server refuses as invalid (HTTP 422) makes the policy ``Stalled`` (``ChildRejected``,
+    naming the policy's field; :mod:`cache_operator.child_rejection`): the daemon waits the probe interval
+    before trying again, and a spec change wakes it at once. Any other failure to apply a child is
+    transient (``ApplyFailed``) and retried on the next pass; reading
     the token Secret or listing pods raises :class:`cache_operator.k8s.KubeError` (the daemon logs it,
     counts it and retries). Everything about pods is reported in status, never raised.
     """
@@ -485,14 +499,21 @@ async def handle_reconcile(
         apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
     )
     apply_error: str | None = None
+    rejection: ChildRejection | None = None
     if not model.paused and must_apply:
         try:
             await apply_children_of(
                 policy, model, config, tokens, kube, delete_stale=delete_stale, skip_secret=secret_created
             )
+        except ChildRejectedError as exc:
+            # The API server refused a rendered child as invalid (422): the same spec can never apply,
+            # so Stalled (ChildRejected) naming the policy's field instead of a retry every second.
+            rejection = exc.rejection
+            logger.warning(f"spec rejected by the API server: {exc}")
+            await _announce_rejection(events, previous, rejection.message())
         except KubeError as exc:
-            # Reported (Reconciling=True, ApplyFailed) and retried on the next pass; pods are still
-            # probed so status stays truthful about them.
+            # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
+            # retried on the next pass; pods are still probed so status stays truthful about them.
             apply_error = str(exc)
             logger.error(f"applying children failed: {exc}")
 
@@ -508,6 +529,7 @@ async def handle_reconcile(
         generation=gen,
         paused=model.paused,
         apply_error=apply_error,
+        child_rejected=rejection.message() if rejection is not None else None,
         config_hash=config_hash,
         pods_desired=desired,
         # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
@@ -561,6 +583,8 @@ async def handle_reconcile(
     )
     if model.paused:
         outcome = "paused"
+    elif rejection is not None:
+        outcome = "stalled"
     elif is_ready and not errors:
         outcome = "ready"
     else:
@@ -574,6 +598,18 @@ async def handle_reconcile(
         str(ready_condition.get("message", "")),
         detection,
     )
+
+
+async def _announce_rejection(events: Any, previous: Sequence[Mapping[str, Any]], message: str) -> None:
+    """A Warning Event ``ChildRejected`` when the policy becomes Stalled for it (or for another
+    refusal), not on every retry of the same one."""
+    stalled = conds.get_condition(previous, conds.STALLED) or {}
+    if (stalled.get("status"), stalled.get("reason"), stalled.get("message")) != (
+        "True",
+        "ChildRejected",
+        message,
+    ):
+        await _post_event(events, "Warning", "ChildRejected", message)
 
 
 async def _post_event(events: Any, type_: str, reason: str, message: str) -> None:
@@ -795,7 +831,17 @@ async def apply_children_of(
     for obj in render.render_children(policy, model, config, tokens, digest):
         if skip_secret and obj["kind"] == "Secret":
             continue  # created a moment ago with exactly this content
-        await kube.apply(obj)
+        try:
+            await kube.apply(obj)
+        except KubeError as exc:
+            if not is_rejection(exc.status):
+                raise
+            meta = obj["metadata"]
+            raise ChildRejectedError(
+                rejection_from_status(
+                    obj["kind"], f"{meta['namespace']}/{meta['name']}", getattr(exc, "body", None), str(exc)
+                )
+            ) from exc
     for api_version, kind in render.stale_children(model) if delete_stale else ():
         name = (
             render.deployment_name(policy.name) if kind == "Deployment" else render.service_name(policy.name)
