@@ -543,9 +543,6 @@ CHILD_REFUSED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="open defect (issue 8 fuzzing): a child the API server refuses "
-                   "leaves the policy Reconciling/ApplyFailed, retried forever, instead of Stalled naming "
-                   "the field; remove this mark when the operator or the CRD handles it")
 @pytest.mark.parametrize("case", sorted(CHILD_REFUSED))
 def test_a_spec_whose_deployment_the_api_server_refuses_settles(
     operator: OperatorProcess, dev_cluster: Cluster, namespace: str, case: str
