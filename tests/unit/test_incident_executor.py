@@ -150,7 +150,8 @@ def cluster(spec: dict[str, Any], pods: int = 3) -> FakeKube:
         "status": {},
     }
     kube.objects[("Secret", render.token_secret_name("web"))] = render.render_token_secret(
-        _policy_ref(), {render.ADMIN_TOKEN_KEY: "a" * 32, render.READ_TOKEN_KEY: "r" * 32}
+        _policy_ref(),
+        {render.ADMIN_TOKEN_KEY: "a" * 32, render.READ_TOKEN_KEY: "r" * 32, "write-token": "w" * 32},
     )
     kube.objects[("CacheIncident", "inc")] = {
         "metadata": {"name": "inc", "generation": 1, "uid": "uid-1"},
