@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from cache_operator.api.cachepolicy import (
@@ -54,8 +54,13 @@ CONFIG_KEY = "config.json"
 CONFIG_HASH_KEY = "config-hash"
 ADMIN_TOKEN_KEY = "admin-token"
 READ_TOKEN_KEY = "read-token"
-TOKEN_KEYS = (ADMIN_TOKEN_KEY, READ_TOKEN_KEY)
+WRITE_TOKEN_KEY = "write-token"
+# admin: the operator (and people running incidents by hand); read and write: applications.
+TOKEN_KEYS = (ADMIN_TOKEN_KEY, READ_TOKEN_KEY, WRITE_TOKEN_KEY)
+# The runtime's own limits (cache_runtime.service.auth: MIN_TOKEN_LENGTH, MAX_TOKEN_FILE_BYTES; a unit
+# test keeps them equal): a shorter token or a larger file is ignored there, so refused here.
 MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_VALUE_BYTES = 64 * 1024
 
 # Where the runtime container finds its files (absolute pod paths; the devcluster kubelet maps them
 # below $DEVCLUSTER_ROOT and the runtime's settings do the same mapping).
@@ -101,7 +106,7 @@ def configmap_name(policy_name: str) -> str:
 
 
 def token_secret_name(policy_name: str) -> str:
-    """Name of the Secret holding the admin and read-only bearer tokens."""
+    """Name of the Secret holding the admin, read-only and write bearer tokens."""
     return f"{policy_name}-cachewarden-tokens"
 
 
@@ -241,44 +246,136 @@ def render_configmap(policy: PolicyIdentity, resolved: CacheConfig) -> dict[str,
 # Tokens --------------------------------------------------------------------------------------------
 
 
-def new_tokens() -> dict[str, str]:
-    """Fresh random admin and read-only tokens (256 bits each)."""
-    return {key: secrets.token_urlsafe(32) for key in TOKEN_KEYS}
+class TokenSecretError(ValueError):
+    """A value in the policy's token Secret is not a token list; names the key and the line (never the
+    token itself: the message goes to logs and Events)."""
+
+    def __init__(self, key: str, line: int | None, problem: str, secret: str | None = None) -> None:
+        self.key = key
+        self.line = line
+        self.problem = problem
+        where = f"data[{key!r}]" if line is None else f"data[{key!r}] line {line}"
+        if secret:
+            where = f"Secret {secret} {where}"
+        super().__init__(f"{where}: {problem}; accepted: one token per line (new first, old after it "
+                         f"during a rotation), each at least {MIN_TOKEN_LENGTH} visible ASCII characters "
+                         "without whitespace")
 
 
-def tokens_from_secret(secret: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """The tokens stored in an existing token Secret, or None when it is absent or incomplete
-    (then the caller generates new ones with :func:`new_tokens`, once, and applies them)."""
-    data = (secret or {}).get("data") or {}
-    tokens: dict[str, str] = {}
+class TokenSet(dict[str, str]):
+    """A policy's tokens: ``tokens[key]`` is the one token a client presents for ``key`` (the first
+    line of the Secret's value: the operator authenticates with ``tokens[ADMIN_TOKEN_KEY]``), and
+    ``tokens.stored[key]`` the Secret's whole value, byte for byte (every line: new and old during a
+    rotation), which :func:`render_token_secret` writes back so drift repair never cuts an overlap
+    short. ``generated`` names the keys made by this operator because the Secret lacked them."""
+
+    def __init__(self, stored: Mapping[str, str], generated: frozenset[str] = frozenset()) -> None:
+        super().__init__({key: token_lines(key, value)[0] for key, value in stored.items()})
+        self.stored: dict[str, str] = dict(stored)
+        self.generated = generated
+
+
+def token_lines(key: str, value: str) -> tuple[str, ...]:
+    """The tokens of one token-Secret value: every non-blank line, stripped, the first being the one
+    clients present. Lines are split and stripped exactly as the runtime's ``TokenFile`` reads the
+    mounted file (bytes: ``\\n``, ``\\r\\n`` or ``\\r`` end a line; ASCII whitespace is stripped).
+
+    Raises :class:`TokenSecretError` naming ``key`` and the line number (1-based, blank lines counted)
+    for a line that is not one token of at least ``MIN_TOKEN_LENGTH`` visible ASCII characters, for
+    a value without any token, and for a value the runtime would not read (over
+    ``MAX_TOKEN_VALUE_BYTES``). A bad line is never dropped: the runtime would ignore it, and a
+    client holding it would be refused with no hint why.
+    """
+    raw = value.encode()
+    if len(raw) > MAX_TOKEN_VALUE_BYTES:
+        raise TokenSecretError(key, None, f"{len(raw)} bytes, over the runtime's limit of "
+                                          f"{MAX_TOKEN_VALUE_BYTES}")
+    tokens = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        token = line.strip()
+        if not token:
+            continue
+        if any(byte in b" \t\x0b\x0c" for byte in token):
+            raise TokenSecretError(key, number, "whitespace inside the line")
+        if any(byte < 0x21 or byte > 0x7E for byte in token):
+            raise TokenSecretError(key, number, "a character outside visible ASCII")
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenSecretError(key, number, f"a token of {len(token)} characters")
+        tokens.append(token.decode())
+    if not tokens:
+        raise TokenSecretError(key, None, "no token")
+    return tuple(tokens)
+
+
+def new_token() -> str:
+    """One fresh random token (256 bits, URL-safe base64)."""
+    return secrets.token_urlsafe(32)
+
+
+def new_tokens() -> TokenSet:
+    """Fresh random admin, read-only and write tokens (256 bits each)."""
+    return TokenSet({key: new_token() for key in TOKEN_KEYS}, frozenset(TOKEN_KEYS))
+
+
+def tokens_from_secret(secret: Mapping[str, Any] | None,
+                       generate: Callable[[], str] = new_token) -> TokenSet | None:
+    """The tokens of an existing token Secret, or None when there is no Secret (then the caller makes
+    all of them with :func:`new_tokens`).
+
+    A key the Secret lacks, or whose value is empty, gets a new token from ``generate`` (a Secret
+    written before the write token existed gains one on the next apply); every other value is kept
+    whole, so neither the tokens clients hold nor a rotation's second line are touched. A value that
+    is not a token list raises :class:`TokenSecretError` (a :class:`ValueError`) naming the key and
+    line: the operator does not guess, and never replaces a token someone may be using.
+    """
+    if secret is None:
+        return None
+    meta = secret.get("metadata") or {}
+    name = f"{meta.get('namespace', '?')}/{meta['name']}" if meta.get("name") else None
+    data = secret.get("data") or {}
+    stored: dict[str, str] = {}
+    generated: set[str] = set()
     for key in TOKEN_KEYS:
         raw = data.get(key)
-        if not isinstance(raw, str):
-            return None
+        if raw is None:
+            value = ""
+        elif not isinstance(raw, str):
+            raise TokenSecretError(key, None, f"a {type(raw).__name__}, not base64 text", name)
+        else:
+            try:
+                value = base64.b64decode(raw, validate=True).decode()
+            except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+                problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not base64"
+                raise TokenSecretError(key, None, problem, name) from None
+        if not value.strip():
+            stored[key] = generate()
+            generated.add(key)
+            continue
         try:
-            value = base64.b64decode(raw, validate=True).decode().strip()
-        except (ValueError, UnicodeDecodeError):
-            return None
-        first_line = value.splitlines()[0] if value else ""
-        if len(first_line) < MIN_TOKEN_LENGTH:
-            return None
-        tokens[key] = first_line
-    return tokens
+            token_lines(key, value)
+        except TokenSecretError as exc:
+            raise TokenSecretError(key, exc.line, exc.problem, name) from None
+        stored[key] = value
+    return TokenSet(stored, frozenset(generated))
 
 
 def render_token_secret(policy: PolicyIdentity, tokens: Mapping[str, str]) -> dict[str, Any]:
-    """The Secret with the runtime's bearer tokens (keys ``admin-token`` and ``read-token``)."""
+    """The Secret with the runtime's bearer tokens (keys ``admin-token``, ``read-token`` and
+    ``write-token``). For a :class:`TokenSet` the stored values are written as they were read (every
+    line, byte for byte); plain mappings hold one token per key. Every value is checked with
+    :func:`token_lines` (:class:`TokenSecretError` names the key and line)."""
+    values = tokens.stored if isinstance(tokens, TokenSet) else tokens
     for key in TOKEN_KEYS:
-        value = tokens.get(key)
-        if not isinstance(value, str) or len(value) < MIN_TOKEN_LENGTH or "\n" in value:
-            raise ValueError(f"tokens[{key!r}]: a single-line token of at least {MIN_TOKEN_LENGTH} "
-                             "characters is required")
+        value = values.get(key)
+        if not isinstance(value, str):
+            raise TokenSecretError(key, None, "missing")
+        token_lines(key, value)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": _metadata(policy, token_secret_name(policy.name), "tokens"),
-        "data": {key: base64.b64encode(tokens[key].encode()).decode() for key in TOKEN_KEYS},
+        "data": {key: base64.b64encode(values[key].encode()).decode() for key in TOKEN_KEYS},
     }
 
 
@@ -308,7 +405,8 @@ def runtime_args(spec: CachePolicySpec, runtime: RuntimeSpec) -> list[str]:
     """Arguments of ``cachewarden runtime`` in the container (flags of cache_runtime.service)."""
     args = ["runtime", "--port", str(runtime.port), "--config-path", CONFIG_PATH,
             "--admin-token-file", f"{TOKENS_DIR}/{ADMIN_TOKEN_KEY}",
-            "--read-token-file", f"{TOKENS_DIR}/{READ_TOKEN_KEY}"]
+            "--read-token-file", f"{TOKENS_DIR}/{READ_TOKEN_KEY}",
+            "--write-token-file", f"{TOKENS_DIR}/{WRITE_TOKEN_KEY}"]
     if spec.redis is not None and spec.redis.secret_ref is not None:
         args += ["--redis-url-file", f"{REDIS_URL_DIR}/url"]
     if spec.redis is not None and spec.redis.password_secret_ref is not None:

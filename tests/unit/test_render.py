@@ -3,7 +3,6 @@ accepted by the runtime's own loader (same hash)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -113,22 +112,6 @@ def test_tls_ca_is_mounted_and_configured_in_runtime_mode() -> None:
                                 "items": [{"key": "tls.crt", "path": "ca.crt"}]}
     assert {"name": "redis-ca", "mountPath": "/etc/cachewarden/redis-ca", "readOnly": True} in \
         pod["containers"][0]["volumeMounts"]
-
-
-def test_tokens_secret_round_trip_and_bad_tokens() -> None:
-    tokens = render.new_tokens()
-    assert set(tokens) == {"admin-token", "read-token"} and tokens["admin-token"] != tokens["read-token"]
-    secret = render.render_token_secret(POLICY, tokens)
-    assert secret["type"] == "Opaque"
-    assert base64.b64decode(secret["data"]["admin-token"]).decode() == tokens["admin-token"]
-    assert render.tokens_from_secret(secret) == tokens
-    assert render.tokens_from_secret(None) is None
-    assert render.tokens_from_secret({"data": {"admin-token": secret["data"]["admin-token"]}}) is None
-    assert render.tokens_from_secret({"data": {"admin-token": "!!notbase64", "read-token": "x"}}) is None
-    short = base64.b64encode(b"short").decode()
-    assert render.tokens_from_secret({"data": {"admin-token": short, "read-token": short}}) is None
-    with pytest.raises(ValueError, match=r"tokens\['read-token'\]: a single-line token of at least 16"):
-        render.render_token_secret(POLICY, {"admin-token": tokens["admin-token"], "read-token": "tiny"})
 
 
 def test_deployment_is_hardened_probed_and_runs_the_runtime_flags() -> None:
