@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from devcluster import binaries  # noqa: E402
 from devcluster.cluster import Cluster  # noqa: E402
+from devcluster.podsecurity import namespace_manifest  # noqa: E402
 
 
 def free_port() -> int:
@@ -89,6 +90,12 @@ def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
             yield dev.kubeconfig, bin_dir
         finally:
             dev.stop()
+
+
+def create_namespace(kubectl: Kubectl, name: str) -> None:
+    """Create namespace ``name`` with the Pod Security labels of every devcluster test namespace
+    (enforce ``restricted`` unless ``CACHEWARDEN_E2E_POD_SECURITY`` says otherwise)."""
+    kubectl("create", "-f", "-", stdin=json.dumps(namespace_manifest(name)))
 
 
 def apply_crds(kubectl: Kubectl) -> None:

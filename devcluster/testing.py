@@ -9,9 +9,13 @@
   the kubeconfig.
 - ``namespace`` (function): a fresh namespace per test, deleted at teardown. Pod Security admission
   labels: ``warn`` and ``audit`` at ``restricted`` always, ``enforce`` at ``CACHEWARDEN_E2E_POD_SECURITY``
-  (default ``baseline``: some tests' own helper pods, e.g. a bare ``redis:7`` Deployment, carry no
-  securityContext and would be rejected by ``restricted``).
-- ``restricted_namespace`` (function): the same, enforcing the ``restricted`` profile.
+  (default ``restricted``: every pod the tests create carries the restricted securityContext).
+- ``restricted_namespace`` (function): the same, enforcing the ``restricted`` profile whatever the
+  variable says; ``baseline_namespace`` (function): enforcing ``baseline`` (for the test that shows
+  what ``baseline`` refuses and what it only warns about).
+
+Namespaces a test creates itself use :func:`namespace_manifest` (the same labels), and pods built as
+dicts :func:`restricted_pod_spec` (both from :mod:`devcluster.podsecurity`, re-exported here).
 
 Missing binaries skip the e2e tests with the reason and the build command, except in CI
 (``CI=true``) or with ``CACHEWARDEN_REQUIRE_E2E=1``, where they fail: a CI run that silently skipped
@@ -36,15 +40,30 @@ import pytest
 from devcluster import binaries
 from devcluster.cluster import Cluster, kubelet_available
 from devcluster.controlplane import ApiError
+from devcluster.podsecurity import (
+    DEFAULT_POD_SECURITY,
+    POD_SECURITY_ENV,
+    POD_SECURITY_LEVELS,
+    RESTRICTED_USER_ID,
+    default_pod_security,
+    namespace_manifest,
+    pod_security_labels,
+    restricted_pod_spec,
+)
 
 T = TypeVar("T")
 
 REQUIRE_E2E_ENV = "CACHEWARDEN_REQUIRE_E2E"
 E2E_KUBELET_ENV = "CACHEWARDEN_E2E_KUBELET"
-POD_SECURITY_ENV = "CACHEWARDEN_E2E_POD_SECURITY"
-POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
-DEFAULT_POD_SECURITY = "baseline"
 _TRUE = {"1", "true", "yes", "on"}
+
+__all__ = [
+    "DEFAULT_POD_SECURITY", "E2E_KUBELET_ENV", "POD_SECURITY_ENV", "POD_SECURITY_LEVELS", "REQUIRE_E2E_ENV",
+    "RESTRICTED_USER_ID", "KubeTools", "WaitTimeout", "baseline_namespace", "binaries_or_skip",
+    "default_pod_security", "dev_cluster", "e2e_required", "k8s_api", "kube", "kubernetes_client",
+    "namespace", "namespace_manifest", "namespace_name", "pod_security_labels", "restricted_namespace",
+    "restricted_pod_spec", "start_test_cluster", "wait_for",
+]
 
 
 class WaitTimeout(AssertionError):
@@ -224,26 +243,6 @@ def k8s_api(dev_cluster: Cluster) -> Iterator[Any]:
         client.close()
 
 
-def pod_security_labels(enforce: str) -> dict[str, str]:
-    """Pod Security admission labels of a test namespace: ``enforce`` at the given level, ``warn`` and
-    ``audit`` at ``restricted`` (so a pod that would not pass ``restricted`` shows up as a kubectl
-    warning and in the audit annotations even where it is admitted), every version ``latest``."""
-    if enforce not in POD_SECURITY_LEVELS:
-        raise ValueError(f"{POD_SECURITY_ENV}: {enforce!r} is not a Pod Security level; accepted: "
-                         f"{', '.join(POD_SECURITY_LEVELS)}")
-    labels: dict[str, str] = {}
-    for mode, level in (("enforce", enforce), ("warn", "restricted"), ("audit", "restricted")):
-        labels[f"pod-security.kubernetes.io/{mode}"] = level
-        labels[f"pod-security.kubernetes.io/{mode}-version"] = "latest"
-    return labels
-
-
-def default_pod_security(environ: Mapping[str, str] | None = None) -> str:
-    """The ``enforce`` level of the ``namespace`` fixture: ``CACHEWARDEN_E2E_POD_SECURITY`` or baseline."""
-    env = os.environ if environ is None else environ
-    return env.get(POD_SECURITY_ENV, "").strip().lower() or DEFAULT_POD_SECURITY
-
-
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -> Iterator[str]:
     """A namespace for one test, deleted (without waiting for it to finish) at teardown; Pod Security
@@ -262,12 +261,17 @@ def restricted_namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -
     yield from _test_namespace(request, dev_cluster, "restricted")
 
 
+@pytest.fixture
+def baseline_namespace(request: pytest.FixtureRequest, dev_cluster: Cluster) -> Iterator[str]:
+    """Like ``namespace``, enforcing the ``baseline`` profile (``warn``/``audit`` still ``restricted``):
+    for the one test showing what ``baseline`` refuses and what it only warns about."""
+    yield from _test_namespace(request, dev_cluster, "baseline")
+
+
 def _test_namespace(request: pytest.FixtureRequest, dev_cluster: Cluster, enforce: str) -> Iterator[str]:
     name = namespace_name(request.node.name)
     api = dev_cluster.api
-    api.request("POST", "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": name, "labels": pod_security_labels(enforce)}})
+    api.request("POST", "/api/v1/namespaces", namespace_manifest(name, enforce))
     try:
         wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60,
                  f"ServiceAccount {name}/default")

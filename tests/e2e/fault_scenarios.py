@@ -51,6 +51,7 @@ from typing import Any
 import httpx
 
 from cache_operator import render
+from devcluster.podsecurity import namespace_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = "cache"
@@ -69,7 +70,8 @@ INCIDENTS = "cacheincidents.cachewarden.io"
 
 
 def redis_manifest(password: str | None = None) -> str:
-    """A Redis Deployment and Service (``redis:7`` is Debian's redis-server on devcluster)."""
+    """A Redis Deployment and Service (``redis:7`` is Debian's redis-server on devcluster), passing the
+    restricted Pod Security profile the lab's namespace enforces (uid 999: the official image's user)."""
     args = ["--save", "", "--appendonly", "no"]
     probe = ["redis-cli", "ping"]
     if password:
@@ -85,12 +87,19 @@ spec:
   template:
     metadata: {{labels: {{app: redis}}}}
     spec:
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        seccompProfile: {{type: RuntimeDefault}}
       containers:
         - name: redis
           image: redis:7
           args: {json.dumps(args)}
           ports: [{{name: redis, containerPort: 6379}}]
           readinessProbe: {{exec: {{command: {json.dumps(probe)}}}, periodSeconds: 1}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {{drop: [ALL]}}
 ---
 apiVersion: v1
 kind: Service
@@ -165,9 +174,12 @@ class Lab:
         self.kubectl("apply", "-f", "-", input=text)
 
     def create_namespace(self) -> None:
-        """Create the namespace and wait for its default ServiceAccount (pods need it)."""
+        """Create the namespace with the Pod Security labels of every test namespace
+        (:func:`devcluster.podsecurity.namespace_manifest`) and wait for its default ServiceAccount
+        (pods need it)."""
         subprocess.run(
-            [str(self.bin_dir / "kubectl"), "create", "namespace", self.namespace],
+            [str(self.bin_dir / "kubectl"), "create", "-f", "-"],
+            input=json.dumps(namespace_manifest(self.namespace)),
             capture_output=True,
             text=True,
             env=self._env,

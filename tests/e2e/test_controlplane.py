@@ -21,7 +21,7 @@ from devcluster.controlplane import (
     process_start_ticks,
     processes_marked_with,
 )
-from devcluster.testing import KubeTools, kubernetes_client, namespace_name, wait_for
+from devcluster.testing import KubeTools, kubernetes_client, namespace_manifest, namespace_name, wait_for
 
 CRD_GROUP = "e2e.cachewarden.test"
 CRD_NAME = f"widgets.{CRD_GROUP}"
@@ -114,7 +114,7 @@ spec: {{size: 11, color: green}}
 
 def test_deleted_namespace_finishes_deleting(dev_cluster: Cluster, kube: KubeTools) -> None:
     name = namespace_name("deleted-namespace")
-    kube.kubectl("create", "namespace", name)
+    kube.kubectl("create", "-f", "-", input=json.dumps(namespace_manifest(name)))
     kube.kubectl("create", "configmap", "content", "-n", name, "--from-literal=k=v")
     kube.kubectl("delete", "namespace", name, "--wait=false")
 
@@ -144,7 +144,12 @@ spec:
     metadata: {labels: {app: sleeper}}
     spec:
       terminationGracePeriodSeconds: 1
-      containers: [{name: sleep, image: busybox, command: [sleep, "300"]}]
+      securityContext: {runAsNonRoot: true, runAsUser: 65534, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: sleep
+          image: busybox
+          command: [sleep, "300"]
+          securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 """, namespace=namespace)
 
     def owned_pods() -> list[str]:
@@ -233,7 +238,12 @@ kind: Pod
 metadata: {name: child, namespace: default}
 spec:
   terminationGracePeriodSeconds: 1
-  containers: [{name: sleep, image: busybox, command: [sleep, "300"]}]
+  securityContext: {runAsNonRoot: true, runAsUser: 65534, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: sleep
+      image: busybox
+      command: [sleep, "300"]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 """)
             wait_for(lambda: second.api.get("/api/v1/namespaces/default/pods/child")["status"].get("phase")
                      == "Running", 60, "the pod on the second cluster to run")

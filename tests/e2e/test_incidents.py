@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, namespace_name, wait_for
+from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
 from tests.e2e.test_operator import (
     READY_TIMEOUT,
     REDIS,
@@ -113,9 +113,7 @@ def ns(dev_cluster: Cluster, kube: KubeTools, operator: OperatorSlot) -> Iterato
     """One namespace for the module with Redis and a Ready 3-pod policy (pods are slow to start: shared)."""
     name = namespace_name("incidents")
     api = dev_cluster.api
-    api.request(
-        "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    )
+    api.request("POST", "/api/v1/namespaces", namespace_manifest(name))
     try:
         wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60, "default SA")
         kube.apply(REDIS, name)

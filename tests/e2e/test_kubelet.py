@@ -1,7 +1,12 @@
 """The process kubelet against the real API server: pods bound to the fake node run as local
 processes on their own 127.0.0.N addresses, see their env and volumes, get a real ServiceAccount
 token whose RBAC the API server enforces, restart when they crash or fail a liveness probe, and stop
-when deleted."""
+when deleted.
+
+Every pod here carries the restricted Pod Security settings (:func:`restricted_pod_spec`): the test
+namespaces enforce that profile, and none of these tests needs anything it forbids (no host network,
+host paths, privileges or added capabilities). devcluster's kubelet does not apply securityContext
+(pods are processes of the cluster's user), so what each test checks is unchanged by it."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from kubernetes import client as k8s_client
 from devcluster.cluster import Cluster
 from devcluster.controlplane import ApiError, process_start_ticks
 from devcluster.kubelet import Informer, KubeApi, raw_watch_func
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import KubeTools, restricted_pod_spec, wait_for
 
 TIMEOUT = 90.0
 
@@ -85,7 +90,7 @@ def python_pod(name: str, program: str, **extra: Any) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"containers": [container], "terminationGracePeriodSeconds": 2, **extra},
+        "spec": restricted_pod_spec({"containers": [container], "terminationGracePeriodSeconds": 2, **extra}),
     }
 
 
@@ -121,7 +126,7 @@ def test_deployment_replicas_serve_http_on_their_own_addresses(
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {
+                "spec": restricted_pod_spec({
                     "terminationGracePeriodSeconds": 2,
                     "containers": [
                         {
@@ -135,7 +140,7 @@ def test_deployment_replicas_serve_http_on_their_own_addresses(
                             "ports": [{"containerPort": 8080}],
                         }
                     ],
-                },
+                }),
             },
         },
     }
@@ -405,7 +410,7 @@ def test_unknown_image_fails_the_pod_with_a_clear_message(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "web"},
-        "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]},
+        "spec": restricted_pod_spec({"containers": [{"name": "nginx", "image": "nginx:1.27"}]}),
     }
     apply(kube, namespace, pod)
     seen = wait_pod(
@@ -436,6 +441,7 @@ def test_deleting_a_pod_stops_its_processes(dev_cluster: Cluster, kube: KubeTool
     pod["spec"]["containers"].append(
         {"name": "stubborn", "image": "python", "command": ["python", "-c", textwrap.dedent(stubborn)]}
     )
+    pod["spec"] = restricted_pod_spec(pod["spec"])  # the added container too
     apply(kube, namespace, pod)
     running = wait_pod(dev_cluster, namespace, "sleepy", is_ready, "Ready")
     wait_for(lambda: "started" in container_log(dev_cluster, running, "stubborn"), TIMEOUT, "SIGTERM ignored")
@@ -520,7 +526,7 @@ def test_redis_image_runs_debians_redis_on_the_pod_address(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "redis"},
-        "spec": {
+        "spec": restricted_pod_spec({
             "terminationGracePeriodSeconds": 2,
             "containers": [
                 {
@@ -531,7 +537,7 @@ def test_redis_image_runs_debians_redis_on_the_pod_address(
                     "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 1},
                 }
             ],
-        },
+        }, user_id=999),  # the official image's redis user
     }
     apply(kube, namespace, pod)
     ready = wait_pod(dev_cluster, namespace, "redis", is_ready, "Ready through redis-cli ping")

@@ -28,11 +28,13 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.reconcile import rewrite_redis_host
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import RESTRICTED_USER_ID, KubeTools, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 180.0
 
+# Passes the restricted Pod Security profile the test namespaces enforce (uid 999 is the official
+# image's redis user; devcluster's kubelet ignores securityContext, the API server checks it).
 REDIS = """
 apiVersion: apps/v1
 kind: Deployment
@@ -43,12 +45,19 @@ spec:
   template:
     metadata: {labels: {app: redis}}
     spec:
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        seccompProfile: {type: RuntimeDefault}
       containers:
         - name: redis
           image: redis:7
           args: ["--save", "", "--appendonly", "no"]
           ports: [{name: redis, containerPort: 6379}]
           readinessProbe: {exec: {command: [redis-cli, ping]}, periodSeconds: 1}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
 ---
 apiVersion: v1
 kind: Service
@@ -488,10 +497,17 @@ spec:
   template:
     metadata: {{labels: {{app: sample}}}}
     spec:
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: {RESTRICTED_USER_ID}
+        seccompProfile: {{type: RuntimeDefault}}
       containers:
         - name: app
           image: python:3.11
           command: [python, -m, examples.sample_app]
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {{drop: [ALL]}}
           env:
             - {{name: CACHEWARDEN_PORT, value: "8080"}}
             - {{name: CACHEWARDEN_CONFIG_PATH, value: {render.CONFIG_PATH}}}
