@@ -9,6 +9,8 @@ operator.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -91,6 +93,105 @@ _QUANTITY_MAP_SCHEMA: dict[str, Any] = {
         "x-kubernetes-int-or-string": True,
     },
 }
+
+# What the API server checks in the Deployment the operator renders, checked here first so the CRD
+# refuses such a spec naming the field (the operator still reports anything else the API server
+# refuses as Stalled/ChildRejected: cache_operator.child_rejection).
+# A qualified name (label key, annotation key, extended resource name): an optional DNS subdomain
+# prefix and '/', then up to 63 alphanumerics, '-', '_', '.' starting and ending alphanumeric.
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+QUALIFIED_NAME_PATTERN = f"^({_DNS_SUBDOMAIN}/)?{_NAME_PART}$"
+QUALIFIED_NAME_MAX = 253 + 1 + 63  # prefix / name
+QUALIFIED_NAME_ACCEPTED = (
+    "an optional DNS subdomain prefix and '/' (e.g. example.com/), then up to 63 alphanumerics, '-', '_' "
+    "or '.', starting and ending alphanumeric"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_MAX = 63
+LABEL_VALUE_ACCEPTED = (
+    "empty, or up to 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+)
+# Container resources: the standard ones, hugepages-<size>, or an extended resource (a qualified name
+# with a domain prefix outside kubernetes.io).
+STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+RESOURCE_NAME_ACCEPTED = (
+    "cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource with a domain prefix "
+    "outside kubernetes.io (e.g. nvidia.com/gpu)"
+)
+MAX_POD_ANNOTATIONS = 64
+MAX_NODE_SELECTOR = 32
+MAX_RESOURCES = 16
+
+# CEL raw strings (r'...'): the regex's backslashes stay as they are.
+_CEL_QUALIFIED = f"size(k) <= {QUALIFIED_NAME_MAX} && k.matches(r'{QUALIFIED_NAME_PATTERN}')"
+_CEL_RESOURCE = (
+    "k in " + str(list(STANDARD_CONTAINER_RESOURCES)).replace('"', "'")
+    + " || k.startsWith('hugepages-') || (k.contains('/') && !k.contains('kubernetes.io/') && "
+    + _CEL_QUALIFIED + ")"
+)
+
+
+def _keys_rule(path: str, cel_ok: str, what: str, accepted: str) -> dict[str, Any]:
+    """A field-level CEL rule on a map: every key passes ``cel_ok`` (over ``k``); the message names the
+    field, the first refused key and what is accepted."""
+    head, tail = json.dumps(f"{path}: key "), json.dumps(f" is not {what}; accepted: {accepted}")
+    return {
+        "rule": f"self.all(k, {cel_ok})",
+        "message": f"{path}: every key must be {what}; accepted: {accepted}",
+        # CEL double-quoted literals escape like JSON; the first refused key is shown quoted.
+        "messageExpression": f"{head} + '\"' + self.filter(k, !({cel_ok}))[0] + '\"' + {tail}",
+    }
+
+
+def _quantity_map(path: str) -> CrdSchema:
+    """A requests/limits map: quantities by resource name, names checked as the API server does."""
+    schema = {
+        **_QUANTITY_MAP_SCHEMA,
+        "maxProperties": MAX_RESOURCES,
+        "x-kubernetes-validations": [
+            _keys_rule(path, _CEL_RESOURCE, "a container resource name", RESOURCE_NAME_ACCEPTED)
+        ],
+    }
+    return CrdSchema(schema)
+
+
+def qualified_name_error(key: str) -> str | None:
+    """Why ``key`` is not a qualified name (label or annotation key), or None when it is one."""
+    if len(key) > QUALIFIED_NAME_MAX or not re.match(QUALIFIED_NAME_PATTERN, key):
+        return f"is not a qualified name; accepted: {QUALIFIED_NAME_ACCEPTED}"
+    prefix, _, _ = key.rpartition("/")
+    if len(prefix) > 253:
+        return "has a prefix longer than 253 characters; accepted: " + QUALIFIED_NAME_ACCEPTED
+    return None
+
+
+def resource_name_error(name: str) -> str | None:
+    """Why ``name`` is not a container resource name the API server accepts, or None."""
+    if name in STANDARD_CONTAINER_RESOURCES or name.startswith("hugepages-"):
+        return None
+    if "/" in name and "kubernetes.io/" not in name and qualified_name_error(name) is None:
+        return None
+    return f"is not a container resource name; accepted: {RESOURCE_NAME_ACCEPTED}"
+
+
+def _check_map(path: str, data: Mapping[str, Any] | None, key_error: Any,
+               value_error: Any = None) -> None:
+    """Raise ValueError naming ``path``, the first refused key (or value) and what is accepted."""
+    for key, value in (data or {}).items():
+        problem = key_error(key)
+        if problem:
+            raise ValueError(f"{path}: key {key!r} {problem}")
+        problem = value_error(value) if value_error is not None else None
+        if problem:
+            raise ValueError(f"{path}[{key}]: value {value!r} {problem}")
+
+
+def label_value_error(value: str) -> str | None:
+    """Why ``value`` is not a label value, or None when it is one."""
+    if len(value) > LABEL_VALUE_MAX or not re.match(LABEL_VALUE_PATTERN, value):
+        return f"is not a label value; accepted: {LABEL_VALUE_ACCEPTED}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,13 +304,26 @@ class RedisSpec(ApiModel):
 class ResourceRequirements(ApiModel):
     """Compute resources of the runtime container (Kubernetes quantities, e.g. 100m, 256Mi)."""
 
-    requests: Annotated[dict[str, int | str] | None, CrdSchema(_QUANTITY_MAP_SCHEMA)] = Field(
-        default=None, description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}."
-    )
-    limits: Annotated[dict[str, int | str] | None, CrdSchema(_QUANTITY_MAP_SCHEMA)] = Field(
+    requests: Annotated[
+        dict[str, int | str] | None, _quantity_map("spec.runtime.resources.requests")
+    ] = Field(
         default=None,
-        description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound.",
+        max_length=MAX_RESOURCES,
+        description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}. "
+        "Names: " + RESOURCE_NAME_ACCEPTED + ".",
     )
+    limits: Annotated[dict[str, int | str] | None, _quantity_map("spec.runtime.resources.limits")] = Field(
+        default=None,
+        max_length=MAX_RESOURCES,
+        description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound. "
+        "Names as for requests.",
+    )
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _resource_names(cls, value: dict[str, int | str] | None, info: Any) -> dict[str, int | str] | None:
+        _check_map(f"spec.runtime.resources.{info.field_name}", value, resource_name_error)
+        return value
 
 
 class RuntimeSpec(ApiModel):
@@ -242,12 +356,63 @@ class RuntimeSpec(ApiModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="ServiceAccount of the runtime pods; absent = the namespace's default.",
     )
-    node_selector: dict[str, str] | None = Field(
-        default=None, description="Node labels the pods must run on."
+    node_selector: Annotated[
+        dict[str, str] | None,
+        CrdSchema(
+            {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": LABEL_VALUE_MAX,
+                    "pattern": LABEL_VALUE_PATTERN,
+                },
+                "x-kubernetes-validations": [
+                    _keys_rule(
+                        "spec.runtime.nodeSelector", _CEL_QUALIFIED, "a label key", QUALIFIED_NAME_ACCEPTED
+                    )
+                ],
+            }
+        ),
+    ] = Field(
+        default=None,
+        max_length=MAX_NODE_SELECTOR,
+        description="Node labels the pods must run on: label keys (" + QUALIFIED_NAME_ACCEPTED + ") and "
+        "label values (" + LABEL_VALUE_ACCEPTED + ").",
     )
-    pod_annotations: dict[str, str] | None = Field(
-        default=None, description="Extra annotations on the runtime pods (e.g. for a metrics scraper)."
+    pod_annotations: Annotated[
+        dict[str, str] | None,
+        CrdSchema(
+            {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "x-kubernetes-validations": [
+                    _keys_rule(
+                        "spec.runtime.podAnnotations",
+                        _CEL_QUALIFIED,
+                        "an annotation key",
+                        QUALIFIED_NAME_ACCEPTED,
+                    )
+                ],
+            }
+        ),
+    ] = Field(
+        default=None,
+        max_length=MAX_POD_ANNOTATIONS,
+        description="Extra annotations on the runtime pods (e.g. for a metrics scraper); keys: "
+        + QUALIFIED_NAME_ACCEPTED + ".",
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        _check_map("spec.runtime.nodeSelector", value, qualified_name_error, label_value_error)
+        return value
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _pod_annotations(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        _check_map("spec.runtime.podAnnotations", value, qualified_name_error)
+        return value
 
 
 class LabelSelectorRequirement(ApiModel):

@@ -413,3 +413,54 @@ async def test_a_refused_service_names_its_field_too() -> None:
         "spec.ports[0].port: Invalid value: 70000"
     )
     assert render.deployment_name("refused") in {name for _, name in kube.objects}
+
+
+# ------------------------------------------------------------------------------------------------
+# the same checks in the API model (the CRD's CEL rules and patterns; a client that skipped the
+# schema gets InvalidSpec naming the field from the operator instead of a refused Deployment)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "message"),
+    [
+        ({"resources": {"limits": {"tier": "1"}}},
+         "spec.runtime.resources.limits: key 'tier' is not a container resource name; accepted: cpu, "),
+        ({"resources": {"requests": {"kubernetes.io/foo": "1"}}},
+         "spec.runtime.resources.requests: key 'kubernetes.io/foo' is not a container resource name"),
+        ({"resources": {"requests": {"example.com/": "1"}}},
+         "spec.runtime.resources.requests: key 'example.com/' is not a container resource name"),
+        ({"podAnnotations": {"not a key!": "x"}},
+         "spec.runtime.podAnnotations: key 'not a key!' is not a qualified name; accepted: an optional DNS"),
+        ({"podAnnotations": {"a" * 64: "x"}}, "spec.runtime.podAnnotations: key 'aaaa"),
+        ({"podAnnotations": {("p" * 254) + "/x": "x"}},
+         "spec.runtime.podAnnotations: key 'pppp"),
+        ({"nodeSelector": {"a/b/c": "x"}}, "spec.runtime.nodeSelector: key 'a/b/c' is not a qualified name"),
+        ({"nodeSelector": {"tier": "not a value!"}},
+         "spec.runtime.nodeSelector[tier]: value 'not a value!' is not a label value; accepted: empty, or"),
+        ({"nodeSelector": {"tier": "v" * 64}}, "spec.runtime.nodeSelector[tier]: value 'vvvv"),
+    ],
+)
+def test_the_model_refuses_what_the_crd_refuses_naming_field_and_value(
+    runtime: dict[str, Any], message: str
+) -> None:
+    from cache_operator.api import SpecError
+    from cache_operator.reconcile import parse_spec
+
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"preset": "production", "runtime": {"replicas": 0, **runtime}})
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert caught.value.field == message.split(":", 1)[0]
+
+
+def test_the_model_accepts_what_the_api_server_accepts() -> None:
+    from cache_operator.reconcile import parse_spec
+
+    model = parse_spec({"preset": "production", "runtime": {
+        "resources": {"requests": {"cpu": "100m", "nvidia.com/gpu": 1},
+                      "limits": {"memory": "1Gi", "hugepages-2Mi": "2Mi", "ephemeral-storage": "1Gi"}},
+        "podAnnotations": {"prometheus.io/scrape": "true", "Simple_Key.1": "any value at all!",
+                           ("p" * 253) + "/" + ("n" * 63): ""},
+        "nodeSelector": {"kubernetes.io/os": "linux", "empty": "", "tier": "v" * 63},
+    }})
+    assert model.runtime is not None and model.runtime.node_selector is not None
+    assert model.runtime.node_selector["empty"] == ""
