@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import dataclasses
 import fcntl
+import functools
 import http.client
 import http.server
 import ipaddress
@@ -53,7 +54,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,17 +388,33 @@ def pod_ip_candidates() -> Iterable[str]:
             yield f"127.0.{third}.{fourth}"
 
 
+@functools.cache
+def _all_pod_ips() -> tuple[str, ...]:
+    return tuple(pod_ip_candidates())
+
+
 class PodIpAllocator:
     """Hands each pod its own loopback address and keeps it across kubelet restarts.
 
     Addresses are claimed machine-wide with an ``flock`` on a file per address (in
     ``/tmp/devcluster-pod-ips`` or ``$DEVCLUSTER_POD_IP_LOCK_DIR``), so two clusters running side by
     side never give the same address to two pods; a lock dies with its kubelet.
+
+    New addresses are handed out round robin from a machine-wide cursor (the file ``.next`` in the
+    lock directory), not lowest-free first: a client that still holds a deleted pod's address (a
+    runtime pod's Redis connection to a Redis pod just deleted) must find nothing there, not another
+    cluster's or test's new pod. Before this, a stopped Redis's address went to the next Redis pod
+    on the machine within seconds, and "Redis stopped" looked like "wrong password" to the runtime.
+    The cursor is a hint: a lost update only means an address is tried that may be taken, and the
+    ``flock`` decides.
     """
 
-    def __init__(self, state_path: Path, lock_dir: Path) -> None:
+    CURSOR_FILE = ".next"
+
+    def __init__(self, state_path: Path, lock_dir: Path, candidates: Sequence[str] | None = None) -> None:
         self.state_path = state_path
         self.lock_dir = lock_dir
+        self.candidates: Sequence[str] = candidates if candidates is not None else _all_pod_ips()
         self.assigned: dict[str, str] = {}
         self.locks: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -438,12 +455,27 @@ class PodIpAllocator:
         with self.lock:
             if uid in self.assigned:
                 return self.assigned[uid]
-            for candidate in pod_ip_candidates():
+            count = len(self.candidates)
+            start = self._read_cursor() % count
+            for offset in range(count):
+                index = (start + offset) % count
+                candidate = self.candidates[index]
                 if self._claim(candidate):
                     self.assigned[uid] = candidate
                     self._save()
+                    self._write_cursor((index + 1) % count)
                     return candidate
         raise RuntimeError("no free pod address left in 127.0.0.0/16")
+
+    def _read_cursor(self) -> int:
+        try:
+            return max(0, int((self.lock_dir / self.CURSOR_FILE).read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0  # absent or torn: start from the first address; the flocks still decide
+
+    def _write_cursor(self, index: int) -> None:
+        with contextlib.suppress(OSError):
+            _write_atomic(self.lock_dir / self.CURSOR_FILE, str(index).encode(), 0o666)
 
     def release(self, uid: str) -> None:
         """Give the pod's address back."""

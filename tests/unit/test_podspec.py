@@ -884,8 +884,27 @@ def test_pod_addresses_are_distinct_across_kubelets_and_kept_across_restarts(tmp
     restarted.release("uid-2")
     restarted.keep_only({"uid-9"})
     assert restarted.assigned == {}
-    # The released addresses are free again, for any kubelet on the machine.
-    assert second.allocate("uid-4") in {a1, a2}
+    # A released address is not handed out again at once: the next pod on the machine gets a fresh one.
+    assert second.allocate("uid-4") not in {a1, a2, b1}
+
+
+def test_released_addresses_come_back_only_after_the_round_robin_wraps(tmp_path: Path) -> None:
+    """A client still holding a deleted pod's address must not reach the next pod started anywhere on
+    the machine: addresses go round robin from a cursor shared by every kubelet, the flock decides."""
+    locks = tmp_path / "locks"
+    space = ["127.0.9.1", "127.0.9.2", "127.0.9.3"]
+    first = PodIpAllocator(tmp_path / "a.json", locks, candidates=space)
+    second = PodIpAllocator(tmp_path / "b.json", locks, candidates=space)
+    assert first.allocate("a") == "127.0.9.1"
+    first.release("a")
+    assert second.allocate("b") == "127.0.9.2"  # not the address just released
+    assert first.allocate("c") == "127.0.9.3"
+    assert second.allocate("d") == "127.0.9.1"  # wrapped: the only free one
+    with pytest.raises(RuntimeError, match="no free pod address"):
+        first.allocate("e")
+    (locks / ".next").write_text("garbage")  # a torn cursor is a hint, not a failure
+    second.release("b")
+    assert first.allocate("f") == "127.0.9.2"
 
 
 def test_failed_init_container_leaves_the_pod_not_initialized() -> None:
