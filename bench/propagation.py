@@ -43,6 +43,7 @@ from bench._operator_harness import (
     Operator,
     apply_crds,
     cluster,
+    create_namespace,
     is_ready,
     percentile,
     policy_manifest,
@@ -82,7 +83,7 @@ async def wait_all_report(ips: list[str], token: str, want: str, timeout: float)
 def run_for(kubectl: Kubectl, pods: int, changes: int) -> list[float]:
     """Create a policy with ``pods`` replicas, apply ``changes`` changes, return the latencies."""
     namespace = f"bench-prop-{pods}-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", namespace)
+    create_namespace(kubectl, namespace)
     try:
         spec: dict[str, Any] = {
             "preset": "production",

@@ -35,6 +35,7 @@ from bench._operator_harness import (
     Operator,
     apply_crds,
     cluster,
+    create_namespace,
     is_ready,
     policy_manifest,
     wait_until,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         floor_ns, policy_ns = f"bench-floor-{suffix}", f"bench-scale-{suffix}"
         cr_floor_ns = f"bench-crfloor-{suffix}"
         for ns in (floor_ns, policy_ns, cr_floor_ns):
-            kubectl("create", "namespace", ns)
+            create_namespace(kubectl, ns)
         log = Path(tempfile.gettempdir()) / f"cachewarden-bench-scale-{os.getpid()}.log"
         # The operator watches only the policies' namespace, so the CR floor below is not reconciled.
         operator = Operator(kubeconfig, log, scope=("--namespace", policy_ns))

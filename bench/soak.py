@@ -75,6 +75,7 @@ from bench._soak_model import (  # noqa: E402
 from devcluster import binaries  # noqa: E402
 from devcluster.cluster import Cluster  # noqa: E402
 from devcluster.controlplane import ApiError  # noqa: E402
+from devcluster.podsecurity import namespace_manifest  # noqa: E402
 
 NAMESPACE = "soak"
 POLICY = "soak"
@@ -190,7 +191,7 @@ class Soak:
             api.request(
                 "POST",
                 "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+                namespace_manifest(NAMESPACE),
             )
             self._wait(
                 lambda: api.get(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default"),

@@ -1,7 +1,8 @@
 """The demo ``cachewarden dev up`` installs: the Helm chart, Redis and the quickstart policy.
 
 The operator is installed the way users install it: ``helm upgrade --install`` of ``charts/cachewarden``
-into ``cachewarden-system`` (a namespace enforcing the restricted Pod Security profile), so it runs as
+into ``cachewarden-system`` (a namespace enforcing the restricted Pod Security profile; so is ``default``,
+where the quickstart's Redis and runtime pods run), so it runs as
 a pod under the chart's ServiceAccount and RBAC (image ``ghcr.io/cachewarden/cachewarden``, which the
 process kubelet maps to this checkout's console script). Its only devcluster-specific value is
 ``operator.resolveServiceHosts=true`` (no Service routing here: ``redis://redis:6379`` is resolved to
@@ -26,6 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from devcluster.podsecurity import namespace_manifest, pod_security_labels
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 CHART = REPO / "charts" / "cachewarden"
@@ -39,14 +42,10 @@ POLICY = "quickstart"
 # image ghcr.io/cachewarden/cachewarden:<appVersion>, restricted security context).
 HELM_VALUES = ("operator.resolveServiceHosts=true",)
 
-NAMESPACE_MANIFEST = f"""
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {OPERATOR_NAMESPACE}
-  # The chart's operator pod passes the restricted Pod Security profile: enforce it (docs/reliability.md).
-  labels: {{pod-security.kubernetes.io/enforce: restricted, pod-security.kubernetes.io/warn: restricted}}
-"""
+# Every pod of the demo (the chart's operator, the quickstart's Redis, the runtime pods) passes the
+# restricted Pod Security profile: both namespaces enforce it (docs/reliability.md).
+RESTRICTED_LABELS = pod_security_labels("restricted")
+NAMESPACE_MANIFEST = json.dumps(namespace_manifest(OPERATOR_NAMESPACE, "restricted"))
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -122,6 +121,9 @@ class Demo:
     def install(self, timeout: float = 180.0) -> None:
         """The chart, Redis and the quickstart policy; returns once the policy is Ready."""
         self.install_chart(timeout)
+        self.progress(f"demo: namespace {DEMO_NAMESPACE} enforces the restricted Pod Security profile")
+        self.kubectl("label", "namespace", DEMO_NAMESPACE, "--overwrite",
+                     *(f"{key}={value}" for key, value in RESTRICTED_LABELS.items()))
         self.progress("demo: applying examples/quickstart.yaml (Redis + CachePolicy quickstart)")
         self.kubectl("apply", "-n", DEMO_NAMESPACE, "-f", str(QUICKSTART))
         _wait(self.policy_ready, timeout, f"CachePolicy {DEMO_NAMESPACE}/{POLICY} Ready")

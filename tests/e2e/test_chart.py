@@ -24,7 +24,7 @@ from cache_operator.api import CachePolicySpec
 from cache_operator.reconcile import rewrite_redis_host
 from devcluster.cluster import Cluster
 from devcluster.pki import pki_layout
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import KubeTools, namespace_manifest, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cachewarden"
@@ -38,7 +38,7 @@ HELM_TIMEOUT = "240s"
 def release_namespace(dev_cluster: Cluster, kube: KubeTools) -> Iterator[str]:
     """A namespace for the operator's release, deleted at teardown (with whatever is left of it)."""
     name = f"cw-system-{uuid.uuid4().hex[:5]}"
-    kube.kubectl("create", "namespace", name)
+    kube.kubectl("create", "-f", "-", input=json.dumps(namespace_manifest(name)))
     wait_for(lambda: kube.kubectl("get", "serviceaccount", "default", "-n", name,
                                   check=False).returncode == 0, 60, f"ServiceAccount {name}/default")
     try:

@@ -29,6 +29,11 @@ def test_demo_installs_the_operator_with_helm(dev_cluster: Cluster, kube: KubeTo
         assert "--resolve-service-hosts" in pod["spec"]["containers"][0]["args"]
         namespace = kube.kubectl_json("get", "namespace", OPERATOR_NAMESPACE)
         assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        # The quickstart's namespace enforces restricted too, and none of its pods was refused.
+        demo_namespace = kube.kubectl_json("get", "namespace", DEMO_NAMESPACE)
+        assert demo_namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        events = kube.kubectl_json("get", "events", "-n", DEMO_NAMESPACE)["items"]
+        assert not [e["message"] for e in events if e.get("reason") == "FailedCreate"]
 
         table = demo.table()
         header = table.splitlines()[0].split()

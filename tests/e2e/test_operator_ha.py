@@ -38,7 +38,7 @@ from cache_operator.cli import _check as check_flags
 from cache_operator.cli import build_parser
 from cache_operator.main import peering_objects
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, namespace_name, wait_for
+from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
 from tests.e2e.test_incidents import POLICY, executed, incident_yaml, results_by_pod, terminal
 from tests.e2e.test_operator import (
     READY_TIMEOUT,
@@ -154,9 +154,7 @@ def ha_namespace(dev_cluster: Cluster, kube: KubeTools, peering_crds: None) -> I
     """A namespace with Redis; its policies and incidents removed at the end (while an operator runs)."""
     name = namespace_name("operator-ha")
     api = dev_cluster.api
-    api.request(
-        "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    )
+    api.request("POST", "/api/v1/namespaces", namespace_manifest(name))
     try:
         wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60, "default SA")
         kube.apply(REDIS, name)

@@ -27,6 +27,7 @@ from cache_operator.api import CachePolicySpec
 from devcluster.testing import (
     POD_SECURITY_ENV,
     KubeTools,
+    baseline_namespace,
     default_pod_security,
     restricted_namespace,
     wait_for,
@@ -42,16 +43,16 @@ from tests.e2e.test_operator import (
     wait_dict,
 )
 
-__all__ = ["crds", "operator", "restricted_namespace"]  # fixtures, reused
+__all__ = ["baseline_namespace", "crds", "operator", "restricted_namespace"]  # fixtures, reused
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cachewarden"
 RESTRICTED_VIOLATION = 'violates PodSecurity "restricted:latest"'
 WOULD_VIOLATE = 'would violate PodSecurity "restricted:latest"'
 
-# A Redis that passes the restricted profile (the bare `redis:7` Deployments of other test modules do
-# not: no securityContext at all). The devcluster kubelet ignores securityContext; a real kubelet runs
-# it as uid 999, which is the official image's redis user.
+# A Redis that passes the restricted profile, hardened beyond it (read-only root file system, no
+# ServiceAccount token). The devcluster kubelet ignores securityContext; a real kubelet runs it as
+# uid 999, which is the official image's redis user.
 RESTRICTED_REDIS = """
 apiVersion: apps/v1
 kind: Deployment
@@ -178,7 +179,7 @@ def test_namespaces_carry_the_pod_security_labels(
     kube: KubeTools, namespace: str, restricted_namespace: str
 ) -> None:
     """Every test namespace warns and audits at restricted; enforce is restricted where asked for and
-    the configured default (baseline unless CACHEWARDEN_E2E_POD_SECURITY says otherwise) elsewhere."""
+    the configured default (restricted unless CACHEWARDEN_E2E_POD_SECURITY says otherwise) elsewhere."""
     for name, enforce in ((restricted_namespace, "restricted"), (namespace, default_pod_security())):
         labels = kube.kubectl_json("get", "namespace", name)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == enforce, (name, labels, POD_SECURITY_ENV)
@@ -213,11 +214,12 @@ def test_a_non_compliant_pod_is_rejected_naming_each_violation(
     assert "runAsNonRoot != true" in result.stderr, result.stderr
 
 
-def test_baseline_refuses_privileged_and_warns_about_restricted(kube: KubeTools, namespace: str) -> None:
-    """The default test namespace (enforce baseline, warn restricted): a privileged pod is refused; a
-    pod that is only non-restricted is admitted with a warning naming what restricted would refuse."""
-    if default_pod_security() != "baseline":
-        pytest.skip(f"{POD_SECURITY_ENV}={default_pod_security()}: this test is about the baseline default")
+def test_baseline_refuses_privileged_and_warns_about_restricted(
+    kube: KubeTools, baseline_namespace: str
+) -> None:
+    """A namespace enforcing baseline (warn restricted): a privileged pod is refused; a pod that is only
+    non-restricted is admitted with a warning naming what restricted would refuse."""
+    namespace = baseline_namespace
     privileged = copy.deepcopy(BARE_POD)
     privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
     result = create_pod(kube, namespace, privileged, dry_run=True)
