@@ -241,11 +241,13 @@ def percent(rate: float | None) -> str | None:
 
 
 def incident_conditions(phase: str, message: str, previous: Sequence[Mapping[str, Any]] | None, now: str,
-                        generation: int | None = None) -> list[dict[str, Any]]:
-    """``Succeeded`` and ``Running`` for an incident in ``phase``.
+                        generation: int | None = None, reason: str | None = None) -> list[dict[str, Any]]:
+    """``Succeeded`` and ``Running`` for an incident in ``phase``: the one mapping every writer uses.
 
     Succeeded: True for Succeeded/Resolved, False for Failed (reason Failed) and Skipped, Unknown while
-    Pending/Running/Recommended. Running: True only while Running.
+    Pending/Running/Recommended (a recommendation awaits a person: not finished, not failed).
+    Running: True only while Running. ``reason`` (the executor's, e.g. ``CooldownActive``) replaces
+    the phase's default reason on both conditions.
     """
     conditions = [dict(c) for c in previous or () if c.get("type") in INCIDENT_CONDITION_TYPES]
     succeeded = {
@@ -259,9 +261,10 @@ def incident_conditions(phase: str, message: str, previous: Sequence[Mapping[str
     }
     if phase not in succeeded:
         raise ValueError(f"phase {phase!r}: accepted: {', '.join(succeeded)}")
-    status, reason = succeeded[phase]
-    conditions = set_condition(conditions, SUCCEEDED, status, reason, message, now, generation)
-    running = ("True", "Running") if phase == "Running" else ("False", phase)
+    status, default_reason = succeeded[phase]
+    conditions = set_condition(conditions, SUCCEEDED, status, reason or default_reason, message, now,
+                               generation)
+    running = ("True", reason or "Running") if phase == "Running" else ("False", reason or phase)
     conditions = set_condition(conditions, RUNNING, *running, message if phase == "Running" else "", now,
                                generation)
     return _ordered(conditions)

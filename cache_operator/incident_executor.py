@@ -53,8 +53,6 @@ from cache_operator.reconcile import (
     selects,
 )
 
-SUCCEEDED = "Succeeded"
-RUNNING = "Running"
 FINISHED_PHASES = frozenset(TERMINAL_PHASES | {"Recommended"})
 HEALTH_STEP = "diagnose-health"
 
@@ -122,18 +120,6 @@ class PodActionCaller:
 
 # --------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def incident_conditions(
-    previous: list[dict[str, Any]], phase: str, reason: str, message: str, now: str, generation: int | None
-) -> list[dict[str, Any]]:
-    """``Running`` and ``Succeeded`` for a phase (Succeeded Unknown while not finished)."""
-    running = phase in ("Pending", "Running")
-    out = conds.set_condition(
-        previous, RUNNING, "True" if phase == "Running" else "False", reason, message, now, generation
-    )
-    succeeded = "Unknown" if running else ("True" if phase in ("Succeeded", "Resolved") else "False")
-    return conds.set_condition(out, SUCCEEDED, succeeded, reason, message, now, generation)
 
 
 def diagnosis_from_health(reports: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
@@ -220,8 +206,8 @@ class IncidentRun:
     async def finish(self, phase: str, reason: str, message: str) -> None:
         """A finished phase (terminal, or Recommended), conditions, completion time, and an Event."""
         now = self.now()
-        conditions = incident_conditions(
-            list(self.status.get("conditions") or []), phase, reason, message, now, self.generation
+        conditions = conds.incident_conditions(
+            phase, message, self.status.get("conditions"), now, self.generation, reason
         )
         fields: dict[str, Any] = {"phase": phase, "conditions": conditions, "message": message}
         if phase in TERMINAL_PHASES:
@@ -233,8 +219,8 @@ class IncidentRun:
         """Phase Pending with the reason it waits (safety said: not now)."""
         if self.status.get("phase") == "Pending" and self.status.get("message") == message:
             return
-        conditions = incident_conditions(
-            list(self.status.get("conditions") or []), "Pending", reason, message, self.now(), self.generation
+        conditions = conds.incident_conditions(
+            "Pending", message, self.status.get("conditions"), self.now(), self.generation, reason
         )
         await self.write(phase="Pending", conditions=conditions, message=message)
         await self.event("Normal", reason, message)
@@ -244,13 +230,8 @@ class IncidentRun:
         if self.status.get("phase") == "Running":
             return
         now = self.now()
-        conditions = incident_conditions(
-            list(self.status.get("conditions") or []),
-            "Running",
-            "Executing",
-            "executing",
-            now,
-            self.generation,
+        conditions = conds.incident_conditions(
+            "Running", "executing", self.status.get("conditions"), now, self.generation, "Executing"
         )
         await self.write(
             phase="Running",

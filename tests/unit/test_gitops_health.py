@@ -20,7 +20,7 @@ The fixtures are real objects captured from the operator on devcluster (gitops/c
 plus a few constructed from the executor's status shapes where a state is too short-lived to catch;
 every fixture says which it is. Beyond the fixtures, agreement is also checked over every status the
 operator's own condition functions produce (cache_operator.conditions.policy_conditions over a grid of
-observations, cache_operator.incident_executor.incident_conditions over every phase).
+observations, cache_operator.conditions.incident_conditions over every phase).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import yaml
 from lupa import lua51
 
 from cache_operator import conditions as conds
-from cache_operator.incident_executor import incident_conditions
+from cache_operator.conditions import incident_conditions
 from cache_operator.incidents import lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -295,7 +295,7 @@ def test_incident_agreement_over_executor_conditions(phase: str) -> None:
     """Every phase with the conditions incident_executor writes for it: the expected Argo CD status,
     and Flux agrees; also while the operator has not yet observed the object's generation."""
     reason, expected = INCIDENT_PHASES[phase]
-    condition_list = incident_conditions([], phase, reason, f"{phase} message", "2026-11-25T22:00:00Z", 1)
+    condition_list = incident_conditions(phase, f"{phase} message", [], "2026-11-25T22:00:00Z", 1, reason)
     obj: dict[str, Any] = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
            "metadata": {"name": "i", "namespace": "ns", "generation": 1},
            "spec": {"policyRef": {"name": "p"}, "action": "gc"},
@@ -319,7 +319,7 @@ def test_incident_agreement_through_resolve_and_recurrence(phase: str) -> None:
     recurs, with the status patches the operator's lifecycle code writes: Healthy once resolved,
     back to its phase's health once reopened; Flux agrees at each step."""
     reason, expected = INCIDENT_PHASES[phase]
-    conditions = incident_conditions([], phase, reason, f"{phase} message", "2026-11-25T22:00:00Z", 1)
+    conditions = incident_conditions(phase, f"{phase} message", [], "2026-11-25T22:00:00Z", 1, reason)
     status: dict[str, Any] = {"phase": phase, "observedGeneration": 1, "message": f"{phase} message",
                               "conditions": conditions}
     obj: dict[str, Any] = {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cache_operator import render
+from cache_operator.conditions import incident_conditions
 from cache_operator.incident_executor import (
     Deferred,
     IncidentRef,
     diagnosis_from_health,
     handle_incident,
     handle_incident_deleted,
-    incident_conditions,
 )
 from cache_operator.incidents.plan import PodRequest, idempotency_key
 from cache_operator.incidents.timefmt import parse_rfc3339
@@ -337,10 +337,13 @@ async def test_diagnose_fills_diagnosis_from_health_reports() -> None:
 
 def test_pure_helpers() -> None:
     assert diagnosis_from_health({}, "t") == {"causes": [], "diagnosedAt": "t"}
-    running = incident_conditions([], "Running", "Executing", "m", "2026-01-01T00:00:00Z", 1)
-    assert {c["type"]: c["status"] for c in running} == {"Running": "True", "Succeeded": "Unknown"}
-    failed = incident_conditions(running, "Failed", "StepsFailed", "m", "2026-01-01T00:00:01Z", 1)
+    running = incident_conditions("Running", "m", [], "2026-01-01T00:00:00Z", 1, "Executing")
+    assert {c["type"]: (c["status"], c["reason"]) for c in running} == {
+        "Running": ("True", "Executing"), "Succeeded": ("Unknown", "Executing")}
+    failed = incident_conditions("Failed", "m", running, "2026-01-01T00:00:01Z", 1, "StepsFailed")
     assert {c["type"]: c["status"] for c in failed} == {"Running": "False", "Succeeded": "False"}
+    recommended = incident_conditions("Recommended", "m", [], "2026-01-01T00:00:02Z", 1, "RecommendOnly")
+    assert {c["type"]: c["status"] for c in recommended} == {"Running": "False", "Succeeded": "Unknown"}
 
 
 async def test_paused_policy_skips_with_the_reason() -> None:
