@@ -69,6 +69,19 @@ _VERSION_RETRY_S = 0.1
 # read already in flight does not put the value it got from before the write into L1. Beyond this
 # many remembered keys the memory is reset, and reads in flight at that moment skip their L1 fill.
 _DROP_MEMORY_MAX = 4096
+# Outage journal: keys whose write or delete did not reach Redis, remembered (at most this many;
+# beyond, the namespace is invalidated as a whole) until they are replayed to Redis as deletions.
+_JOURNAL_MAX_KEYS = 10_000
+# Pattern invalidations and namespaces remembered apart; beyond this many, the namespace as a whole.
+_JOURNAL_MAX_PATTERNS = 64
+# Replay attempts back off from the first to the last delay while Redis keeps failing.
+_JOURNAL_RETRY_FIRST_S = 0.05
+_JOURNAL_RETRY_MAX_S = 1.0
+# Keys per UNLINK and per coherence message of a replay.
+_JOURNAL_REPLAY_BATCH = 500
+# A client swap (apply_config with new connection settings) waits at most this long for the new
+# subscription, and for the calls in flight on the old clients, before going on.
+_SWAP_WAIT_MAX_S = 10.0
 # Lease waiters poll L2 with this backoff (bounded by stampede.lease_wait_s).
 _LEASE_POLL_FIRST_S = 0.01
 _LEASE_POLL_MAX_S = 0.2
@@ -147,11 +160,17 @@ class TieredCache:
     """
 
     def __init__(self, config: CacheConfig | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 maintenance_interval_s: float = _MAINTENANCE_INTERVAL_S) -> None:
+                 maintenance_interval_s: float = _MAINTENANCE_INTERVAL_S,
+                 outage_journal_max_keys: int = _JOURNAL_MAX_KEYS) -> None:
         config = config if config is not None else resolve_config("production")
         if not isinstance(config, CacheConfig):
             raise TypeError(f"config: {type(config).__name__} is not accepted; accepted: CacheConfig "
                             f"(build one with resolve_config)")
+        if (isinstance(outage_journal_max_keys, bool) or not isinstance(outage_journal_max_keys, int)
+                or not 0 <= outage_journal_max_keys <= 10_000_000):
+            raise ValueError(f"outage_journal_max_keys: {outage_journal_max_keys!r} is not accepted; "
+                             f"accepted: an integer from 0 to 10000000 (0: every write Redis did not take "
+                             f"invalidates the namespace)")
         self._config = config
         self._clock = clock
         self._maintenance_interval_s = maintenance_interval_s
@@ -189,6 +208,19 @@ class TieredCache:
         # Operation (stats bucket) of each AI key that entered L1, so an L1 hit counts it per
         # operation with one dict lookup instead of parsing the key (see _remember_ai_key).
         self._ai_operations: dict[str, str] = {}
+        # Outage journal (see _journal_*): what this engine changed while Redis did not take it.
+        self._journal_max_keys = outage_journal_max_keys
+        self._journal_active = False  # the one flag the read path checks
+        self._journal_seq = 0
+        self._journal_keys: dict[str, int] = {}  # logical key -> journal sequence
+        # full glob -> (sequence, compiled regex over base + key, coherence message kind)
+        self._journal_patterns: dict[str, tuple[int, re.Pattern[str], str]] = {}
+        self._journal_namespaces: dict[str, int] = {}  # namespace -> sequence
+        self._journal_overflow = 0  # sequence of the overflow (0: none): invalidate our namespace
+        self._journal_task: asyncio.Task[None] | None = None
+        self._journal_stats = {"writes_not_in_redis": 0, "deletes_not_in_redis": 0,
+                               "invalidations_not_in_redis": 0, "replays": 0, "replayed_keys": 0,
+                               "replay_failures": 0, "overflows": 0, "client_swaps": 0, "tunes": 0}
         self._install_fast_get()
         self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
         self._apply_runtime_settings(config)
@@ -210,6 +242,8 @@ class TieredCache:
         self._start_coarse_clock()
         await self._build_l2(self._config)
         self._maintenance = asyncio.create_task(self._maintain(), name="cachewarden-maintenance")
+        if self._journal_active:  # journaled before a close(): replay now
+            self._journal_task = asyncio.ensure_future(self._journal_replay_loop())
 
     async def close(self) -> None:
         """Stop background work and close L2. L1 keeps its entries (the object may be started again)."""
@@ -224,6 +258,11 @@ class TieredCache:
             self._version_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._version_task
+        journal_task, self._journal_task = self._journal_task, None
+        if journal_task is not None and not journal_task.done():
+            journal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await journal_task
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -517,6 +556,8 @@ class TieredCache:
         l2 = self._l2
         if l2 is None or not self._l2_usable():
             return None
+        if self._journal_active and self._journal_covers(key):
+            return None  # Redis may still hold what this pod changed during an outage
         epoch = self._l1.epoch
         drop_seq = self._drop_seq
         redis_key = self._keys.redis_key(key)
@@ -598,8 +639,14 @@ class TieredCache:
         if missing and l2 is not None and self._enabled and self._l2_usable():
             epoch = l1.epoch
             drop_seq = self._drop_seq
+            held_back: list[str] = []
+            if self._journal_active:
+                held_back = [key for key in missing if self._journal_covers(key)]
+                if held_back:
+                    held = set(held_back)
+                    missing = [key for key in missing if key not in held]
             raws = await l2.mget([self._keys.redis_key(key) for key in missing])
-            still_missing = []
+            still_missing = held_back
             for key, raw in zip(missing, raws, strict=True):
                 envelope = None if raw is None else await self._decode_and_fill(key, raw, epoch, True,
                                                                                    drop_seq)
@@ -668,15 +715,30 @@ class TieredCache:
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: the TTL of the key's operation,
-        with jitter). Returns whether it was stored anywhere (False when disabled or isolated).
+        with jitter). Returns whether it was stored anywhere (False when disabled or isolated);
+        :meth:`set_detailed` also says whether it reached Redis.
 
         Raises :class:`~cache_runtime.codec.EncodeError` for a value that cannot be serialized.
         """
+        in_l1, in_l2 = await self._set(key, value, ttl)
+        return in_l1 or bool(in_l2)
+
+    async def set_detailed(self, key: str, value: Any, ttl: float | None = None) -> dict[str, Any]:
+        """:meth:`set`, answering where the value went: ``stored`` (anywhere), ``l1`` (this pod's
+        memory), ``l2`` (Redis: True, False when Redis did not take it, None without Redis) and
+        ``degraded`` (True when the engine has Redis but the write did not reach it: the value is
+        on this pod only, and the key is deleted from Redis and from the other pods' L1 as soon as
+        Redis answers again, so no pod serves the value it replaced)."""
+        in_l1, in_l2 = await self._set(key, value, ttl)
+        return {"stored": in_l1 or bool(in_l2), "l1": in_l1, "l2": in_l2, "degraded": in_l2 is False}
+
+    async def _set(self, key: str, value: Any, ttl: float | None) -> tuple[bool, bool | None]:
+        """(stored in L1, stored in Redis: None when the engine has no Redis or did not write)."""
         if not isinstance(key, str):
             raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
         ttl_s = self._ttl_seconds(key, ttl)
         if self._refuse_write():
-            return False
+            return False, None
         started = time.perf_counter()
         ttl_ms = max(1, int(ttl_s * 1000))
         result = await self._codec.encode_entry_async(value, ttl_ms)
@@ -689,21 +751,28 @@ class TieredCache:
             if key.startswith(AI_KEY_HEAD):
                 self._remember_ai_key(key)
         l2 = self._l2
-        if l2 is not None and self._l2_usable():
-            l2_started = time.perf_counter()
-            redis_key = self._keys.redis_key(key)
-            if self._listener_channel is not None:
-                written = await self._write_broadcast([(redis_key, result.data, ttl_ms)], (key,),
-                                                      (fingerprint,))
-            else:
-                written = await l2.set(redis_key, result.data, ttl_ms)
-            stored = written or stored
-            if self._monitoring:
-                self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
+        written: bool | None = None
+        if l2 is not None:
+            written = False
+            if self._l2_usable():
+                l2_started = time.perf_counter()
+                redis_key = self._keys.redis_key(key)
+                if self._listener_channel is not None:
+                    written = await self._write_broadcast([(redis_key, result.data, ttl_ms)], (key,),
+                                                          (fingerprint,))
+                else:
+                    written = await l2.set(redis_key, result.data, ttl_ms)
+                if self._monitoring:
+                    self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
+            if not written:
+                self._journal_stats["writes_not_in_redis"] += 1
+                self._journal_add_keys((key,))
+            elif self._journal_active:
+                self._journal_keys.pop(key, None)  # Redis holds this write, the newest
         self._note_encoded(key, result, ttl_s)
         if self._monitoring:
             self._stats.latency_set.observe(time.perf_counter() - started)
-        return stored
+        return stored, written
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> bool:
         """Store every item (one pipeline to Redis). True when all were stored; False if disabled/isolated."""
@@ -738,30 +807,61 @@ class TieredCache:
             self._note_encoded(key, result, ttl_s)
         stored = all_in_l1
         l2 = self._l2
-        if l2 is not None and self._l2_usable():
-            if self._listener_channel is not None:
-                stored = await self._write_broadcast(redis_items, [key for key, _ in items], fingerprints)
-            else:
-                stored = await l2.set_many(redis_items)
+        if l2 is not None:
+            written = False
+            if self._l2_usable():
+                if self._listener_channel is not None:
+                    written = await self._write_broadcast(redis_items, [key for key, _ in items],
+                                                          fingerprints)
+                else:
+                    written = await l2.set_many(redis_items)
+                stored = written  # True when all were stored in Redis (as before)
+            if not written:
+                # Which items Redis took is unknown: every key is replayed as a deletion.
+                self._journal_stats["writes_not_in_redis"] += len(items)
+                self._journal_add_keys([key for key, _ in items])
+            elif self._journal_active:
+                for key, _ in items:
+                    self._journal_keys.pop(key, None)
         if self._monitoring:
             self._stats.latency_set_many.observe(time.perf_counter() - started)
         return stored
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key`` from both tiers (and from the other pods' L1). Returns whether it existed."""
+        """Remove ``key`` from both tiers (and from the other pods' L1). Returns whether it existed;
+        :meth:`delete_detailed` also says whether the delete reached Redis."""
+        existed, _ = await self._delete(key)
+        return existed
+
+    async def delete_detailed(self, key: str) -> dict[str, Any]:
+        """:meth:`delete`, answering ``deleted`` (it existed), ``l2`` (Redis took the UNLINK and the
+        coherence message: True; False when it did not; None without Redis) and ``degraded`` (the
+        engine has Redis but the delete did not reach it: it is replayed as soon as Redis answers)."""
+        existed, in_l2 = await self._delete(key)
+        return {"deleted": existed, "l2": in_l2, "degraded": in_l2 is False}
+
+    async def _delete(self, key: str) -> tuple[bool, bool | None]:
         if not isinstance(key, str):
             raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
         started = time.perf_counter()
         self._note_drops((key,))
         existed = self._l1.delete(key)
         l2 = self._l2
+        done: bool | None = None
         if l2 is not None:
-            existed = bool(await l2.delete([self._keys.redis_key(key)])) or existed
-            await self._publish({"k": "keys", "ns": self._keys.namespace, "keys": [key]})
+            done = False
+            if self._l2_usable():
+                removed = await l2.delete_checked([self._keys.redis_key(key)])
+                if removed is not None:
+                    existed = bool(removed) or existed
+                    done = await self._publish({"k": "keys", "ns": self._keys.namespace, "keys": [key]})
+            if not done:
+                self._journal_stats["deletes_not_in_redis"] += 1
+                self._journal_add_keys((key,))
         self._stats.deletes += 1
         if self._monitoring:
             self._stats.latency_delete.observe(time.perf_counter() - started)
-        return existed
+        return existed, done
 
     # ------------------------------------------------------------------ get_or_compute
 
@@ -904,9 +1004,14 @@ class TieredCache:
             self._forget_all_drops()
             result["l1_entries_removed"] += self._drop_l1_matching(full)
             if self._l2 is not None:
-                result["redis_keys_removed"] = await self._l2.scan_unlink(full)
+                done = False
+                if self._l2_usable():
+                    result["redis_keys_removed"], done = await self._l2.scan_unlink_checked(full)
+                    done = done and await self._publish({"k": "pattern", "p": full})
+                if not done:
+                    self._journal_add_pattern(full, "pattern")
+                result["l2"] = done
             stats.invalidations_pattern += 1
-            await self._publish({"k": "pattern", "p": full})
         if namespace is not None:
             ns = self._check_namespace(namespace)
             result["namespace"] = ns
@@ -920,7 +1025,11 @@ class TieredCache:
             if ns == self._keys.namespace:
                 result["l1_entries_removed"] += self._drop_namespace(version)
             stats.invalidations_namespace += 1
-            await self._publish({"k": "ns", "ns": ns, "v": version})
+            published = await self._publish({"k": "ns", "ns": ns, "v": version})
+            if self._l2 is not None:
+                if version is None or not published:
+                    self._journal_add_namespace(ns)
+                result["l2"] = version is not None and published and result.get("l2", True)
         stats.keys_invalidated += result["redis_keys_removed"] + result["l1_entries_removed"]
         stats.l1_invalidated += result["l1_entries_removed"]
         if self._monitoring:
@@ -956,14 +1065,21 @@ class TieredCache:
         l1_removed = len(self._l1)
         self._l1.bump_epoch()
         redis_removed = 0
+        answer: dict[str, Any] = {}
         if self._l2 is not None:
-            redis_removed = await self._l2.scan_unlink(self._keys.namespace_prefix() + "*")
-        await self._publish({"k": "clear", "ns": self._keys.namespace})
+            full = self._keys.namespace_prefix() + "*"
+            done = False
+            if self._l2_usable():
+                redis_removed, done = await self._l2.scan_unlink_checked(full)
+            done = await self._publish({"k": "clear", "ns": self._keys.namespace}) and done
+            if not done:
+                self._journal_add_pattern(full, "clear")
+            answer["l2"] = done
         self._stats.l1_invalidated += l1_removed
         self._stats.keys_invalidated += l1_removed + redis_removed
         if self._monitoring:
             self._stats.latency_invalidate.observe(time.perf_counter() - started)
-        return {"l1_entries_removed": l1_removed, "redis_keys_removed": redis_removed}
+        return {"l1_entries_removed": l1_removed, "redis_keys_removed": redis_removed, **answer}
 
     def gc(self) -> dict[str, int]:
         """Drop expired L1 entries now (they would go lazily anyway). Returns the count."""
@@ -1058,13 +1174,16 @@ class TieredCache:
         dropped = self._dropped.get(key)
         return dropped is None or dropped[0] <= read_started_at_seq or dropped[1] == fingerprint
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    async def _publish(self, message: dict[str, Any]) -> bool:
+        """Broadcast ``message``; True when Redis took it or there is no channel to take it."""
         l2 = self._l2
         if l2 is None or self._listener_channel is None:
-            return
+            return True
         message["o"] = self._origin
         if await l2.publish(self._listener_channel, pack_stamped(orjson.dumps(message))):
             self._stats.coherence_messages_published += 1
+            return True
+        return False
 
     def _on_coherence_message(self, raw: bytes) -> None:
         try:
@@ -1123,6 +1242,162 @@ class TieredCache:
             self._version_attempt_at = 0.0
             self._l2_usable()
 
+    # ------------------------------------------------------------------ outage journal
+    #
+    # A write, delete or invalidation that Redis did not take (breaker open, an error, the namespace
+    # version unknown) is on this pod only, while Redis may still hold the value it replaced and the
+    # other pods were not told. The engine remembers it here and, as soon as Redis answers again,
+    # replays it: UNLINK the keys (deletion is right whatever other pods wrote meanwhile: the worst
+    # outcome is a miss), SCAN+UNLINK the patterns, INCR the namespaces, and broadcast each on the
+    # coherence channel. Until then this pod does not read those keys from Redis. Bounded: beyond
+    # ``outage_journal_max_keys`` keys (or ``_JOURNAL_MAX_PATTERNS`` patterns) the replay is one INCR
+    # of this engine's namespace version instead, and until it ran no L2 read is served at all.
+
+    def _journal_next(self) -> int:
+        self._journal_seq += 1
+        self._journal_active = True
+        task = self._journal_task
+        if self._started and (task is None or task.done()):
+            self._journal_task = asyncio.ensure_future(self._journal_replay_loop())
+        return self._journal_seq
+
+    def _journal_add_keys(self, keys: Iterable[str]) -> None:
+        seq = self._journal_next()
+        journal = self._journal_keys
+        for key in keys:
+            journal[key] = seq
+        if len(journal) > self._journal_max_keys:
+            self._journal_overflowed(seq)
+
+    def _journal_add_pattern(self, full_pattern: str, kind: str) -> None:
+        self._journal_stats["invalidations_not_in_redis"] += 1
+        seq = self._journal_next()
+        regex = redis_glob_to_regex(full_pattern)
+        self._journal_patterns[full_pattern] = (seq, regex, kind)
+        if len(self._journal_patterns) > _JOURNAL_MAX_PATTERNS:
+            self._journal_overflowed(seq)
+
+    def _journal_add_namespace(self, namespace: str) -> None:
+        self._journal_stats["invalidations_not_in_redis"] += 1
+        self._journal_namespaces[namespace] = self._journal_next()
+
+    def _journal_overflowed(self, seq: int) -> None:
+        """Too much to remember one by one: the replay invalidates this namespace as a whole."""
+        self._journal_stats["overflows"] += 1
+        self._journal_overflow = seq
+        self._journal_keys.clear()
+        self._journal_patterns.clear()
+
+    def _journal_covers(self, key: str) -> bool:
+        """Whether Redis may hold an entry of ``key`` that this pod changed without Redis knowing."""
+        if key in self._journal_keys or self._journal_overflow:
+            return True
+        if self._keys.namespace in self._journal_namespaces:
+            return True
+        if self._journal_patterns:
+            full = self._keys.base() + key
+            return any(regex.fullmatch(full) for _, regex, _ in self._journal_patterns.values())
+        return False
+
+    def journal_state(self) -> dict[str, Any]:
+        """What the outage journal holds and has done (also in ``stats()["engine"]["outage_journal"]``)."""
+        return {
+            "pending": self._journal_active,
+            "keys": len(self._journal_keys),
+            "patterns": len(self._journal_patterns),
+            "namespaces": sorted(self._journal_namespaces),
+            "overflow": bool(self._journal_overflow),
+            "max_keys": self._journal_max_keys,
+            **self._journal_stats,
+        }
+
+    async def _journal_replay_loop(self) -> None:
+        delay = _JOURNAL_RETRY_FIRST_S
+        while self._journal_active and self._started:
+            l2 = self._l2
+            if l2 is None:  # memory only now: nothing in Redis to correct
+                self._journal_forget(self._journal_seq)
+                return
+            if await self._journal_replay(l2):
+                delay = _JOURNAL_RETRY_FIRST_S
+                continue
+            self._journal_stats["replay_failures"] += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _JOURNAL_RETRY_MAX_S)
+
+    def _journal_forget(self, upto: int) -> None:
+        """Drop what was replayed (entries of sequence <= ``upto``); later ones stay."""
+        self._journal_keys = {key: seq for key, seq in self._journal_keys.items() if seq > upto}
+        self._journal_patterns = {p: entry for p, entry in self._journal_patterns.items() if entry[0] > upto}
+        self._journal_namespaces = {ns: seq for ns, seq in self._journal_namespaces.items() if seq > upto}
+        if self._journal_overflow <= upto:
+            self._journal_overflow = 0
+        self._journal_active = bool(self._journal_keys or self._journal_patterns or self._journal_namespaces
+                                    or self._journal_overflow)
+
+    async def _journal_replay(self, l2: RedisL2) -> bool:
+        """One replay of everything journaled so far, past the breaker; True when Redis took it all."""
+        upto = self._journal_seq
+        keys_builder = self._keys
+        own = keys_builder.namespace
+        namespaces = set(self._journal_namespaces)
+        if self._journal_overflow:
+            namespaces.add(own)
+        patterns = [(full, kind) for full, (_, _, kind) in self._journal_patterns.items()]
+        keys = [] if own in namespaces else list(self._journal_keys)
+        channel = self._listener_channel
+        origin = self._origin
+        scan_count = l2.settings.scan_count
+
+        def packed(message: dict[str, Any]) -> bytes:
+            message["o"] = origin
+            return pack_stamped(orjson.dumps(message))
+
+        async def replay(client: Any) -> tuple[dict[str, int], int]:
+            versions: dict[str, int] = {}
+            # The version first: the keys to delete live under the version Redis has now.
+            raw = await client.get(keys_builder.version_key(own))
+            versions[own] = int(raw) if raw is not None else 0
+            for namespace in sorted(namespaces):
+                version_key = keys_builder.version_key(namespace)
+                versions[namespace] = int(await client.execute_command("INCR", version_key))
+                if channel is not None:
+                    message = {"k": "ns", "ns": namespace, "v": versions[namespace]}
+                    await client.publish(channel, packed(message))
+            for full, kind in patterns:
+                pending: list[bytes] = []
+                async for found in client.scan_iter(match=full, count=scan_count):
+                    pending.append(found)
+                    if len(pending) >= _JOURNAL_REPLAY_BATCH:
+                        await client.unlink(*pending)
+                        pending = []
+                if pending:
+                    await client.unlink(*pending)
+                if channel is not None:
+                    message = {"k": "clear", "ns": own} if kind == "clear" else {"k": "pattern", "p": full}
+                    await client.publish(channel, packed(message))
+            prefix = keys_builder.base(version=versions[own])
+            for start in range(0, len(keys), _JOURNAL_REPLAY_BATCH):
+                chunk = keys[start : start + _JOURNAL_REPLAY_BATCH]
+                await client.unlink(*[prefix + key for key in chunk])
+                if channel is not None:
+                    await client.publish(channel, packed({"k": "keys", "ns": own, "keys": chunk}))
+            return versions, len(keys)
+
+        outcome = await l2.run_direct(replay)
+        if outcome is None:
+            return False
+        versions, replayed = outcome
+        version = versions[own]
+        if own in namespaces or version > keys_builder.namespace_version:
+            self._drop_namespace(version)  # moves to the version read or bumped, voids L1 reads in flight
+        self._journal_stats["replays"] += 1
+        self._journal_stats["replayed_keys"] += replayed
+        self._journal_forget(upto)
+        logger.warning("replayed to redis what this pod changed while redis failed: %d keys, %d patterns, "
+                       "%d namespaces", replayed, len(patterns), len(namespaces))
+        return True
+
     # ------------------------------------------------------------------ isolation, reconnect
 
     def isolate(self) -> None:
@@ -1151,8 +1426,12 @@ class TieredCache:
 
     async def apply_config(self, new: CacheConfig) -> dict[str, Any]:
         """Apply a new config live. L1 is resized keeping its most recent entries (cleared only when
-        the key layout changed); L2 is rebuilt only if the Redis settings changed; new TTLs, codec
-        and compression apply to new writes. Returns what changed."""
+        the key layout changed); new TTLs, codec and compression apply to new writes.
+
+        Redis: pool size, timeouts, breaker and coherence timing are applied to the live clients
+        (``redis_tuned``); only connection settings (``l2.backend.CONNECTION_FIELDS``) build new
+        clients, swapped so that no write in flight and no coherence message is lost
+        (``redis_rebuilt``, L1 voided once: see :meth:`_swap_l2`). Returns what changed."""
         if not isinstance(new, CacheConfig):
             raise TypeError(f"config: {type(new).__name__} is not accepted; accepted: CacheConfig")
         old = self._config
@@ -1174,23 +1453,95 @@ class TieredCache:
         if self._started:
             old_settings = redis_settings_for(old)
             new_settings = redis_settings_for(new)
+            channel_changed = (old.coherence_channel, old.coherence.enabled) != (
+                new.coherence_channel, new.coherence.enabled)
+            l2 = self._l2
+            report["redis_tuned"] = False
             if old_settings != new_settings:
-                report["redis_rebuilt"] = True
-                await self._unsubscribe()
-                if old_settings is not None and new_settings is not None and self._l2 is not None:
-                    await self._l2.reconnect(new_settings)
-                    self._subscribe(new)
+                if old_settings is not None and new_settings is not None and l2 is not None:
+                    if l2.needs_new_clients(new_settings):
+                        report["redis_rebuilt"] = report["l1_cleared"] = True
+                        await self._swap_l2(new, new_settings)
+                    else:
+                        # Pool size, timeouts, breaker: applied to the live clients; the
+                        # subscription and the calls in flight are not disturbed.
+                        report["redis_tuned"] = True
+                        self._journal_stats["tunes"] += 1
+                        l2.tune(new_settings)
+                        if channel_changed:
+                            report["l1_cleared"] = True
+                            await self._swap_listener(new)
                 else:
+                    report["redis_rebuilt"] = True
                     await self._close_l2()
                     await self._build_l2(new)
-            elif self._l2 is not None and (old.coherence_channel, old.coherence.enabled) != (
-                    new.coherence_channel, new.coherence.enabled):
-                await self._unsubscribe()
-                self._subscribe(new)
+            elif l2 is not None and channel_changed:
+                report["l1_cleared"] = True
+                await self._swap_listener(new)
             if layout_changed and self._l2 is not None:
                 self._keys.namespace_version = 0
                 await self._refresh_namespace_version()
         return report
+
+    async def _swap_listener(self, config: CacheConfig) -> None:
+        """Move to another coherence channel (or turn coherence on or off) on the same clients.
+
+        Messages of the new channel published before its subscription is confirmed are missed, so
+        L1 is voided once it is (the listener's reset does it when confirmation comes late).
+        """
+        await self._unsubscribe()
+        self._subscribe(config)
+        listener = self._listener
+        if listener is not None:
+            listener.reset_on_first_subscription()
+            if await listener.wait_subscribed(self._swap_wait_s()):
+                self._l1.bump_epoch()
+
+    def _swap_wait_s(self, settings: RedisSettings | None = None) -> float:
+        settings = settings if settings is not None else (self._l2.settings if self._l2 is not None else None)
+        if settings is None:
+            return 1.0
+        return min(_SWAP_WAIT_MAX_S, settings.connect_timeout_s + settings.pool_timeout_s
+                   + 2 * settings.socket_timeout_s)
+
+    async def _swap_l2(self, config: CacheConfig, settings: RedisSettings) -> None:
+        """Move to new Redis clients without losing a write or a coherence message.
+
+        1. The new clients are built and their subscription is established (bounded wait) while
+           the old ones keep serving; 2. new operations go to the new clients; 3. L1 is voided and
+           the namespace version re-read, because messages published between the old subscription
+           and the new one may have been missed (a new server, a gap); if the new subscription is
+           not confirmed yet, its confirmation resets L1 again; 4. calls in flight on the old
+           clients finish (bounded wait), their writes still reach Redis and broadcast; 5. the old
+           listener and clients are closed.
+        """
+        self._journal_stats["client_swaps"] += 1
+        old_l2, old_listener = self._l2, self._listener
+        l2 = RedisL2(settings)
+        await l2.start()
+        listener: CoherenceListener | None = None
+        channel = config.coherence_channel if config.coherence.enabled else None
+        if channel is not None:
+            listener = l2.subscribe(channel, self._on_coherence_message, self._on_coherence_reset)
+            if not await listener.wait_subscribed(self._swap_wait_s(settings)):
+                listener.reset_on_first_subscription()
+        # Route new operations to the new clients. Writes queued in this tick's batch flush there.
+        self._l2, self._listener, self._listener_channel = l2, listener, channel
+        self._l1.bump_epoch()
+        self._stats.coherence_resets += 1
+        await self._refresh_namespace_version()
+        # The old clients finish what they started (their writes are in Redis and broadcast), then go.
+        if old_l2 is not None:
+            pending = [task for task in self._write_tasks if not task.done()]
+            wait_s = self._swap_wait_s(old_l2.settings)
+            if pending:
+                await asyncio.wait(pending, timeout=wait_s)
+            if not await old_l2.drain(wait_s):
+                logger.warning("redis client swap: calls still in flight on the old clients after %.1fs; "
+                               "closing them", wait_s)
+            if old_listener is not None:
+                await old_l2.unsubscribe(old_listener)
+            await old_l2.close()
 
     # ------------------------------------------------------------------ stats and health
 
@@ -1227,6 +1578,7 @@ class TieredCache:
             "single_flight_in_progress": len(self._flight),
             "background_tasks": len(self._background),
             "started": self._started,
+            "outage_journal": self.journal_state(),
         }
         self._remember(snapshot)
         return snapshot

@@ -35,7 +35,7 @@ from cache_runtime.l2.connect import RedisClients, build_clients, mask_url, pars
 from cache_runtime.l2.errors import BREAKER_KINDS, ERROR_KINDS, classify_error, describe_error
 from cache_runtime.l2.settings import RedisSettings
 
-__all__ = ["RedisL2"]
+__all__ = ["CONNECTION_FIELDS", "RedisL2"]
 
 logger = logging.getLogger("cache_runtime.l2")
 
@@ -88,7 +88,32 @@ _OPS = (
     "ping",
     "memory_info",
     "probe",
+    "direct",
 )
+
+#: Settings that decide where and how connections are made: a change of any of them needs new
+#: clients. Every other setting (pool size, timeouts, breaker, batching, coherence timing) is applied
+#: to the live clients by :meth:`RedisL2.tune`.
+CONNECTION_FIELDS = (
+    "url",
+    "username",
+    "password",
+    "protocol",
+    "health_check_interval_s",
+    "client_name",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_verify",
+    "tls_check_hostname",
+    "sentinel_master",
+    "sentinel_username",
+    "sentinel_password",
+    "cluster",
+)
+# Also fixed in a cluster client (its per-node pools are built by redis-py) and for the sentinels'
+# own connections.
+_CLIENT_BUILD_FIELDS = ("max_connections", "connect_timeout_s", "socket_timeout_s")
 
 #: Fields of INFO memory / INFO stats that memory_info() reports (numbers unless noted).
 _MEMORY_FIELDS = (
@@ -324,6 +349,55 @@ class RedisL2:
         for listener in self._listeners:
             listener.restart(self._settings)
 
+    def needs_new_clients(self, settings: RedisSettings) -> bool:
+        """Whether moving to ``settings`` needs new clients (see ``CONNECTION_FIELDS``)."""
+        current = self._settings
+        if any(getattr(current, name) != getattr(settings, name) for name in CONNECTION_FIELDS):
+            return True
+        clients = self._clients
+        if clients is None or clients.pool is None or clients.kind == "sentinel":
+            return any(getattr(current, name) != getattr(settings, name) for name in _CLIENT_BUILD_FIELDS)
+        return False
+
+    def tune(self, settings: RedisSettings) -> None:
+        """Apply ``settings`` to the live clients: pool size, timeouts, breaker, batching, coherence
+        timing. Nothing is closed, calls in flight finish, the coherence subscription stays up.
+
+        ValueError when ``settings`` need new clients (:meth:`needs_new_clients`): use
+        :meth:`reconnect`, or build a new RedisL2 and swap (what ``TieredCache.apply_config`` does).
+        """
+        if not isinstance(settings, RedisSettings):
+            raise TypeError(f"settings: expected RedisSettings, got {type(settings).__name__}")
+        if self.needs_new_clients(settings):
+            raise ValueError("settings: these settings change how connections are made; accepted here: "
+                             "only pool size, timeouts, breaker, batching and coherence timing")
+        clients = self._clients
+        if clients is not None and clients.pool is not None:
+            clients.pool.resize(settings.max_connections)
+            clients.pool.retune(socket_timeout=settings.socket_timeout_s,
+                                socket_connect_timeout=settings.connect_timeout_s,
+                                timeout=settings.pool_timeout_s)
+        self._breaker.reconfigure(settings.breaker_failure_threshold, settings.breaker_open_seconds,
+                                  settings.breaker_half_open_probes, _probe_timeout(settings))
+        self._settings = settings
+        for listener in self._listeners:
+            listener.update_settings(settings)
+
+    @property
+    def in_flight(self) -> int:
+        """Calls to Redis under way now (commands, coalesced batches, scans)."""
+        return self._in_flight + (1 if self._batch else 0)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until no call is in flight; True if none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -464,6 +538,38 @@ class RedisL2:
             self._in_flight -= 1
         self._note_round_trip(started)
         self._breaker.record_success()
+        return result
+
+    async def run_direct(self, call: Callable[[Any], Awaitable[T]]) -> T | None:
+        """Run ``call(client)`` past the breaker; None when it failed (counted like any failure).
+
+        For the engine's replay of what it changed while Redis was failing: that must reach Redis as
+        soon as Redis answers again, not only after the breaker's open window, because other pods
+        may already read from Redis by then. A success started while the breaker was open or
+        half-open closes it: Redis answered a call made after the outage began.
+        """
+        self._ops["direct"] += 1
+        client = self._client
+        if client is None:
+            return None
+        was_closed = self._breaker.state is _CLOSED
+        self._in_flight += 1
+        started = time.perf_counter()
+        try:
+            result = await call(client)
+        except Exception as exc:
+            self._record_failure(exc, "direct")
+            return None
+        except BaseException:
+            self._breaker.abandon()
+            raise
+        finally:
+            self._in_flight -= 1
+        self._note_round_trip(started)
+        if was_closed:
+            self._breaker.record_success()
+        else:
+            self._breaker.reset()
         return result
 
     # ------------------------------------------------------------------ reads
@@ -688,12 +794,34 @@ class RedisL2:
 
         return await self._run("delete", call, 0)
 
+    async def delete_checked(self, keys: Sequence[str]) -> int | None:
+        """Like :meth:`delete`, but None when Redis did not take the UNLINK (unavailable, failed)."""
+        keys = list(keys)
+        if not keys:
+            self._ops["delete"] += 1
+            return 0
+        step = self._settings.unlink_batch
+
+        async def call(client: Any) -> int | None:
+            removed = 0
+            for start in range(0, len(keys), step):
+                removed += int(await client.unlink(*keys[start : start + step]))
+            return removed
+
+        return await self._run("delete", call, None)
+
     async def scan_unlink(self, match: str) -> int:
         """Delete every key matching the glob ``match`` with SCAN (COUNT scan_count) + UNLINK batches.
 
         Never KEYS. Returns how many keys were removed (a partial count if Redis failed midway).
         With ``key_prefix`` set, ``match`` must start with "<key_prefix>:" (ValueError otherwise).
         """
+        removed, _ = await self.scan_unlink_checked(match)
+        return removed
+
+    async def scan_unlink_checked(self, match: str) -> tuple[int, bool]:
+        """:meth:`scan_unlink` that also tells whether the whole scan ran (False: Redis unavailable
+        or failed midway, so matching keys may remain)."""
         if not isinstance(match, str) or not match:
             raise ValueError(f"match: invalid value {match!r}; accepted: a non-empty glob pattern")
         prefix = self._settings.key_prefix
@@ -705,7 +833,7 @@ class RedisL2:
         self._ops["scan_unlink"] += 1
         client = self._client
         if client is None or not self._admit():
-            return 0
+            return 0, False
         settings = self._settings
         removed = 0
         pending: list[bytes] = []
@@ -720,14 +848,14 @@ class RedisL2:
                 removed += int(await client.unlink(*pending))
         except Exception as exc:
             self._record_failure(exc, "scan_unlink")
-            return removed
+            return removed, False
         except BaseException:
             self._breaker.abandon()
             raise
         finally:
             self._in_flight -= 1
         self._breaker.record_success()
-        return removed
+        return removed, True
 
     # ------------------------------------------------------------------ namespace versions
 

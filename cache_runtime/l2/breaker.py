@@ -164,6 +164,26 @@ class CircuitBreaker:
         if self._state is _HALF_OPEN and self._probes_in_flight > 0:
             self._probes_in_flight -= 1
 
+    def reconfigure(self, failure_threshold: int, open_seconds: float, half_open_probes: int,
+                    probe_timeout_s: float) -> None:
+        """New thresholds, keeping the state and the failure count (a live config change).
+
+        An open breaker keeps its current open window; the new ``open_seconds`` applies from the
+        next time it opens.
+        """
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold: invalid value {failure_threshold!r}; accepted: >= 1")
+        if open_seconds <= 0:
+            raise ValueError(f"open_seconds: invalid value {open_seconds!r}; accepted: > 0")
+        if half_open_probes < 1:
+            raise ValueError(f"half_open_probes: invalid value {half_open_probes!r}; accepted: >= 1")
+        self._failure_threshold = failure_threshold
+        self._open_seconds = open_seconds
+        self._half_open_probes = half_open_probes
+        self._probe_timeout_s = probe_timeout_s
+        if self._state is _CLOSED and self._consecutive_failures >= failure_threshold:
+            self._enter(_OPEN)
+
     def reset(self) -> None:
         """Back to closed with no failure history (used after an explicit reconnect)."""
         self._consecutive_failures = 0

@@ -156,6 +156,22 @@ class CoherenceListener:
         if not self._stopping:
             self.start()
 
+    def update_settings(self, settings: RedisSettings) -> None:
+        """New timing (ping interval, timeouts, backoff) without dropping the subscription; it applies
+        from the next poll (ping, timeout) or the next reconnection (backoff, connect timeout). The
+        connection-relevant settings must be equal (a change of those needs :meth:`restart`)."""
+        self._settings = settings
+        self._secrets = _secrets_of(settings)
+
+    def reset_on_first_subscription(self) -> None:
+        """Make the first subscription fire ``on_reset`` too (as every later one does).
+
+        For a listener that replaces another whose subscription ended before this one was
+        confirmed: messages published in between were missed, so the owner must hear about it.
+        """
+        if not self._subscribed.is_set():
+            self._ever_subscribed = True
+
     @property
     def connected(self) -> bool:
         """True while the subscription is confirmed and believed alive."""
@@ -245,6 +261,7 @@ class CoherenceListener:
                     last_traffic, ping_sent_at = now, None
                     self._handle(message)
                     continue
+                settings = self._settings  # update_settings() applies from the next poll
                 if ping_sent_at is not None:
                     if now - ping_sent_at > settings.socket_timeout_s:
                         raise TimeoutError(

@@ -363,11 +363,51 @@ class BoundedConnectionPool(ConnectionPool):
         return connection
 
     async def release(self, connection: Any) -> None:
-        """Return ``connection`` and free its slot for the next waiter."""
+        """Return ``connection`` and free its slot for the next waiter (or retire the slot after a
+        shrink, see :meth:`resize`)."""
         try:
             await super().release(connection)
         finally:
-            self._slots.release()
+            if self._retiring > 0:
+                self._retiring -= 1
+            else:
+                self._slots.release()
+
+    _retiring = 0
+
+    def resize(self, max_connections: int) -> None:
+        """Change the bound live, without closing any connection.
+
+        Growing frees more slots at once. Shrinking takes the free slots away now and retires the
+        busy ones as their calls return them, so calls in flight finish undisturbed and the pool
+        never holds more than the new bound once they have.
+        """
+        if max_connections < 1:
+            raise ValueError(f"max_connections: invalid value {max_connections!r}; accepted: >= 1")
+        delta = max_connections - self.max_connections
+        self.max_connections = max_connections
+        slots = self._slots
+        if delta > 0:
+            settled = min(delta, self._retiring)
+            self._retiring -= settled
+            for _ in range(delta - settled):
+                slots.release()
+        elif delta < 0:
+            owed = -delta
+            free = min(owed, slots._value)  # asyncio.Semaphore keeps its free count there
+            slots._value -= free
+            self._retiring += owed - free
+        # Idle sockets beyond the new bound stay open, but no more than the bound are used at once.
+
+    def retune(self, *, socket_timeout: float, socket_connect_timeout: float, timeout: float) -> None:
+        """New read/connect timeouts for new and existing connections, and a new pool wait bound."""
+        self.timeout = timeout
+        self.connection_kwargs["socket_timeout"] = socket_timeout
+        self.connection_kwargs["socket_connect_timeout"] = socket_connect_timeout
+        for connection in (*self._available_connections, *self._in_use_connections):
+            connection.socket_timeout = connection.orig_socket_timeout = socket_timeout
+            connection.socket_connect_timeout = socket_connect_timeout
+            connection.orig_socket_connect_timeout = socket_connect_timeout
 
 
 class BoundedSentinelConnectionPool(SentinelConnectionPool, BoundedConnectionPool):

@@ -5,8 +5,11 @@
 * ``POST /data/v1/ai/lookup`` and ``/ai/store`` — an AI response by operation + text + options +
   question: the engine computes the key, so every client (Python or not) shares one key layout.
 
-Reads need the read token; writes need the write (or admin) token. ``null`` is not a storable value:
-a lookup answers ``hit: false`` for a miss, and a stored ``null`` would be indistinguishable from one.
+Reads need the read token; writes need the write (or admin) token. A write's answer says where it
+went: ``l2: false`` / ``degraded: true`` when Redis did not take it (the value is on the answering pod
+only until Redis answers again; the engine then deletes the key from Redis and from the other pods).
+``null`` is not a storable value: a lookup answers ``hit: false`` for a miss, and a stored ``null``
+would be indistinguishable from one.
 """
 
 from __future__ import annotations
@@ -87,6 +90,12 @@ class AIStoreBody(AIRequestBody):
     _check_value = field_validator("value")(_not_null)
 
 
+def _write_answer(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a write's answer: ``stored`` (anywhere), ``l2`` (Redis took it: true; false when
+    it did not; null when the engine has no Redis) and ``degraded`` (on this pod only)."""
+    return {"stored": bool(outcome["stored"]), "l2": outcome["l2"], "degraded": bool(outcome["degraded"])}
+
+
 KeyPath = Annotated[str, Path(min_length=1, max_length=MAX_KEY_CHARS, description="Your key (any text).")]
 
 
@@ -156,14 +165,15 @@ def build_data_router(
         full = data_key(engine, key)
         if engine.isolated:
             return refused_isolated()
-        stored = await engine.set(full, body.value, ttl=body.ttl_s)
-        return JSONResponse(content={"key": key, "stored": bool(stored), "ttl_s": body.ttl_s})
+        outcome = await engine.set_detailed(full, body.value, ttl=body.ttl_s)
+        return JSONResponse(content={"key": key, **_write_answer(outcome), "ttl_s": body.ttl_s})
 
     @router.delete("/keys/{key:path}", dependencies=write, summary="Delete a value by key")
     async def delete_value(key: KeyPath) -> dict[str, Any]:
         engine = cache()
-        deleted = await engine.delete(data_key(engine, key))
-        return {"key": key, "deleted": bool(deleted)}
+        outcome = await engine.delete_detailed(data_key(engine, key))
+        return {"key": key, "deleted": bool(outcome["deleted"]), "l2": outcome["l2"],
+                "degraded": bool(outcome["degraded"])}
 
     @router.post("/mget", dependencies=read, summary="Get many values by key")
     async def mget(body: MgetBody) -> dict[str, Any]:
@@ -193,7 +203,7 @@ def build_data_router(
         key = ai_key(engine, body)
         if engine.isolated:
             return refused_isolated()
-        stored = await engine.set(key, body.value, ttl=body.ttl_s)
-        return JSONResponse(content={"stored": bool(stored), "key": key, "ttl_s": body.ttl_s})
+        outcome = await engine.set_detailed(key, body.value, ttl=body.ttl_s)
+        return JSONResponse(content={**_write_answer(outcome), "key": key, "ttl_s": body.ttl_s})
 
     return router

@@ -406,14 +406,21 @@ class EngineOps:
         counts = _counts(await self.cache.invalidate(pattern=pattern, namespace=namespace))
         total = counts.get("total")
         if total is None:
-            total = sum(value for value in counts.values() if isinstance(value, int))
+            total = sum(value for key, value in counts.items()
+                        if key in ("redis_keys_removed", "l1_entries_removed") and isinstance(value, int))
+        degraded = counts.get("l2") is False
+        message = f"invalidated {total} entries"
+        if degraded:
+            message += ("; Redis did not take it: done on this pod only until Redis answers again, "
+                        "then replayed to Redis and the other pods")
         return {
             "status": "success",
             "pattern": pattern,
             "namespace": namespace,
             "invalidated_count": total,
             **counts,
-            "message": f"invalidated {total} entries",
+            "degraded": degraded,
+            "message": message,
         }
 
     async def gc(self, *, dry_run: bool) -> dict[str, Any]:

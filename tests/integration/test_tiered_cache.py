@@ -271,13 +271,22 @@ async def test_apply_config_live_keeps_l1_and_the_redis_connection(redis_url: st
         await engine.set("new", 1)
         assert pttl(redis_server, engine.keys.redis_key("new")) <= 60_000  # new TTL for new writes
         assert pttl(redis_server, engine.keys.redis_key("k1")) > 60_000  # old entries keep theirs
-        # Redis settings changed: L2 is rebuilt (reconnected), L1 entries survive.
+        # Pool size changed: applied to the live clients (no new connection, no new subscription),
+        # L1 entries survive.
         report = await engine.apply_config(config(redis_url, **{"l1.max_entries": 3, "ttl.default_s": 60,
                                                                  "compression.level": 1,
                                                                  "redis.max_connections": 7}))
-        assert report["redis_rebuilt"] and engine.l2 is not None and engine.l2.settings.max_connections == 7
+        assert report["redis_tuned"] and not report["redis_rebuilt"] and engine.l2 is l2_before
+        assert engine.l2 is not None and engine.l2.settings.max_connections == 7
         assert engine.get_local("k0") == 0
-        assert await engine.get("k5") == 5  # still readable from Redis through the new connections
+        assert await engine.get("k5") == 5
+        # A connection setting changed: new clients; L1 is voided (coherence messages may have been
+        # missed between the two subscriptions), Redis still has every entry.
+        report = await engine.apply_config(config(redis_url + "?protocol=3", **{
+            "l1.max_entries": 3, "ttl.default_s": 60, "compression.level": 1, "redis.max_connections": 7}))
+        assert report["redis_rebuilt"] and report["l1_cleared"] and engine.l2 is not l2_before
+        assert engine.get_local("k0") is None
+        assert await engine.get("k0") == 0 and await engine.get("k5") == 5  # through the new clients
         # A new key layout clears L1: its keys would never be asked for again.
         report = await engine.apply_config(config(redis_url, **{"keys.namespace": "other"}))
         assert report["l1_cleared"] and len(engine.l1) == 0
