@@ -533,9 +533,10 @@ def test_generated_incidents_are_rejected_naming_the_field_or_finish(
     assert settled_policy(api, f"{collection(namespace, 'CachePolicy')}/{TARGET_POLICY}")
 
 
-# Specs the CRD schema accepts but the API server refuses in the Deployment the operator renders from
-# them (found by this fuzzer at 300 examples: example fz-286). A policy must still settle, Ready or
-# Stalled naming the field; today it stays Reconciling (ApplyFailed) and is retried forever.
+# Specs whose rendered Deployment the API server refuses (found by this fuzzer at 300 examples: example
+# fz-286; they used to leave the policy Reconciling/ApplyFailed, retried forever). The CRD now refuses
+# these three itself, naming the field; anything it lets through ends Stalled/ChildRejected naming the
+# field (tests/e2e/test_operator_child_rejected.py). Either way a policy settles.
 CHILD_REFUSED = {
     "resource name": {"runtime": {"replicas": 0, "resources": {"limits": {"tier": "1"}}}},
     "annotation key": {"runtime": {"replicas": 0, "podAnnotations": {"not a key!": "x"}}},
