@@ -305,7 +305,10 @@ async def test_get_or_compute_single_flight_and_errors(cache: TieredCache) -> No
         return {"n": calls}
 
     waiters = [asyncio.create_task(cache.get_or_compute("sf", slow)) for _ in range(200)]
-    await eventually(lambda: calls == 1, what="the loader to start")
+    # Release only when every other caller has joined the flight: on a loaded machine a caller still
+    # reading L2 at the release would find the value in L1 afterwards, a hit, not a merge.
+    await eventually(lambda: calls == 1 and cache.stats()["stampede"]["singleflight_merges"] == 199,
+                     what="the loader to start and 199 callers to join its flight")
     release.set()
     assert all(result == {"n": 1} for result in await asyncio.gather(*waiters))
     assert calls == 1 and cache.stats()["stampede"]["singleflight_merges"] == 199
@@ -664,11 +667,16 @@ async def test_group_stampede_single_flight_off(redis_url: str) -> None:
     async with TieredCache(config(redis_url, **{"stampede.single_flight": False,
                                                 "stampede.lease_lock": False})) as engine:
         calls = 0
+        all_started = asyncio.Event()
 
         async def loader() -> int:
+            # Each load waits until five have started (bounded): with a fixed sleep, a loaded machine
+            # let one load finish before a later caller looked, and that caller hit L1 instead.
             nonlocal calls
             calls += 1
-            await asyncio.sleep(0.01)
+            if calls == 5:
+                all_started.set()
+            await asyncio.wait_for(all_started.wait(), timeout=5)
             return 1
 
         await asyncio.gather(*(engine.get_or_compute("k", loader) for _ in range(5)))
