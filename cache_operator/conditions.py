@@ -100,7 +100,9 @@ def conditions_changed(before: Sequence[Mapping[str, Any]] | None,
 class PolicyObservation:
     """What one reconcile pass of a CachePolicy saw; the input of :func:`policy_conditions`.
 
-    ``spec_error`` is set when the spec was rejected (then nothing else matters: Stalled).
+    ``spec_error`` is set when the spec was rejected (then nothing else matters: Stalled), with
+    ``spec_error_reason`` (``InvalidSpec``, or ``InvalidTokenSecret`` when the policy's token Secret
+    holds a value that is not a token list: a person must fix it, as with a bad spec).
     ``apply_error`` is a transient failure applying children or listing pods (Reconciling, retried).
     ``child_rejected`` is the message of a child the API server refused as invalid (HTTP 422): the
     spec cannot be acted on as it is (Stalled, reason ``ChildRejected``); the pods' own conditions are
@@ -111,6 +113,7 @@ class PolicyObservation:
 
     generation: int | None
     spec_error: str | None = None
+    spec_error_reason: str = "InvalidSpec"
     paused: bool = False
     apply_error: str | None = None
     child_rejected: str | None = None
@@ -143,12 +146,13 @@ def policy_conditions(observed: PolicyObservation, previous: Sequence[Mapping[st
 
     if observed.spec_error is not None:
         # No retry loop: the spec must change. Everything else is unknown until then.
-        put(STALLED, "True", "InvalidSpec", observed.spec_error)
-        put(RECONCILING, "False", "InvalidSpec", "waiting for a corrected spec")
-        put(READY, "False", "InvalidSpec", observed.spec_error)
-        put(CONFIG_APPLIED, "Unknown", "InvalidSpec", "no config could be resolved from the spec")
-        put(HEALTHY, "Unknown", "InvalidSpec", "")
-        put(REDIS_CONNECTED, "Unknown", "InvalidSpec", "")
+        reason = observed.spec_error_reason
+        put(STALLED, "True", reason, observed.spec_error)
+        put(RECONCILING, "False", reason, "waiting for a corrected spec")
+        put(READY, "False", reason, observed.spec_error)
+        put(CONFIG_APPLIED, "Unknown", reason, "no config could be resolved from the spec")
+        put(HEALTHY, "Unknown", reason, "")
+        put(REDIS_CONNECTED, "Unknown", reason, "")
         return _ordered(conditions)
 
     rejected = observed.child_rejected if not observed.paused else None  # paused: nothing is applied

@@ -493,7 +493,20 @@ async def handle_reconcile(
 
     config_hash = config.config_hash()
     first_pass = not status.get("configHash") and not model.paused
-    tokens, secret_created = await current_tokens(kube, policy, create=first_pass)
+    try:
+        tokens, secret_created = await current_tokens(kube, policy, create=first_pass)
+    except render.TokenSecretError as exc:
+        # A value in the token Secret that is not a token list (a person's rotation gone wrong): never
+        # overwritten (that would lock out the clients holding it), reported until the Secret is fixed.
+        message = str(exc)
+        observed = conds.PolicyObservation(
+            generation=gen, spec_error=message, spec_error_reason="InvalidTokenSecret"
+        )
+        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
+        patch.status["observedGeneration"] = gen
+        logger.warning(f"token Secret rejected: {message}")
+        await _announce_stalled(events, previous, message, "InvalidTokenSecret")
+        return ReconcileOutcome("stalled", reason="InvalidTokenSecret", message=message)
     token = tokens[render.ADMIN_TOKEN_KEY]
     must_apply = (
         apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
@@ -510,7 +523,7 @@ async def handle_reconcile(
             # so Stalled (ChildRejected) naming the policy's field instead of a retry every second.
             rejection = exc.rejection
             logger.warning(f"spec rejected by the API server: {exc}")
-            await _announce_rejection(events, previous, rejection.message())
+            await _announce_stalled(events, previous, rejection.message())
         except KubeError as exc:
             # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
             # retried on the next pass; pods are still probed so status stays truthful about them.
@@ -600,16 +613,14 @@ async def handle_reconcile(
     )
 
 
-async def _announce_rejection(events: Any, previous: Sequence[Mapping[str, Any]], message: str) -> None:
-    """A Warning Event ``ChildRejected`` when the policy becomes Stalled for it (or for another
-    refusal), not on every retry of the same one."""
+async def _announce_stalled(
+    events: Any, previous: Sequence[Mapping[str, Any]], message: str, reason: str = "ChildRejected"
+) -> None:
+    """A Warning Event ``reason`` (``ChildRejected``, ``InvalidTokenSecret``) when the policy becomes
+    Stalled for it (or for another message), not on every retry of the same one."""
     stalled = conds.get_condition(previous, conds.STALLED) or {}
-    if (stalled.get("status"), stalled.get("reason"), stalled.get("message")) != (
-        "True",
-        "ChildRejected",
-        message,
-    ):
-        await _post_event(events, "Warning", "ChildRejected", message)
+    if (stalled.get("status"), stalled.get("reason"), stalled.get("message")) != ("True", reason, message):
+        await _post_event(events, "Warning", reason, message)
 
 
 async def _post_event(events: Any, type_: str, reason: str, message: str) -> None:

@@ -46,6 +46,7 @@ from tests.e2e.test_operator import (
     OperatorProcess,
     _free_port,
     crds,
+    get_policy,
     policy_yaml,
     ready_policy,
     runtime_pods,
@@ -272,11 +273,20 @@ def test_admin_token_rotation_takes_effect_without_a_restart(
     # The operator did not put the old token back (drift repair applies what the Secret holds).
     assert secret_tokens(kube, ns, "rot")[render.ADMIN_TOKEN_KEY].splitlines()[0] == new
 
-    # A bad line is an error in the operator's log naming the Secret, key and line, never the line.
-    # (No Event: kopf posts error records as type Error; none appeared within 30 s on devcluster.)
+    # A bad line stalls the policy (reason InvalidTokenSecret) naming the Secret, key and line, in the
+    # status and the operator's log, never the line itself.
     put_tokens(kube, ns, "rot", {render.ADMIN_TOKEN_KEY: f"{new}\nbadline-xy"})
     error = f"Secret {ns}/rot-cachewarden-tokens data['admin-token'] line 2: a token of 10 characters"
-    wait_for(lambda: error in operator.log_path.read_text(errors="replace"), 60, "the bad line reported")
+
+    def stalled_for_the_secret() -> dict[str, Any] | None:
+        conditions = (get_policy(kube, ns, "rot").get("status") or {}).get("conditions") or []
+        stalled = next((c for c in conditions if c.get("type") == "Stalled"), {})
+        return stalled if stalled.get("reason") == "InvalidTokenSecret" else None
+
+    stalled = wait_dict(stalled_for_the_secret, 60, "Stalled=True InvalidTokenSecret")
+    assert stalled["status"] == "True" and error in stalled["message"]
+    assert "badline-xy" not in stalled["message"]
+    wait_for(lambda: error in operator.log_path.read_text(errors="replace"), 60, "the bad line logged")
     assert "badline-xy" not in operator.log_path.read_text(errors="replace")
     assert secret_tokens(kube, ns, "rot")[render.ADMIN_TOKEN_KEY] == f"{new}\nbadline-xy"  # left alone
     kube.kubectl("delete", "cachepolicy", "rot", "-n", ns, "--timeout", "60s")

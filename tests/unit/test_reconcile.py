@@ -408,3 +408,37 @@ async def test_pod_index_replaces_the_list_call_with_the_same_selection() -> Non
     outcome, patch = await reconcile(spec, kube, pods, pods_in_namespace=lambda ns: indexed)
     assert [v.name for v in outcome.pods] == ["shop-1"]
     assert patch.status["pods"]["desired"] == 1
+
+
+async def test_a_token_secret_holding_no_token_list_stalls_the_policy_and_is_left_alone() -> None:
+    """A person's rotation gone wrong (a line too short to be a token) stalls the policy with reason
+    InvalidTokenSecret naming the key and line, one Warning Event, the Secret untouched; once fixed,
+    the next pass is Ready again."""
+    kube, pods = FakeKube(), FakePods()
+    labels = render.pod_selector_labels("web")
+    kube.pods = [make_pod("web-a", "10.0.0.1", labels), make_pod("web-b", "10.0.0.2", labels)]
+    _, patch = await reconcile(RUNTIME_SPEC, kube, pods)
+    key = ("Secret", "ns", render.token_secret_name("web"))
+    good = dict(kube.objects[key]["data"])
+    admin = base64.b64decode(good[render.ADMIN_TOKEN_KEY]).decode()
+    broken = {**good, render.ADMIN_TOKEN_KEY: base64.b64encode(f"{admin}\nshort\n".encode()).decode()}
+    kube.objects[key] = {**kube.objects[key], "data": broken}
+    events: list[tuple[str, str, str]] = []
+    status = dict(patch.status)  # what the daemon's merge of each pass's patch leaves in the cluster
+    outcome, patch = await reconcile(RUNTIME_SPEC, kube, pods, status=status,
+                                     events=lambda *event: events.append(event))
+    status.update(patch.status)
+    assert outcome.outcome == "stalled" and outcome.reason == "InvalidTokenSecret"
+    stalled = conditions_by_type(patch.status)["Stalled"]
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidTokenSecret"
+    assert render.ADMIN_TOKEN_KEY in stalled["message"] and "line 2" in stalled["message"]
+    assert "short" not in stalled["message"] and admin not in stalled["message"]  # never the token
+    assert kube.objects[key]["data"] == broken
+    assert [(t, r) for t, r, _ in events] == [("Warning", "InvalidTokenSecret")]
+    again, patch = await reconcile(RUNTIME_SPEC, kube, pods, status=status,
+                                   events=lambda *event: events.append(event))
+    status.update(patch.status)
+    assert again.outcome == "stalled" and len(events) == 1  # not one Event per pass
+    kube.objects[key] = {**kube.objects[key], "data": good}
+    fixed, patch = await reconcile(RUNTIME_SPEC, kube, pods, status=status)
+    assert fixed.outcome == "ready" and conditions_by_type(patch.status)["Stalled"]["status"] == "False"
