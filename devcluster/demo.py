@@ -158,7 +158,9 @@ class Demo:
         secret = json.loads(
             self.kubectl("get", "secret", f"{POLICY}-cachewarden-tokens", "-n", DEMO_NAMESPACE, "-o", "json")
         )
-        token = base64.b64decode(secret["data"]["admin-token"]).decode()
+        # An application's token: write-token reads and stores data, and nothing else (the admin token
+        # is the operator's).
+        token = base64.b64decode(secret["data"]["write-token"]).decode()
         for target in (self.policy().get("status") or {}).get("targets") or []:
             ip = target.get("ip")
             if not ip:
