@@ -15,6 +15,7 @@ About 1-2 minutes including the cluster start.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 
 from cache_operator.incidents.naming import LABEL_SOURCE, LABEL_SYMPTOM
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import KubeTools, WaitTimeout, wait_for
 from tests.e2e.test_incidents import journal
 from tests.e2e.test_operator import (
     READY_TIMEOUT,
@@ -177,13 +178,20 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
         assert opened[0]["metadata"]["ownerReferences"][0]["name"] == POLICY
 
         # Diagnosed, then run (Auto) on every pod exactly once.
+        last_seen: dict[str, Any] = {}
+
         def finished() -> dict[str, Any] | None:
             inc = kube.kubectl_json("get", "cacheincident", name, "-n", namespace)
             status = inc.get("status") or {}
+            last_seen["status"] = status
             done = status.get("phase") in ("Succeeded", "Failed") or status.get("resolvedFromPhase")
             return inc if done and status.get("diagnosis") else None
 
-        incident = wait_dict(finished, 120, f"incident {name} diagnosed and run")
+        try:
+            incident = wait_dict(finished, 120, f"incident {name} diagnosed and run")
+        except WaitTimeout as exc:
+            last = json.dumps(last_seen.get("status"))
+            raise AssertionError(f"{exc}; the incident's last status: {last}") from None
         status = incident["status"]
         assert status["detection"]["source"] == "Auto" and status["detection"]["symptom"] == SYMPTOM
         assert sorted(status["detection"]["evidence"]["pods"]) == sorted(
