@@ -388,7 +388,7 @@ def test_labels_carry_pyproject_version_and_license() -> None:
     labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z.]+)="([^"]*)"', text))
     project = pyproject()["project"]
     assert labels.get("org.opencontainers.image.version") == project["version"], labels
-    assert labels.get("org.opencontainers.image.licenses") == project["license"]["text"], labels
+    assert labels.get("org.opencontainers.image.licenses") == project["license"], labels
     assert labels.get("org.opencontainers.image.title") == project["name"]
     assert labels.get("org.opencontainers.image.source", "").startswith("https://")
     base = labels.get("org.opencontainers.image.base.name", "")
