@@ -177,18 +177,27 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
         assert opened[0]["spec"]["action"] == "reconnect-redis"
         assert opened[0]["metadata"]["ownerReferences"][0]["name"] == POLICY
 
-        # Diagnosed, then run (Auto) on every pod exactly once.
+        # Diagnosed, then run (Auto) on every pod exactly once. The misses while Redis is down can
+        # open LowHitRate in the same probe pass (it happens on a loaded machine); its diagnosis is the
+        # same cause and recommends the same action, so whichever incident's safety decision comes
+        # first runs reconnect-redis and the other waits out the action's cooldown (Pending,
+        # CooldownActive naming the first). Either way every pod reconnects exactly once.
         last_seen: dict[str, Any] = {}
 
-        def finished() -> dict[str, Any] | None:
+        def cooling_down(status: dict[str, Any]) -> bool:
+            return status.get("phase") == "Pending" and any(
+                c.get("reason") == "CooldownActive" for c in status.get("conditions") or []
+            )
+
+        def settled() -> dict[str, Any] | None:
             inc = kube.kubectl_json("get", "cacheincident", name, "-n", namespace)
             status = inc.get("status") or {}
             last_seen["status"] = status
             done = status.get("phase") in ("Succeeded", "Failed") or status.get("resolvedFromPhase")
-            return inc if done and status.get("diagnosis") else None
+            return inc if (done or cooling_down(status)) and status.get("diagnosis") else None
 
         try:
-            incident = wait_dict(finished, 120, f"incident {name} diagnosed and run")
+            incident = wait_dict(settled, 120, f"incident {name} diagnosed and run (or cooling down)")
         except WaitTimeout as exc:
             last = json.dumps(last_seen.get("status"))
             raise AssertionError(f"{exc}; the incident's last status: {last}") from None
@@ -201,17 +210,31 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
         top = status["diagnosis"]["causes"][0]
         assert top["name"] == "RedisUnreachable" and top["action"] == "reconnect-redis"
         assert top["recommendation"] and top["evidence"]["pods"]
-        results = {r["pod"]: r for r in status["results"]}
+        policy = get_policy(kube, namespace, POLICY)
+        runner = policy["status"]["lastActions"][0]["incident"]
+        assert {"action": "reconnect-redis", "incident": runner} == {
+            k: v for k, v in policy["status"]["lastActions"][0].items() if k != "at"
+        }
+        if runner != name:
+            assert cooling_down(status) and runner in status.get("message", ""), status
+            assert runner.startswith(f"{POLICY}-lowhitrate-"), runner
+        ran = wait_dict(
+            lambda: (
+                (inc := kube.kubectl_json("get", "cacheincident", runner, "-n", namespace))
+                and ((inc.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                     or (inc.get("status") or {}).get("resolvedFromPhase"))
+                and inc
+            ),
+            120,
+            f"incident {runner} run",
+        )
+        results = {r["pod"]: r for r in ran["status"]["results"]}
         pods = runtime_pods(kube, namespace, POLICY)
         assert sorted(results) == sorted(p["metadata"]["name"] for p in pods)
         assert all(r["step"] == "reconnect-redis" and r["result"] == "Succeeded" for r in results.values())
         token = admin_token(kube, namespace, POLICY)
         for pod in pods:  # the pod's own journal: executed once, never replayed into a second run
             assert journal(pod, token)["executed"].get("redis/reconnect") == 1, pod["metadata"]["name"]
-        policy = get_policy(kube, namespace, POLICY)
-        assert {"action": "reconnect-redis", "incident": name} == {
-            k: v for k, v in policy["status"]["lastActions"][0].items() if k != "at"
-        }
         assert name in policy["status"]["activeIncidents"]
         entry = next(s for s in policy["status"]["symptoms"] if s["name"] == SYMPTOM)
         assert entry["active"] and entry["incident"] == name
@@ -225,7 +248,8 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
 
         incident = drive_until(kube, namespace, "up", resolved, DETECT_TIMEOUT, f"incident {name} Resolved")
         status = incident["status"]
-        assert status["resolvedAt"] and status["resolvedFromPhase"] == "Succeeded"
+        assert status["resolvedAt"]
+        assert status["resolvedFromPhase"] == ("Succeeded" if runner == name else "Pending")
         assert next(c for c in status["conditions"] if c["type"] == "Resolved")["status"] == "True"
         # One incident for the whole episode: re-detections found it, none was created beside it.
         assert [i["metadata"]["name"] for i in auto_incidents(kube, namespace)] == [name]
