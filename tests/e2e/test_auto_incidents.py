@@ -38,6 +38,7 @@ from tests.e2e.test_operator import (
     policy_yaml,
     ready_policy,
     runtime_pods,
+    serve_operator,
     wait_dict,
 )
 
@@ -56,16 +57,8 @@ def operator(
     dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator process for the module."""
-    proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    try:
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
-            60,
-            "operator liveness endpoint",
-        )
-        yield proc
-    finally:
-        proc.stop()
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    yield from serve_operator(OperatorProcess(dev_cluster, log))
 
 
 @pytest.fixture(autouse=True)

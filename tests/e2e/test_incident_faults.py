@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import KubeTools
 from tests.e2e.fault_scenarios import (
     SCENARIOS,
     Lab,
@@ -31,7 +30,7 @@ from tests.e2e.fault_scenarios import (
     lab_for,
     run_scenario,
 )
-from tests.e2e.test_operator import OperatorProcess, crds
+from tests.e2e.test_operator import OperatorProcess, crds, serve_operator
 
 __all__ = ["crds"]  # the CRDs fixture, reused
 
@@ -43,16 +42,8 @@ def operator(
     dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator process for the module."""
-    proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    try:
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
-            60,
-            "operator liveness endpoint",
-        )
-        yield proc
-    finally:
-        proc.stop()
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    yield from serve_operator(OperatorProcess(dev_cluster, log))
 
 
 @pytest.fixture(autouse=True)

@@ -145,7 +145,15 @@ def operator(
     dev_cluster: Cluster, crds: None, kube: KubeTools, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator process for the module."""
-    proc = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    yield from serve_operator(OperatorProcess(dev_cluster, log), kube)
+
+
+def serve_operator(proc: OperatorProcess, kube: KubeTools | None = None) -> Iterator[OperatorProcess]:
+    """The body of a module's ``operator`` fixture: wait for ``proc``'s liveness endpoint, yield it, then
+    (with ``kube``, while the operator still runs: its finalizer is on every policy it saw, and a policy
+    left in a namespace being deleted would keep that namespace Terminating for the rest of the
+    session) delete every policy, and stop the process."""
     try:
         wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
@@ -153,9 +161,9 @@ def operator(
             "operator liveness endpoint",
         )
         yield proc
-        # While the operator still runs: its finalizer is on every policy it saw, and a policy left in a
-        # namespace being deleted would keep that namespace Terminating for the rest of the session.
-        kube.kubectl("delete", "cachepolicies", "--all", "--all-namespaces", "--timeout", "60s", check=False)
+        if kube is not None:
+            kube.kubectl("delete", "cachepolicies", "--all", "--all-namespaces", "--timeout", "60s",
+                         check=False)
     finally:
         proc.stop()
 

@@ -50,6 +50,7 @@ from tests.e2e.test_operator import (
     policy_yaml,
     ready_policy,
     runtime_pods,
+    serve_operator,
     wait_dict,
 )
 from tests.e2e.test_pod_security import RESTRICTED_REDIS
@@ -83,17 +84,9 @@ def operator(
     dev_cluster: Cluster, crds: None, kube: KubeTools, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator for the module, at DEBUG."""
-    proc = DebugOperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    try:
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{proc.liveness_port}/healthz", timeout=2).status_code == 200,
-            60,
-            "operator liveness endpoint",
-        )
-        yield proc
-        kube.kubectl("delete", "cachepolicies", "--all", "--all-namespaces", "--timeout", "60s", check=False)
-    finally:
-        proc.stop()
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    yield from serve_operator(DebugOperatorProcess(dev_cluster, log), kube)
+
 
 PORT = 8080
 
