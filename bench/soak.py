@@ -50,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._operator_harness import Kubectl, apply_crds, policy_manifest  # noqa: E402
+from bench._operator_harness import Kubectl, apply_crds, policy_manifest, wait_until  # noqa: E402
 from bench._soak_cluster import (  # noqa: E402
     OperatorSlot,
     PolicyWatch,
@@ -231,19 +231,12 @@ class Soak:
         self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifest))
 
     def _wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-            except Exception as exc:
-                last = exc
-            else:
-                if value:
-                    return value
-                last = value
-            time.sleep(0.5)
-        raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; last: {str(last)[:500]}")
+        # The harness's poll loop; a RuntimeError instead of its SystemExit, so the CI soak test and the
+        # run's own clean-up see an ordinary failure.
+        try:
+            return wait_until(predicate, timeout, what, interval=0.5)
+        except SystemExit as exc:
+            raise RuntimeError(str(exc)) from None
 
     # --- the run -----------------------------------------------------------------------------------
 
