@@ -16,6 +16,10 @@
 # release. To move to a newer base, replace both (docs/image.md, "Updating the base image"):
 #   docker buildx imagetools inspect docker.io/library/python:3.12-slim-bookworm --format '{{json .Manifest.Digest}}'
 # or override it for one build with --build-arg PYTHON_IMAGE=python:3.12.X-slim-bookworm@sha256:...
+#
+# Offline, on a machine with no registry (devcluster/realnode/images.py, docs/image.md "Offline"):
+# PYTHON_IMAGE is a Debian base made from packages (python3, python3-venv; python3 is all it needs to
+# offer), and pip installs from a wheelhouse given by the PIP_* build arguments of the builder stage.
 ARG PYTHON_IMAGE=docker.io/library/python:3.12.7-slim-bookworm@sha256:032c52613401895aa3d418a4c563d2d05f993bc3ecc065c8f4e2280978acd249
 
 # ---------------------------------------------------------------------------------------------------
@@ -24,11 +28,18 @@ ARG PYTHON_IMAGE=docker.io/library/python:3.12.7-slim-bookworm@sha256:032c526134
 # (hiredis, lz4, orjson, xxhash, uvloop, httptools, cryptography), so no compiler is needed here either.
 FROM ${PYTHON_IMAGE} AS builder
 
+# pip reads these from the environment. Unset by default (a build with internet uses PyPI); the
+# offline build passes PIP_NO_INDEX=1 and PIP_FIND_LINKS=<the wheelhouse served on loopback>.
+ARG PIP_INDEX_URL
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/cachewarden
+# python3, not python: Debian's python3 package has no `python` command.
+RUN python3 -m venv /opt/cachewarden
 
 WORKDIR /src
 # Only what the wheel is built from (pyproject's packages.find + its readme); .dockerignore keeps
@@ -39,10 +50,11 @@ COPY cache_operator ./cache_operator
 COPY devcluster ./devcluster
 
 # The final image never installs anything, so pip leaves the venv once it is built (setuptools stays
-# only if a dependency needs it at run time; Python 3.12's venv does not add it). The last two
+# only if a dependency needs it at run time; Python 3.12's venv does not add it). The venv's pip builds
+# the wheel (Debian's python3 has no pip module; the venv's pip comes from python3-venv). The last two
 # commands fail the build if the console script, the runtime service or the operator with its kopf
 # handlers cannot be imported.
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+RUN /opt/cachewarden/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/cachewarden/bin/pip install /wheels/cachewarden-*.whl \
  && /opt/cachewarden/bin/pip uninstall --yes pip \
  && /opt/cachewarden/bin/cachewarden --help >/dev/null \

@@ -1,5 +1,6 @@
-"""The Dockerfile, read as data: there is no container engine on these machines, so the properties
-that matter are checked statically against the repository itself.
+"""The Dockerfile, read as data: the properties that matter, checked statically against the
+repository itself in a second and without a container engine (tests/realnode/test_images.py builds the
+image offline on a Debian base and runs it, where a Docker engine is available).
 
 - multi-stage: a builder that builds the wheel, a final stage that copies the venv from it;
 - every base image pinned by tag AND sha256 digest;
@@ -8,7 +9,9 @@ that matter are checked statically against the repository itself.
 - ENTRYPOINT is the console script pyproject.toml declares;
 - every COPY source exists and is let in by .dockerignore (so the build cannot miss a file the wheel
   needs, e.g. a module of a package or its package data);
-- the OCI version label is pyproject's version.
+- the OCI version label is pyproject's version;
+- the builder takes pip's offline settings (PIP_NO_INDEX, PIP_FIND_LINKS) as build arguments with no
+  default, and needs only ``python3`` from its base (a Debian base made from packages has no ``python``).
 
 The .dockerignore matcher follows Docker's rules (Go filepath.Match per path segment, ``**`` for any
 number of segments, a leading ``!`` re-includes, the last matching pattern wins, a pattern that
@@ -18,6 +21,7 @@ examples.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import posixpath
 import re
@@ -269,7 +273,8 @@ def test_multi_stage_builder_builds_a_wheel_and_final_copies_the_venv() -> None:
     venv_copies = [i for i in final.all("COPY") if copy_sources(i)[1] == "builder"]
     assert venv_copies, "the final stage must COPY --from=builder the virtual environment"
     venv = copy_sources(venv_copies[0])[0][0]
-    assert re.search(rf"python -m venv {re.escape(venv)}\b", builder_runs), (venv, builder_runs)
+    # python3, not python: a Debian base made from packages (the offline build) has no `python`.
+    assert re.search(rf"python3 -m venv {re.escape(venv)}\b", builder_runs), (venv, builder_runs)
     env = " ".join(i.args for i in final.all("ENV"))
     assert f"PATH={venv}/bin:" in env, "the venv's bin must lead PATH in the final stage"
     # The service binds 127.0.0.1 unless told otherwise: unreachable through a container's port.
@@ -433,7 +438,41 @@ def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
         assert modules and not missing, f"{package}: missing from the wheel: {missing[:5]}"
     for package, data in pyproject()["tool"]["setuptools"].get("package-data", {}).items():
         for name in data:
-            assert f"{package}/{name}" in names
+            if "*" not in name:
+                assert f"{package}/{name}" in names
+                continue
+            # A glob (setuptools' `**` spans directories, as fnmatch's `*` does): every file it matches
+            # ships, and it matches something.
+            pattern = f"{package}/{name}".replace("**/", "")
+            matched = [f for f in tracked_files()
+                       if fnmatch.fnmatchcase(f, pattern) and "__pycache__" not in f]
+            assert matched, f"package-data {name!r} of {package} matches no file"
+            missing = sorted(set(matched) - names)
+            assert not missing, f"package-data {name!r}: missing from the wheel: {missing[:5]}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "cachewarden = cache_runtime.cli:main" in text, text
+
+
+def test_builder_takes_offline_pip_arguments_unset_by_default() -> None:
+    """The offline build (devcluster/realnode/images.py, docs/image.md) hands pip a wheelhouse through
+    build arguments of the builder stage. They are declared without a default: a build with internet
+    uses PyPI unchanged (an empty PIP_NO_INDEX would even make pip fail). Every pip call goes through the
+    venv's pip, because a Debian base made from packages has python3 without a pip module."""
+    builder = next(s for s in stages() if s.name == "builder")
+    declared = {i.args.split("=", 1)[0].strip(): "=" in i.args for i in builder.all("ARG")}
+    for name in ("PIP_NO_INDEX", "PIP_FIND_LINKS", "PIP_INDEX_URL"):
+        assert name in declared, f"ARG {name} missing from the builder stage"
+        assert not declared[name], f"ARG {name} must have no default"
+    assert not any(i.args.startswith("PIP_") for i in stages()[-1].all("ARG")), "pip runs only in the builder"
+    builder_runs = " ".join(i.args for i in builder.all("RUN"))
+    assert "python -m pip" not in builder_runs and "python3 -m pip" not in builder_runs, builder_runs
+    assert "/opt/cachewarden/bin/pip wheel" in builder_runs, builder_runs
+
+    from devcluster.realnode import images
+
+    # The offline build (images.ensure_app_image) sets PYTHON_IMAGE, a global ARG, to its Debian base.
+    lines = logical_lines((REPO / "Dockerfile").read_text())
+    assert "FROM ${PYTHON_IMAGE} AS builder" in lines and "FROM ${PYTHON_IMAGE} AS final" in lines
+    name = pyproject()["project"]["name"]
+    assert f"{name}/{name}" == images.APP_REPOSITORY
