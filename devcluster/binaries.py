@@ -64,8 +64,9 @@ COMPONENTS: tuple[Component, ...] = (
 COMPONENT_NAMES = tuple(c.name for c in COMPONENTS)
 
 
-def parse_versions(text: str, source: str = "versions.env") -> PinnedVersions:
-    """Parse ``KEY=VALUE`` lines (comments and blank lines allowed) into the pinned versions."""
+def parse_version_table(text: str, source: str = "versions.env") -> dict[str, str]:
+    """Every ``KEY=VALUE`` line (comments and blank lines allowed), each value a version
+    ``vMAJOR.MINOR.PATCH``; the fast lane's keys must be there."""
     values: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -84,6 +85,15 @@ def parse_versions(text: str, source: str = "versions.env") -> PinnedVersions:
             raise BinariesError(
                 f"{source}: {key}={values[key]!r} is not a version; accepted: vMAJOR.MINOR.PATCH"
             )
+    for key, value in values.items():
+        if not _VERSION_PATTERN.match(value):
+            raise BinariesError(f"{source}: {key}={value!r} is not a version; accepted: vMAJOR.MINOR.PATCH")
+    return values
+
+
+def parse_versions(text: str, source: str = "versions.env") -> PinnedVersions:
+    """Parse ``KEY=VALUE`` lines (comments and blank lines allowed) into the fast lane's pinned versions."""
+    values = parse_version_table(text, source)
     return PinnedVersions(
         kubernetes=values["KUBERNETES_VERSION"], etcd=values["ETCD_VERSION"], helm=values["HELM_VERSION"]
     )
@@ -92,6 +102,11 @@ def parse_versions(text: str, source: str = "versions.env") -> PinnedVersions:
 def pinned_versions(path: Path = VERSIONS_FILE) -> PinnedVersions:
     """The versions pinned in ``devcluster/versions.env``."""
     return parse_versions(path.read_text(), source=str(path))
+
+
+def read_version_table(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    """Every version pinned in ``devcluster/versions.env`` (the real-node lane's too), by key."""
+    return parse_version_table(path.read_text(), source=str(path))
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -191,16 +206,18 @@ def binary_path(component: str, directory: Path | None = None) -> Path:
 
 
 def run_build_script(
-    directory: Path | None = None, progress: Callable[[str], None] | None = None
+    directory: Path | None = None, progress: Callable[[str], None] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> None:
     """Run ``build.sh`` (a cold build takes many minutes), passing each line of its output to
-    ``progress`` (default: stderr). It skips binaries that already report the pinned version."""
+    ``progress`` (default: stderr). It skips binaries that already report the pinned version.
+    ``extra_args``: ``("--real-node",)`` also builds the real-node lane's binaries."""
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     env = dict(os.environ)
     if directory is not None:
         env["CACHEWARDEN_BIN_DIR"] = str(directory)
     process = subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT)],
+        ["bash", str(BUILD_SCRIPT), *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

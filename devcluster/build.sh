@@ -2,7 +2,9 @@
 # Build the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, helm)
 # from their published Go modules into a cache outside the repository.
 #
-#   devcluster/build.sh            build what is missing or reports the wrong version
+#   devcluster/build.sh              build what is missing or reports the wrong version
+#   devcluster/build.sh --real-node  also the real-node lane's parts: kubelet, kubeadm, kube-scheduler,
+#                                    kube-proxy, kind, CoreDNS, kube-network-policies and our pause
 #   CACHEWARDEN_BIN_DIR=/x build.sh  put the binaries in /x (default ~/.cache/cachewarden/bin)
 #
 # Each binary is skipped when the cached one already reports the pinned version, so a warm run takes
@@ -55,14 +57,20 @@ have_version() { # binary, expected substring of its version output, version arg
   [ -x "$bin" ] && "$bin" "$@" 2>/dev/null | grep -qF -- "$want"
 }
 
+# build_kubernetes CMD...: the named commands of k8s.io/kubernetes, each skipped when it already
+# reports the pinned version.
 build_kubernetes() {
-  if have_version kube-apiserver "$KUBERNETES_VERSION" --version \
-     && have_version kube-controller-manager "$KUBERNETES_VERSION" --version \
-     && have_version kubectl "$KUBERNETES_VERSION" version --client; then
-    log "kubernetes $KUBERNETES_VERSION: cached"; return
-  fi
+  local missing=() cmd
+  for cmd in "$@"; do
+    case $cmd in
+      kubectl) have_version kubectl "$KUBERNETES_VERSION" version --client || missing+=("$cmd") ;;
+      kubeadm) have_version kubeadm "$KUBERNETES_VERSION" version -o short || missing+=("$cmd") ;;
+      *) have_version "$cmd" "$KUBERNETES_VERSION" --version || missing+=("$cmd") ;;
+    esac
+  done
+  if [ ${#missing[@]} -eq 0 ]; then log "kubernetes $KUBERNETES_VERSION ($*): cached"; return; fi
   local mod=$work_dir/kubernetes-$KUBERNETES_VERSION logfile=$work_dir/kubernetes-$KUBERNETES_VERSION.log
-  mkdir -p "$mod"; : >"$logfile"
+  mkdir -p "$mod"; : >>"$logfile"
   log "kubernetes $KUBERNETES_VERSION: downloading k8s.io/kubernetes (log: $logfile)"
   local gomod
   gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" 2>>"$logfile" \
@@ -88,7 +96,7 @@ build_kubernetes() {
     ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date -X $pkg.gitCommit=0000000000000000000000000000000000000000"
   done
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  for cmd in "${missing[@]}"; do
     log "kubernetes: building $cmd"
     run_logged "$cmd" "$logfile" bash -c "cd '$mod' && go build -trimpath -ldflags '$ldflags' -o '$bin_dir/$cmd.tmp' k8s.io/kubernetes/cmd/$cmd"
     mv "$bin_dir/$cmd.tmp" "$bin_dir/$cmd"
@@ -146,8 +154,110 @@ build_helm() {
   log "helm: done"
 }
 
+# --- the real-node lane (docs/devcluster.md, "Real-node lane") ------------------------------------
+
+build_kind() {
+  if have_version kind "kind $KIND_VERSION " version; then log "kind $KIND_VERSION: cached"; return; fi
+  local logfile=$work_dir/kind-$KIND_VERSION.log; : >"$logfile"
+  log "kind $KIND_VERSION: building (log: $logfile)"
+  run_logged kind "$logfile" env GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"
+  log "kind: done"
+}
+
+# CoreDNS through a wrapper main that links only the plugins a cluster's Corefile uses (kubeadm's
+# default Corefile: errors, health, ready, kubernetes, prometheus, forward, cache, loop, reload,
+# loadbalance, plus log): the stock main links every cloud provider's SDK and takes far longer.
+build_coredns() {
+  if have_version coredns "CoreDNS-${COREDNS_VERSION#v}" -version; then log "coredns $COREDNS_VERSION: cached"; return; fi
+  local mod=$work_dir/coredns-$COREDNS_VERSION logfile=$work_dir/coredns-$COREDNS_VERSION.log
+  mkdir -p "$mod"; : >"$logfile"
+  {
+    echo "module cachewarden.local/corednsbuild"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')"
+    echo
+    echo "require github.com/coredns/coredns $COREDNS_VERSION"
+  } >"$mod/go.mod"
+  cat >"$mod/main.go" <<'GO'
+// Command coredns runs CoreDNS from the published github.com/coredns/coredns module with the plugins a
+// Kubernetes cluster's Corefile names; the order in which they run comes from CoreDNS's own table.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/metrics"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+	_ "github.com/coredns/coredns/plugin/whoami"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+  log "coredns $COREDNS_VERSION: building (log: $logfile)"
+  run_logged coredns "$logfile" bash -c "cd '$mod' && go build -trimpath -ldflags '-s -w' -o '$bin_dir/coredns.tmp' ."
+  mv "$bin_dir/coredns.tmp" "$bin_dir/coredns"
+  log "coredns: done"
+}
+
+# The NetworkPolicy enforcer the node runs (the one kind's own CNI embeds), as a DaemonSet.
+build_netpol() {
+  local stamp=$bin_dir/.kube-network-policies.version
+  if [ -x "$bin_dir/kube-network-policies" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$KUBE_NETWORK_POLICIES_VERSION" ]; then
+    log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION: cached"; return
+  fi
+  local mod=$work_dir/netpol-$KUBE_NETWORK_POLICIES_VERSION logfile=$work_dir/netpol-$KUBE_NETWORK_POLICIES_VERSION.log
+  mkdir -p "$mod"; : >"$logfile"
+  {
+    echo "module cachewarden.local/netpolbuild"
+    echo
+    echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')"
+    echo
+    echo "require sigs.k8s.io/kube-network-policies $KUBE_NETWORK_POLICIES_VERSION"
+  } >"$mod/go.mod"
+  log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION: building (log: $logfile)"
+  run_logged kube-network-policies "$logfile" bash -c "cd '$mod' && go build -trimpath -ldflags '-s -w' -o '$bin_dir/kube-network-policies.tmp' sigs.k8s.io/kube-network-policies/cmd"
+  mv "$bin_dir/kube-network-policies.tmp" "$bin_dir/kube-network-policies"
+  echo "$KUBE_NETWORK_POLICIES_VERSION" >"$stamp"
+  log "kube-network-policies: done"
+}
+
+# The pod sandbox's process: our own few lines (devcluster/realnode/pause/main.go), rebuilt when they change.
+build_pause() {
+  local src=$here/realnode/pause/main.go stamp=$bin_dir/.pause.sha256 sum
+  sum=$(sha256sum "$src" | cut -d' ' -f1)
+  if [ -x "$bin_dir/pause" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then log "pause: cached"; return; fi
+  local logfile=$work_dir/pause.log; : >"$logfile"
+  run_logged pause "$logfile" bash -c "cd '$(dirname "$src")' && go build -trimpath -ldflags '-s -w' -o '$bin_dir/pause.tmp' main.go"
+  mv "$bin_dir/pause.tmp" "$bin_dir/pause"; echo "$sum" >"$stamp"
+  log "pause: done"
+}
+
+real_node=0
+for arg in "$@"; do
+  case $arg in
+    --real-node) real_node=1 ;;
+    *) echo "devcluster build: unknown argument $arg; accepted: --real-node" >&2; exit 2 ;;
+  esac
+done
+
 log "binaries go to $bin_dir (Go $(go env GOVERSION), $(nproc) cores)"
 build_etcd
 build_helm
-build_kubernetes
+build_kubernetes kube-apiserver kube-controller-manager kubectl
+if [ "$real_node" = 1 ]; then
+  build_kubernetes kubelet kubeadm kube-scheduler kube-proxy
+  build_kind
+  build_coredns
+  build_netpol
+  build_pause
+fi
 log "all binaries ready in $bin_dir ($(( $(date +%s) - started ))s)"
