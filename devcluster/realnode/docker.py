@@ -229,3 +229,20 @@ def tag_image(source: str, target: str) -> None:
     result = subprocess.run(["docker", "tag", source, target], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise DockerError(f"docker tag {source} {target}: {result.stderr.strip()}")
+
+
+def remove_other_tags(repository: str, *, keep: str, prefix: str, newest: int = 3) -> list[str]:
+    """Remove the images of ``repository`` whose tag starts with ``prefix``, except ``keep`` and the
+    ``newest`` most recent ones (every source change makes a new app image; the old ones would pile
+    up, while a test session running next to this one may still use a recent one). An image a
+    container still uses is left alone (``docker rmi`` refuses it). Returns the tags removed."""
+    result = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repository],
+                            capture_output=True, text=True, timeout=60)
+    # `docker images` lists the newest first.
+    candidates = [name for name in result.stdout.split()
+                  if name != keep and name.rsplit(":", 1)[-1].startswith(prefix)]
+    removed = []
+    for name in candidates[newest:]:
+        if subprocess.run(["docker", "rmi", name], capture_output=True, timeout=120).returncode == 0:
+            removed.append(name)
+    return removed

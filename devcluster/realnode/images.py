@@ -230,6 +230,9 @@ class Manifest:
     sources: tuple[str, ...]
     requested: tuple[str, ...]
     packages: Mapping[str, str] = field(default_factory=dict)
+    recipe_sha256: str = ""
+    """The recipe's digest: two recipes that install the same packages (a different setup hook or
+    files) still get different manifests and manifest tags. Empty in manifests written before it."""
 
     def version(self, package: str) -> str:
         """The installed version of ``package``; :class:`ImageError` if it is not installed."""
@@ -256,7 +259,8 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
 def render_manifest(recipe: RootfsRecipe, packages: Mapping[str, str]) -> str:
     """The manifest text written into the image (no timestamps: same packages, same text)."""
     lines = ["# cachewarden image manifest: the Debian suite and every installed package (dpkg)",
-             f"repository\t{recipe.repository}", f"suite\t{recipe.suite}", f"variant\t{recipe.variant}",
+             f"repository\t{recipe.repository}", f"recipe-sha256\t{recipe_digest(recipe)}",
+             f"suite\t{recipe.suite}", f"variant\t{recipe.variant}",
              f"architecture\t{recipe.architecture}"]
     lines += [f"source\t{source}" for source in apt_sources(recipe)]
     lines += [f"requested\t{package}" for package in recipe.packages]
@@ -284,13 +288,13 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
             if len(parts) != 2 or not parts[1]:
                 raise ImageError(f"{source}:{number}: {key} line {raw!r}; accepted: '{key}<TAB>value'")
             (sources if key == "source" else requested).append(parts[1])
-        elif key in {"repository", "suite", "variant", "architecture"}:
+        elif key in {"repository", "recipe-sha256", "suite", "variant", "architecture"}:
             if len(parts) != 2 or not parts[1]:
                 raise ImageError(f"{source}:{number}: {key} line {raw!r}; accepted: '{key}<TAB>value'")
             single[key] = parts[1]
         else:
-            raise ImageError(f"{source}:{number}: unknown field {key!r}; accepted: repository, suite, "
-                             "variant, architecture, source, requested, package")
+            raise ImageError(f"{source}:{number}: unknown field {key!r}; accepted: repository, "
+                             "recipe-sha256, suite, variant, architecture, source, requested, package")
     for key in ("repository", "suite", "variant", "architecture"):
         if key not in single:
             raise ImageError(f"{source}: no {key!r} line")
@@ -302,7 +306,7 @@ def parse_manifest(text: str, source: str = "manifest") -> Manifest:
             raise ImageError(f"{source}: requested package {name!r} is not among the installed packages")
     return Manifest(repository=single["repository"], suite=single["suite"], variant=single["variant"],
                     architecture=single["architecture"], sources=tuple(sources), requested=tuple(requested),
-                    packages=packages)
+                    packages=packages, recipe_sha256=single.get("recipe-sha256", ""))
 
 
 def manifest_digest(text: str) -> str:
@@ -765,6 +769,9 @@ def ensure_app_image(base: str, wheelhouse: Path, *, repo: Path = REPO,
     seconds = time.monotonic() - started
     size = docker.image_size(tag)
     progress(f"app: built {tag} in {seconds:.0f} s, {size / 1e6:.0f} MB")
+    removed = docker.remove_other_tags(APP_REPOSITORY, keep=tag, prefix="local-")
+    if removed:
+        progress(f"app: removed older images (the newest ones stay): {', '.join(removed)}")
     return BuiltImage(name="app", tag=tag, built=True, seconds=seconds, size_bytes=size)
 
 

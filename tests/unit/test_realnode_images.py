@@ -194,6 +194,18 @@ def test_manifest_round_trips_and_records_suite_sources_and_versions() -> None:
     assert manifest.requested == recipe.packages
     assert manifest.version("python3") == "3.11.2-1+b1"
     assert images.render_manifest(recipe, manifest.packages) == text  # no timestamps: deterministic
+    assert manifest.recipe_sha256 == images.recipe_digest(recipe)
+
+
+def test_recipes_installing_the_same_packages_get_different_manifest_tags() -> None:
+    """A setup hook or a file changes the image but not dpkg's list: the manifest tag still differs."""
+    packages = images.parse_dpkg_status(DPKG_STATUS)
+    plain = images.render_manifest(base_recipe(), packages)
+    hooked = images.render_manifest(base_recipe(extra_inputs=("containerd 1.6",)), packages)
+    assert images.manifest_tag(images.parse_manifest(plain), plain) != images.manifest_tag(
+        images.parse_manifest(hooked), hooked)
+    older = "\n".join(line for line in plain.splitlines() if not line.startswith("recipe-sha256"))
+    assert images.parse_manifest(older).recipe_sha256 == ""  # images built before the field still parse
 
 
 def test_manifest_tag_and_labels_derive_from_what_was_installed() -> None:
