@@ -826,9 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for image in images.details:
         state = f"built in {image.seconds:.0f} s" if image.built else "cached"
-        print(f"{image.name:6} {image.tag:52} {image.size_bytes / 1e6:6.0f} MB  {state}")
+        print(f"{image.name:11} {image.tag:48} {image.size_bytes / 1e6:6.0f} MB  {state}")
         for extra in image.extra_tags:
-            print(f"{'':6} {extra}")
+            print(f"{'':11} {extra}")
     print(f"total {time.monotonic() - started:.0f} s")
     return 0
 

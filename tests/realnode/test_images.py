@@ -68,9 +68,11 @@ def network() -> Iterator[str]:
         docker_cmd("network", "rm", name, check=False)
 
 
-def run_detached(network: str, name: str, image: str, *args: str, user: str | None = None) -> str:
-    """Start a restricted container on ``network`` and return its address there."""
-    command = ["run", "-d", "--name", name, "--network", network, *RESTRICTED]
+def run_detached(network: str, name: str, image: str, *args: str, user: str | None = None,
+                 options: tuple[str, ...] = ()) -> str:
+    """Start a restricted container on ``network`` (``options``: more ``docker run`` options) and return
+    its address there."""
+    command = ["run", "-d", "--name", name, "--network", network, *RESTRICTED, *options]
     if user is not None:
         command += ["--user", user]
     docker_cmd(*command, image, *args)
@@ -221,3 +223,26 @@ asyncio.run(main())
     assert result.stdout.startswith("ok"), result.stdout + result.stderr
     keys = int(wait_exec(redis_name, "redis-cli", "dbsize", expect="").strip())
     assert keys >= 2, "the direct key and the engine's entry are in the Redis container"
+
+
+def test_sample_app_serves_read_only_with_redis(image_set: images.ImageSet, network: str) -> None:
+    """`python -m examples.sample_app` (examples/sample_app/k8s runs it this way) serves from the image
+    under the restricted settings; its answer is stored in the Redis container."""
+    redis_name = f"{network}-redis"
+    run_detached(network, redis_name, image_set.redis)
+    wait_exec(redis_name, "redis-cli", "ping", expect="PONG")
+    name = f"{network}-sample"
+    options = ("--env", f"CACHEWARDEN_REDIS_URL=redis://{redis_name}:6379/0",
+               "--env", "CACHEWARDEN_AUTH_DISABLED=true", "--entrypoint", "python3")
+    address = run_detached(network, name, image_set.app, "-m", "examples.sample_app", user=str(RUNTIME_UID),
+                           options=options)
+    wait_http(f"http://{address}:8080/healthz", container=name)
+    answers = []
+    for _ in range(2):
+        body = json.dumps({"text": "The cache keeps answers. It is fast. It is tested."}).encode()
+        request = urllib.request.Request(f"http://{address}:8080/v1/summarize", method="POST", data=body,
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answers.append(json.loads(response.read()))
+    assert answers[0] == answers[1] and answers[0]["summary"], answers
+    assert int(wait_exec(redis_name, "redis-cli", "dbsize", expect="").strip()) == 1
