@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.server
@@ -607,6 +608,25 @@ def _stderr_progress(message: str) -> None:
 # I/O: mmdebstrap, docker import, pip download, docker build
 
 
+@contextlib.contextmanager
+def build_lock(name: str, environ: Mapping[str, str] | None = None,
+               progress: Progress = _stderr_progress) -> Iterator[None]:
+    """One build of ``name`` at a time on this machine: a second process (the kind lane and a test run
+    side by side) waits here, then finds the image the first one built."""
+    path = docker.realnode_dir(environ) / "locks" / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another process building {name} (lock {path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_rootfs_image(recipe: RootfsRecipe, *, setup: Callable[[Path], None] | None = None,
                         environ: Mapping[str, str] | None = None,
                         progress: Progress = _stderr_progress) -> BuiltImage:
@@ -618,6 +638,12 @@ def ensure_rootfs_image(recipe: RootfsRecipe, *, setup: Callable[[Path], None] |
     Needs root (mmdebstrap's root mode, dockerd) and the ``mmdebstrap`` package; raises
     :class:`DockerError` naming the missing command or the failed step and its log.
     """
+    with build_lock(rootfs_tag(recipe), environ, progress):
+        return _build_rootfs_image(recipe, setup=setup, environ=environ, progress=progress)
+
+
+def _build_rootfs_image(recipe: RootfsRecipe, *, setup: Callable[[Path], None] | None,
+                        environ: Mapping[str, str] | None, progress: Progress) -> BuiltImage:
     tag = rootfs_tag(recipe)
     name = recipe.repository.rsplit("/", 1)[-1]
     docker.ensure_engine(environ)
@@ -692,6 +718,13 @@ def ensure_wheelhouse(base: str, manifest: Manifest, manifest_text: str, *, repo
     """The directory of wheels the Dockerfile's pip installs on ``base``, downloaded once by the base's
     own pip (a ``.complete`` stamp marks a finished download; the requirements and the base's manifest
     are part of its name)."""
+    with build_lock("wheelhouse", environ, progress):
+        return _download_wheelhouse(base, manifest, manifest_text, repo=repo, environ=environ,
+                                    progress=progress)
+
+
+def _download_wheelhouse(base: str, manifest: Manifest, manifest_text: str, *, repo: Path,
+                         environ: Mapping[str, str] | None, progress: Progress) -> Path:
     env = os.environ if environ is None else environ
     requirements = wheelhouse_requirements((repo / "pyproject.toml").read_text())
     target = wheel_target(manifest)
@@ -739,6 +772,12 @@ def ensure_app_image(base: str, wheelhouse: Path, *, repo: Path = REPO,
     """The project's image from its ``Dockerfile`` on ``base``, with pip offline: skipped if the tag
     of its inputs exists, else ``docker build`` (classic builder, ``--network host``) with the
     wheelhouse served on loopback."""
+    with build_lock("app", environ, progress):
+        return _build_app_image(base, wheelhouse, repo=repo, environ=environ, progress=progress)
+
+
+def _build_app_image(base: str, wheelhouse: Path, *, repo: Path, environ: Mapping[str, str] | None,
+                     progress: Progress) -> BuiltImage:
     dockerignore = (repo / ".dockerignore").read_text()
     paths = context_files(repo, dockerignore)
     files = {path: (repo / path).read_bytes() for path in paths}

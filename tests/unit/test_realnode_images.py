@@ -400,3 +400,30 @@ def test_run_logged_failure_names_the_step_and_shows_the_log(tmp_path: Path) -> 
     assert "docker build of x failed (exit status 3)" in text and "the reason" in text and str(log) in text
     with pytest.raises(docker.DockerError, match="`no-such-program-here` not found"):
         docker.run_logged(["no-such-program-here"], log, what="x")
+
+
+def test_build_lock_makes_a_second_builder_wait(tmp_path: Path) -> None:
+    """Two processes building the same image (the kind lane and a test run): the second waits, says so,
+    and continues when the first is done."""
+    import threading
+
+    environ = {"CACHEWARDEN_CACHE_DIR": str(tmp_path)}
+    events: list[str] = []
+    waiting = threading.Event()
+
+    def second() -> None:
+        def progress(message: str) -> None:
+            events.append("second waits")
+            waiting.set()
+
+        with images.build_lock("cachewarden/redis:bookworm-abc", environ, progress):
+            events.append("second builds")
+
+    with images.build_lock("cachewarden/redis:bookworm-abc", environ, lambda _m: None):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waiting.wait(10)
+        events.append("first done")
+    thread.join(10)
+    assert events == ["second waits", "first done", "second builds"]
+    assert (tmp_path / "realnode/locks/cachewarden_redis_bookworm-abc.lock").exists()
