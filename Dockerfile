@@ -20,6 +20,8 @@
 # Offline, on a machine with no registry (devcluster/realnode/images.py, docs/image.md "Offline"):
 # PYTHON_IMAGE is a Debian base made from packages (python3, python3-venv; python3 is all it needs to
 # offer), and pip installs from a wheelhouse given by the PIP_* build arguments of the builder stage.
+# That build uses the classic builder (DOCKER_BUILDKIT=0), for which the `# syntax=` line is a comment:
+# BuildKit would fetch that frontend from a registry. Nothing here needs BuildKit.
 ARG PYTHON_IMAGE=docker.io/library/python:3.12.7-slim-bookworm@sha256:032c52613401895aa3d418a4c563d2d05f993bc3ecc065c8f4e2280978acd249
 
 # ---------------------------------------------------------------------------------------------------
