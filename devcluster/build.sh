@@ -4,7 +4,7 @@
 #
 #   devcluster/build.sh              build what is missing or reports the wrong version
 #   devcluster/build.sh --real-node  also the real-node lane's parts: kubelet, kubeadm, kube-scheduler,
-#                                    kube-proxy, kind, CoreDNS, kube-network-policies and our pause
+#                                    kube-proxy, kind, CoreDNS, kube-router and our pause
 #   CACHEWARDEN_BIN_DIR=/x build.sh  put the binaries in /x (default ~/.cache/cachewarden/bin)
 #
 # Each binary is skipped when the cached one already reports the pinned version, so a warm run takes
@@ -208,26 +208,27 @@ GO
   log "coredns: done"
 }
 
-# The NetworkPolicy enforcer the node runs (the one kind's own CNI embeds), as a DaemonSet.
-build_netpol() {
-  local stamp=$bin_dir/.kube-network-policies.version
-  if [ -x "$bin_dir/kube-network-policies" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$KUBE_NETWORK_POLICIES_VERSION" ]; then
-    log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION: cached"; return
+# The NetworkPolicy enforcer the node runs as a DaemonSet: kube-router with only its firewall
+# (iptables + ipset); routing and the Service proxy stay kube-proxy's and the CNI bridge's.
+build_kube_router() {
+  local stamp=$bin_dir/.kube-router.version
+  if [ -x "$bin_dir/kube-router" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$KUBE_ROUTER_VERSION" ]; then
+    log "kube-router $KUBE_ROUTER_VERSION: cached"; return
   fi
-  local mod=$work_dir/netpol-$KUBE_NETWORK_POLICIES_VERSION logfile=$work_dir/netpol-$KUBE_NETWORK_POLICIES_VERSION.log
+  local mod=$work_dir/kube-router-$KUBE_ROUTER_VERSION logfile=$work_dir/kube-router-$KUBE_ROUTER_VERSION.log
   mkdir -p "$mod"; : >"$logfile"
   {
-    echo "module cachewarden.local/netpolbuild"
+    echo "module cachewarden.local/kuberouterbuild"
     echo
     echo "go $(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')"
     echo
-    echo "require sigs.k8s.io/kube-network-policies $KUBE_NETWORK_POLICIES_VERSION"
+    echo "require github.com/cloudnativelabs/kube-router/v2 $KUBE_ROUTER_VERSION"
   } >"$mod/go.mod"
-  log "kube-network-policies $KUBE_NETWORK_POLICIES_VERSION: building (log: $logfile)"
-  run_logged kube-network-policies "$logfile" bash -c "cd '$mod' && go build -trimpath -ldflags '-s -w' -o '$bin_dir/kube-network-policies.tmp' sigs.k8s.io/kube-network-policies/cmd"
-  mv "$bin_dir/kube-network-policies.tmp" "$bin_dir/kube-network-policies"
-  echo "$KUBE_NETWORK_POLICIES_VERSION" >"$stamp"
-  log "kube-network-policies: done"
+  log "kube-router $KUBE_ROUTER_VERSION: building (log: $logfile)"
+  run_logged kube-router "$logfile" bash -c "cd '$mod' && go build -trimpath -ldflags '-s -w' -o '$bin_dir/kube-router.tmp' github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+  mv "$bin_dir/kube-router.tmp" "$bin_dir/kube-router"
+  echo "$KUBE_ROUTER_VERSION" >"$stamp"
+  log "kube-router: done"
 }
 
 # The pod sandbox's process: our own few lines (devcluster/realnode/pause/main.go), rebuilt when they change.
@@ -257,7 +258,7 @@ if [ "$real_node" = 1 ]; then
   build_kubernetes kubelet kubeadm kube-scheduler kube-proxy
   build_kind
   build_coredns
-  build_netpol
+  build_kube_router
   build_pause
 fi
 log "all binaries ready in $bin_dir ($(( $(date +%s) - started ))s)"

@@ -9,7 +9,7 @@ So the node image is assembled the way kind assembles it, from parts made here:
    CNI bridge configuration, ``runc-host-compat`` and the entrypoint (``node/files``).
 2. One image per component, tagged with the name kubeadm asks for: kube-apiserver,
    kube-controller-manager, kube-scheduler, etcd, CoreDNS and pause on an empty root (static binaries),
-   kube-proxy and kube-network-policies on ``cachewarden/kind-netbase`` (they run iptables/nftables).
+   kube-proxy and kube-router on ``cachewarden/kind-netbase`` (they run iptables and ipset).
 3. A build container of (1): kubeadm, kubelet and kubectl copied to ``/usr/bin``, ``/kind/version``
    written, every image of (2) imported into its containerd (pinned, so the kubelet never collects
    them), committed as ``cachewarden/kind-node:<kubernetes version>-<hash of every input>``.
@@ -34,19 +34,25 @@ from pathlib import Path
 from devcluster import binaries
 from devcluster.realnode import docker
 from devcluster.realnode.docker import DockerError
-from devcluster.realnode.images import DEFAULT_PATH, DEFAULT_SUITE, BuiltImage, RootfsRecipe, ensure_rootfs_image
+from devcluster.realnode.images import (
+    DEFAULT_PATH,
+    DEFAULT_SUITE,
+    BuiltImage,
+    RootfsRecipe,
+    ensure_rootfs_image,
+)
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_REPOSITORY = "cachewarden/kind-node"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # containerd's sandbox_image in node/files/etc/containerd
-NETPOL_IMAGE_REPOSITORY = "cachewarden.local/kube-network-policies"
+NETPOL_IMAGE_REPOSITORY = "cachewarden.local/kube-router"
 # Bump when the assembly below changes in a way its inputs do not show.
 NODE_FORMAT = "1"
 
 NODE_BASE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus",                                   # the node's init
     "containerd", "runc", "containernetworking-plugins",                 # the container runtime, CNI
-    "iptables", "nftables", "ebtables", "conntrack", "iproute2", "ethtool", "kmod", "socat",  # kubelet, kube-proxy
+    "iptables", "nftables", "ebtables", "conntrack", "iproute2", "ethtool", "kmod", "socat",  # kube-proxy
     "util-linux", "mount", "procps", "bash", "ca-certificates", "jq", "libseccomp2", "pigz",
 )
 NETBASE_PACKAGES = ("iptables", "nftables", "conntrack", "iproute2", "kmod", "ipset")
@@ -71,7 +77,7 @@ def etcd_image_tag(etcd_version: str) -> str:
 
 def component_images(versions: Mapping[str, str]) -> tuple[ComponentImage, ...]:
     """Every image the node needs, from ``versions.env``'s values (KUBERNETES_VERSION, ETCD_VERSION,
-    COREDNS_VERSION, KUBE_NETWORK_POLICIES_VERSION)."""
+    COREDNS_VERSION, KUBE_ROUTER_VERSION)."""
     k8s = versions["KUBERNETES_VERSION"]
     images = [
         ComponentImage(f"registry.k8s.io/{name}:{k8s}", name, f"/usr/local/bin/{name}")
@@ -82,12 +88,11 @@ def component_images(versions: Mapping[str, str]) -> tuple[ComponentImage, ...]:
                        on_netbase=True, entrypoint=("/usr/local/bin/kube-proxy",)),
         ComponentImage(f"registry.k8s.io/etcd:{etcd_image_tag(versions['ETCD_VERSION'])}", "etcd",
                        "/usr/local/bin/etcd"),
-        ComponentImage(f"registry.k8s.io/coredns/coredns:{versions['COREDNS_VERSION']}", "coredns", "/coredns",
-                       entrypoint=("/coredns",)),
+        ComponentImage(f"registry.k8s.io/coredns/coredns:{versions['COREDNS_VERSION']}", "coredns",
+                       "/coredns", entrypoint=("/coredns",)),
         ComponentImage(PAUSE_IMAGE, "pause", "/pause", entrypoint=("/pause",)),
-        ComponentImage(f"{NETPOL_IMAGE_REPOSITORY}:{versions['KUBE_NETWORK_POLICIES_VERSION']}",
-                       "kube-network-policies", "/usr/local/bin/kube-network-policies", on_netbase=True,
-                       entrypoint=("/usr/local/bin/kube-network-policies",)),
+        ComponentImage(f"{NETPOL_IMAGE_REPOSITORY}:{versions['KUBE_ROUTER_VERSION']}", "kube-router",
+                       "/usr/local/bin/kube-router", on_netbase=True, entrypoint=("/usr/local/bin/kube-router",)),
     ]
     return tuple(images)
 
@@ -98,63 +103,67 @@ CNI_MANIFEST_PATH = "/kind/manifests/default-cni.yaml"
 
 def network_policy_manifest(image: str) -> str:
     """What kind applies as the node's "default CNI" manifest: the pod network itself is the static
-    bridge in ``/etc/cni/net.d``, so this only runs kube-network-policies, which enforces NetworkPolicy
-    on the node (nftables + NFQUEUE; no NRI in Debian's containerd 1.6, hence ``--disable-nri``)."""
+    bridge in ``/etc/cni/net.d``, so this only runs kube-router's firewall, which enforces NetworkPolicy
+    with iptables and ipset (its router and Service proxy off: kube-proxy serves Services)."""
     return f"""# NetworkPolicy enforcement for cachewarden's kind node (devcluster/realnode/nodeimage.py)
 apiVersion: v1
 kind: ServiceAccount
 metadata:
-  name: kube-network-policies
+  name: kube-router
   namespace: kube-system
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
-  name: kube-network-policies
+  name: kube-router
 rules:
 - apiGroups: [""]
-  resources: [pods, namespaces, nodes]
-  verbs: [list, watch]
+  resources: [namespaces, pods, services, nodes, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
-  name: kube-network-policies
+  name: kube-router
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
-  name: kube-network-policies
+  name: kube-router
 subjects:
 - kind: ServiceAccount
-  name: kube-network-policies
+  name: kube-router
   namespace: kube-system
 ---
 apiVersion: apps/v1
 kind: DaemonSet
 metadata:
-  name: kube-network-policies
+  name: kube-router
   namespace: kube-system
-  labels: {{app: kube-network-policies}}
+  labels: {{k8s-app: kube-router}}
 spec:
   selector:
-    matchLabels: {{app: kube-network-policies}}
+    matchLabels: {{k8s-app: kube-router}}
   template:
     metadata:
-      labels: {{app: kube-network-policies}}
+      labels: {{k8s-app: kube-router}}
     spec:
       hostNetwork: true
       priorityClassName: system-node-critical
-      serviceAccountName: kube-network-policies
+      serviceAccountName: kube-router
       tolerations:
       - operator: Exists
       containers:
-      - name: kube-network-policies
+      - name: kube-router
         image: {image}
         imagePullPolicy: Never
-        args: ["--hostname-override=$(NODE_NAME)", "--nfqueue-id=98", "--disable-nri", "--v=2"]
+        args: ["--run-router=false", "--run-firewall=true", "--run-service-proxy=false",
+               "--enable-cni=false", "--hostname-override=$(NODE_NAME)", "--v=1"]
         env:
         - name: NODE_NAME
           valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
@@ -164,9 +173,12 @@ spec:
           requests: {{cpu: 50m, memory: 50Mi}}
         volumeMounts:
         - {{name: lib-modules, mountPath: /lib/modules, readOnly: true}}
+        - {{name: xtables-lock, mountPath: /run/xtables.lock}}
       volumes:
       - name: lib-modules
         hostPath: {{path: /lib/modules}}
+      - name: xtables-lock
+        hostPath: {{path: /run/xtables.lock, type: FileOrCreate}}
 """
 
 
@@ -177,7 +189,7 @@ def node_recipe(suite: str = DEFAULT_SUITE) -> RootfsRecipe:
 
 
 def netbase_recipe(suite: str = DEFAULT_SUITE) -> RootfsRecipe:
-    """The root of kube-proxy's and kube-network-policies' images: iptables, nftables, conntrack."""
+    """The root of kube-proxy's and kube-router's images: iptables, ipset, nftables, conntrack."""
     return RootfsRecipe(repository="cachewarden/kind-netbase", suite=suite, packages=NETBASE_PACKAGES,
                         changes=(f"ENV PATH={DEFAULT_PATH}",))
 
@@ -276,22 +288,23 @@ def ensure_node_image(*, environ: Mapping[str, str] | None = None, suite: str = 
     tag = node_tag(versions["KUBERNETES_VERSION"], parts)
     if docker.image_exists(tag):
         progress(f"kind-node: {tag} exists, not rebuilt")
-        return BuiltImage(name="kind-node", tag=tag, built=False, seconds=0.0, size_bytes=docker.image_size(tag))
+        return BuiltImage(name="kind-node", tag=tag, built=False, seconds=0.0,
+                          size_bytes=docker.image_size(tag))
 
     started = time.monotonic()
     log = docker.realnode_dir(environ) / "logs" / f"{tag.replace('/', '_').replace(':', '_')}.log"
     log.unlink(missing_ok=True)
     prep = f"{NODE_REPOSITORY}-prep:{tag.rsplit(':', 1)[1]}"
     progress(f"kind-node: node/Dockerfile on {node_root.tag} (log {log})")
-    _run(["docker", "build", "--quiet", "--build-arg", f"NODE_BASE={node_root.tag}", "-t", prep, str(NODE_DIR)],
-         log, "building the node base (devcluster/realnode/node/Dockerfile)")
+    _run(["docker", "build", "--quiet", "--build-arg", f"NODE_BASE={node_root.tag}", "-t", prep,
+          str(NODE_DIR)], log, "building the node base (devcluster/realnode/node/Dockerfile)")
 
     archives: list[tuple[str, bytes]] = []
     for component in components:
         progress(f"kind-node: image {component.ref}")
         if component.on_netbase:
-            archives.append((component.ref, _netbase_component(component, paths[component.binary], netbase.tag,
-                                                               log)))
+            archive = _netbase_component(component, paths[component.binary], netbase.tag, log)
+            archives.append((component.ref, archive))
         else:
             archives.append((component.ref, _scratch_component(component, paths[component.binary], log)))
 
@@ -304,10 +317,12 @@ def ensure_node_image(*, environ: Mapping[str, str] | None = None, suite: str = 
               f"chmod 0755 /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl && "
               f"chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl && "
               f"printf %s {versions['KUBERNETES_VERSION']} > /kind/version"], log, "installing the binaries")
-        netpol = next(c.ref for c in components if c.binary == "kube-network-policies")
-        _run(["docker", "exec", "-i", container, "sh", "-c", f"mkdir -p /kind/manifests && cat > {CNI_MANIFEST_PATH}"],
+        netpol = next(c.ref for c in components if c.binary == "kube-router")
+        _run(["docker", "exec", "-i", container, "sh", "-c",
+              f"mkdir -p /kind/manifests && cat > {CNI_MANIFEST_PATH}"],
              log, "writing the NetworkPolicy manifest", stdin=network_policy_manifest(netpol).encode())
-        _run(["docker", "exec", "-d", container, "containerd"], log, "starting containerd in the build container")
+        _run(["docker", "exec", "-d", container, "containerd"], log,
+             "starting containerd in the build container")
         _run(["docker", "exec", container, "sh", "-c",
               "for i in $(seq 1 50); do ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done; ctr version"],
              log, "waiting for containerd in the build container")
@@ -321,7 +336,8 @@ def ensure_node_image(*, environ: Mapping[str, str] | None = None, suite: str = 
         absent = [ref for ref, _ in archives if ref not in listed.split()]
         if absent:
             raise DockerError(f"the node's containerd does not list {absent} after the import; see {log}")
-        _run(["docker", "exec", container, "sh", "-c", "pkill containerd; sleep 1"], log, "stopping containerd")
+        _run(["docker", "exec", container, "sh", "-c", "pkill containerd; sleep 1"], log,
+             "stopping containerd")
         _run(["docker", "commit",
               "--change", 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]',
               "--change", "CMD []",

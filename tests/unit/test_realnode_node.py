@@ -33,7 +33,8 @@ def test_components_carry_the_names_kubeadm_and_containerd_ask_for() -> None:
     assert refs["etcd"] == "registry.k8s.io/etcd:" + VERSIONS["ETCD_VERSION"].removeprefix("v") + "-0"
     # containerd's sandbox image is the pause image the node preloads (one name, two files).
     config = tomllib.loads((NODE_FILES / "etc/containerd/config.toml").read_text())
-    assert config["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == refs["pause"] == nodeimage.PAUSE_IMAGE
+    sandbox_image = config["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"]
+    assert sandbox_image == refs["pause"] == nodeimage.PAUSE_IMAGE
 
 
 def test_kind_config_pins_etcd_and_the_bridge_subnets() -> None:
@@ -79,12 +80,12 @@ def test_node_files_digest_sees_content_and_mode(tmp_path: Path) -> None:
 
 
 def test_network_policy_manifest_runs_the_preloaded_image() -> None:
-    ref = next(c.ref for c in nodeimage.component_images(VERSIONS) if c.binary == "kube-network-policies")
+    ref = next(c.ref for c in nodeimage.component_images(VERSIONS) if c.binary == "kube-router")
     documents = list(yaml.safe_load_all(nodeimage.network_policy_manifest(ref)))
     daemonset = next(d for d in documents if d["kind"] == "DaemonSet")
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == ref and container["imagePullPolicy"] == "Never"
-    assert "--disable-nri" in container["args"]
+    assert "--run-firewall=true" in container["args"] and "--run-service-proxy=false" in container["args"]
 
 
 def test_component_tar_holds_only_the_binary_and_tmp(tmp_path: Path) -> None:
@@ -134,7 +135,8 @@ def test_wrapper_drops_sys_resource_and_raises_negative_oom_score_adj(tmp_path: 
                                                               ("bounding", "effective", "permitted")}},
             "root": {"path": "rootfs"}}
     (bundle / "config.json").write_text(json.dumps(spec))
-    result = _run_wrapper(tmp_path, "--root", "/run/x", "create", "--bundle", str(bundle), "--pid-file", "p", "id1")
+    result = _run_wrapper(tmp_path, "--root", "/run/x", "create", "--bundle", str(bundle),
+                          "--pid-file", "p", "id1")
     assert result.returncode == 0, result.stderr
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert seen["process"]["oomScoreAdj"] == 0
