@@ -2,7 +2,7 @@
 
 The node image (:mod:`devcluster.realnode.nodeimage`) carries everything a single-node cluster needs:
 the control plane's images, a CNI bridge (Debian's plugins), kube-proxy, CoreDNS and a NetworkPolicy
-enforcer (kube-network-policies, installed by kind as the node's "default CNI" manifest). What kind
+enforcer (kube-router's firewall, installed by kind as the node's "default CNI" manifest). What kind
 still needs told is here: etcd's tag (ours, not kubeadm's default) and the pod and Service ranges the
 bridge configuration uses. A user with internet can run the same tests on kind's stock
 ``kindest/node`` image (:func:`kind_config` with ``stock_image=True`` leaves kind's defaults alone).
