@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up everything, start the local cluster with cachewarden in it
-#   make test   set up everything, run the whole test suite (unit, integration, e2e)
+#               (make demo NODE=kind: on a real node, kind on the node image built here)
+#   make test   set up everything, run the whole test suite (unit, integration, e2e, real node)
 # Both install what they need: Debian packages (redis-server), the virtual environment, and the
 # local cluster's binaries (built once from Go modules into ~/.cache/cachewarden/bin).
 
@@ -8,14 +9,16 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 PIP_STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# process: the fast lane (devcluster's process kubelet); kind: a real node (Docker, images built here).
+NODE   ?= process
 
-.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down generate audit
+.PHONY: demo test test-unit test-integration test-e2e test-realnode setup system-deps venv binaries bench lint down generate audit
 
 demo: setup binaries
-	$(VENV)/bin/cachewarden dev up
+	$(VENV)/bin/cachewarden dev up --node $(NODE)
 
 down:
-	$(VENV)/bin/cachewarden dev down
+	$(VENV)/bin/cachewarden dev down --node $(NODE)
 
 test: setup binaries audit
 	$(VENV)/bin/pytest tests
@@ -29,15 +32,22 @@ test-integration: setup
 test-e2e: setup binaries
 	$(VENV)/bin/pytest tests/e2e
 
+# The real-node lane alone: the images, the kind node image, a kind cluster (docs/devcluster.md).
+test-realnode: setup binaries
+	$(VENV)/bin/pytest tests/realnode
+
 setup: system-deps venv
 
-# redis-server for the integration tests and the demo's Redis pod; openssl for TLS test certificates.
+# redis-server for the integration tests and the fast lane's Redis pod; Docker's engine, mmdebstrap and
+# jq for the real-node lane (images built from Debian packages; jq for runc-host-compat).
+SYSTEM_PACKAGES = redis-server redis-tools docker.io mmdebstrap jq
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server from Debian packages"; \
+	@missing=; for cmd in redis-server dockerd mmdebstrap jq; do command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages ($(SYSTEM_PACKAGES)): missing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
-	  $$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  $$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 
 venv: $(PIP_STAMP)
 
@@ -47,8 +57,10 @@ $(PIP_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench,dev]'
 	rm -f $(VENV)/.installed-*; touch $@
 
+# Both lanes' binaries: the control plane and helm, plus kubelet, kubeadm, kube-proxy, kind, CoreDNS,
+# kube-router (NetworkPolicy) and pause for the real node.
 binaries:
-	devcluster/build.sh
+	devcluster/build.sh --real-node
 
 bench: setup
 	$(PY) bench/engine.py

@@ -64,15 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multiply every readiness timeout (slow machines)")
     up.add_argument("--no-demo", action="store_true",
                     help="cluster only: no CRDs, operator, Redis or quickstart policy (devcluster/demo.py)")
+    node_help = ("process: the fast lane (control plane + process kubelet on loopback); kind: a real node "
+                 "(kind on the node image built here, Docker needed; docs/devcluster.md)")
+    up.add_argument("--node", choices=("process", "kind"), default="process", help=node_help)
 
     down = with_dir(commands.add_parser("down", help="stop the cluster's processes"))
     down.add_argument("--purge", action="store_true",
                       help="also delete the run directory (etcd data, PKI, logs)")
+    down.add_argument("--node", choices=("process", "kind"), default="process", help=node_help)
 
     status = with_dir(commands.add_parser("status", help="say what runs (exit 3 if not up)"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    with_dir(commands.add_parser("kubeconfig", help="print the admin kubeconfig's path"))
+    kubeconfig = with_dir(commands.add_parser("kubeconfig", help="print the admin kubeconfig's path"))
+    kubeconfig.add_argument("--node", choices=("process", "kind"), default="process", help=node_help)
     commands.add_parser("build", help="build the binaries (skips those already at the pinned version)")
     return parser
 
@@ -82,6 +87,8 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     run_dir = (args.dir.expanduser().resolve() if getattr(args, "dir", None) else default_run_dir())
     try:
+        if getattr(args, "node", "process") == "kind":
+            return command_kind(args.command)
         if args.command == "up":
             return command_up(run_dir, args)
         if args.command == "down":
@@ -153,6 +160,29 @@ def command_up(run_dir: Path, args: argparse.Namespace) -> int:
         except (RuntimeError, TimeoutError, OSError) as exc:
             _err(f"devcluster: the cluster is up but the demo failed: {exc}")
             return EXIT_FAILED
+    return EXIT_OK
+
+
+def command_kind(command: str) -> int:
+    """``up``, ``down`` and ``kubeconfig`` of the real-node demo (a kind cluster)."""
+    from devcluster.realnode import kinddemo
+    from devcluster.realnode.docker import DockerError
+
+    try:
+        if command == "up":
+            print(kinddemo.kind_up(progress=_err), end="")
+        elif command == "down":
+            kinddemo.kind_down(progress=_err)
+        else:
+            path = kinddemo.kubeconfig_path()
+            if not path.is_file():
+                _err(f"cachewarden dev kubeconfig: no kind cluster yet ({path}); start one with: "
+                     "cachewarden dev up --node kind")
+                return EXIT_FAILED
+            print(path)
+    except (DockerError, RuntimeError, TimeoutError, OSError) as exc:
+        _err(f"cachewarden dev {command} --node kind: {exc}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

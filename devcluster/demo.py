@@ -68,8 +68,14 @@ class Demo:
     """kubectl against the cluster plus the steps of the demo."""
 
     def __init__(self, kubeconfig: Path, kubectl: Path, progress: Callable[[str], None] = print,
-                 helm: Path | None = None) -> None:
+                 helm: Path | None = None, helm_values: tuple[str, ...] = HELM_VALUES,
+                 traffic_from_pods: bool = False) -> None:
+        """``helm_values``: the chart values (devcluster's by default; a real node needs none);
+        ``traffic_from_pods``: send the demo's traffic from inside each runtime pod (``kubectl exec``),
+        where pod addresses are not reachable from this machine (a kind node)."""
         self.kubeconfig = kubeconfig
+        self.helm_values = helm_values
+        self.traffic_from_pods = traffic_from_pods
         self.kubectl_path = kubectl
         self.helm_path = helm if helm is not None else kubectl.with_name("helm")
         self.progress = progress
@@ -113,8 +119,8 @@ class Demo:
             _wait(partial(self.crd_established, crd), 60, f"CRD {crd} Established")
         self.kubectl("apply", "-f", "-", stdin=NAMESPACE_MANIFEST)
         self.progress(f"demo: helm upgrade --install {RELEASE} charts/cachewarden -n {OPERATOR_NAMESPACE} "
-                      + " ".join(f"--set {v}" for v in HELM_VALUES))
-        sets = [arg for value in HELM_VALUES for arg in ("--set", value)]
+                      + " ".join(f"--set {v}" for v in self.helm_values))
+        sets = [arg for value in self.helm_values for arg in ("--set", value)]
         self.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, *sets,
                   "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)
 
@@ -161,6 +167,9 @@ class Demo:
         # An application's token: write-token reads and stores data, and nothing else (the admin token
         # is the operator's).
         token = base64.b64decode(secret["data"]["write-token"]).decode()
+        if self.traffic_from_pods:
+            self._send_traffic_from_pods(token, requests_per_pod, distinct_texts)
+            return
         for target in (self.policy().get("status") or {}).get("targets") or []:
             ip = target.get("ip")
             if not ip:
@@ -172,6 +181,34 @@ class Demo:
                     _post(
                         f"http://{ip}:8080/data/v1/ai/store", token, {**request, "value": {"summary": "..."}}
                     )
+
+    def _send_traffic_from_pods(self, token: str, requests_per_pod: int, distinct_texts: int) -> None:
+        """The same lookups and stores, run by each runtime pod's own Python against 127.0.0.1."""
+        script = (
+            "import json, sys, urllib.request\n"
+            "token, count, distinct = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+            "def post(path, body):\n"
+            "    headers = {'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'}\n"
+            "    req = urllib.request.Request('http://127.0.0.1:8080' + path,\n"
+            "        data=json.dumps(body).encode(), method='POST', headers=headers)\n"
+            "    with urllib.request.urlopen(req, timeout=5) as r:\n"
+            "        return json.loads(r.read() or b'null')\n"
+            "for i in range(count):\n"
+            "    request = {'operation': 'summarize', 'text': f'demo document {i % distinct}'}\n"
+            "    found = post('/data/v1/ai/lookup', request)\n"
+            "    if not (isinstance(found, dict) and found.get('hit')):\n"
+            "        post('/data/v1/ai/store', {**request, 'value': {'summary': '...'}})\n"
+        )
+        pods = json.loads(self.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-l",
+                                       f"cachewarden.io/policy={POLICY}", "-o", "json"))["items"]
+        for pod in pods:
+            if pod["status"].get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                self.kubectl("exec", "-n", DEMO_NAMESPACE, pod["metadata"]["name"], "-c", "runtime", "--",
+                             "python3", "-c", script, token, str(requests_per_pod), str(distinct_texts))
+            except RuntimeError as exc:  # best effort, like the direct path
+                self.progress(f"demo: traffic from {pod['metadata']['name']} failed: {exc}")
 
     def table(self) -> str:
         """``kubectl get cpol,cinc`` in the demo namespace (no incidents yet prints only the policies)."""
