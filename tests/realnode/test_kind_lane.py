@@ -225,13 +225,22 @@ def pod_output(kube: KubeTools, namespace: str, pod: dict[str, Any]) -> str:
         kube.kubectl("delete", "pod", name, "-n", namespace, "--wait=false", "--ignore-not-found")
 
 
-def connect_script(target: str) -> str:
-    """Python that says CONNECTED or REFUSED for a TCP connection to the runtime's port."""
-    return ("import socket\n"
-            "try:\n"
-            f"    socket.create_connection(('{target}', 8080), timeout=4).close(); print('CONNECTED')\n"
-            "except OSError as exc:\n"
-            "    print('REFUSED', type(exc).__name__)\n")
+def connect_script(target: str, seconds: int) -> str:
+    """Python that tries a TCP connection to the runtime's port once a second for ``seconds`` and says
+    CONNECTED at the first success, else REFUSED with the last error. (The enforcer learns a new pod's
+    address from the API shortly after the pod starts, so a first attempt may be refused either way.)"""
+    return ("import socket, time\n"
+            f"deadline = time.monotonic() + {seconds}\n"
+            "result = 'REFUSED never tried'\n"
+            "while time.monotonic() < deadline:\n"
+            "    try:\n"
+            f"        socket.create_connection(('{target}', 8080), timeout=2).close()\n"
+            "        result = 'CONNECTED'\n"
+            "        break\n"
+            "    except OSError as exc:\n"
+            "        result = 'REFUSED ' + type(exc).__name__\n"
+            "        time.sleep(1)\n"
+            "print(result)\n")
 
 
 def test_network_policy_refuses_pods_without_the_allowed_labels(installed: KindLane) -> None:
@@ -239,12 +248,14 @@ def test_network_policy_refuses_pods_without_the_allowed_labels(installed: KindL
     reconciled(kube)
     target = runtime_pods(kube)[0]["status"]["podIP"]
     suffix = uuid.uuid4().hex[:5]
-    script = connect_script(target)
-    denied = pod_output(kube, APP_NS, python_pod(installed.app_image, f"client-denied-{suffix}", {}, script))
+    # The allowed client first: once it connects, the enforcer has the namespace's policy in force.
     allowed = pod_output(kube, APP_NS, python_pod(installed.app_image, f"client-allowed-{suffix}",
-                                                  {CLIENT_LABEL: "allowed"}, script))
-    assert denied.startswith("REFUSED"), denied
+                                                  {CLIENT_LABEL: "allowed"}, connect_script(target, 60)))
     assert allowed == "CONNECTED", allowed
+    # A pod without the label, trying for 15 s, never gets through.
+    denied = pod_output(kube, APP_NS, python_pod(installed.app_image, f"client-denied-{suffix}", {},
+                                                 connect_script(target, 15)))
+    assert denied.startswith("REFUSED"), denied
 
 
 def test_configmap_volume_swapped_by_the_kubelet_reaches_the_runtime(installed: KindLane) -> None:
@@ -258,11 +269,12 @@ def test_configmap_volume_swapped_by_the_kubelet_reaches_the_runtime(installed: 
         wait_for(lambda: not kube.kubectl_json("get", "pods", "-n", SYSTEM_NS, "-l",
                                                "app.kubernetes.io/component=operator")["items"],
                  120, "the operator stopped")
-        spec = dict(policy(kube)["spec"], preset="production")
+        stored = policy(kube)
+        spec = dict(stored["spec"], preset="production")
         model = CachePolicySpec.model_validate(spec)
         assert model.redis is not None
         resolved = render.resolve_policy_config(model, redis_url=model.redis.url)
-        configmap = render.render_configmap(_Identity("quickstart", APP_NS), resolved)
+        configmap = render.render_configmap(_Identity(stored["metadata"]), resolved)
         kube.kubectl("patch", "configmap", render.configmap_name("quickstart"), "-n", APP_NS,
                      "--type", "merge", "-p", json.dumps({"data": configmap["data"]}))
         want = resolved.config_hash()
@@ -278,8 +290,11 @@ def test_configmap_volume_swapped_by_the_kubelet_reaches_the_runtime(installed: 
 
 
 class _Identity:
-    def __init__(self, name: str, namespace: str) -> None:
-        self.name, self.namespace = name, namespace
+    """The stored policy's identity, as the renderers read it."""
+
+    def __init__(self, metadata: dict[str, Any]) -> None:
+        self.name, self.namespace = metadata["name"], metadata["namespace"]
+        self.uid, self.generation = metadata["uid"], metadata["generation"]
 
 
 def test_redis_scaled_to_zero_opens_an_incident_that_resolves(installed: KindLane) -> None:
