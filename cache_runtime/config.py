@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote
 
 import orjson
@@ -46,6 +46,7 @@ __all__ = [
     "CacheConfig",
     "ConfigError",
     "ConfigProblem",
+    "Preset",
     "Range",
     "overrides_json_schema",
     "preserve_key_layout",
@@ -560,7 +561,7 @@ class HealthConfig(_Group):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-PRESET_NAMES: tuple[str, ...] = (
+Preset = Literal[
     "disabled",
     "minimal",
     "simple",
@@ -570,7 +571,9 @@ PRESET_NAMES: tuple[str, ...] = (
     "ai-production",
     "conservative",
     "performance",
-)
+]
+# The one preset list: the engine's table below, the operator's spec.preset enum and the CRD use it.
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
 class CacheConfig(_Group):

@@ -24,16 +24,16 @@ from cache_operator.api.common import (
     CrdSchema,
     SecretKeySelector,
 )
+from cache_runtime.actions import IncidentAction
 from cache_runtime.config import (
     PRESET_NAMES,
     RANGES,
     SCHEMA_EXCLUDED,
     ConfigError,
+    Preset,
     overrides_json_schema,
     resolve_config,
 )
-from cache_runtime.diagnosis import DISRUPTIVE_ACTIONS as ENGINE_DISRUPTIVE_ACTIONS
-from cache_runtime.diagnosis import INCIDENT_ACTIONS
 
 KIND = "CachePolicy"
 PLURAL = "cachepolicies"
@@ -47,37 +47,7 @@ DEFAULT_ADMIN_PATH = "/internal/cache"
 # 63-character DNS label, so the policy name leaves room for the suffix.
 MAX_POLICY_NAME_LENGTH = 51
 
-Preset = Literal[
-    "disabled",
-    "minimal",
-    "simple",
-    "development",
-    "production",
-    "ai-development",
-    "ai-production",
-    "conservative",
-    "performance",
-]
-assert set(Preset.__args__) == set(PRESET_NAMES), "Preset must list exactly the engine's presets"  # type: ignore[attr-defined]
-
-IncidentAction = Literal[
-    "clear",
-    "invalidate",
-    "gc",
-    "reset-config",
-    "apply-preset",
-    "reconnect-redis",
-    "compress-existing",
-    "isolate",
-    "restore",
-    "diagnose",
-]
 RemediationMode = Literal["Off", "Recommend", "Auto"]
-assert set(IncidentAction.__args__) == set(INCIDENT_ACTIONS), (  # type: ignore[attr-defined]
-    "IncidentAction must list the engine's actions"
-)
-# Actions that change what pods serve or drop cached data; at most one runs per policy at a time.
-DISRUPTIVE_ACTIONS: frozenset[str] = ENGINE_DISRUPTIVE_ACTIONS & frozenset(INCIDENT_ACTIONS)
 DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", "diagnose")
 
 _REDIS_URL_PATTERN = r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://.+$"
