@@ -37,6 +37,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from cache_runtime.l2.urls import URL_SCHEMES
+
 __all__ = [
     "LZ4_LEVEL_MAP",
     "OPERATIONS",
@@ -386,7 +388,7 @@ class RedisConfig(_Group):
         return self
 
 
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+REDIS_URL_SCHEMES: tuple[str, ...] = tuple(URL_SCHEMES)
 
 _URL_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/]*)@(?P<rest>.*)$")
 

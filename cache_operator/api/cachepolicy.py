@@ -28,6 +28,7 @@ from cache_runtime.actions import IncidentAction
 from cache_runtime.config import (
     PRESET_NAMES,
     RANGES,
+    REDIS_URL_SCHEMES,
     SCHEMA_EXCLUDED,
     ConfigError,
     Preset,
@@ -50,7 +51,8 @@ MAX_POLICY_NAME_LENGTH = 51
 RemediationMode = Literal["Off", "Recommend", "Auto"]
 DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", "diagnose")
 
-_REDIS_URL_PATTERN = r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://.+$"
+# The engine's URL schemes (one table: cache_runtime.l2.urls.URL_SCHEMES), so the CRD accepts the same.
+_REDIS_URL_PATTERN = "^(" + "|".join(re.escape(scheme) for scheme in REDIS_URL_SCHEMES) + ")://.+$"
 _QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
