@@ -32,7 +32,7 @@ from cache_operator.api.cachepolicy import (
     SelectorSpec,
 )
 from cache_operator.api.common import API_VERSION, GROUP
-from cache_runtime.config import CacheConfig, canonical_json, resolve_config
+from cache_runtime.config import CacheConfig, canonical_json, merge_overrides, resolve_config
 
 # Labels and annotations ---------------------------------------------------------------------------
 
@@ -206,16 +206,16 @@ def resolve_policy_config(spec: CachePolicySpec, *, redis_url: str | None = None
     config: the runtime reads it from the mounted Secret (``--redis-url-file``), after hashing.
     Raises ``cache_runtime.config.ConfigError`` naming the field.
     """
-    from cache_operator.api.cachepolicy import _merge
-
     preset = override.preset if override is not None and override.preset else spec.preset
     overrides = spec.engine_overrides()
     if override is not None and override.overrides:
-        overrides = _merge(overrides, override.overrides)
+        overrides = merge_overrides(overrides, override.overrides, where="spec.overrides")
     url = redis_url if redis_url is not None else (spec.redis.url if spec.redis is not None else None)
     if (spec.runtime is not None and spec.redis is not None and spec.redis.tls is not None
             and spec.redis.tls.ca_secret_ref is not None):
-        overrides = _merge(overrides, {"redis": {"tls_ca_file": REDIS_CA_PATH}})
+        overrides = merge_overrides(
+            overrides, {"redis": {"tls_ca_file": REDIS_CA_PATH}}, where="spec.overrides"
+        )
     return resolve_config(preset, overrides, redis_url=url)
 
 

@@ -50,6 +50,8 @@ __all__ = [
     "ConfigProblem",
     "Preset",
     "Range",
+    "apply_overrides",
+    "merge_overrides",
     "overrides_json_schema",
     "preserve_key_layout",
     "render_config_table",
@@ -651,18 +653,33 @@ def canonical_json(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {
-        key: (_deep_merge({}, value) if isinstance(value, Mapping) else value) for key, value in base.items()
-    }
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        elif isinstance(value, Mapping):
-            merged[key] = _deep_merge({}, value)
-        else:
-            merged[key] = value
-    return merged
+def merge_overrides(
+    base: Mapping[str, Any], extra: Mapping[str, Any], *, where: str = "overrides"
+) -> dict[str, Any]:
+    """Nested merge of parameter groups: ``extra`` wins, sub-groups merge, nothing is shared.
+
+    Dotted keys (``ttl.default_s``) are expanded first, in ``base`` too, so ``extra`` wins over them.
+    The one merge of overrides: presets, ``resolve_config``, the operator's spec and its time-boxed
+    overrides all use it. Raises ValueError naming ``<where>.<key>`` when a dotted key goes through a
+    value as if it were a group.
+    """
+    out: dict[str, Any] = {}
+    for source in (base, extra):
+        for key, value in source.items():
+            parts = key.split(".")
+            target = out
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ValueError(f"{where}.{key}: {part!r} is a parameter group, not a value")
+            leaf = parts[-1]
+            if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+                target[leaf] = merge_overrides(target[leaf], value, where=where)
+            elif isinstance(value, Mapping):
+                target[leaf] = merge_overrides({}, value, where=where)
+            else:
+                target[leaf] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -714,7 +731,7 @@ def _preset(
     }
     for group, values in (extra or {}).items():
         if isinstance(values, dict) and isinstance(data.get(group), dict):
-            data[group] = _deep_merge(data[group], values)
+            data[group] = merge_overrides(data[group], values)
         else:
             data[group] = values
     return data
@@ -911,7 +928,7 @@ def resolve_config(
             ", ".join(PRESET_NAMES),
             f"preset: unknown preset {preset!r}; accepted: {', '.join(PRESET_NAMES)}",
         )
-    data = _deep_merge({}, PRESETS[preset])
+    data = merge_overrides({}, PRESETS[preset])
     if overrides:
         data = apply_overrides(data, overrides)
     if redis_url is not None:
@@ -924,7 +941,7 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     """Merge overrides (nested or dotted) into ``base``, checking every key against the model."""
     if not isinstance(overrides, Mapping):
         raise ConfigError("overrides", type(overrides).__name__, "an object of parameter groups")
-    merged = _deep_merge({}, base)
+    merged = merge_overrides({}, base)
     for raw_key, value in overrides.items():
         if not isinstance(raw_key, str) or not raw_key:
             raise ConfigError("overrides", raw_key, "non-empty string keys")

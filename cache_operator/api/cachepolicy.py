@@ -32,6 +32,7 @@ from cache_runtime.config import (
     SCHEMA_EXCLUDED,
     ConfigError,
     Preset,
+    merge_overrides,
     overrides_json_schema,
     resolve_config,
 )
@@ -652,8 +653,10 @@ class CachePolicySpec(ApiModel):
 
     def engine_overrides(self) -> dict[str, Any]:
         """spec.overrides merged with health thresholds and Redis settings known without Secrets."""
-        merged = _merge(
-            self.overrides, self.health.thresholds.engine_overrides() if self.health.thresholds else {}
+        merged = merge_overrides(
+            self.overrides,
+            self.health.thresholds.engine_overrides() if self.health.thresholds else {},
+            where="spec.overrides",
         )
         redis: dict[str, Any] = {}
         if self.redis is not None:
@@ -661,7 +664,7 @@ class CachePolicySpec(ApiModel):
                 redis["username"] = self.redis.username
             if self.redis.tls is not None and self.redis.tls.insecure_skip_verify:
                 redis["tls_verify"] = False
-        return _merge(merged, {"redis": redis}) if redis else merged
+        return merge_overrides(merged, {"redis": redis}, where="spec.overrides") if redis else merged
 
 
 def _check_keys(data: Mapping[Any, Any], path: str) -> None:
@@ -682,27 +685,6 @@ def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
         if isinstance(value, Mapping):
             keys |= _flat_keys(value, f"{path}.")
     return keys
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested merge; dotted keys of ``base`` are expanded first so ``extra`` wins over them too."""
-    out: dict[str, Any] = {}
-    for source in (base, extra):
-        for key, value in source.items():
-            parts = key.split(".")
-            target = out
-            for part in parts[:-1]:
-                target = target.setdefault(part, {})
-                if not isinstance(target, dict):
-                    raise ValueError(f"spec.overrides.{key}: {part!r} is a parameter group, not a value")
-            leaf = parts[-1]
-            if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
-                target[leaf] = _merge(target[leaf], value)
-            elif isinstance(value, Mapping):
-                target[leaf] = _merge({}, value)
-            else:
-                target[leaf] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
