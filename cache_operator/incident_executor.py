@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cache_operator import conditions as conds
-from cache_operator import render
+from cache_operator import render, selectors
 from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
 from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
 from cache_operator.api.common import API_VERSION
@@ -465,7 +465,7 @@ async def _target_pods(
     else:
         assert model.selector is not None
         port = model.selector.port
-        selector_text = render.label_selector_string(model.selector)
+        selector_text = selectors.label_selector_string(model.selector)
     targets: dict[str, PodTarget | None] = {}
     for pod in await kube.list_pods(namespace, selector_text):
         meta = pod.get("metadata") or {}

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from cache_operator import conditions as conds
-from cache_operator import render
+from cache_operator import render, selectors
 from cache_operator.api import CachePolicySpec, spec_error_from
 from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.autoincidents import detection_due, run_detection
@@ -141,7 +141,7 @@ def selects(model: CachePolicySpec, policy_name: str, labels: Mapping[str, str])
         wanted = render.pod_selector_labels(policy_name)
         return all(labels.get(key) == value for key, value in wanted.items())
     assert model.selector is not None
-    return render.selector_matches(model.selector, labels)
+    return selectors.selector_matches(model.selector, labels)
 
 
 def pod_is_ready(pod: Mapping[str, Any]) -> bool:
@@ -301,9 +301,7 @@ async def resolve_redis_url(
     selector = ((service or {}).get("spec") or {}).get("selector")
     if not selector:
         return url
-    from cache_operator.k8s import label_selector_string
-
-    pods = await kube.list_pods(namespace, label_selector_string({"matchLabels": selector}))
+    pods = await kube.list_pods(namespace, selectors.label_selector_string({"matchLabels": selector}))
     ready = sorted(
         (p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
         key=lambda p: (p.get("metadata") or {}).get("name", ""),
@@ -646,7 +644,7 @@ async def select_targets(
         desired = model.runtime.replicas
     else:
         assert model.selector is not None
-        selector_text = render.label_selector_string(model.selector)
+        selector_text = selectors.label_selector_string(model.selector)
         port = model.selector.port
         desired = -1  # every selected pod
     if pods_in_namespace is not None:

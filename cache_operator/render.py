@@ -27,9 +27,7 @@ from typing import Any, Protocol
 from cache_operator.api.cachepolicy import (
     ActiveOverride,
     CachePolicySpec,
-    LabelSelectorRequirement,
     RuntimeSpec,
-    SelectorSpec,
 )
 from cache_operator.api.common import API_VERSION, GROUP
 from cache_runtime.config import CacheConfig, canonical_json, merge_overrides, resolve_config
@@ -158,39 +156,6 @@ def _metadata(policy: PolicyIdentity, name: str, component: str,
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
-
-
-def label_selector_string(selector: SelectorSpec) -> str:
-    """``spec.selector`` as a ``labelSelector`` query (``a=b,tier in (x,y),!gone``)."""
-    parts = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
-    for requirement in selector.match_expressions or []:
-        values = ",".join(sorted(requirement.values or []))
-        parts.append({
-            "In": f"{requirement.key} in ({values})",
-            "NotIn": f"{requirement.key} notin ({values})",
-            "Exists": requirement.key,
-            "DoesNotExist": f"!{requirement.key}",
-        }[requirement.operator])
-    return ",".join(parts)
-
-
-def selector_matches(selector: SelectorSpec, labels: Mapping[str, str]) -> bool:
-    """Whether a pod with ``labels`` is selected (Kubernetes label selector semantics)."""
-    if any(labels.get(key) != value for key, value in (selector.match_labels or {}).items()):
-        return False
-    return all(_requirement_matches(req, labels) for req in selector.match_expressions or [])
-
-
-def _requirement_matches(requirement: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
-    present = requirement.key in labels
-    values = set(requirement.values or [])
-    if requirement.operator == "In":
-        return present and labels[requirement.key] in values
-    if requirement.operator == "NotIn":
-        return not present or labels[requirement.key] not in values
-    if requirement.operator == "Exists":
-        return present
-    return not present
 
 
 # Config --------------------------------------------------------------------------------------------

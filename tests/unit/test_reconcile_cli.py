@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from cache_operator.cli import build_parser, main
-from cache_operator.k8s import label_selector_string, resource_path
+from cache_operator.k8s import resource_path
 from cache_operator.metrics import OperatorMetrics
 from cache_operator.podclient import PodClient, PodTarget
+from cache_operator.selectors import label_selector_string
 
 
 @pytest.mark.parametrize(
