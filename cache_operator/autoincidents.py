@@ -44,8 +44,8 @@ from cache_operator.incidents.detection import (
     summarize_probe,
     with_incident,
 )
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
 from cache_operator.k8s import KubeError
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 # A pass counts as a probe when at least this share of the probe interval passed since the last one
 # (the daemon wakes at the interval; timestamps in status have whole seconds).

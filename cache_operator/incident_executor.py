@@ -42,7 +42,6 @@ from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
 from cache_operator.incidents import plan as plans
-from cache_operator.incidents.timefmt import rfc3339
 from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.reconcile import PolicyRef as PolicyIdentity
 from cache_operator.reconcile import (
@@ -52,6 +51,7 @@ from cache_operator.reconcile import (
     resolve_redis_url,
     selects,
 )
+from cache_runtime.timefmt import rfc3339
 
 FINISHED_PHASES = frozenset(TERMINAL_PHASES | {"Recommended"})
 HEALTH_STEP = "diagnose-health"

@@ -23,7 +23,6 @@ pass fakes and the e2e test runs the same code against the real cluster.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,10 +37,10 @@ from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.autoincidents import detection_due, run_detection
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
 from cache_operator.incidents.plan import isolation_expired, restore_request
-from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_runtime.config import CacheConfig, ConfigError
+from cache_runtime.timefmt import parse_rfc3339, utc_now
 
 POD_STATUS_LIMIT = 50  # per-pod rows kept in status (the counts cover every pod)
 
@@ -106,11 +105,6 @@ class ReconcileOutcome:
     reason: str = ""
     message: str = ""
     detection: Any = None  # cache_operator.autoincidents.DetectionOutcome when detection ran
-
-
-def utc_now() -> str:
-    """RFC 3339 UTC timestamp with seconds precision (what Kubernetes stores)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from cache_runtime.timefmt import parse_rfc3339, rfc3339, rfc3339_micro
 from devcluster import images, podspec
 from devcluster.controlplane import process_start_ticks, wait_until_gone
 from devcluster.pki import CertificateAuthority, CertificatePair
@@ -99,24 +100,6 @@ COMPONENT = "devcluster-kubelet"
 
 
 # --- small helpers --------------------------------------------------------------------------------
-
-
-def rfc3339(epoch: float | None = None) -> str:
-    """A Kubernetes ``Time`` (second precision, UTC)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch is None else epoch))
-
-
-def rfc3339_micro(epoch: float | None = None) -> str:
-    """A Kubernetes ``MicroTime`` (Lease renewTime)."""
-    now = time.time() if epoch is None else epoch
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int((now % 1) * 1e6):06d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch of an RFC 3339 UTC timestamp as the API server writes it."""
-    import calendar
-
-    return float(calendar.timegm(time.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S")))
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -1335,7 +1318,8 @@ class Kubelet:
                 f"{exc.status} {exc.reason} {exc.body or ''}".strip(),
             ) from exc
         token = str(answer["status"]["token"])
-        lifetime = max(60.0, parse_rfc3339(answer["status"]["expirationTimestamp"]) - time.time())
+        expires = parse_rfc3339(answer["status"]["expirationTimestamp"], "status.expirationTimestamp")
+        lifetime = max(60.0, expires - time.time())
         refresh_at = now + min(lifetime * TOKEN_REFRESH_FRACTION, TOKEN_MAX_AGE)
         runtime.tokens[need] = (token, refresh_at)
         runtime.token_refresh_at = min(t[1] for t in runtime.tokens.values())

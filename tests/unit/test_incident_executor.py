@@ -20,8 +20,8 @@ from cache_operator.incident_executor import (
     handle_incident_deleted,
 )
 from cache_operator.incidents.plan import PodRequest, idempotency_key
-from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.podclient import PodReply, PodTarget
+from cache_runtime.timefmt import parse_rfc3339
 
 NS = "team"
 

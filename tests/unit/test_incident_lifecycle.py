@@ -12,7 +12,7 @@ from cache_operator.api.cacheincident import CacheIncidentStatus
 from cache_operator.autoincidents import detection_due, gc_due, tracked_condition
 from cache_operator.handlers.cachepolicy import _until_expiry
 from cache_operator.incidents import lifecycle
-from cache_operator.incidents.timefmt import rfc3339
+from cache_runtime.timefmt import rfc3339
 
 NOW = "2026-11-25T22:00:00Z"
 LATER = "2026-11-25T22:05:00Z"

@@ -25,11 +25,11 @@ from cache_operator.api.cachepolicy import CachePolicyStatus
 from cache_operator.incident_executor import Deferred, IncidentRef, PolicyLocks, handle_incident
 from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.reconcile import PolicyRef, handle_reconcile
 from cache_runtime.health import evaluate
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 NS = "shop"
 POLICY = PolicyRef("web", NS, "policy-uid", 1)
