@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cache_operator import conditions as conds
 from cache_operator.api.cachepolicy import CachePolicySpec
@@ -45,6 +45,7 @@ from cache_operator.incidents.detection import (
     with_incident,
 )
 from cache_operator.k8s import KubeError
+from cache_operator.ports import KubeIO
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 # A pass counts as a probe when at least this share of the probe interval passed since the last one
@@ -60,20 +61,6 @@ NO_SYMPTOMS = "NoSymptoms"
 TRACKED = "Tracked"
 
 EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (Normal/Warning, reason, message)
-
-
-class IncidentsIO(Protocol):
-    """What detection needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
-
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
-    async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> bool: ...
 
 
 @dataclass
@@ -169,7 +156,7 @@ async def run_detection(
     config_hash: str,
     conditions: list[dict[str, Any]],
     *,
-    kube: IncidentsIO,
+    kube: KubeIO,
     now_s: float,
     events: EventSink | None,
     logger: Any,
@@ -244,7 +231,7 @@ async def _open_resolve_collect(
     blocked: dict[str, tuple[str, str]],
     out: DetectionOutcome,
     *,
-    kube: IncidentsIO,
+    kube: KubeIO,
     now_s: float,
     events: EventSink | None,
 ) -> dict[str, Any]:

@@ -25,60 +25,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 from pydantic import ValidationError
 
 from cache_operator import conditions as conds
-from cache_operator import render, selectors
-from cache_operator.api import CachePolicySpec, spec_error_from
+from cache_operator import render
+from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy import ActiveOverride
 from cache_operator.autoincidents import detection_due, run_detection
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
+from cache_operator.incident_executor import PodActionCaller
 from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.k8s import KubeError
-from cache_operator.podclient import PodReply, PodTarget
+from cache_operator.podclient import PodTarget
+from cache_operator.policy_inputs import (
+    RedisServiceNotReady,
+    current_tokens,
+    parse_spec,
+    resolve_redis_url,
+    secrets_digest,
+)
+from cache_operator.ports import KubeIO, PodIO, PolicyRef
+from cache_operator.targets import select_targets
 from cache_runtime.config import CacheConfig, ConfigError
 from cache_runtime.timefmt import parse_rfc3339, utc_now
 
 POD_STATUS_LIMIT = 50  # per-pod rows kept in status (the counts cover every pod)
-
-
-class KubeIO(Protocol):
-    """What reconcile needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
-
-    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
-    async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> bool: ...
-
-
-class PodIO(Protocol):
-    """What reconcile needs from runtime pods (implemented by :class:`cache_operator.podclient.PodClient`)."""
-
-    async def health(self, pod: PodTarget, token: str | None) -> PodReply: ...
-    async def apply_config(
-        self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
-    ) -> PodReply: ...
-    async def for_each(self, pods: Any, call: Any) -> list[Any]: ...
-
-
-@dataclass(frozen=True)
-class PolicyRef:
-    """Identity of the CachePolicy being reconciled."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None = None
 
 
 @dataclass
@@ -109,43 +82,6 @@ class ReconcileOutcome:
 
 # --------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def parse_spec(spec: Mapping[str, Any]) -> CachePolicySpec:
-    """The spec as the API model; raises :class:`cache_operator.api.SpecError` naming the field."""
-    try:
-        return CachePolicySpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        raise spec_error_from(exc) from None
-
-
-def pod_target(pod: Mapping[str, Any], port: int) -> PodTarget | None:
-    """Where to reach a pod's runtime API, or None while it has no IP or is terminating."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    ip = status.get("podIP")
-    if not ip or meta.get("deletionTimestamp") or status.get("phase") not in ("Running", "Pending"):
-        return None
-    return PodTarget(meta.get("name", "?"), ip, port)
-
-
-def selects(model: CachePolicySpec, policy_name: str, labels: Mapping[str, str]) -> bool:
-    """Whether a pod with ``labels`` is a target of the policy (runtime: its Deployment's selector)."""
-    if model.runtime is not None:
-        wanted = render.pod_selector_labels(policy_name)
-        return all(labels.get(key) == value for key, value in wanted.items())
-    assert model.selector is not None
-    return selectors.selector_matches(model.selector, labels)
-
-
-def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    """The pod's Ready condition is True (and it is not being deleted)."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return cond.get("status") == "True"
-    return False
 
 
 def redis_state(health: Mapping[str, Any] | None) -> str:
@@ -233,28 +169,6 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     return out
 
 
-def rewrite_redis_host(url: str, address: str) -> str:
-    """``url`` with its host replaced by ``address`` (port, path, user kept)."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{userinfo}{address}{port}", parts.path, parts.query, parts.fragment))
-
-
-def service_name_of_host(host: str, namespace: str) -> str | None:
-    """The Service a URL host names in ``namespace`` (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``)."""
-    labels = host.split(".")
-    if len(labels) == 1:
-        return labels[0]
-    if (
-        len(labels) >= 2
-        and labels[1] == namespace
-        and labels[2:] in ([], ["svc"], ["svc", "cluster", "local"])
-    ):
-        return labels[0]
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # I/O steps
 
@@ -266,74 +180,6 @@ class ChildRejectedError(KubeError):
     def __init__(self, rejection: ChildRejection) -> None:
         super().__init__(f"apply {rejection.kind} {rejection.name}", 422, rejection.message())
         self.rejection = rejection
-
-
-class RedisServiceNotReady(Exception):
-    """The Service named by the Redis URL has no Ready pod to resolve to yet (transient)."""
-
-
-async def resolve_redis_url(
-    spec: CachePolicySpec, namespace: str, kube: KubeIO, resolve_service_hosts: bool
-) -> str | None:
-    """The Redis URL that goes into the config, or None (memory-only, or the URL is in a Secret that
-    only the pods read).
-
-    With ``resolve_service_hosts`` (devcluster: no Service routing) a host that names a Service in the
-    policy's namespace is replaced by the IP of a Ready pod behind it. The hash then changes when the
-    Redis pod moves, so the pods are re-pushed the new address: the same effect a ClusterIP would give.
-    """
-    if spec.redis is None or spec.redis.url is None:
-        return None
-    url = spec.redis.url
-    if not resolve_service_hosts:
-        return url
-    host = urlsplit(url).hostname or ""
-    service_name = service_name_of_host(host, namespace)
-    if service_name is None:
-        return url
-    service = await kube.get("v1", "Service", namespace, service_name)
-    selector = ((service or {}).get("spec") or {}).get("selector")
-    if not selector:
-        return url
-    pods = await kube.list_pods(namespace, selectors.label_selector_string({"matchLabels": selector}))
-    ready = sorted(
-        (p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
-        key=lambda p: (p.get("metadata") or {}).get("name", ""),
-    )
-    if not ready:
-        raise RedisServiceNotReady(
-            f"spec.redis.url names Service {namespace}/{service_name}, which has no "
-            "Ready pod yet (devcluster: the operator resolves it to a pod IP)"
-        )
-    return rewrite_redis_host(url, ready[0]["status"]["podIP"])
-
-
-async def current_tokens(kube: KubeIO, policy: PolicyRef, create: bool) -> tuple[dict[str, str], bool]:
-    """The admin/read tokens and whether this call created the token Secret.
-
-    Tokens are generated once and kept in the policy's Secret. With ``create`` (a policy never
-    reconciled before, not paused) the Secret is created with new tokens in one call, and read only
-    if it already exists: at scale, the read that would 404 for every new policy is one API call too
-    many.
-    """
-    if create:
-        tokens = render.new_tokens()
-        if await kube.create(render.render_token_secret(policy, tokens)):
-            return tokens, True
-    existing = await kube.get("v1", "Secret", policy.namespace, render.token_secret_name(policy.name))
-    return render.tokens_from_secret(existing) or render.new_tokens(), False
-
-
-async def secrets_digest(kube: KubeIO, namespace: str, spec: CachePolicySpec) -> str | None:
-    """:func:`cache_operator.render.restart_digest` of the user's Secrets the runtime pods mount."""
-    names = render.referenced_secrets(spec)
-    if not names:
-        return None
-    data: dict[str, Any] = {}
-    for name in names:
-        secret = await kube.get("v1", "Secret", namespace, name)
-        data[name] = (secret or {}).get("data") if secret is not None else None
-    return render.restart_digest(data)
 
 
 def active_override(status: Mapping[str, Any], now: str) -> ActiveOverride | None:
@@ -624,48 +470,6 @@ async def _post_event(events: Any, type_: str, reason: str, message: str) -> Non
         await outcome
 
 
-async def select_targets(
-    policy: PolicyRef,
-    model: CachePolicySpec,
-    kube: KubeIO,
-    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None,
-) -> tuple[list[tuple[PodTarget | None, bool, str]], int]:
-    """The policy's target pods as (where to reach it, Ready, name), by name, and the desired count
-    (runtime: replicas; selector mode: every selected pod). Pods being deleted or finished are left out."""
-    if model.runtime is not None:
-        selector_text = render.pod_selector_string(policy.name)
-        port = model.runtime.port
-        desired = model.runtime.replicas
-    else:
-        assert model.selector is not None
-        selector_text = selectors.label_selector_string(model.selector)
-        port = model.selector.port
-        desired = -1  # every selected pod
-    if pods_in_namespace is not None:
-        # The operator's pod index (a watch): no list call per pass, the same pods a list would give.
-        pod_objects = [
-            p
-            for p in pods_in_namespace(policy.namespace)
-            if selects(model, policy.name, (p.get("metadata") or {}).get("labels") or {})
-        ]
-    else:
-        pod_objects = await kube.list_pods(policy.namespace, selector_text)
-    pod_objects = [
-        p
-        for p in pod_objects
-        if not (p.get("metadata") or {}).get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]
-    pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
-    if desired < 0:
-        desired = len(pod_objects)
-    targets = [
-        (pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
-        for p in pod_objects
-    ]
-    return targets, desired
-
-
 async def _probe_while_waiting(
     policy: PolicyRef,
     model: CachePolicySpec,
@@ -748,9 +552,7 @@ async def _detect(
 
 
 def _pod_action_caller(pods_io: Any) -> Any:
-    """The incident executor's action caller over the pod client (imported here: it imports us)."""
-    from cache_operator.incident_executor import PodActionCaller
-
+    """The incident executor's action caller over the pod client."""
     return PodActionCaller(pods_io)
 
 

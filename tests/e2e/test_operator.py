@@ -26,7 +26,7 @@ import pytest
 
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
-from cache_operator.reconcile import rewrite_redis_host
+from cache_operator.policy_inputs import rewrite_redis_host
 from devcluster.cluster import Cluster
 from devcluster.testing import RESTRICTED_USER_ID, KubeTools, wait_for
 

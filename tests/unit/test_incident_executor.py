@@ -163,7 +163,7 @@ def cluster(spec: dict[str, Any], pods: int = 3) -> FakeKube:
 
 
 def _policy_ref() -> Any:
-    from cache_operator.reconcile import PolicyRef
+    from cache_operator.ports import PolicyRef
 
     return PolicyRef("web", NS, "policy-uid")
 

@@ -27,7 +27,8 @@ from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import PolicyRef, handle_reconcile
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import handle_reconcile
 from cache_runtime.health import evaluate
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
 

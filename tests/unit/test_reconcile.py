@@ -16,15 +16,9 @@ import pytest
 
 from cache_operator import render
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import (
-    PodView,
-    PolicyRef,
-    aggregate_health,
-    handle_delete,
-    handle_reconcile,
-    rewrite_redis_host,
-    service_name_of_host,
-)
+from cache_operator.policy_inputs import rewrite_redis_host, service_name_of_host
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import PodView, aggregate_health, handle_delete, handle_reconcile
 
 NOW = "2026-01-01T00:00:00Z"
 POLICY = PolicyRef("web", "ns", "uid-1", 1)
