@@ -29,7 +29,6 @@ import os
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -44,7 +43,7 @@ from cache_runtime.l1 import MISSING, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
 from cache_runtime.l2.coherence import CoherenceListener
 from cache_runtime.singleflight import SingleFlight
-from cache_runtime.stats import EngineStats, Snapshot, build_snapshot, diff_snapshots
+from cache_runtime.stats import EngineStats, SnapshotWindow, build_snapshot
 
 __all__ = ["TieredCache", "redis_settings_for", "required_acl_rules"]
 
@@ -222,7 +221,9 @@ class TieredCache:
                                "invalidations_not_in_redis": 0, "replays": 0, "replayed_keys": 0,
                                "replay_failures": 0, "overflows": 0, "client_swaps": 0, "tunes": 0}
         self._install_fast_get()
-        self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
+        self._window = SnapshotWindow(
+            _HEALTH_WINDOW_S, max_snapshots=_SNAPSHOT_HISTORY, spacing_seconds=_SNAPSHOT_SPACING_S
+        )
         self._apply_runtime_settings(config)
 
     # ------------------------------------------------------------------ lifecycle
@@ -1580,23 +1581,14 @@ class TieredCache:
             "started": self._started,
             "outage_journal": self.journal_state(),
         }
-        self._remember(snapshot)
+        self._window.remember(snapshot, at=self._clock())  # type: ignore[arg-type]
         return snapshot
-
-    def _remember(self, snapshot: dict[str, Any]) -> None:
-        now = self._clock()
-        if not self._history or now - self._history[-1][0] >= _SNAPSHOT_SPACING_S:
-            self._history.append((now, snapshot))  # type: ignore[arg-type]
 
     def health(self, window_seconds: float = _HEALTH_WINDOW_S) -> health_module.HealthReport:
         """Judge the last ``window_seconds`` (or everything since start, if younger) against the
         config's health thresholds; returns a report with symptoms, causes, evidence, recommendations."""
         current = self.stats()
-        now = self._clock()
-        window: Any = current
-        older = [snap for at, snap in self._history if now - at >= window_seconds]
-        if older:
-            window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
+        window = self._window.window(current, now=self._clock(), window_seconds=window_seconds)  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
 
 

@@ -267,6 +267,8 @@ class TTLConfig(_Group):
         return self.default_s
 
 
+# The AI operations, each with a TTL of its own (ttl.<operation>_s); the one list of them: stats counts
+# hits and misses per operation from it, keys and the service accept these names.
 OPERATIONS: tuple[str, ...] = ("summarize", "sentiment", "key_points", "questions", "qa")
 
 
