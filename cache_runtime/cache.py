@@ -45,7 +45,7 @@ from cache_runtime.l2.coherence import CoherenceListener
 from cache_runtime.singleflight import SingleFlight
 from cache_runtime.stats import EngineStats, SnapshotWindow, build_snapshot
 
-__all__ = ["TieredCache", "redis_settings_for", "required_acl_rules"]
+__all__ = ["TieredCache", "redis_settings_for"]
 
 logger = logging.getLogger("cache_runtime")
 
@@ -113,43 +113,6 @@ def redis_settings_for(config: CacheConfig) -> RedisSettings | None:
         # scan_unlink then refuses any pattern outside this cache's keys.
         key_prefix=config.keys.prefix,
     )
-
-
-# Commands the engine sends, whatever its feature switches say (they can change live through
-# apply_config, the ACL cannot): reads, writes, invalidation, namespace versions, the lease
-# (SET NX PX, then a compare-and-delete script: EVALSHA, SCRIPT LOAD when the script is not cached,
-# DEL inside the script), coherence, health, and connecting (AUTH for RESP2, HELLO for RESP3, SELECT
-# for a db other than 0, CLIENT SETNAME for ``client_name``). redis-py also sends CLIENT SETINFO on
-# connect but ignores its errors, and Redis 7.0 has no such command, so it is not required.
-_ACL_COMMANDS = ("get", "mget", "set", "unlink", "del", "incr", "scan", "evalsha", "script|load",
-                 "publish", "subscribe", "unsubscribe", "ping", "info", "auth", "hello", "select",
-                 "client|setname")
-# Redis Cluster clients also read the slot map and the command table (key positions).
-_ACL_CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
-
-
-def _acl_glob_escape(text: str) -> str:
-    """Escape Redis glob metacharacters so an ACL pattern matches ``text`` literally."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def required_acl_rules(config: CacheConfig) -> tuple[str, ...]:
-    """The ``ACL SETUSER`` rules an engine with ``config`` needs, and nothing more (add ``on`` and
-    the password): its keys ``{prefix}:*`` (entries) and ``{prefix}#*`` (namespace versions,
-    leases), its coherence channel, and the commands in ``_ACL_COMMANDS``.
-
-    The one list the docs (docs/configuration.md, docs/engine.md) and the ACL tests use.
-    """
-    prefix = config.keys.prefix  # letters, digits, _.- only: nothing to escape
-    channel = config.coherence_channel
-    if any(char.isspace() for char in channel):
-        # ACL rules are space-separated words (also in ACL files): Redis rejects such a pattern.
-        raise ValueError(f"coherence.channel: {channel!r} cannot be granted by a Redis ACL rule; accepted: "
-                         f"a channel name without whitespace")
-    commands = _ACL_COMMANDS + (_ACL_CLUSTER_COMMANDS if config.redis.cluster else ())
-    return ("resetkeys", f"~{prefix}:*", f"~{prefix}#*",
-            "resetchannels", f"&{_acl_glob_escape(channel)}",
-            "-@all", *(f"+{command}" for command in commands))
 
 
 class TieredCache:

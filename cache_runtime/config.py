@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from cache_runtime.l2.acl import acl_rules
 from cache_runtime.l2.urls import URL_SCHEMES
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "preserve_key_layout",
     "render_config_table",
     "render_configuration_doc",
+    "required_acl_rules",
     "resolve_config",
     "validate_config",
 ]
@@ -1275,10 +1277,18 @@ def _render_level_map() -> str:
     return "\n".join(rows) + "\n"
 
 
-def _render_acl_rules() -> str:
-    # Imported here: cache imports this module.
-    from cache_runtime.cache import required_acl_rules
+def required_acl_rules(config: CacheConfig) -> tuple[str, ...]:
+    """The ``ACL SETUSER`` rules an engine with ``config`` needs, and nothing more (add ``on`` and
+    the password): its keys ``{prefix}:*`` (entries) and ``{prefix}#*`` (namespace versions,
+    leases), its coherence channel, and the commands the Redis tier sends
+    (:func:`cache_runtime.l2.acl.acl_rules`).
 
+    The one list the docs (docs/configuration.md, docs/engine.md) and the ACL tests use.
+    """
+    return acl_rules(config.keys.prefix, config.coherence_channel, cluster=config.redis.cluster)
+
+
+def _render_acl_rules() -> str:
     return " ".join(required_acl_rules(CacheConfig()))
 
 
@@ -1333,7 +1343,7 @@ one `INCR {{prefix}}#nsver:{{namespace}}`; leases are `{{prefix}}#lease:...` and
 broadcast on the channel `{{prefix}}#coherence` (unless `coherence.channel` says otherwise). A
 pattern invalidation is always confined to `{{prefix}}:`, so it never touches the bookkeeping keys.
 A Redis ACL user for the default prefix `cw` therefore needs exactly these rules (from
-`cache_runtime.cache.required_acl_rules(config)`, which follows `keys.prefix`, `coherence.channel`
+`cache_runtime.config.required_acl_rules(config)`, which follows `keys.prefix`, `coherence.channel`
 and `redis.cluster`; the integration tests run the engine as such a user):
 
 ```

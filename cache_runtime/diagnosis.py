@@ -33,13 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cache_runtime.actions import ACTIONS, DISRUPTIVE_ACTIONS
 from cache_runtime.stats import LARGE_VALUE_BYTES, REUSE_GAP_BUCKETS_SECONDS, Snapshot
-
-if TYPE_CHECKING:
-    from cache_runtime.health import Symptom, Thresholds
+from cache_runtime.symptoms import Symptom, Thresholds
 
 MAX_TTL_S = 7 * 24 * 3600
 MIB = 1024 * 1024

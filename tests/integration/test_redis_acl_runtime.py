@@ -26,8 +26,7 @@ import httpx
 import pytest
 import redis
 
-from cache_runtime.cache import required_acl_rules
-from cache_runtime.config import resolve_config
+from cache_runtime.config import required_acl_rules, resolve_config
 
 if TYPE_CHECKING:
     from conftest import RedisFactory, RedisProcess

@@ -21,8 +21,8 @@ import redis
 import xxhash
 
 from cache_runtime import CacheConfig, TieredCache, resolve_config
-from cache_runtime.cache import required_acl_rules
 from cache_runtime.codec import CODEC_MSGPACK, FLAG_LZ4, HEADER, Codec
+from cache_runtime.config import required_acl_rules
 from cache_runtime.keys import TextTooLongError
 from cache_runtime.l2 import pack_stamped
 
