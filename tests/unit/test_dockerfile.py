@@ -427,7 +427,7 @@ def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
                    check=True, capture_output=True, text=True, timeout=240)
     wheel = next((tmp_path / "wheels").glob("cachewarden-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package in ("cache_runtime", "cache_operator", "devcluster"):
+    for package in ("cache_runtime", "cache_operator", "devcluster", "cachewarden"):
         modules = {p for p in tracked_files() if p.startswith(package + "/") and p.endswith(".py")}
         missing = sorted(modules - names)
         assert modules and not missing, f"{package}: missing from the wheel: {missing[:5]}"
