@@ -58,14 +58,14 @@ bench: setup
 # (each entry justified in the doc: a new finding fails), and the installed venv's dependencies
 # (pip-audit, with a fallback where its per-version service is unreachable: a known vulnerability
 # fails, an audit that could not reach its data says DEGRADED and names the packages, never fails).
-AUDIT_PATHS = cache_runtime cache_operator devcluster examples .ci
+AUDIT_PATHS = cachewarden cache_runtime cache_operator devcluster examples .ci
 audit: setup
 	$(VENV)/bin/bandit -q -ll -r $(AUDIT_PATHS) -b .ci/bandit-baseline.json
 	$(PY) .ci/audit_deps.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy cache_runtime cache_operator devcluster
+	$(VENV)/bin/mypy cachewarden cache_runtime cache_operator devcluster
 
 # Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
 generate: setup

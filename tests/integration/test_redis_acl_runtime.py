@@ -88,7 +88,7 @@ class RuntimeProcess:
                 [
                     sys.executable,
                     "-m",
-                    "cache_runtime.cli",
+                    "cachewarden.cli",
                     "runtime",
                     "--host",
                     "127.0.0.1",

@@ -792,7 +792,7 @@ def test_real_uvicorn_serves_and_shuts_down_gracefully_on_sigterm(tmp_path: Path
     log_path = tmp_path / "runtime.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cache_runtime.cli", "runtime", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

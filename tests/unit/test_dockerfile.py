@@ -334,7 +334,7 @@ def test_entrypoint_is_the_console_script() -> None:
     entrypoint = final.all("ENTRYPOINT")[-1].exec_form()
     assert entrypoint is not None, "ENTRYPOINT must use the exec (JSON) form so signals reach the process"
     assert entrypoint == ["cachewarden"] and entrypoint[0] in scripts, (entrypoint, scripts)
-    from cache_runtime.cli import COMMANDS
+    from cachewarden.cli import COMMANDS
 
     cmd = final.all("CMD")[-1].exec_form()
     assert cmd and cmd[0] in COMMANDS, cmd
@@ -436,4 +436,4 @@ def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
             assert f"{package}/{name}" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "cachewarden = cache_runtime.cli:main" in text, text
+    assert "cachewarden = cachewarden.cli:main" in text, text

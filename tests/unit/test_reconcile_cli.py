@@ -43,7 +43,7 @@ def test_namespace_and_all_namespaces_exclude_each_other(capsys: pytest.CaptureF
 
 
 def test_cachewarden_dispatches_operator(capsys: pytest.CaptureFixture[str]) -> None:
-    from cache_runtime.cli import main as cachewarden
+    from cachewarden.cli import main as cachewarden
 
     assert cachewarden(["operator", "--metrics-port", "0"]) == 2
     assert "--metrics-port 0 is not accepted" in capsys.readouterr().err
