@@ -9,7 +9,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 PIP_STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down generate audit
+.PHONY: demo test test-unit test-integration test-e2e setup system-deps venv binaries bench lint down generate audit check-imports
 
 demo: setup binaries
 	$(VENV)/bin/cachewarden dev up
@@ -62,6 +62,11 @@ AUDIT_PATHS = cachewarden cache_runtime cache_operator devcluster examples .ci
 audit: setup
 	$(VENV)/bin/bandit -q -ll -r $(AUDIT_PATHS) -b .ci/bandit-baseline.json
 	$(PY) .ci/audit_deps.py
+
+# Fails on an import cycle between the project's modules, or a dependency that points the wrong way
+# (engine <- service <- operator <- command); tests/unit/test_import_cycles.py says how it reads them.
+check-imports: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_import_cycles.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
