@@ -77,4 +77,4 @@ generate: setup
 	$(VENV)/bin/cachewarden crds --write crds/
 	cp crds/cache*.cachewarden.io.yaml charts/cachewarden/crds/   # the chart ships the same CRDs (tests/unit/test_chart_render.py)
 	$(PY) -m cache_operator.apidocs docs/api-reference.md
-	$(PY) -m cache_runtime.config docs/configuration.md
+	$(PY) -m cache_runtime.config_doc docs/configuration.md

@@ -29,13 +29,12 @@ from cache_runtime.config import (
     PRESET_NAMES,
     RANGES,
     REDIS_URL_SCHEMES,
-    SCHEMA_EXCLUDED,
     ConfigError,
     Preset,
     merge_overrides,
-    overrides_json_schema,
     resolve_config,
 )
+from cache_runtime.config_schema import SCHEMA_EXCLUDED, overrides_json_schema
 
 KIND = "CachePolicy"
 PLURAL = "cachepolicies"
