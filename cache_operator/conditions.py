@@ -25,7 +25,7 @@ RUNNING = "Running"
 SYMPTOMS_TRACKED = "SymptomsTracked"
 RESOLVED = "Resolved"
 POLICY_CONDITION_TYPES = (READY, RECONCILING, STALLED, CONFIG_APPLIED, HEALTHY, REDIS_CONNECTED)
-# Set by automatic detection (cache_operator.autoincidents), only on passes that count a probe, and
+# Set by automatic detection (cache_operator.incidents.automatic_io), only on passes that count a probe, and
 # carried over unchanged by policy_conditions on the others.
 DETECTION_CONDITION_TYPES = (SYMPTOMS_TRACKED,)
 INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED)

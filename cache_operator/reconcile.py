@@ -13,7 +13,7 @@ One pass (:func:`handle_reconcile`), run on create/update/resume and by the prob
    each one's ``health`` and push ``config/apply`` to each pod that reports another hash (concurrent,
    bounded, with timeouts: :class:`cache_operator.podclient.PodClient`);
 5. aggregate into status (pods desired/ready/configured, health, per-pod view) and kstatus conditions;
-6. once per probe interval, automatic detection (:mod:`cache_operator.autoincidents`): symptoms with
+6. once per probe interval, automatic detection (:mod:`cache_operator.incidents.automatic_io`): symptoms with
    hysteresis in ``status.symptoms``, automatic CacheIncidents opened, resolved and garbage-collected;
    an expired time-boxed override is removed from status (the base config was pushed in step 4).
 
@@ -33,9 +33,9 @@ from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy import ActiveOverride
-from cache_operator.autoincidents import detection_due, run_detection
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
-from cache_operator.incident_executor import PodActionCaller
+from cache_operator.incidents.automatic_io import detection_due, run_detection
+from cache_operator.incidents.executor_io import PodActionCaller
 from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodTarget
@@ -77,7 +77,7 @@ class ReconcileOutcome:
     pushed: int = 0
     reason: str = ""
     message: str = ""
-    detection: Any = None  # cache_operator.autoincidents.DetectionOutcome when detection ran
+    detection: Any = None  # cache_operator.incidents.automatic_io.DetectionOutcome when detection ran
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,7 +520,8 @@ async def _detect(
     patch: Any,
 ) -> Any:
     """Run automatic detection if a probe is due, merging what it writes into ``patch.status``; returns
-    its :class:`~cache_operator.autoincidents.DetectionOutcome`, or None when it did not run or failed.
+    its :class:`~cache_operator.incidents.automatic_io.DetectionOutcome`, or None when it did not run
+    or failed.
 
     A failure of detection never costs the pass its status (pods, health, conditions are written
     anyway): a malformed health answer or ``status.symptoms`` is logged as a warning, anything else

@@ -292,7 +292,7 @@ INCIDENT_PHASES = {
 
 @pytest.mark.parametrize("phase", sorted(INCIDENT_PHASES))
 def test_incident_agreement_over_executor_conditions(phase: str) -> None:
-    """Every phase with the conditions incident_executor writes for it: the expected Argo CD status,
+    """Every phase with the conditions incidents/executor_io.py writes for it: the expected Argo CD status,
     and Flux agrees; also while the operator has not yet observed the object's generation."""
     reason, expected = INCIDENT_PHASES[phase]
     condition_list = incident_conditions(phase, f"{phase} message", [], "2026-11-25T22:00:00Z", 1, reason)

@@ -1,4 +1,4 @@
-"""Incident executor (``cache_operator.incident_executor``) with FAKES in place of Kubernetes and the pods.
+"""Incident executor (``cache_operator.incidents.executor_io``) with FAKES for Kubernetes and the pods.
 
 ``FakeKube`` is a fake: a dict of objects with merge-patched status that records every status write in
 order; ``FakePods`` is a fake pod caller that acts once per Idempotency-Key and replays afterwards, like
@@ -12,7 +12,7 @@ from typing import Any
 
 from cache_operator import render
 from cache_operator.conditions import incident_conditions
-from cache_operator.incident_executor import (
+from cache_operator.incidents.executor_io import (
     Deferred,
     IncidentRef,
     diagnosis_from_health,

@@ -22,7 +22,7 @@ from health_scenarios import Scenario, healthy, with_large_uncompressed_values, 
 from cache_operator import render
 from cache_operator.api.cacheincident import CacheIncidentStatus
 from cache_operator.api.cachepolicy import CachePolicyStatus
-from cache_operator.incident_executor import Deferred, IncidentRef, PolicyLocks, handle_incident
+from cache_operator.incidents.executor_io import Deferred, IncidentRef, PolicyLocks, handle_incident
 from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest
 from cache_operator.k8s import KubeError
@@ -754,7 +754,7 @@ async def test_isolation_is_time_boxed_restored_once_and_lifted_by_restore_or_de
     assert cluster.policy()["status"]["isolation"]["pods"] == ["web-0"]
 
     # Deleting the isolate incident ends the isolation now: the next pass restores what is left.
-    from cache_operator.incident_executor import handle_incident_deleted
+    from cache_operator.incidents.executor_io import handle_incident_deleted
 
     lifted = await handle_incident_deleted(
         IncidentRef("iso2", NS, "uid-iso2"),

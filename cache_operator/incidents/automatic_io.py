@@ -9,7 +9,7 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
    after the operator pushed ours") and :func:`~cache_operator.incidents.detection.observe`, whose
    state is ``status.symptoms``: hysteresis survives an operator restart;
 2. **open**: every active symptom without an incident gets one, named deterministically from the
-   policy, the symptom and the episode's start (:mod:`~cache_operator.incidents.autoincident`); a
+   policy, the symptom and the episode's start (:mod:`~cache_operator.incidents.auto_manifest`); a
    create that answers 409 finds the incident (reopened if it was resolved). Refused while the policy
    is paused or the storm limit is reached (:func:`~cache_operator.incidents.safety.may_open`): the
    ``SymptomsTracked`` condition says why and an Event is posted when that reason appears; the
@@ -22,7 +22,7 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
 
 Incidents are listed only when something can change (a symptom event, an untracked symptom, open
 incidents in ``status.activeIncidents``, or a garbage collection due), so a healthy policy costs no API
-call here. Running the action is the incident executor's job (:mod:`cache_operator.incident_executor`,
+call here. Running the action is the incident executor's job (:mod:`cache_operator.incidents.executor_io`,
 started by the CacheIncident handler): it applies ``spec.remediation.mode`` and every safety rule.
 """
 
@@ -36,7 +36,7 @@ from cache_operator import conditions as conds
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
-from cache_operator.incidents.autoincident import auto_incident_status, render_auto_incident
+from cache_operator.incidents.auto_manifest import auto_incident_status, render_auto_incident
 from cache_operator.incidents.detection import (
     DetectionSettings,
     SymptomEvent,
