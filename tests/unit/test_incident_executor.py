@@ -22,6 +22,7 @@ from cache_operator.incidents.executor_io import (
 from cache_operator.incidents.plan import PodRequest, idempotency_key
 from cache_operator.podclient import PodReply, PodTarget
 from cache_runtime.timefmt import parse_rfc3339
+from tests.fakes import FakeLogger as Log
 
 NS = "team"
 
@@ -120,19 +121,6 @@ class FakePods:
         if idempotency_key:
             self.remembered[idempotency_key] = answer
         return PodReply(pod.name, True, 200, answer)
-
-
-class Log:
-    """Collects log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    warning = info
-    error = info
 
 
 def pod(name: str, ip: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from cache_operator.ports import PolicyRef
 from cache_operator.reconcile import handle_reconcile
 from cache_runtime.health import evaluate
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
+from tests.fakes import FakeLogger as Log
 
 NS = "shop"
 POLICY = PolicyRef("web", NS, "policy-uid", 1)
@@ -179,18 +180,6 @@ class FakePods:
         if idempotency_key:
             self.remembered[idempotency_key] = answer
         return PodReply(pod.name, True, 200, answer)
-
-
-class Log:
-    """Collects log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    warning = error = info
 
 
 def make_cluster(

@@ -26,17 +26,7 @@ from cache_runtime.stats import (
     histogram_from_dict,
     normalize_l2_stats,
 )
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.fakes import FakeClock
 
 # --- histograms ------------------------------------------------------------------------------
 
