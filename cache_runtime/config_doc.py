@@ -6,7 +6,7 @@ tests/unit/test_config.py fails when the checked-in file drifts from the code.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,7 +25,7 @@ from cache_runtime.config import (
 )
 from cache_runtime.config_schema import value_schema
 
-__all__ = ["render_config_table", "render_configuration_doc"]
+__all__ = ["render_config_table", "render_configuration_doc", "write_or_print"]
 
 
 
@@ -182,15 +182,19 @@ high-compression (HC) mode. Whatever the level, a value is stored compressed onl
 {_render_descriptions()}"""
 
 
-def _main(argv: list[str]) -> int:
-    """``python -m cache_runtime.config_doc [PATH]``: print or write docs/configuration.md."""
-    text = render_configuration_doc()
+def write_or_print(text: str, argv: Sequence[str]) -> int:
+    """A generated document's command line: write ``text`` to the path in ``argv``, or print it."""
     if argv:
         with open(argv[0], "w", encoding="utf-8") as handle:
             handle.write(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m cache_runtime.config_doc [PATH]``: print or write docs/configuration.md."""
+    return write_or_print(render_configuration_doc(), argv)
 
 
 if __name__ == "__main__":
