@@ -278,177 +278,311 @@ async def handle_reconcile(
     the token Secret or listing pods raises :class:`cache_operator.k8s.KubeError` (the daemon logs it,
     counts it and retries). Everything about pods is reported in status, never raised.
     """
-    now = now or utc_now()
-    previous = status.get("conditions") or []
-    gen = policy.generation
+    return await ReconcilePass(
+        policy,
+        spec,
+        status,
+        kube=kube,
+        pods_io=pods_io,
+        patch=patch,
+        logger=logger,
+        now=now or utc_now(),
+        events=events,
+        resolve_service_hosts=resolve_service_hosts,
+        apply_children=apply_children,
+        delete_stale=delete_stale,
+        pods_in_namespace=pods_in_namespace,
+        detect=detect,
+        caller=caller,
+    ).run()
 
-    try:
-        model = parse_spec(spec)
-        redis_url = await resolve_redis_url(model, policy.namespace, kube, resolve_service_hosts)
-        override = active_override(status, now)
-        config = render.resolve_policy_config(model, redis_url=redis_url, override=override)
-    except (ValueError, ConfigError) as exc:
-        field_path = getattr(exc, "field", None)
-        if isinstance(exc, ConfigError):
-            field_path = f"spec.overrides.{exc.field}"
-        message = str(getattr(exc, "message", None) or exc)
-        if field_path and field_path not in message:
-            message = f"{field_path}: {message}"
-        observed = conds.PolicyObservation(generation=gen, spec_error=message)
-        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
-        patch.status["observedGeneration"] = gen
-        logger.warning(f"spec rejected: {message}")
-        return ReconcileOutcome("stalled", reason="InvalidSpec", message=message)
-    except RedisServiceNotReady as exc:
-        # Pushing an unresolvable host would only make every pod log connection errors: wait instead.
-        observed = conds.PolicyObservation(generation=gen, paused=model.paused, apply_error=str(exc))
-        waiting = conds.policy_conditions(observed, previous, now)
+
+class _Stop(Exception):
+    """A step ended the pass early with this outcome (the status it wrote stays)."""
+
+    def __init__(self, outcome: ReconcileOutcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+@dataclass
+class ReconcilePass:
+    """One reconcile pass as named steps over its context: what it reads (the policy, its spec and
+    status), where it writes (``patch.status``), its I/O (``kube``, ``pods_io``, ``events``) and what the
+    earlier steps found (the model, the config and its hash, the tokens, the pods' views).
+
+    :meth:`run` is the order: resolve the config, read the tokens, apply the children, probe and push
+    the pods, write the status, lift what expired, run detection, and say how the pass ended.
+    """
+
+    policy: PolicyRef
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    kube: KubeIO
+    pods_io: PodIO
+    patch: Any
+    logger: Any
+    now: str
+    events: Any = None
+    resolve_service_hosts: bool = False
+    apply_children: bool = True
+    delete_stale: bool = True
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None
+    detect: bool = True
+    caller: Any = None
+    # found by the steps
+    model: CachePolicySpec = field(init=False)
+    override: ActiveOverride | None = field(init=False, default=None)
+    config: CacheConfig = field(init=False)
+    config_hash: str = field(init=False, default="")
+    tokens: dict[str, str] = field(init=False, default_factory=dict)
+    secret_created: bool = field(init=False, default=False)
+
+    @property
+    def gen(self) -> int | None:
+        """The generation this pass observes."""
+        return self.policy.generation
+
+    @property
+    def previous(self) -> list[dict[str, Any]]:
+        """The conditions in status before this pass."""
+        return list(self.status.get("conditions") or [])
+
+    async def run(self) -> ReconcileOutcome:
+        """The pass, step by step; a step that ends it early returns its outcome."""
+        try:
+            await self.resolve_config()
+            await self.read_tokens()
+        except _Stop as stop:
+            return stop.outcome
+        apply_error, rejection = await self.apply_children_step()
+        targets, desired = await select_targets(self.policy, self.model, self.kube, self.pods_in_namespace)
+        views = await probe_and_push(
+            self.pods_io, targets, self.tokens[render.ADMIN_TOKEN_KEY], self.config, self.config_hash,
+            push=not self.model.paused,
+        )
+        conditions = self.write_status(views, desired, apply_error, rejection)
+        await self.lift_expired(targets)
+        detection = await self.run_detection(views, conditions) if self.detect else None
+        return self.outcome(views, conditions, rejection, detection)
+
+    async def resolve_config(self) -> None:
+        """Step 1: the spec as the model, the Redis URL, any time-boxed override, the engine config.
+        An invalid spec stalls the pass; a Redis Service without a Ready pod makes it wait."""
+        now, gen, previous = self.now, self.gen, self.previous
+        try:
+            self.model = parse_spec(self.spec)
+            redis_url = await resolve_redis_url(
+                self.model, self.policy.namespace, self.kube, self.resolve_service_hosts
+            )
+            self.override = active_override(self.status, now)
+            self.config = render.resolve_policy_config(
+                self.model, redis_url=redis_url, override=self.override
+            )
+        except (ValueError, ConfigError) as exc:
+            field_path = getattr(exc, "field", None)
+            if isinstance(exc, ConfigError):
+                field_path = f"spec.overrides.{exc.field}"
+            message = str(getattr(exc, "message", None) or exc)
+            if field_path and field_path not in message:
+                message = f"{field_path}: {message}"
+            observed = conds.PolicyObservation(generation=gen, spec_error=message)
+            self.patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
+            self.patch.status["observedGeneration"] = gen
+            self.logger.warning(f"spec rejected: {message}")
+            raise _Stop(ReconcileOutcome("stalled", reason="InvalidSpec", message=message)) from None
+        except RedisServiceNotReady as exc:
+            raise _Stop(await self.wait_for_redis(exc)) from None
+        self.config_hash = self.config.config_hash()
+
+    async def wait_for_redis(self, exc: RedisServiceNotReady) -> ReconcileOutcome:
+        """Pushing an unresolvable host would only make every pod log connection errors: wait instead,
+        still probing the pods of a policy configured before."""
+        now, gen = self.now, self.gen
+        observed = conds.PolicyObservation(generation=gen, paused=self.model.paused, apply_error=str(exc))
+        waiting = conds.policy_conditions(observed, self.previous, now)
         waiting = conds.set_condition(
             waiting, conds.RECONCILING, "True", "WaitingForRedis", str(exc), now, gen
         )
         waiting = conds.set_condition(waiting, conds.READY, "False", "WaitingForRedis", str(exc), now, gen)
-        patch.status["conditions"] = waiting
-        patch.status["observedGeneration"] = gen
+        self.patch.status["conditions"] = waiting
+        self.patch.status["observedGeneration"] = gen
         detection = None
-        if status.get("configHash"):
+        if self.status.get("configHash"):
             detection = await _probe_while_waiting(
-                policy,
-                model,
-                status,
+                self.policy,
+                self.model,
+                self.status,
                 waiting,
-                kube=kube,
-                pods_io=pods_io,
-                patch=patch,
-                logger=logger,
-                pods_in_namespace=pods_in_namespace,
+                kube=self.kube,
+                pods_io=self.pods_io,
+                patch=self.patch,
+                logger=self.logger,
+                pods_in_namespace=self.pods_in_namespace,
                 now=now,
-                events=events,
-                detect=detect,
+                events=self.events,
+                detect=self.detect,
             )
         return ReconcileOutcome(
             "progressing", reason="WaitingForRedis", message=str(exc), detection=detection
         )
 
-    config_hash = config.config_hash()
-    first_pass = not status.get("configHash") and not model.paused
-    try:
-        tokens, secret_created = await current_tokens(kube, policy, create=first_pass)
-    except render.TokenSecretError as exc:
-        # A value in the token Secret that is not a token list (a person's rotation gone wrong): never
-        # overwritten (that would lock out the clients holding it), reported until the Secret is fixed.
-        message = str(exc)
-        observed = conds.PolicyObservation(
-            generation=gen, spec_error=message, spec_error_reason="InvalidTokenSecret"
-        )
-        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
-        patch.status["observedGeneration"] = gen
-        logger.warning(f"token Secret rejected: {message}")
-        await _announce_stalled(events, previous, message, "InvalidTokenSecret")
-        return ReconcileOutcome("stalled", reason="InvalidTokenSecret", message=message)
-    token = tokens[render.ADMIN_TOKEN_KEY]
-    must_apply = (
-        apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
-    )
-    apply_error: str | None = None
-    rejection: ChildRejection | None = None
-    if not model.paused and must_apply:
+    async def read_tokens(self) -> None:
+        """Step 2: the admin/read tokens (created with the Secret on a first pass)."""
+        first_pass = not self.status.get("configHash") and not self.model.paused
         try:
-            await apply_children_of(
-                policy, model, config, tokens, kube, delete_stale=delete_stale, skip_secret=secret_created
+            self.tokens, self.secret_created = await current_tokens(self.kube, self.policy, create=first_pass)
+        except render.TokenSecretError as exc:
+            # A value in the token Secret that is not a token list (a person's rotation gone wrong):
+            # never overwritten (that would lock out the clients holding it), reported until fixed.
+            message = str(exc)
+            observed = conds.PolicyObservation(
+                generation=self.gen, spec_error=message, spec_error_reason="InvalidTokenSecret"
             )
-        except ChildRejectedError as exc:
-            # The API server refused a rendered child as invalid (422): the same spec can never apply,
-            # so Stalled (ChildRejected) naming the policy's field instead of a retry every second.
-            rejection = exc.rejection
-            logger.warning(f"spec rejected by the API server: {exc}")
-            await _announce_stalled(events, previous, rejection.message())
-        except KubeError as exc:
-            # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
-            # retried on the next pass; pods are still probed so status stays truthful about them.
-            apply_error = str(exc)
-            logger.error(f"applying children failed: {exc}")
+            self.patch.status["conditions"] = conds.policy_conditions(observed, self.previous, self.now)
+            self.patch.status["observedGeneration"] = self.gen
+            self.logger.warning(f"token Secret rejected: {message}")
+            await _announce_stalled(self.events, self.previous, message, "InvalidTokenSecret")
+            raise _Stop(ReconcileOutcome("stalled", reason="InvalidTokenSecret", message=message)) from None
 
-    targets, desired = await select_targets(policy, model, kube, pods_in_namespace)
-    views = await probe_and_push(pods_io, targets, token, config, config_hash, push=not model.paused)
-    ready = sum(1 for v in views if v.ready)
-    configured = sum(1 for v in views if v.config_hash == config_hash)
-    pushed = sum(1 for v in views if v.pushed)
-    health = aggregate_health(views, now)
-    errors = [f"{v.name}: {v.error}" for v in views if v.error]
-
-    observed = conds.PolicyObservation(
-        generation=gen,
-        paused=model.paused,
-        apply_error=apply_error,
-        child_rejected=rejection.message() if rejection is not None else None,
-        config_hash=config_hash,
-        pods_desired=desired,
-        # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
-        pods_ready=min(ready, desired) if model.runtime is not None else ready,
-        pods_configured=configured,
-        probed=any(v.health is not None for v in views),
-        health=str(health["status"]),
-        health_message="; ".join([str(health.get("message") or ""), *errors[:5]]).strip("; "),
-        redis=str(health["redis"]),
-        redis_message=""
-        if health["redis"] == "Connected"
-        else f"Redis {str(health['redis']).lower()} on target pods",
-    )
-    conditions = conds.policy_conditions(observed, previous, now)
-    ready_condition = conds.get_condition(conditions, conds.READY) or {}
-    is_ready = ready_condition.get("status") == "True"
-
-    patch.status["observedGeneration"] = gen
-    patch.status["conditions"] = conditions
-    patch.status["preset"] = config.preset
-    patch.status["configHash"] = config_hash
-    patch.status["pods"] = {
-        "desired": desired,
-        "ready": ready,
-        "configured": configured,
-        "summary": conds.pods_summary(ready, desired),
-    }
-    patch.status["targets"] = _target_rows(views)
-    patch.status["health"] = health
-    raw_override = status.get("override")
-    if isinstance(raw_override, Mapping) and override is None:
-        # Expired (or unreadable): the config above is already the base one and was pushed to every
-        # pod still on the override's hash; the record goes too.
-        patch.status["override"] = None
-        await _post_event(
-            events,
-            "Normal",
-            "OverrideExpired",
-            f"time-boxed override of incident {raw_override.get('incident')} "
-            f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
-            f"base config {config_hash[:12]} pushed",
+    async def apply_children_step(self) -> tuple[str | None, ChildRejection | None]:
+        """Step 3: render and apply the children (unless paused, or a probe pass with nothing new).
+        Returns a transient apply error and a rejection by the API server, if any."""
+        status = self.status
+        must_apply = (
+            self.apply_children
+            or status.get("configHash") != self.config_hash
+            or (status.get("observedGeneration") != self.gen)
         )
-    if not model.paused and isolation_expired(status.get("isolation"), parse_rfc3339(now, "now")):
-        patch.status["isolation"] = await restore_expired_isolation(
-            status["isolation"], targets, token, caller or _pod_action_caller(pods_io), events, logger
+        apply_error: str | None = None
+        rejection: ChildRejection | None = None
+        if not self.model.paused and must_apply:
+            try:
+                await apply_children_of(
+                    self.policy, self.model, self.config, self.tokens, self.kube,
+                    delete_stale=self.delete_stale, skip_secret=self.secret_created,
+                )
+            except ChildRejectedError as exc:
+                # The API server refused a rendered child as invalid (422): the same spec can never
+                # apply, so Stalled (ChildRejected) naming the policy's field instead of a retry loop.
+                rejection = exc.rejection
+                self.logger.warning(f"spec rejected by the API server: {exc}")
+                await _announce_stalled(self.events, self.previous, rejection.message())
+            except KubeError as exc:
+                # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
+                # retried on the next pass; pods are still probed so status stays truthful about them.
+                apply_error = str(exc)
+                self.logger.error(f"applying children failed: {exc}")
+        return apply_error, rejection
+
+    def write_status(
+        self,
+        views: Sequence[PodView],
+        desired: int,
+        apply_error: str | None,
+        rejection: ChildRejection | None,
+    ) -> list[dict[str, Any]]:
+        """Step 5: pods, health and conditions into ``patch.status``; returns the conditions."""
+        model, config_hash, now = self.model, self.config_hash, self.now
+        ready = sum(1 for v in views if v.ready)
+        configured = sum(1 for v in views if v.config_hash == config_hash)
+        health = aggregate_health(views, now)
+        errors = [f"{v.name}: {v.error}" for v in views if v.error]
+        observed = conds.PolicyObservation(
+            generation=self.gen,
+            paused=model.paused,
+            apply_error=apply_error,
+            child_rejected=rejection.message() if rejection is not None else None,
+            config_hash=config_hash,
+            pods_desired=desired,
+            # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
+            pods_ready=min(ready, desired) if model.runtime is not None else ready,
+            pods_configured=configured,
+            probed=any(v.health is not None for v in views),
+            health=str(health["status"]),
+            health_message="; ".join([str(health.get("message") or ""), *errors[:5]]).strip("; "),
+            redis=str(health["redis"]),
+            redis_message=""
+            if health["redis"] == "Connected"
+            else f"Redis {str(health['redis']).lower()} on target pods",
         )
-    detection = (
-        await _detect(policy, model, status, views, config_hash, conditions, kube, now, events, logger, patch)
-        if detect
-        else None
-    )
-    if model.paused:
-        outcome = "paused"
-    elif rejection is not None:
-        outcome = "stalled"
-    elif is_ready and not errors:
-        outcome = "ready"
-    else:
-        outcome = "progressing"
-    return ReconcileOutcome(
-        outcome,
-        config_hash,
-        views,
-        pushed,
-        str(ready_condition.get("reason", "")),
-        str(ready_condition.get("message", "")),
-        detection,
-    )
+        conditions = conds.policy_conditions(observed, self.previous, now)
+        status = self.patch.status
+        status["observedGeneration"] = self.gen
+        status["conditions"] = conditions
+        status["preset"] = self.config.preset
+        status["configHash"] = config_hash
+        status["pods"] = {
+            "desired": desired,
+            "ready": ready,
+            "configured": configured,
+            "summary": conds.pods_summary(ready, desired),
+        }
+        status["targets"] = _target_rows(views)
+        status["health"] = health
+        return conditions
+
+    async def lift_expired(self, targets: Sequence[tuple[PodTarget | None, bool, str]]) -> None:
+        """Step 6: an expired time-boxed override leaves status; an expired isolation is restored."""
+        raw_override = self.status.get("override")
+        if isinstance(raw_override, Mapping) and self.override is None:
+            # Expired (or unreadable): the config above is already the base one and was pushed to every
+            # pod still on the override's hash; the record goes too.
+            self.patch.status["override"] = None
+            await _post_event(
+                self.events,
+                "Normal",
+                "OverrideExpired",
+                f"time-boxed override of incident {raw_override.get('incident')} "
+                f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
+                f"base config {self.config_hash[:12]} pushed",
+            )
+        expired = isolation_expired(self.status.get("isolation"), parse_rfc3339(self.now, "now"))
+        if not self.model.paused and expired:
+            self.patch.status["isolation"] = await restore_expired_isolation(
+                self.status["isolation"],
+                targets,
+                self.tokens[render.ADMIN_TOKEN_KEY],
+                self.caller or _pod_action_caller(self.pods_io),
+                self.events,
+                self.logger,
+            )
+
+    async def run_detection(self, views: Sequence[PodView], conditions: list[dict[str, Any]]) -> Any:
+        """Step 7: automatic detection over this pass's probes (once per probe interval)."""
+        return await _detect(
+            self.policy, self.model, self.status, views, self.config_hash, conditions, self.kube, self.now,
+            self.events, self.logger, self.patch,
+        )
+
+    def outcome(
+        self,
+        views: list[PodView],
+        conditions: list[dict[str, Any]],
+        rejection: ChildRejection | None,
+        detection: Any,
+    ) -> ReconcileOutcome:
+        """Step 8: how the pass ended (paused, stalled, ready or progressing)."""
+        ready_condition = conds.get_condition(conditions, conds.READY) or {}
+        is_ready = ready_condition.get("status") == "True"
+        errors = any(v.error for v in views)
+        if self.model.paused:
+            result = "paused"
+        elif rejection is not None:
+            result = "stalled"
+        elif is_ready and not errors:
+            result = "ready"
+        else:
+            result = "progressing"
+        return ReconcileOutcome(
+            result,
+            self.config_hash,
+            views,
+            sum(1 for v in views if v.pushed),
+            str(ready_condition.get("reason", "")),
+            str(ready_condition.get("message", "")),
+            detection,
+        )
 
 
 async def _announce_stalled(
