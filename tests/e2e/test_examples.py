@@ -29,7 +29,7 @@ import yaml
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, restricted_namespace, wait_for
 from tests.e2e.support import OperatorProcess
-from tests.unit.test_gitops_health import argo_health, flux_health
+from tests.gitops_health import argo_health, flux_health
 
 __all__ = ["restricted_namespace"]
 
