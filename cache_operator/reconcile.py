@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
-from cache_operator.api.cachepolicy import ActiveOverride
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
 from cache_operator.incidents.automatic_io import detection_due, run_detection
 from cache_operator.incidents.executor_io import PodActionCaller

@@ -24,11 +24,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cache_operator.api.cachepolicy import (
-    ActiveOverride,
-    CachePolicySpec,
-    RuntimeSpec,
-)
+from cache_operator.api.cachepolicy import CachePolicySpec, RuntimeSpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION, GROUP
 from cache_runtime.config import CacheConfig, canonical_json, merge_overrides, resolve_config
 

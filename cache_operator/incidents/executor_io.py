@@ -38,7 +38,8 @@ from typing import Any, Protocol
 from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
-from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
+from cache_operator.api.cachepolicy import CachePolicySpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
 from cache_operator.incidents import plan as plans

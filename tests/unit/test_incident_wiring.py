@@ -21,7 +21,7 @@ from health_scenarios import Scenario, healthy, with_large_uncompressed_values, 
 
 from cache_operator import render
 from cache_operator.api.cacheincident import CacheIncidentStatus
-from cache_operator.api.cachepolicy import CachePolicyStatus
+from cache_operator.api.cachepolicy_status import CachePolicyStatus
 from cache_operator.incidents.executor_io import Deferred, IncidentRef, PolicyLocks, handle_incident
 from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest

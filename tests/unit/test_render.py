@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cache_operator import render, selectors
-from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec, SelectorSpec
+from cache_operator.api.cachepolicy import CachePolicySpec, SelectorSpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_runtime.config import PRESET_NAMES
 from cache_runtime.service.config_source import config_from_document, config_from_push
 from cache_runtime.service.runtime_main import build_parser
