@@ -9,7 +9,6 @@ operator, is :mod:`cache_operator.api.cachepolicy_status`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -22,6 +21,23 @@ from cache_operator.api.common import (
     CelRule,
     CrdSchema,
     SecretKeySelector,
+)
+from cache_operator.api.k8s_validation import (
+    CEL_QUALIFIED_KEY,
+    LABEL_VALUE_ACCEPTED,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+    MAX_NODE_SELECTOR,
+    MAX_POD_ANNOTATIONS,
+    MAX_RESOURCES,
+    QUALIFIED_NAME_ACCEPTED,
+    RESOURCE_NAME_ACCEPTED,
+    check_map,
+    keys_rule,
+    label_value_error,
+    qualified_name_error,
+    quantity_map,
+    resource_name_error,
 )
 from cache_runtime.actions import IncidentAction
 from cache_runtime.config import (
@@ -52,119 +68,6 @@ DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", 
 
 # The engine's URL schemes (one table: cache_runtime.l2.urls.URL_SCHEMES), so the CRD accepts the same.
 _REDIS_URL_PATTERN = "^(" + "|".join(re.escape(scheme) for scheme in REDIS_URL_SCHEMES) + ")://.+$"
-_QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY_MAP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": {
-        "anyOf": [{"type": "integer"}, {"type": "string"}],
-        "pattern": _QUANTITY_PATTERN,
-        "x-kubernetes-int-or-string": True,
-    },
-}
-
-# What the API server checks in the Deployment the operator renders, checked here first so the CRD
-# refuses such a spec naming the field (the operator still reports anything else the API server
-# refuses as Stalled/ChildRejected: cache_operator.child_rejection).
-# A qualified name (label key, annotation key, extended resource name): an optional DNS subdomain
-# prefix and '/', then up to 63 alphanumerics, '-', '_', '.' starting and ending alphanumeric.
-_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-QUALIFIED_NAME_PATTERN = f"^({_DNS_SUBDOMAIN}/)?{_NAME_PART}$"
-QUALIFIED_NAME_MAX = 253 + 1 + 63  # prefix / name
-QUALIFIED_NAME_ACCEPTED = (
-    "an optional DNS subdomain prefix and '/' (e.g. example.com/), then up to 63 alphanumerics, '-', '_' "
-    "or '.', starting and ending alphanumeric"
-)
-LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-LABEL_VALUE_MAX = 63
-LABEL_VALUE_ACCEPTED = (
-    "empty, or up to 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-)
-# Container resources: the standard ones, hugepages-<size>, or an extended resource (a qualified name
-# with a domain prefix outside kubernetes.io).
-STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-RESOURCE_NAME_ACCEPTED = (
-    "cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource with a domain prefix "
-    "outside kubernetes.io (e.g. nvidia.com/gpu)"
-)
-MAX_POD_ANNOTATIONS = 64
-MAX_NODE_SELECTOR = 32
-MAX_RESOURCES = 16
-
-# CEL raw strings (r'...'): the regex's backslashes stay as they are.
-_CEL_QUALIFIED = f"size(k) <= {QUALIFIED_NAME_MAX} && k.matches(r'{QUALIFIED_NAME_PATTERN}')"
-_CEL_RESOURCE = (
-    "k in " + str(list(STANDARD_CONTAINER_RESOURCES)).replace('"', "'")
-    + " || k.startsWith('hugepages-') || (k.contains('/') && !k.contains('kubernetes.io/') && "
-    + _CEL_QUALIFIED + ")"
-)
-
-
-def _keys_rule(path: str, cel_ok: str, what: str, accepted: str) -> dict[str, Any]:
-    """A field-level CEL rule on a map: every key passes ``cel_ok`` (over ``k``); the message names the
-    field, the first refused key and what is accepted."""
-    head, tail = json.dumps(f"{path}: key "), json.dumps(f" is not {what}; accepted: {accepted}")
-    return {
-        "rule": f"self.all(k, {cel_ok})",
-        "message": f"{path}: every key must be {what}; accepted: {accepted}",
-        # CEL double-quoted literals escape like JSON; the first refused key is shown quoted.
-        "messageExpression": f"{head} + '\"' + self.filter(k, !({cel_ok}))[0] + '\"' + {tail}",
-    }
-
-
-def _quantity_map(path: str) -> CrdSchema:
-    """A requests/limits map: quantities by resource name, names checked as the API server does."""
-    schema = {
-        **_QUANTITY_MAP_SCHEMA,
-        "maxProperties": MAX_RESOURCES,
-        "x-kubernetes-validations": [
-            _keys_rule(path, _CEL_RESOURCE, "a container resource name", RESOURCE_NAME_ACCEPTED)
-        ],
-    }
-    return CrdSchema(schema)
-
-
-def qualified_name_error(key: str) -> str | None:
-    """Why ``key`` is not a qualified name (label or annotation key), or None when it is one."""
-    if len(key) > QUALIFIED_NAME_MAX or not re.match(QUALIFIED_NAME_PATTERN, key):
-        return f"is not a qualified name; accepted: {QUALIFIED_NAME_ACCEPTED}"
-    prefix, _, _ = key.rpartition("/")
-    if len(prefix) > 253:
-        return "has a prefix longer than 253 characters; accepted: " + QUALIFIED_NAME_ACCEPTED
-    return None
-
-
-def resource_name_error(name: str) -> str | None:
-    """Why ``name`` is not a container resource name the API server accepts, or None."""
-    if name in STANDARD_CONTAINER_RESOURCES or name.startswith("hugepages-"):
-        return None
-    if "/" in name and "kubernetes.io/" not in name and qualified_name_error(name) is None:
-        return None
-    return f"is not a container resource name; accepted: {RESOURCE_NAME_ACCEPTED}"
-
-
-def _check_map(path: str, data: Mapping[str, Any] | None, key_error: Any,
-               value_error: Any = None) -> None:
-    """Raise ValueError naming ``path``, the first refused key (or value) and what is accepted."""
-    for key, value in (data or {}).items():
-        problem = key_error(key)
-        if problem:
-            raise ValueError(f"{path}: key {key!r} {problem}")
-        problem = value_error(value) if value_error is not None else None
-        if problem:
-            raise ValueError(f"{path}[{key}]: value {value!r} {problem}")
-
-
-def label_value_error(value: str) -> str | None:
-    """Why ``value`` is not a label value, or None when it is one."""
-    if len(value) > LABEL_VALUE_MAX or not re.match(LABEL_VALUE_PATTERN, value):
-        return f"is not a label value; accepted: {LABEL_VALUE_ACCEPTED}"
-    return None
-
-
 # ------------------------------------------------------------------------------------------------
 # spec
 
@@ -276,14 +179,14 @@ class ResourceRequirements(ApiModel):
     """Compute resources of the runtime container (Kubernetes quantities, e.g. 100m, 256Mi)."""
 
     requests: Annotated[
-        dict[str, int | str] | None, _quantity_map("spec.runtime.resources.requests")
+        dict[str, int | str] | None, quantity_map("spec.runtime.resources.requests")
     ] = Field(
         default=None,
         max_length=MAX_RESOURCES,
         description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}. "
         "Names: " + RESOURCE_NAME_ACCEPTED + ".",
     )
-    limits: Annotated[dict[str, int | str] | None, _quantity_map("spec.runtime.resources.limits")] = Field(
+    limits: Annotated[dict[str, int | str] | None, quantity_map("spec.runtime.resources.limits")] = Field(
         default=None,
         max_length=MAX_RESOURCES,
         description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound. "
@@ -293,7 +196,7 @@ class ResourceRequirements(ApiModel):
     @field_validator("requests", "limits")
     @classmethod
     def _resource_names(cls, value: dict[str, int | str] | None, info: Any) -> dict[str, int | str] | None:
-        _check_map(f"spec.runtime.resources.{info.field_name}", value, resource_name_error)
+        check_map(f"spec.runtime.resources.{info.field_name}", value, resource_name_error)
         return value
 
 
@@ -338,8 +241,8 @@ class RuntimeSpec(ApiModel):
                     "pattern": LABEL_VALUE_PATTERN,
                 },
                 "x-kubernetes-validations": [
-                    _keys_rule(
-                        "spec.runtime.nodeSelector", _CEL_QUALIFIED, "a label key", QUALIFIED_NAME_ACCEPTED
+                    keys_rule(
+                        "spec.runtime.nodeSelector", CEL_QUALIFIED_KEY, "a label key", QUALIFIED_NAME_ACCEPTED
                     )
                 ],
             }
@@ -357,9 +260,9 @@ class RuntimeSpec(ApiModel):
                 "type": "object",
                 "additionalProperties": {"type": "string"},
                 "x-kubernetes-validations": [
-                    _keys_rule(
+                    keys_rule(
                         "spec.runtime.podAnnotations",
-                        _CEL_QUALIFIED,
+                        CEL_QUALIFIED_KEY,
                         "an annotation key",
                         QUALIFIED_NAME_ACCEPTED,
                     )
@@ -376,13 +279,13 @@ class RuntimeSpec(ApiModel):
     @field_validator("node_selector")
     @classmethod
     def _node_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        _check_map("spec.runtime.nodeSelector", value, qualified_name_error, label_value_error)
+        check_map("spec.runtime.nodeSelector", value, qualified_name_error, label_value_error)
         return value
 
     @field_validator("pod_annotations")
     @classmethod
     def _pod_annotations(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        _check_map("spec.runtime.podAnnotations", value, qualified_name_error)
+        check_map("spec.runtime.podAnnotations", value, qualified_name_error)
         return value
 
 
