@@ -50,6 +50,7 @@ COPY pyproject.toml README.md ./
 COPY cache_runtime ./cache_runtime
 COPY cache_operator ./cache_operator
 COPY devcluster ./devcluster
+COPY cachewarden ./cachewarden
 
 # The final image never installs anything, so pip leaves the venv once it is built (setuptools stays
 # only if a dependency needs it at run time; Python 3.12's venv does not add it). The venv's pip builds

@@ -12,7 +12,7 @@ PIP_STAMP = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f
 # process: the fast lane (devcluster's process kubelet); kind: a real node (Docker, images built here).
 NODE   ?= process
 
-.PHONY: demo test test-unit test-integration test-e2e test-realnode setup system-deps venv binaries bench lint down generate audit
+.PHONY: demo test test-unit test-integration test-e2e test-realnode setup system-deps venv binaries bench lint down generate audit check-imports
 
 demo: setup binaries
 	$(VENV)/bin/cachewarden dev up --node $(NODE)
@@ -70,18 +70,23 @@ bench: setup
 # (each entry justified in the doc: a new finding fails), and the installed venv's dependencies
 # (pip-audit, with a fallback where its per-version service is unreachable: a known vulnerability
 # fails, an audit that could not reach its data says DEGRADED and names the packages, never fails).
-AUDIT_PATHS = cache_runtime cache_operator devcluster examples .ci
+AUDIT_PATHS = cachewarden cache_runtime cache_operator devcluster examples .ci
 audit: setup
 	$(VENV)/bin/bandit -q -ll -r $(AUDIT_PATHS) -b .ci/bandit-baseline.json
 	$(PY) .ci/audit_deps.py
 
+# Fails on an import cycle between the project's modules, or a dependency that points the wrong way
+# (engine <- service <- operator <- command); tests/unit/test_import_cycles.py says how it reads them.
+check-imports: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_import_cycles.py
+
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy cache_runtime cache_operator devcluster
+	$(VENV)/bin/mypy cachewarden cache_runtime cache_operator devcluster
 
 # Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
 generate: setup
 	$(VENV)/bin/cachewarden crds --write crds/
 	cp crds/cache*.cachewarden.io.yaml charts/cachewarden/crds/   # the chart ships the same CRDs (tests/unit/test_chart_render.py)
 	$(PY) -m cache_operator.apidocs docs/api-reference.md
-	$(PY) -m cache_runtime.config docs/configuration.md
+	$(PY) -m cache_runtime.config_doc docs/configuration.md

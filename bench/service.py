@@ -87,7 +87,7 @@ class RuntimeProcess:
         env.pop("DEVCLUSTER_ROOT", None)
         log = (self.directory / "runtime.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cache_runtime.cli", "runtime"],
+            [sys.executable, "-m", "cachewarden.cli", "runtime"],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache_operator import crdgen
+from cache_runtime.config_doc import write_or_print
 
 # Subtrees documented elsewhere: the path gets one row that links there instead of a row per key.
 # spec.overrides is the engine's whole parameter model; docs/configuration.md is generated from it.
@@ -310,13 +311,7 @@ def render_api_reference() -> str:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m cache_operator.apidocs [PATH]``: print the reference, or write it to PATH."""
-    text = render_api_reference()
-    if argv:
-        with open(argv[0], "w", encoding="utf-8") as handle:
-            handle.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return write_or_print(render_api_reference(), argv)
 
 
 if __name__ == "__main__":

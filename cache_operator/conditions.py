@@ -10,7 +10,6 @@ are "abnormal-true" (True only while it applies) so kstatus, Flux and Argo CD re
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,18 +25,11 @@ RUNNING = "Running"
 SYMPTOMS_TRACKED = "SymptomsTracked"
 RESOLVED = "Resolved"
 POLICY_CONDITION_TYPES = (READY, RECONCILING, STALLED, CONFIG_APPLIED, HEALTHY, REDIS_CONNECTED)
-# Set by automatic detection (cache_operator.autoincidents), only on passes that count a probe, and
+# Set by automatic detection (cache_operator.incidents.automatic_io), only on passes that count a probe, and
 # carried over unchanged by policy_conditions on the others.
 DETECTION_CONDITION_TYPES = (SYMPTOMS_TRACKED,)
 INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED)
 STATUSES = ("True", "False", "Unknown")
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    """A timestamp as Kubernetes stores it: UTC, seconds precision, ``Z`` suffix."""
-    if moment.tzinfo is None:
-        raise ValueError("moment: a timezone-aware datetime is required (naive times are ambiguous)")
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def get_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> dict[str, Any] | None:

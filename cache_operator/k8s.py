@@ -186,30 +186,6 @@ class Kube:
         return await self.list_objects("v1", "Pod", namespace, label_selector)
 
 
-def label_selector_string(selector: Mapping[str, Any]) -> str:
-    """A LabelSelector (``matchLabels`` + ``matchExpressions``) as the API's query string.
-
-    Raises ValueError naming the field when an expression's operator is not one Kubernetes accepts.
-    """
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for index, expr in enumerate(selector.get("matchExpressions") or []):
-        key, operator, values = expr.get("key"), expr.get("operator"), list(expr.get("values") or [])
-        if operator == "In":
-            parts.append(f"{key} in ({','.join(values)})")
-        elif operator == "NotIn":
-            parts.append(f"{key} notin ({','.join(values)})")
-        elif operator == "Exists":
-            parts.append(str(key))
-        elif operator == "DoesNotExist":
-            parts.append(f"!{key}")
-        else:
-            raise ValueError(
-                f"matchExpressions[{index}].operator: {operator!r} is not accepted; "
-                "accepted: In, NotIn, Exists, DoesNotExist"
-            )
-    return ",".join(parts)
-
-
 def _api_status(exc: ApiException) -> dict[str, Any] | None:
     """The ``Status`` object in the error's body, or None when the body is not one."""
     body = getattr(exc, "body", None)

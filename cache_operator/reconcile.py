@@ -13,7 +13,7 @@ One pass (:func:`handle_reconcile`), run on create/update/resume and by the prob
    each one's ``health`` and push ``config/apply`` to each pod that reports another hash (concurrent,
    bounded, with timeouts: :class:`cache_operator.podclient.PodClient`);
 5. aggregate into status (pods desired/ready/configured, health, per-pod view) and kstatus conditions;
-6. once per probe interval, automatic detection (:mod:`cache_operator.autoincidents`): symptoms with
+6. once per probe interval, automatic detection (:mod:`cache_operator.incidents.automatic_io`): symptoms with
    hysteresis in ``status.symptoms``, automatic CacheIncidents opened, resolved and garbage-collected;
    an expired time-boxed override is removed from status (the base config was pushed in step 4).
 
@@ -23,63 +23,35 @@ pass fakes and the e2e test runs the same code against the real cluster.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 from pydantic import ValidationError
 
 from cache_operator import conditions as conds
 from cache_operator import render
-from cache_operator.api import CachePolicySpec, spec_error_from
-from cache_operator.api.cachepolicy import ActiveOverride
-from cache_operator.autoincidents import detection_due, run_detection
+from cache_operator.api import CachePolicySpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
+from cache_operator.incidents.automatic_io import detection_due, run_detection
+from cache_operator.incidents.executor_io import PodActionCaller
 from cache_operator.incidents.plan import isolation_expired, restore_request
-from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
-from cache_operator.podclient import PodReply, PodTarget
+from cache_operator.podclient import PodTarget
+from cache_operator.policy_inputs import (
+    RedisServiceNotReady,
+    current_tokens,
+    parse_spec,
+    resolve_redis_url,
+    secrets_digest,
+)
+from cache_operator.ports import KubeIO, PodIO, PolicyRef
+from cache_operator.targets import select_targets
 from cache_runtime.config import CacheConfig, ConfigError
+from cache_runtime.timefmt import parse_rfc3339, utc_now
 
 POD_STATUS_LIMIT = 50  # per-pod rows kept in status (the counts cover every pod)
-
-
-class KubeIO(Protocol):
-    """What reconcile needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
-
-    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
-    async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> bool: ...
-
-
-class PodIO(Protocol):
-    """What reconcile needs from runtime pods (implemented by :class:`cache_operator.podclient.PodClient`)."""
-
-    async def health(self, pod: PodTarget, token: str | None) -> PodReply: ...
-    async def apply_config(
-        self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
-    ) -> PodReply: ...
-    async def for_each(self, pods: Any, call: Any) -> list[Any]: ...
-
-
-@dataclass(frozen=True)
-class PolicyRef:
-    """Identity of the CachePolicy being reconciled."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None = None
 
 
 @dataclass
@@ -105,53 +77,11 @@ class ReconcileOutcome:
     pushed: int = 0
     reason: str = ""
     message: str = ""
-    detection: Any = None  # cache_operator.autoincidents.DetectionOutcome when detection ran
-
-
-def utc_now() -> str:
-    """RFC 3339 UTC timestamp with seconds precision (what Kubernetes stores)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    detection: Any = None  # cache_operator.incidents.automatic_io.DetectionOutcome when detection ran
 
 
 # --------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def parse_spec(spec: Mapping[str, Any]) -> CachePolicySpec:
-    """The spec as the API model; raises :class:`cache_operator.api.SpecError` naming the field."""
-    try:
-        return CachePolicySpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        raise spec_error_from(exc) from None
-
-
-def pod_target(pod: Mapping[str, Any], port: int) -> PodTarget | None:
-    """Where to reach a pod's runtime API, or None while it has no IP or is terminating."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    ip = status.get("podIP")
-    if not ip or meta.get("deletionTimestamp") or status.get("phase") not in ("Running", "Pending"):
-        return None
-    return PodTarget(meta.get("name", "?"), ip, port)
-
-
-def selects(model: CachePolicySpec, policy_name: str, labels: Mapping[str, str]) -> bool:
-    """Whether a pod with ``labels`` is a target of the policy (runtime: its Deployment's selector)."""
-    if model.runtime is not None:
-        wanted = render.pod_selector_labels(policy_name)
-        return all(labels.get(key) == value for key, value in wanted.items())
-    assert model.selector is not None
-    return render.selector_matches(model.selector, labels)
-
-
-def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    """The pod's Ready condition is True (and it is not being deleted)."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return cond.get("status") == "True"
-    return False
 
 
 def redis_state(health: Mapping[str, Any] | None) -> str:
@@ -239,28 +169,6 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     return out
 
 
-def rewrite_redis_host(url: str, address: str) -> str:
-    """``url`` with its host replaced by ``address`` (port, path, user kept)."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{userinfo}{address}{port}", parts.path, parts.query, parts.fragment))
-
-
-def service_name_of_host(host: str, namespace: str) -> str | None:
-    """The Service a URL host names in ``namespace`` (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``)."""
-    labels = host.split(".")
-    if len(labels) == 1:
-        return labels[0]
-    if (
-        len(labels) >= 2
-        and labels[1] == namespace
-        and labels[2:] in ([], ["svc"], ["svc", "cluster", "local"])
-    ):
-        return labels[0]
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # I/O steps
 
@@ -272,76 +180,6 @@ class ChildRejectedError(KubeError):
     def __init__(self, rejection: ChildRejection) -> None:
         super().__init__(f"apply {rejection.kind} {rejection.name}", 422, rejection.message())
         self.rejection = rejection
-
-
-class RedisServiceNotReady(Exception):
-    """The Service named by the Redis URL has no Ready pod to resolve to yet (transient)."""
-
-
-async def resolve_redis_url(
-    spec: CachePolicySpec, namespace: str, kube: KubeIO, resolve_service_hosts: bool
-) -> str | None:
-    """The Redis URL that goes into the config, or None (memory-only, or the URL is in a Secret that
-    only the pods read).
-
-    With ``resolve_service_hosts`` (devcluster: no Service routing) a host that names a Service in the
-    policy's namespace is replaced by the IP of a Ready pod behind it. The hash then changes when the
-    Redis pod moves, so the pods are re-pushed the new address: the same effect a ClusterIP would give.
-    """
-    if spec.redis is None or spec.redis.url is None:
-        return None
-    url = spec.redis.url
-    if not resolve_service_hosts:
-        return url
-    host = urlsplit(url).hostname or ""
-    service_name = service_name_of_host(host, namespace)
-    if service_name is None:
-        return url
-    service = await kube.get("v1", "Service", namespace, service_name)
-    selector = ((service or {}).get("spec") or {}).get("selector")
-    if not selector:
-        return url
-    from cache_operator.k8s import label_selector_string
-
-    pods = await kube.list_pods(namespace, label_selector_string({"matchLabels": selector}))
-    ready = sorted(
-        (p for p in pods if pod_is_ready(p) and (p.get("status") or {}).get("podIP")),
-        key=lambda p: (p.get("metadata") or {}).get("name", ""),
-    )
-    if not ready:
-        raise RedisServiceNotReady(
-            f"spec.redis.url names Service {namespace}/{service_name}, which has no "
-            "Ready pod yet (devcluster: the operator resolves it to a pod IP)"
-        )
-    return rewrite_redis_host(url, ready[0]["status"]["podIP"])
-
-
-async def current_tokens(kube: KubeIO, policy: PolicyRef, create: bool) -> tuple[dict[str, str], bool]:
-    """The admin/read tokens and whether this call created the token Secret.
-
-    Tokens are generated once and kept in the policy's Secret. With ``create`` (a policy never
-    reconciled before, not paused) the Secret is created with new tokens in one call, and read only
-    if it already exists: at scale, the read that would 404 for every new policy is one API call too
-    many.
-    """
-    if create:
-        tokens = render.new_tokens()
-        if await kube.create(render.render_token_secret(policy, tokens)):
-            return tokens, True
-    existing = await kube.get("v1", "Secret", policy.namespace, render.token_secret_name(policy.name))
-    return render.tokens_from_secret(existing) or render.new_tokens(), False
-
-
-async def secrets_digest(kube: KubeIO, namespace: str, spec: CachePolicySpec) -> str | None:
-    """:func:`cache_operator.render.restart_digest` of the user's Secrets the runtime pods mount."""
-    names = render.referenced_secrets(spec)
-    if not names:
-        return None
-    data: dict[str, Any] = {}
-    for name in names:
-        secret = await kube.get("v1", "Secret", namespace, name)
-        data[name] = (secret or {}).get("data") if secret is not None else None
-    return render.restart_digest(data)
 
 
 def active_override(status: Mapping[str, Any], now: str) -> ActiveOverride | None:
@@ -440,177 +278,311 @@ async def handle_reconcile(
     the token Secret or listing pods raises :class:`cache_operator.k8s.KubeError` (the daemon logs it,
     counts it and retries). Everything about pods is reported in status, never raised.
     """
-    now = now or utc_now()
-    previous = status.get("conditions") or []
-    gen = policy.generation
+    return await ReconcilePass(
+        policy,
+        spec,
+        status,
+        kube=kube,
+        pods_io=pods_io,
+        patch=patch,
+        logger=logger,
+        now=now or utc_now(),
+        events=events,
+        resolve_service_hosts=resolve_service_hosts,
+        apply_children=apply_children,
+        delete_stale=delete_stale,
+        pods_in_namespace=pods_in_namespace,
+        detect=detect,
+        caller=caller,
+    ).run()
 
-    try:
-        model = parse_spec(spec)
-        redis_url = await resolve_redis_url(model, policy.namespace, kube, resolve_service_hosts)
-        override = active_override(status, now)
-        config = render.resolve_policy_config(model, redis_url=redis_url, override=override)
-    except (ValueError, ConfigError) as exc:
-        field_path = getattr(exc, "field", None)
-        if isinstance(exc, ConfigError):
-            field_path = f"spec.overrides.{exc.field}"
-        message = str(getattr(exc, "message", None) or exc)
-        if field_path and field_path not in message:
-            message = f"{field_path}: {message}"
-        observed = conds.PolicyObservation(generation=gen, spec_error=message)
-        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
-        patch.status["observedGeneration"] = gen
-        logger.warning(f"spec rejected: {message}")
-        return ReconcileOutcome("stalled", reason="InvalidSpec", message=message)
-    except RedisServiceNotReady as exc:
-        # Pushing an unresolvable host would only make every pod log connection errors: wait instead.
-        observed = conds.PolicyObservation(generation=gen, paused=model.paused, apply_error=str(exc))
-        waiting = conds.policy_conditions(observed, previous, now)
+
+class _Stop(Exception):
+    """A step ended the pass early with this outcome (the status it wrote stays)."""
+
+    def __init__(self, outcome: ReconcileOutcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+@dataclass
+class ReconcilePass:
+    """One reconcile pass as named steps over its context: what it reads (the policy, its spec and
+    status), where it writes (``patch.status``), its I/O (``kube``, ``pods_io``, ``events``) and what the
+    earlier steps found (the model, the config and its hash, the tokens, the pods' views).
+
+    :meth:`run` is the order: resolve the config, read the tokens, apply the children, probe and push
+    the pods, write the status, lift what expired, run detection, and say how the pass ended.
+    """
+
+    policy: PolicyRef
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    kube: KubeIO
+    pods_io: PodIO
+    patch: Any
+    logger: Any
+    now: str
+    events: Any = None
+    resolve_service_hosts: bool = False
+    apply_children: bool = True
+    delete_stale: bool = True
+    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None
+    detect: bool = True
+    caller: Any = None
+    # found by the steps
+    model: CachePolicySpec = field(init=False)
+    override: ActiveOverride | None = field(init=False, default=None)
+    config: CacheConfig = field(init=False)
+    config_hash: str = field(init=False, default="")
+    tokens: dict[str, str] = field(init=False, default_factory=dict)
+    secret_created: bool = field(init=False, default=False)
+
+    @property
+    def gen(self) -> int | None:
+        """The generation this pass observes."""
+        return self.policy.generation
+
+    @property
+    def previous(self) -> list[dict[str, Any]]:
+        """The conditions in status before this pass."""
+        return list(self.status.get("conditions") or [])
+
+    async def run(self) -> ReconcileOutcome:
+        """The pass, step by step; a step that ends it early returns its outcome."""
+        try:
+            await self.resolve_config()
+            await self.read_tokens()
+        except _Stop as stop:
+            return stop.outcome
+        apply_error, rejection = await self.apply_children_step()
+        targets, desired = await select_targets(self.policy, self.model, self.kube, self.pods_in_namespace)
+        views = await probe_and_push(
+            self.pods_io, targets, self.tokens[render.ADMIN_TOKEN_KEY], self.config, self.config_hash,
+            push=not self.model.paused,
+        )
+        conditions = self.write_status(views, desired, apply_error, rejection)
+        await self.lift_expired(targets)
+        detection = await self.run_detection(views, conditions) if self.detect else None
+        return self.outcome(views, conditions, rejection, detection)
+
+    async def resolve_config(self) -> None:
+        """Step 1: the spec as the model, the Redis URL, any time-boxed override, the engine config.
+        An invalid spec stalls the pass; a Redis Service without a Ready pod makes it wait."""
+        now, gen, previous = self.now, self.gen, self.previous
+        try:
+            self.model = parse_spec(self.spec)
+            redis_url = await resolve_redis_url(
+                self.model, self.policy.namespace, self.kube, self.resolve_service_hosts
+            )
+            self.override = active_override(self.status, now)
+            self.config = render.resolve_policy_config(
+                self.model, redis_url=redis_url, override=self.override
+            )
+        except (ValueError, ConfigError) as exc:
+            field_path = getattr(exc, "field", None)
+            if isinstance(exc, ConfigError):
+                field_path = f"spec.overrides.{exc.field}"
+            message = str(getattr(exc, "message", None) or exc)
+            if field_path and field_path not in message:
+                message = f"{field_path}: {message}"
+            observed = conds.PolicyObservation(generation=gen, spec_error=message)
+            self.patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
+            self.patch.status["observedGeneration"] = gen
+            self.logger.warning(f"spec rejected: {message}")
+            raise _Stop(ReconcileOutcome("stalled", reason="InvalidSpec", message=message)) from None
+        except RedisServiceNotReady as exc:
+            raise _Stop(await self.wait_for_redis(exc)) from None
+        self.config_hash = self.config.config_hash()
+
+    async def wait_for_redis(self, exc: RedisServiceNotReady) -> ReconcileOutcome:
+        """Pushing an unresolvable host would only make every pod log connection errors: wait instead,
+        still probing the pods of a policy configured before."""
+        now, gen = self.now, self.gen
+        observed = conds.PolicyObservation(generation=gen, paused=self.model.paused, apply_error=str(exc))
+        waiting = conds.policy_conditions(observed, self.previous, now)
         waiting = conds.set_condition(
             waiting, conds.RECONCILING, "True", "WaitingForRedis", str(exc), now, gen
         )
         waiting = conds.set_condition(waiting, conds.READY, "False", "WaitingForRedis", str(exc), now, gen)
-        patch.status["conditions"] = waiting
-        patch.status["observedGeneration"] = gen
+        self.patch.status["conditions"] = waiting
+        self.patch.status["observedGeneration"] = gen
         detection = None
-        if status.get("configHash"):
+        if self.status.get("configHash"):
             detection = await _probe_while_waiting(
-                policy,
-                model,
-                status,
+                self.policy,
+                self.model,
+                self.status,
                 waiting,
-                kube=kube,
-                pods_io=pods_io,
-                patch=patch,
-                logger=logger,
-                pods_in_namespace=pods_in_namespace,
+                kube=self.kube,
+                pods_io=self.pods_io,
+                patch=self.patch,
+                logger=self.logger,
+                pods_in_namespace=self.pods_in_namespace,
                 now=now,
-                events=events,
-                detect=detect,
+                events=self.events,
+                detect=self.detect,
             )
         return ReconcileOutcome(
             "progressing", reason="WaitingForRedis", message=str(exc), detection=detection
         )
 
-    config_hash = config.config_hash()
-    first_pass = not status.get("configHash") and not model.paused
-    try:
-        tokens, secret_created = await current_tokens(kube, policy, create=first_pass)
-    except render.TokenSecretError as exc:
-        # A value in the token Secret that is not a token list (a person's rotation gone wrong): never
-        # overwritten (that would lock out the clients holding it), reported until the Secret is fixed.
-        message = str(exc)
-        observed = conds.PolicyObservation(
-            generation=gen, spec_error=message, spec_error_reason="InvalidTokenSecret"
-        )
-        patch.status["conditions"] = conds.policy_conditions(observed, previous, now)
-        patch.status["observedGeneration"] = gen
-        logger.warning(f"token Secret rejected: {message}")
-        await _announce_stalled(events, previous, message, "InvalidTokenSecret")
-        return ReconcileOutcome("stalled", reason="InvalidTokenSecret", message=message)
-    token = tokens[render.ADMIN_TOKEN_KEY]
-    must_apply = (
-        apply_children or status.get("configHash") != config_hash or (status.get("observedGeneration") != gen)
-    )
-    apply_error: str | None = None
-    rejection: ChildRejection | None = None
-    if not model.paused and must_apply:
+    async def read_tokens(self) -> None:
+        """Step 2: the admin/read tokens (created with the Secret on a first pass)."""
+        first_pass = not self.status.get("configHash") and not self.model.paused
         try:
-            await apply_children_of(
-                policy, model, config, tokens, kube, delete_stale=delete_stale, skip_secret=secret_created
+            self.tokens, self.secret_created = await current_tokens(self.kube, self.policy, create=first_pass)
+        except render.TokenSecretError as exc:
+            # A value in the token Secret that is not a token list (a person's rotation gone wrong):
+            # never overwritten (that would lock out the clients holding it), reported until fixed.
+            message = str(exc)
+            observed = conds.PolicyObservation(
+                generation=self.gen, spec_error=message, spec_error_reason="InvalidTokenSecret"
             )
-        except ChildRejectedError as exc:
-            # The API server refused a rendered child as invalid (422): the same spec can never apply,
-            # so Stalled (ChildRejected) naming the policy's field instead of a retry every second.
-            rejection = exc.rejection
-            logger.warning(f"spec rejected by the API server: {exc}")
-            await _announce_stalled(events, previous, rejection.message())
-        except KubeError as exc:
-            # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
-            # retried on the next pass; pods are still probed so status stays truthful about them.
-            apply_error = str(exc)
-            logger.error(f"applying children failed: {exc}")
+            self.patch.status["conditions"] = conds.policy_conditions(observed, self.previous, self.now)
+            self.patch.status["observedGeneration"] = self.gen
+            self.logger.warning(f"token Secret rejected: {message}")
+            await _announce_stalled(self.events, self.previous, message, "InvalidTokenSecret")
+            raise _Stop(ReconcileOutcome("stalled", reason="InvalidTokenSecret", message=message)) from None
 
-    targets, desired = await select_targets(policy, model, kube, pods_in_namespace)
-    views = await probe_and_push(pods_io, targets, token, config, config_hash, push=not model.paused)
-    ready = sum(1 for v in views if v.ready)
-    configured = sum(1 for v in views if v.config_hash == config_hash)
-    pushed = sum(1 for v in views if v.pushed)
-    health = aggregate_health(views, now)
-    errors = [f"{v.name}: {v.error}" for v in views if v.error]
-
-    observed = conds.PolicyObservation(
-        generation=gen,
-        paused=model.paused,
-        apply_error=apply_error,
-        child_rejected=rejection.message() if rejection is not None else None,
-        config_hash=config_hash,
-        pods_desired=desired,
-        # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
-        pods_ready=min(ready, desired) if model.runtime is not None else ready,
-        pods_configured=configured,
-        probed=any(v.health is not None for v in views),
-        health=str(health["status"]),
-        health_message="; ".join([str(health.get("message") or ""), *errors[:5]]).strip("; "),
-        redis=str(health["redis"]),
-        redis_message=""
-        if health["redis"] == "Connected"
-        else f"Redis {str(health['redis']).lower()} on target pods",
-    )
-    conditions = conds.policy_conditions(observed, previous, now)
-    ready_condition = conds.get_condition(conditions, conds.READY) or {}
-    is_ready = ready_condition.get("status") == "True"
-
-    patch.status["observedGeneration"] = gen
-    patch.status["conditions"] = conditions
-    patch.status["preset"] = config.preset
-    patch.status["configHash"] = config_hash
-    patch.status["pods"] = {
-        "desired": desired,
-        "ready": ready,
-        "configured": configured,
-        "summary": conds.pods_summary(ready, desired),
-    }
-    patch.status["targets"] = _target_rows(views)
-    patch.status["health"] = health
-    raw_override = status.get("override")
-    if isinstance(raw_override, Mapping) and override is None:
-        # Expired (or unreadable): the config above is already the base one and was pushed to every
-        # pod still on the override's hash; the record goes too.
-        patch.status["override"] = None
-        await _post_event(
-            events,
-            "Normal",
-            "OverrideExpired",
-            f"time-boxed override of incident {raw_override.get('incident')} "
-            f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
-            f"base config {config_hash[:12]} pushed",
+    async def apply_children_step(self) -> tuple[str | None, ChildRejection | None]:
+        """Step 3: render and apply the children (unless paused, or a probe pass with nothing new).
+        Returns a transient apply error and a rejection by the API server, if any."""
+        status = self.status
+        must_apply = (
+            self.apply_children
+            or status.get("configHash") != self.config_hash
+            or (status.get("observedGeneration") != self.gen)
         )
-    if not model.paused and isolation_expired(status.get("isolation"), parse_rfc3339(now, "now")):
-        patch.status["isolation"] = await restore_expired_isolation(
-            status["isolation"], targets, token, caller or _pod_action_caller(pods_io), events, logger
+        apply_error: str | None = None
+        rejection: ChildRejection | None = None
+        if not self.model.paused and must_apply:
+            try:
+                await apply_children_of(
+                    self.policy, self.model, self.config, self.tokens, self.kube,
+                    delete_stale=self.delete_stale, skip_secret=self.secret_created,
+                )
+            except ChildRejectedError as exc:
+                # The API server refused a rendered child as invalid (422): the same spec can never
+                # apply, so Stalled (ChildRejected) naming the policy's field instead of a retry loop.
+                rejection = exc.rejection
+                self.logger.warning(f"spec rejected by the API server: {exc}")
+                await _announce_stalled(self.events, self.previous, rejection.message())
+            except KubeError as exc:
+                # Transient (5xx, 409, 429, connection): reported (Reconciling=True, ApplyFailed) and
+                # retried on the next pass; pods are still probed so status stays truthful about them.
+                apply_error = str(exc)
+                self.logger.error(f"applying children failed: {exc}")
+        return apply_error, rejection
+
+    def write_status(
+        self,
+        views: Sequence[PodView],
+        desired: int,
+        apply_error: str | None,
+        rejection: ChildRejection | None,
+    ) -> list[dict[str, Any]]:
+        """Step 5: pods, health and conditions into ``patch.status``; returns the conditions."""
+        model, config_hash, now = self.model, self.config_hash, self.now
+        ready = sum(1 for v in views if v.ready)
+        configured = sum(1 for v in views if v.config_hash == config_hash)
+        health = aggregate_health(views, now)
+        errors = [f"{v.name}: {v.error}" for v in views if v.error]
+        observed = conds.PolicyObservation(
+            generation=self.gen,
+            paused=model.paused,
+            apply_error=apply_error,
+            child_rejected=rejection.message() if rejection is not None else None,
+            config_hash=config_hash,
+            pods_desired=desired,
+            # Pods beyond the desired count (a rollout's surge) do not make a policy more than ready.
+            pods_ready=min(ready, desired) if model.runtime is not None else ready,
+            pods_configured=configured,
+            probed=any(v.health is not None for v in views),
+            health=str(health["status"]),
+            health_message="; ".join([str(health.get("message") or ""), *errors[:5]]).strip("; "),
+            redis=str(health["redis"]),
+            redis_message=""
+            if health["redis"] == "Connected"
+            else f"Redis {str(health['redis']).lower()} on target pods",
         )
-    detection = (
-        await _detect(policy, model, status, views, config_hash, conditions, kube, now, events, logger, patch)
-        if detect
-        else None
-    )
-    if model.paused:
-        outcome = "paused"
-    elif rejection is not None:
-        outcome = "stalled"
-    elif is_ready and not errors:
-        outcome = "ready"
-    else:
-        outcome = "progressing"
-    return ReconcileOutcome(
-        outcome,
-        config_hash,
-        views,
-        pushed,
-        str(ready_condition.get("reason", "")),
-        str(ready_condition.get("message", "")),
-        detection,
-    )
+        conditions = conds.policy_conditions(observed, self.previous, now)
+        status = self.patch.status
+        status["observedGeneration"] = self.gen
+        status["conditions"] = conditions
+        status["preset"] = self.config.preset
+        status["configHash"] = config_hash
+        status["pods"] = {
+            "desired": desired,
+            "ready": ready,
+            "configured": configured,
+            "summary": conds.pods_summary(ready, desired),
+        }
+        status["targets"] = _target_rows(views)
+        status["health"] = health
+        return conditions
+
+    async def lift_expired(self, targets: Sequence[tuple[PodTarget | None, bool, str]]) -> None:
+        """Step 6: an expired time-boxed override leaves status; an expired isolation is restored."""
+        raw_override = self.status.get("override")
+        if isinstance(raw_override, Mapping) and self.override is None:
+            # Expired (or unreadable): the config above is already the base one and was pushed to every
+            # pod still on the override's hash; the record goes too.
+            self.patch.status["override"] = None
+            await _post_event(
+                self.events,
+                "Normal",
+                "OverrideExpired",
+                f"time-boxed override of incident {raw_override.get('incident')} "
+                f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
+                f"base config {self.config_hash[:12]} pushed",
+            )
+        expired = isolation_expired(self.status.get("isolation"), parse_rfc3339(self.now, "now"))
+        if not self.model.paused and expired:
+            self.patch.status["isolation"] = await restore_expired_isolation(
+                self.status["isolation"],
+                targets,
+                self.tokens[render.ADMIN_TOKEN_KEY],
+                self.caller or _pod_action_caller(self.pods_io),
+                self.events,
+                self.logger,
+            )
+
+    async def run_detection(self, views: Sequence[PodView], conditions: list[dict[str, Any]]) -> Any:
+        """Step 7: automatic detection over this pass's probes (once per probe interval)."""
+        return await _detect(
+            self.policy, self.model, self.status, views, self.config_hash, conditions, self.kube, self.now,
+            self.events, self.logger, self.patch,
+        )
+
+    def outcome(
+        self,
+        views: list[PodView],
+        conditions: list[dict[str, Any]],
+        rejection: ChildRejection | None,
+        detection: Any,
+    ) -> ReconcileOutcome:
+        """Step 8: how the pass ended (paused, stalled, ready or progressing)."""
+        ready_condition = conds.get_condition(conditions, conds.READY) or {}
+        is_ready = ready_condition.get("status") == "True"
+        errors = any(v.error for v in views)
+        if self.model.paused:
+            result = "paused"
+        elif rejection is not None:
+            result = "stalled"
+        elif is_ready and not errors:
+            result = "ready"
+        else:
+            result = "progressing"
+        return ReconcileOutcome(
+            result,
+            self.config_hash,
+            views,
+            sum(1 for v in views if v.pushed),
+            str(ready_condition.get("reason", "")),
+            str(ready_condition.get("message", "")),
+            detection,
+        )
 
 
 async def _announce_stalled(
@@ -630,48 +602,6 @@ async def _post_event(events: Any, type_: str, reason: str, message: str) -> Non
     outcome = events(type_, reason, message[:1000])
     if outcome is not None:
         await outcome
-
-
-async def select_targets(
-    policy: PolicyRef,
-    model: CachePolicySpec,
-    kube: KubeIO,
-    pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None,
-) -> tuple[list[tuple[PodTarget | None, bool, str]], int]:
-    """The policy's target pods as (where to reach it, Ready, name), by name, and the desired count
-    (runtime: replicas; selector mode: every selected pod). Pods being deleted or finished are left out."""
-    if model.runtime is not None:
-        selector_text = render.pod_selector_string(policy.name)
-        port = model.runtime.port
-        desired = model.runtime.replicas
-    else:
-        assert model.selector is not None
-        selector_text = render.label_selector_string(model.selector)
-        port = model.selector.port
-        desired = -1  # every selected pod
-    if pods_in_namespace is not None:
-        # The operator's pod index (a watch): no list call per pass, the same pods a list would give.
-        pod_objects = [
-            p
-            for p in pods_in_namespace(policy.namespace)
-            if selects(model, policy.name, (p.get("metadata") or {}).get("labels") or {})
-        ]
-    else:
-        pod_objects = await kube.list_pods(policy.namespace, selector_text)
-    pod_objects = [
-        p
-        for p in pod_objects
-        if not (p.get("metadata") or {}).get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    ]
-    pod_objects.sort(key=lambda p: (p.get("metadata") or {}).get("name", ""))
-    if desired < 0:
-        desired = len(pod_objects)
-    targets = [
-        (pod_target(p, port), pod_is_ready(p), (p.get("metadata") or {}).get("name", "?"))
-        for p in pod_objects
-    ]
-    return targets, desired
 
 
 async def _probe_while_waiting(
@@ -724,7 +654,8 @@ async def _detect(
     patch: Any,
 ) -> Any:
     """Run automatic detection if a probe is due, merging what it writes into ``patch.status``; returns
-    its :class:`~cache_operator.autoincidents.DetectionOutcome`, or None when it did not run or failed.
+    its :class:`~cache_operator.incidents.automatic_io.DetectionOutcome`, or None when it did not run
+    or failed.
 
     A failure of detection never costs the pass its status (pods, health, conditions are written
     anyway): a malformed health answer or ``status.symptoms`` is logged as a warning, anything else
@@ -756,9 +687,7 @@ async def _detect(
 
 
 def _pod_action_caller(pods_io: Any) -> Any:
-    """The incident executor's action caller over the pod client (imported here: it imports us)."""
-    from cache_operator.incident_executor import PodActionCaller
-
+    """The incident executor's action caller over the pod client."""
     return PodActionCaller(pods_io)
 
 

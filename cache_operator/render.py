@@ -24,15 +24,10 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cache_operator.api.cachepolicy import (
-    ActiveOverride,
-    CachePolicySpec,
-    LabelSelectorRequirement,
-    RuntimeSpec,
-    SelectorSpec,
-)
+from cache_operator.api.cachepolicy import CachePolicySpec, RuntimeSpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION, GROUP
-from cache_runtime.config import CacheConfig, canonical_json, resolve_config
+from cache_runtime.config import CacheConfig, canonical_json, merge_overrides, resolve_config
 
 # Labels and annotations ---------------------------------------------------------------------------
 
@@ -160,39 +155,6 @@ def _metadata(policy: PolicyIdentity, name: str, component: str,
     return meta
 
 
-def label_selector_string(selector: SelectorSpec) -> str:
-    """``spec.selector`` as a ``labelSelector`` query (``a=b,tier in (x,y),!gone``)."""
-    parts = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
-    for requirement in selector.match_expressions or []:
-        values = ",".join(sorted(requirement.values or []))
-        parts.append({
-            "In": f"{requirement.key} in ({values})",
-            "NotIn": f"{requirement.key} notin ({values})",
-            "Exists": requirement.key,
-            "DoesNotExist": f"!{requirement.key}",
-        }[requirement.operator])
-    return ",".join(parts)
-
-
-def selector_matches(selector: SelectorSpec, labels: Mapping[str, str]) -> bool:
-    """Whether a pod with ``labels`` is selected (Kubernetes label selector semantics)."""
-    if any(labels.get(key) != value for key, value in (selector.match_labels or {}).items()):
-        return False
-    return all(_requirement_matches(req, labels) for req in selector.match_expressions or [])
-
-
-def _requirement_matches(requirement: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
-    present = requirement.key in labels
-    values = set(requirement.values or [])
-    if requirement.operator == "In":
-        return present and labels[requirement.key] in values
-    if requirement.operator == "NotIn":
-        return not present or labels[requirement.key] not in values
-    if requirement.operator == "Exists":
-        return present
-    return not present
-
-
 # Config --------------------------------------------------------------------------------------------
 
 
@@ -206,16 +168,16 @@ def resolve_policy_config(spec: CachePolicySpec, *, redis_url: str | None = None
     config: the runtime reads it from the mounted Secret (``--redis-url-file``), after hashing.
     Raises ``cache_runtime.config.ConfigError`` naming the field.
     """
-    from cache_operator.api.cachepolicy import _merge
-
     preset = override.preset if override is not None and override.preset else spec.preset
     overrides = spec.engine_overrides()
     if override is not None and override.overrides:
-        overrides = _merge(overrides, override.overrides)
+        overrides = merge_overrides(overrides, override.overrides, where="spec.overrides")
     url = redis_url if redis_url is not None else (spec.redis.url if spec.redis is not None else None)
     if (spec.runtime is not None and spec.redis is not None and spec.redis.tls is not None
             and spec.redis.tls.ca_secret_ref is not None):
-        overrides = _merge(overrides, {"redis": {"tls_ca_file": REDIS_CA_PATH}})
+        overrides = merge_overrides(
+            overrides, {"redis": {"tls_ca_file": REDIS_CA_PATH}}, where="spec.overrides"
+        )
     return resolve_config(preset, overrides, redis_url=url)
 
 

@@ -7,8 +7,9 @@ Public API (design.md)::
     async with TieredCache(config) as cache:
         ...
 
-The names are imported lazily: ``cache_runtime.cli`` lives in this package, and ``cachewarden dev``
-must not pay for importing redis, lz4 and pydantic models it never uses.
+The names are imported lazily: importing a submodule (``cache_runtime.timefmt`` from the devcluster
+kubelet, ``cache_runtime.service.runtime_main`` from the command) must not pay for importing redis,
+lz4 and pydantic models it never uses.
 """
 
 from __future__ import annotations

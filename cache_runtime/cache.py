@@ -29,11 +29,9 @@ import os
 import random
 import re
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import orjson
 import xxhash
 
 from cache_runtime import health as health_module
@@ -41,12 +39,22 @@ from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelop
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex
 from cache_runtime.l1 import MISSING, L1Cache
-from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
-from cache_runtime.l2.coherence import CoherenceListener
+from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
+from cache_runtime.l2.coherence import (
+    CoherenceListener,
+    CoherenceMessage,
+    KeysChanged,
+    NamespaceBumped,
+    NamespaceCleared,
+    PatternInvalidated,
+    decode_message,
+    encode_message,
+)
+from cache_runtime.outage_journal import OutageJournal
 from cache_runtime.singleflight import SingleFlight
-from cache_runtime.stats import EngineStats, Snapshot, build_snapshot, diff_snapshots
+from cache_runtime.stats import EngineStats, SnapshotWindow, build_snapshot
 
-__all__ = ["TieredCache", "redis_settings_for", "required_acl_rules"]
+__all__ = ["TieredCache", "redis_settings_for"]
 
 logger = logging.getLogger("cache_runtime")
 
@@ -72,13 +80,9 @@ _DROP_MEMORY_MAX = 4096
 # Outage journal: keys whose write or delete did not reach Redis, remembered (at most this many;
 # beyond, the namespace is invalidated as a whole) until they are replayed to Redis as deletions.
 _JOURNAL_MAX_KEYS = 10_000
-# Pattern invalidations and namespaces remembered apart; beyond this many, the namespace as a whole.
-_JOURNAL_MAX_PATTERNS = 64
 # Replay attempts back off from the first to the last delay while Redis keeps failing.
 _JOURNAL_RETRY_FIRST_S = 0.05
 _JOURNAL_RETRY_MAX_S = 1.0
-# Keys per UNLINK and per coherence message of a replay.
-_JOURNAL_REPLAY_BATCH = 500
 # A client swap (apply_config with new connection settings) waits at most this long for the new
 # subscription, and for the calls in flight on the old clients, before going on.
 _SWAP_WAIT_MAX_S = 10.0
@@ -116,43 +120,6 @@ def redis_settings_for(config: CacheConfig) -> RedisSettings | None:
     )
 
 
-# Commands the engine sends, whatever its feature switches say (they can change live through
-# apply_config, the ACL cannot): reads, writes, invalidation, namespace versions, the lease
-# (SET NX PX, then a compare-and-delete script: EVALSHA, SCRIPT LOAD when the script is not cached,
-# DEL inside the script), coherence, health, and connecting (AUTH for RESP2, HELLO for RESP3, SELECT
-# for a db other than 0, CLIENT SETNAME for ``client_name``). redis-py also sends CLIENT SETINFO on
-# connect but ignores its errors, and Redis 7.0 has no such command, so it is not required.
-_ACL_COMMANDS = ("get", "mget", "set", "unlink", "del", "incr", "scan", "evalsha", "script|load",
-                 "publish", "subscribe", "unsubscribe", "ping", "info", "auth", "hello", "select",
-                 "client|setname")
-# Redis Cluster clients also read the slot map and the command table (key positions).
-_ACL_CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
-
-
-def _acl_glob_escape(text: str) -> str:
-    """Escape Redis glob metacharacters so an ACL pattern matches ``text`` literally."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def required_acl_rules(config: CacheConfig) -> tuple[str, ...]:
-    """The ``ACL SETUSER`` rules an engine with ``config`` needs, and nothing more (add ``on`` and
-    the password): its keys ``{prefix}:*`` (entries) and ``{prefix}#*`` (namespace versions,
-    leases), its coherence channel, and the commands in ``_ACL_COMMANDS``.
-
-    The one list the docs (docs/configuration.md, docs/engine.md) and the ACL tests use.
-    """
-    prefix = config.keys.prefix  # letters, digits, _.- only: nothing to escape
-    channel = config.coherence_channel
-    if any(char.isspace() for char in channel):
-        # ACL rules are space-separated words (also in ACL files): Redis rejects such a pattern.
-        raise ValueError(f"coherence.channel: {channel!r} cannot be granted by a Redis ACL rule; accepted: "
-                         f"a channel name without whitespace")
-    commands = _ACL_COMMANDS + (_ACL_CLUSTER_COMMANDS if config.redis.cluster else ())
-    return ("resetkeys", f"~{prefix}:*", f"~{prefix}#*",
-            "resetchannels", f"&{_acl_glob_escape(channel)}",
-            "-@all", *(f"+{command}" for command in commands))
-
-
 class TieredCache:
     """Two-tier cache: L1 in-process memory, L2 Redis. Use as ``async with TieredCache(config)``.
 
@@ -178,7 +145,7 @@ class TieredCache:
         self._stats = EngineStats(clock=clock)
         self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock)
         # The hit path reads the L1 dict directly: one dict lookup, no method call.
-        self._l1_data = self._l1._data
+        self._l1_data = self._l1.entries
         self._codec = Codec.from_config(config)
         self._keys = KeyBuilder(config)
         self._variant_keys = _variant_builder(config)
@@ -208,21 +175,13 @@ class TieredCache:
         # Operation (stats bucket) of each AI key that entered L1, so an L1 hit counts it per
         # operation with one dict lookup instead of parsing the key (see _remember_ai_key).
         self._ai_operations: dict[str, str] = {}
-        # Outage journal (see _journal_*): what this engine changed while Redis did not take it.
-        self._journal_max_keys = outage_journal_max_keys
-        self._journal_active = False  # the one flag the read path checks
-        self._journal_seq = 0
-        self._journal_keys: dict[str, int] = {}  # logical key -> journal sequence
-        # full glob -> (sequence, compiled regex over base + key, coherence message kind)
-        self._journal_patterns: dict[str, tuple[int, re.Pattern[str], str]] = {}
-        self._journal_namespaces: dict[str, int] = {}  # namespace -> sequence
-        self._journal_overflow = 0  # sequence of the overflow (0: none): invalidate our namespace
+        # What this engine changed while Redis did not take it (cache_runtime.outage_journal).
+        self._journal = OutageJournal(outage_journal_max_keys, self._start_replay)
         self._journal_task: asyncio.Task[None] | None = None
-        self._journal_stats = {"writes_not_in_redis": 0, "deletes_not_in_redis": 0,
-                               "invalidations_not_in_redis": 0, "replays": 0, "replayed_keys": 0,
-                               "replay_failures": 0, "overflows": 0, "client_swaps": 0, "tunes": 0}
         self._install_fast_get()
-        self._history: deque[tuple[float, Snapshot]] = deque(maxlen=_SNAPSHOT_HISTORY)
+        self._window = SnapshotWindow(
+            _HEALTH_WINDOW_S, max_snapshots=_SNAPSHOT_HISTORY, spacing_seconds=_SNAPSHOT_SPACING_S
+        )
         self._apply_runtime_settings(config)
 
     # ------------------------------------------------------------------ lifecycle
@@ -242,8 +201,8 @@ class TieredCache:
         self._start_coarse_clock()
         await self._build_l2(self._config)
         self._maintenance = asyncio.create_task(self._maintain(), name="cachewarden-maintenance")
-        if self._journal_active:  # journaled before a close(): replay now
-            self._journal_task = asyncio.ensure_future(self._journal_replay_loop())
+        if self._journal.active:  # journaled before a close(): replay now
+            self._journal_task = asyncio.ensure_future(self._replay_outage_loop())
 
     async def close(self) -> None:
         """Stop background work and close L2. L1 keeps its entries (the object may be started again)."""
@@ -556,7 +515,7 @@ class TieredCache:
         l2 = self._l2
         if l2 is None or not self._l2_usable():
             return None
-        if self._journal_active and self._journal_covers(key):
+        if self._journal.active and self._journal.covers(key, self._keys):
             return None  # Redis may still hold what this pod changed during an outage
         epoch = self._l1.epoch
         drop_seq = self._drop_seq
@@ -640,8 +599,9 @@ class TieredCache:
             epoch = l1.epoch
             drop_seq = self._drop_seq
             held_back: list[str] = []
-            if self._journal_active:
-                held_back = [key for key in missing if self._journal_covers(key)]
+            journal = self._journal
+            if journal.active:
+                held_back = [key for key in missing if journal.covers(key, self._keys)]
                 if held_back:
                     held = set(held_back)
                     missing = [key for key in missing if key not in held]
@@ -765,10 +725,10 @@ class TieredCache:
                 if self._monitoring:
                     self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
             if not written:
-                self._journal_stats["writes_not_in_redis"] += 1
-                self._journal_add_keys((key,))
-            elif self._journal_active:
-                self._journal_keys.pop(key, None)  # Redis holds this write, the newest
+                self._journal.stats["writes_not_in_redis"] += 1
+                self._journal.add_keys((key,))
+            else:
+                self._journal.stored((key,))  # Redis holds this write, the newest
         self._note_encoded(key, result, ttl_s)
         if self._monitoring:
             self._stats.latency_set.observe(time.perf_counter() - started)
@@ -818,11 +778,10 @@ class TieredCache:
                 stored = written  # True when all were stored in Redis (as before)
             if not written:
                 # Which items Redis took is unknown: every key is replayed as a deletion.
-                self._journal_stats["writes_not_in_redis"] += len(items)
-                self._journal_add_keys([key for key, _ in items])
-            elif self._journal_active:
-                for key, _ in items:
-                    self._journal_keys.pop(key, None)
+                self._journal.stats["writes_not_in_redis"] += len(items)
+                self._journal.add_keys([key for key, _ in items])
+            else:
+                self._journal.stored(key for key, _ in items)
         if self._monitoring:
             self._stats.latency_set_many.observe(time.perf_counter() - started)
         return stored
@@ -854,10 +813,10 @@ class TieredCache:
                 removed = await l2.delete_checked([self._keys.redis_key(key)])
                 if removed is not None:
                     existed = bool(removed) or existed
-                    done = await self._publish({"k": "keys", "ns": self._keys.namespace, "keys": [key]})
+                    done = await self._publish(KeysChanged(self._keys.namespace, (key,)))
             if not done:
-                self._journal_stats["deletes_not_in_redis"] += 1
-                self._journal_add_keys((key,))
+                self._journal.stats["deletes_not_in_redis"] += 1
+                self._journal.add_keys((key,))
         self._stats.deletes += 1
         if self._monitoring:
             self._stats.latency_delete.observe(time.perf_counter() - started)
@@ -1007,9 +966,9 @@ class TieredCache:
                 done = False
                 if self._l2_usable():
                     result["redis_keys_removed"], done = await self._l2.scan_unlink_checked(full)
-                    done = done and await self._publish({"k": "pattern", "p": full})
+                    done = done and await self._publish(PatternInvalidated(full))
                 if not done:
-                    self._journal_add_pattern(full, "pattern")
+                    self._journal.add_pattern(full, "pattern")
                 result["l2"] = done
             stats.invalidations_pattern += 1
         if namespace is not None:
@@ -1025,10 +984,10 @@ class TieredCache:
             if ns == self._keys.namespace:
                 result["l1_entries_removed"] += self._drop_namespace(version)
             stats.invalidations_namespace += 1
-            published = await self._publish({"k": "ns", "ns": ns, "v": version})
+            published = await self._publish(NamespaceBumped(ns, version))
             if self._l2 is not None:
                 if version is None or not published:
-                    self._journal_add_namespace(ns)
+                    self._journal.add_namespace(ns)
                 result["l2"] = version is not None and published and result.get("l2", True)
         stats.keys_invalidated += result["redis_keys_removed"] + result["l1_entries_removed"]
         stats.l1_invalidated += result["l1_entries_removed"]
@@ -1071,9 +1030,9 @@ class TieredCache:
             done = False
             if self._l2_usable():
                 redis_removed, done = await self._l2.scan_unlink_checked(full)
-            done = await self._publish({"k": "clear", "ns": self._keys.namespace}) and done
+            done = await self._publish(NamespaceCleared(self._keys.namespace)) and done
             if not done:
-                self._journal_add_pattern(full, "clear")
+                self._journal.add_pattern(full, "clear")
             answer["l2"] = done
         self._stats.l1_invalidated += l1_removed
         self._stats.keys_invalidated += l1_removed + redis_removed
@@ -1125,9 +1084,8 @@ class TieredCache:
             if channel is not None:
                 # The last write of a key in the tick is the one Redis keeps.
                 latest = dict(zip(batch.keys, batch.fingerprints, strict=True))
-                message = {"k": "keys", "ns": self._keys.namespace, "keys": list(latest),
-                           "f": list(latest.values()), "o": self._origin}
-                publish = (channel, pack_stamped(orjson.dumps(message)))
+                message = KeysChanged(self._keys.namespace, tuple(latest), tuple(latest.values()))
+                publish = (channel, encode_message(message, self._origin))
             stored = await l2.set_many(batch.items, publish=publish)
             if publish is not None and stored:
                 self._stats.coherence_messages_published += 1
@@ -1174,58 +1132,50 @@ class TieredCache:
         dropped = self._dropped.get(key)
         return dropped is None or dropped[0] <= read_started_at_seq or dropped[1] == fingerprint
 
-    async def _publish(self, message: dict[str, Any]) -> bool:
+    async def _publish(self, message: CoherenceMessage) -> bool:
         """Broadcast ``message``; True when Redis took it or there is no channel to take it."""
         l2 = self._l2
         if l2 is None or self._listener_channel is None:
             return True
-        message["o"] = self._origin
-        if await l2.publish(self._listener_channel, pack_stamped(orjson.dumps(message))):
+        if await l2.publish(self._listener_channel, encode_message(message, self._origin)):
             self._stats.coherence_messages_published += 1
             return True
         return False
 
     def _on_coherence_message(self, raw: bytes) -> None:
         try:
-            stamped = unpack_stamped(raw)
-            message = orjson.loads(stamped.payload)
-            if not isinstance(message, dict):
-                raise ValueError("not an object")
-        except (ValueError, orjson.JSONDecodeError) as exc:
+            received = decode_message(raw)
+        except ValueError as exc:
             logger.debug("ignored a malformed coherence message: %s", exc)
             return
-        if message.get("o") == self._origin:
+        if received.origin == self._origin:
             return
         stats = self._stats
         stats.coherence_messages_received += 1
         if self._monitoring:
-            stats.coherence_lag.observe(lag_seconds(stamped))
-        kind = message.get("k")
+            stats.coherence_lag.observe(lag_seconds(received.stamped))
+        message = received.message
         removed = 0
         own_namespace = self._keys.namespace
-        if kind == "pattern" and isinstance(message.get("p"), str):
+        if isinstance(message, PatternInvalidated):
             self._forget_all_drops()
-            removed = self._drop_l1_matching(message["p"])
-        elif kind == "ns" and message.get("ns") == own_namespace:
-            version = message.get("v")
-            removed = self._drop_namespace(version if isinstance(version, int) else None)
-        elif kind == "clear" and message.get("ns") == own_namespace:
+            removed = self._drop_l1_matching(message.pattern)
+        elif isinstance(message, NamespaceBumped) and message.namespace == own_namespace:
+            removed = self._drop_namespace(message.version)
+        elif isinstance(message, NamespaceCleared) and message.namespace == own_namespace:
             removed = len(self._l1)
             self._l1.bump_epoch()
-        elif kind == "keys" and message.get("ns") == own_namespace and isinstance(message.get("keys"), list):
-            removed = self._drop_written_keys(message["keys"], message.get("f"))
+        elif isinstance(message, KeysChanged) and message.namespace == own_namespace:
+            prints = message.fingerprints or (None,) * len(message.keys)
+            removed = self._drop_written_keys(message.keys, prints)
         stats.l1_invalidated += removed
 
-    def _drop_written_keys(self, keys: list[Any], fingerprints: Any) -> int:
+    def _drop_written_keys(self, keys: Sequence[str], fingerprints: Sequence[int | None]) -> int:
         """Drop keys another pod wrote (``fingerprints``: of the bytes written) or deleted (None)."""
-        if not (isinstance(fingerprints, list) and len(fingerprints) == len(keys)):
-            fingerprints = [None] * len(keys)
-        pairs = [(key, fingerprint if isinstance(fingerprint, int) else None)
-                 for key, fingerprint in zip(keys, fingerprints, strict=True) if isinstance(key, str)]
-        self._note_drops([key for key, _ in pairs], [fingerprint for _, fingerprint in pairs])
+        self._note_drops(keys, fingerprints)
         removed = 0
         prints = self._l1_prints
-        for key, fingerprint in pairs:
+        for key, fingerprint in zip(keys, fingerprints, strict=True):
             if fingerprint is not None and prints.get(key) == fingerprint and key in self._l1_data:
                 continue  # L1 already holds exactly the bytes written
             removed += self._l1.delete(key)
@@ -1243,159 +1193,49 @@ class TieredCache:
             self._l2_usable()
 
     # ------------------------------------------------------------------ outage journal
-    #
-    # A write, delete or invalidation that Redis did not take (breaker open, an error, the namespace
-    # version unknown) is on this pod only, while Redis may still hold the value it replaced and the
-    # other pods were not told. The engine remembers it here and, as soon as Redis answers again,
-    # replays it: UNLINK the keys (deletion is right whatever other pods wrote meanwhile: the worst
-    # outcome is a miss), SCAN+UNLINK the patterns, INCR the namespaces, and broadcast each on the
-    # coherence channel. Until then this pod does not read those keys from Redis. Bounded: beyond
-    # ``outage_journal_max_keys`` keys (or ``_JOURNAL_MAX_PATTERNS`` patterns) the replay is one INCR
-    # of this engine's namespace version instead, and until it ran no L2 read is served at all.
 
-    def _journal_next(self) -> int:
-        self._journal_seq += 1
-        self._journal_active = True
+    def _start_replay(self) -> None:
+        """A new journal entry: make sure the replay loop runs (once started)."""
         task = self._journal_task
         if self._started and (task is None or task.done()):
-            self._journal_task = asyncio.ensure_future(self._journal_replay_loop())
-        return self._journal_seq
-
-    def _journal_add_keys(self, keys: Iterable[str]) -> None:
-        seq = self._journal_next()
-        journal = self._journal_keys
-        for key in keys:
-            journal[key] = seq
-        if len(journal) > self._journal_max_keys:
-            self._journal_overflowed(seq)
-
-    def _journal_add_pattern(self, full_pattern: str, kind: str) -> None:
-        self._journal_stats["invalidations_not_in_redis"] += 1
-        seq = self._journal_next()
-        regex = redis_glob_to_regex(full_pattern)
-        self._journal_patterns[full_pattern] = (seq, regex, kind)
-        if len(self._journal_patterns) > _JOURNAL_MAX_PATTERNS:
-            self._journal_overflowed(seq)
-
-    def _journal_add_namespace(self, namespace: str) -> None:
-        self._journal_stats["invalidations_not_in_redis"] += 1
-        self._journal_namespaces[namespace] = self._journal_next()
-
-    def _journal_overflowed(self, seq: int) -> None:
-        """Too much to remember one by one: the replay invalidates this namespace as a whole."""
-        self._journal_stats["overflows"] += 1
-        self._journal_overflow = seq
-        self._journal_keys.clear()
-        self._journal_patterns.clear()
-
-    def _journal_covers(self, key: str) -> bool:
-        """Whether Redis may hold an entry of ``key`` that this pod changed without Redis knowing."""
-        if key in self._journal_keys or self._journal_overflow:
-            return True
-        if self._keys.namespace in self._journal_namespaces:
-            return True
-        if self._journal_patterns:
-            full = self._keys.base() + key
-            return any(regex.fullmatch(full) for _, regex, _ in self._journal_patterns.values())
-        return False
+            self._journal_task = asyncio.ensure_future(self._replay_outage_loop())
 
     def journal_state(self) -> dict[str, Any]:
         """What the outage journal holds and has done (also in ``stats()["engine"]["outage_journal"]``)."""
-        return {
-            "pending": self._journal_active,
-            "keys": len(self._journal_keys),
-            "patterns": len(self._journal_patterns),
-            "namespaces": sorted(self._journal_namespaces),
-            "overflow": bool(self._journal_overflow),
-            "max_keys": self._journal_max_keys,
-            **self._journal_stats,
-        }
+        return self._journal.state()
 
-    async def _journal_replay_loop(self) -> None:
+    async def _replay_outage_loop(self) -> None:
+        journal = self._journal
         delay = _JOURNAL_RETRY_FIRST_S
-        while self._journal_active and self._started:
+        while journal.active and self._started:
             l2 = self._l2
             if l2 is None:  # memory only now: nothing in Redis to correct
-                self._journal_forget(self._journal_seq)
+                journal.forget(journal.seq)
                 return
-            if await self._journal_replay(l2):
+            if await self._replay_outage(l2):
                 delay = _JOURNAL_RETRY_FIRST_S
                 continue
-            self._journal_stats["replay_failures"] += 1
+            journal.stats["replay_failures"] += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, _JOURNAL_RETRY_MAX_S)
 
-    def _journal_forget(self, upto: int) -> None:
-        """Drop what was replayed (entries of sequence <= ``upto``); later ones stay."""
-        self._journal_keys = {key: seq for key, seq in self._journal_keys.items() if seq > upto}
-        self._journal_patterns = {p: entry for p, entry in self._journal_patterns.items() if entry[0] > upto}
-        self._journal_namespaces = {ns: seq for ns, seq in self._journal_namespaces.items() if seq > upto}
-        if self._journal_overflow <= upto:
-            self._journal_overflow = 0
-        self._journal_active = bool(self._journal_keys or self._journal_patterns or self._journal_namespaces
-                                    or self._journal_overflow)
-
-    async def _journal_replay(self, l2: RedisL2) -> bool:
+    async def _replay_outage(self, l2: RedisL2) -> bool:
         """One replay of everything journaled so far, past the breaker; True when Redis took it all."""
-        upto = self._journal_seq
+        journal = self._journal
         keys_builder = self._keys
-        own = keys_builder.namespace
-        namespaces = set(self._journal_namespaces)
-        if self._journal_overflow:
-            namespaces.add(own)
-        patterns = [(full, kind) for full, (_, _, kind) in self._journal_patterns.items()]
-        keys = [] if own in namespaces else list(self._journal_keys)
-        channel = self._listener_channel
-        origin = self._origin
-        scan_count = l2.settings.scan_count
-
-        def packed(message: dict[str, Any]) -> bytes:
-            message["o"] = origin
-            return pack_stamped(orjson.dumps(message))
-
-        async def replay(client: Any) -> tuple[dict[str, int], int]:
-            versions: dict[str, int] = {}
-            # The version first: the keys to delete live under the version Redis has now.
-            raw = await client.get(keys_builder.version_key(own))
-            versions[own] = int(raw) if raw is not None else 0
-            for namespace in sorted(namespaces):
-                version_key = keys_builder.version_key(namespace)
-                versions[namespace] = int(await client.execute_command("INCR", version_key))
-                if channel is not None:
-                    message = {"k": "ns", "ns": namespace, "v": versions[namespace]}
-                    await client.publish(channel, packed(message))
-            for full, kind in patterns:
-                pending: list[bytes] = []
-                async for found in client.scan_iter(match=full, count=scan_count):
-                    pending.append(found)
-                    if len(pending) >= _JOURNAL_REPLAY_BATCH:
-                        await client.unlink(*pending)
-                        pending = []
-                if pending:
-                    await client.unlink(*pending)
-                if channel is not None:
-                    message = {"k": "clear", "ns": own} if kind == "clear" else {"k": "pattern", "p": full}
-                    await client.publish(channel, packed(message))
-            prefix = keys_builder.base(version=versions[own])
-            for start in range(0, len(keys), _JOURNAL_REPLAY_BATCH):
-                chunk = keys[start : start + _JOURNAL_REPLAY_BATCH]
-                await client.unlink(*[prefix + key for key in chunk])
-                if channel is not None:
-                    await client.publish(channel, packed({"k": "keys", "ns": own, "keys": chunk}))
-            return versions, len(keys)
-
-        outcome = await l2.run_direct(replay)
+        plan = journal.replay_plan(keys_builder, self._listener_channel, self._origin)
+        outcome = await l2.replay_outage(plan)
         if outcome is None:
             return False
-        versions, replayed = outcome
-        version = versions[own]
-        if own in namespaces or version > keys_builder.namespace_version:
+        own = plan.own_namespace
+        version = outcome.versions[own]
+        if own in plan.bump or version > keys_builder.namespace_version:
             self._drop_namespace(version)  # moves to the version read or bumped, voids L1 reads in flight
-        self._journal_stats["replays"] += 1
-        self._journal_stats["replayed_keys"] += replayed
-        self._journal_forget(upto)
+        journal.stats["replays"] += 1
+        journal.stats["replayed_keys"] += outcome.keys
+        journal.forget(plan.upto)
         logger.warning("replayed to redis what this pod changed while redis failed: %d keys, %d patterns, "
-                       "%d namespaces", replayed, len(patterns), len(namespaces))
+                       "%d namespaces", outcome.keys, len(plan.patterns), len(plan.bump))
         return True
 
     # ------------------------------------------------------------------ isolation, reconnect
@@ -1466,7 +1306,7 @@ class TieredCache:
                         # Pool size, timeouts, breaker: applied to the live clients; the
                         # subscription and the calls in flight are not disturbed.
                         report["redis_tuned"] = True
-                        self._journal_stats["tunes"] += 1
+                        self._journal.stats["tunes"] += 1
                         l2.tune(new_settings)
                         if channel_changed:
                             report["l1_cleared"] = True
@@ -1515,7 +1355,7 @@ class TieredCache:
            clients finish (bounded wait), their writes still reach Redis and broadcast; 5. the old
            listener and clients are closed.
         """
-        self._journal_stats["client_swaps"] += 1
+        self._journal.stats["client_swaps"] += 1
         old_l2, old_listener = self._l2, self._listener
         l2 = RedisL2(settings)
         await l2.start()
@@ -1580,23 +1420,14 @@ class TieredCache:
             "started": self._started,
             "outage_journal": self.journal_state(),
         }
-        self._remember(snapshot)
+        self._window.remember(snapshot, at=self._clock())  # type: ignore[arg-type]
         return snapshot
-
-    def _remember(self, snapshot: dict[str, Any]) -> None:
-        now = self._clock()
-        if not self._history or now - self._history[-1][0] >= _SNAPSHOT_SPACING_S:
-            self._history.append((now, snapshot))  # type: ignore[arg-type]
 
     def health(self, window_seconds: float = _HEALTH_WINDOW_S) -> health_module.HealthReport:
         """Judge the last ``window_seconds`` (or everything since start, if younger) against the
         config's health thresholds; returns a report with symptoms, causes, evidence, recommendations."""
         current = self.stats()
-        now = self._clock()
-        window: Any = current
-        older = [snap for at, snap in self._history if now - at >= window_seconds]
-        if older:
-            window = diff_snapshots(current, older[-1])  # type: ignore[arg-type]
+        window = self._window.window(current, now=self._clock(), window_seconds=window_seconds)  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
 
 

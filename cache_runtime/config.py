@@ -18,11 +18,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote
 
 import orjson
@@ -37,6 +36,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from cache_runtime.l2.acl import acl_rules
+from cache_runtime.l2.urls import URL_SCHEMES
+
 __all__ = [
     "LZ4_LEVEL_MAP",
     "OPERATIONS",
@@ -46,11 +48,12 @@ __all__ = [
     "CacheConfig",
     "ConfigError",
     "ConfigProblem",
+    "Preset",
     "Range",
-    "overrides_json_schema",
+    "apply_overrides",
+    "merge_overrides",
     "preserve_key_layout",
-    "render_config_table",
-    "render_configuration_doc",
+    "required_acl_rules",
     "resolve_config",
     "validate_config",
 ]
@@ -262,6 +265,8 @@ class TTLConfig(_Group):
         return self.default_s
 
 
+# The AI operations, each with a TTL of its own (ttl.<operation>_s); the one list of them: stats counts
+# hits and misses per operation from it, keys and the service accept these names.
 OPERATIONS: tuple[str, ...] = ("summarize", "sentiment", "key_points", "questions", "qa")
 
 
@@ -385,7 +390,7 @@ class RedisConfig(_Group):
         return self
 
 
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+REDIS_URL_SCHEMES: tuple[str, ...] = tuple(URL_SCHEMES)
 
 _URL_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/]*)@(?P<rest>.*)$")
 
@@ -560,7 +565,7 @@ class HealthConfig(_Group):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-PRESET_NAMES: tuple[str, ...] = (
+Preset = Literal[
     "disabled",
     "minimal",
     "simple",
@@ -570,7 +575,9 @@ PRESET_NAMES: tuple[str, ...] = (
     "ai-production",
     "conservative",
     "performance",
-)
+]
+# The one preset list: the engine's table below, the operator's spec.preset enum and the CRD use it.
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
 class CacheConfig(_Group):
@@ -646,18 +653,33 @@ def canonical_json(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {
-        key: (_deep_merge({}, value) if isinstance(value, Mapping) else value) for key, value in base.items()
-    }
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        elif isinstance(value, Mapping):
-            merged[key] = _deep_merge({}, value)
-        else:
-            merged[key] = value
-    return merged
+def merge_overrides(
+    base: Mapping[str, Any], extra: Mapping[str, Any], *, where: str = "overrides"
+) -> dict[str, Any]:
+    """Nested merge of parameter groups: ``extra`` wins, sub-groups merge, nothing is shared.
+
+    Dotted keys (``ttl.default_s``) are expanded first, in ``base`` too, so ``extra`` wins over them.
+    The one merge of overrides: presets, ``resolve_config``, the operator's spec and its time-boxed
+    overrides all use it. Raises ValueError naming ``<where>.<key>`` when a dotted key goes through a
+    value as if it were a group.
+    """
+    out: dict[str, Any] = {}
+    for source in (base, extra):
+        for key, value in source.items():
+            parts = key.split(".")
+            target = out
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ValueError(f"{where}.{key}: {part!r} is a parameter group, not a value")
+            leaf = parts[-1]
+            if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+                target[leaf] = merge_overrides(target[leaf], value, where=where)
+            elif isinstance(value, Mapping):
+                target[leaf] = merge_overrides({}, value, where=where)
+            else:
+                target[leaf] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -709,7 +731,7 @@ def _preset(
     }
     for group, values in (extra or {}).items():
         if isinstance(values, dict) and isinstance(data.get(group), dict):
-            data[group] = _deep_merge(data[group], values)
+            data[group] = merge_overrides(data[group], values)
         else:
             data[group] = values
     return data
@@ -906,7 +928,7 @@ def resolve_config(
             ", ".join(PRESET_NAMES),
             f"preset: unknown preset {preset!r}; accepted: {', '.join(PRESET_NAMES)}",
         )
-    data = _deep_merge({}, PRESETS[preset])
+    data = merge_overrides({}, PRESETS[preset])
     if overrides:
         data = apply_overrides(data, overrides)
     if redis_url is not None:
@@ -919,7 +941,7 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     """Merge overrides (nested or dotted) into ``base``, checking every key against the model."""
     if not isinstance(overrides, Mapping):
         raise ConfigError("overrides", type(overrides).__name__, "an object of parameter groups")
-    merged = _deep_merge({}, base)
+    merged = merge_overrides({}, base)
     for raw_key, value in overrides.items():
         if not isinstance(raw_key, str) or not raw_key:
             raise ConfigError("overrides", raw_key, "non-empty string keys")
@@ -938,7 +960,7 @@ def _set_path(
     fields = {n: f for n, f in model.model_fields.items() if not (prefix == "" and n in _NOT_OVERRIDABLE)}
     if name not in fields:
         raise _unknown_key(path, value, fields)
-    sub = _submodel(fields[name])
+    sub = group_model(fields[name])
     if sub is None:
         if rest:
             raise ConfigError(
@@ -972,7 +994,8 @@ def _unknown_key(path: str, value: Any, fields: Mapping[str, FieldInfo]) -> Conf
     return ConfigError(path, value, accepted, f"{path}: unknown key{hint}; accepted keys here: {accepted}")
 
 
-def _submodel(info: FieldInfo) -> type[BaseModel] | None:
+def group_model(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of a parameter group's field (e.g. ``ttl``), or None for a single value."""
     annotation = info.annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -1041,7 +1064,7 @@ def _fields_at(path: str) -> Mapping[str, FieldInfo]:
     model: type[BaseModel] = CacheConfig
     for part in filter(None, path.split(".")):
         info = model.model_fields.get(part)
-        sub = _submodel(info) if info is not None else None
+        sub = group_model(info) if info is not None else None
         if sub is None:
             return {}
         model = sub
@@ -1065,7 +1088,7 @@ def _expected_type(path: str) -> str:
 
 def _type_text(info: FieldInfo) -> str:
     annotation = info.annotation
-    if _submodel(info) is not None:
+    if group_model(info) is not None:
         return "object"
     text = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
     text = text.replace("pydantic.types.SecretStr", "string (secret)").replace("SecretStr", "string (secret)")
@@ -1086,264 +1109,15 @@ def preserve_key_layout(new: CacheConfig, current: CacheConfig) -> CacheConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# JSON schema of overrides (the CRD's spec.overrides is generated from it)
-
-# Connection and credentials come from the CRD's spec.redis (URL or Secret reference), not overrides.
-SCHEMA_EXCLUDED = {
-    "preset",
-    "redis.url",
-    "redis.username",
-    "redis.password",
-    "redis.tls_ca_file",
-    "redis.tls_cert_file",
-    "redis.tls_key_file",
-}
+# derived facts
 
 
-def overrides_json_schema(
-    *, strict: bool = False, exclude: set[str] | frozenset[str] | None = None
-) -> dict[str, Any]:
-    """The JSON schema of ``overrides`` (every key optional), self-contained (no ``$ref``).
+def required_acl_rules(config: CacheConfig) -> tuple[str, ...]:
+    """The ``ACL SETUSER`` rules an engine with ``config`` needs, and nothing more (add ``on`` and
+    the password): its keys ``{prefix}:*`` (entries) and ``{prefix}#*`` (namespace versions,
+    leases), its coherence channel, and the commands the Redis tier sends
+    (:func:`cache_runtime.l2.acl.acl_rules`).
 
-    Nullable values carry ``nullable: true`` (OpenAPI v3 / Kubernetes structural schema style)
-    instead of ``anyOf`` with null. ``strict=True`` adds ``additionalProperties: false`` for plain
-    JSON Schema validators (Kubernetes rejects it next to ``properties``).
+    The one list the docs (docs/configuration.md, docs/engine.md) and the ACL tests use.
     """
-    excluded = SCHEMA_EXCLUDED if exclude is None else set(exclude)
-    return _model_schema(CacheConfig, "", excluded, strict)
-
-
-def _model_schema(
-    model: type[BaseModel], prefix: str, excluded: set[str] | frozenset[str], strict: bool
-) -> dict[str, Any]:
-    properties: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        path = f"{prefix}{name}"
-        if path in excluded:
-            continue
-        sub = _submodel(info)
-        if sub is not None:
-            schema = _model_schema(sub, f"{path}.", excluded, strict)
-        else:
-            schema = _value_schema(info, path)
-        schema["description"] = (info.description or "").strip()
-        properties[name] = schema
-    result: dict[str, Any] = {"type": "object", "properties": properties}
-    if model.__doc__:
-        result["description"] = model.__doc__.strip().splitlines()[0]
-    if strict:
-        result["additionalProperties"] = False
-    return result
-
-
-def _value_schema(info: FieldInfo, path: str) -> dict[str, Any]:
-    annotation = info.annotation
-    args = getattr(annotation, "__args__", None)
-    nullable = False
-    if args is not None and type(None) in args:
-        nullable = True
-        rest = [a for a in args if a is not type(None)]
-        annotation = rest[0]
-    schema: dict[str, Any]
-    if getattr(annotation, "__origin__", None) is Literal:
-        schema = {"type": "string", "enum": list(annotation.__args__)}  # type: ignore[union-attr]
-    elif annotation is bool:
-        schema = {"type": "boolean"}
-    elif annotation is int:
-        schema = {"type": "integer"}
-    elif annotation is float:
-        schema = {"type": "number"}
-    elif annotation is SecretStr:
-        schema = {"type": "string", "format": "password"}
-    else:
-        schema = {"type": "string"}
-    if path in RANGES:
-        bounds = RANGES[path]
-        cast = int if schema["type"] == "integer" else float
-        schema["minimum"] = cast(bounds.low)
-        schema["maximum"] = cast(bounds.high)
-    for meta in info.metadata:
-        pattern = getattr(meta, "pattern", None)
-        if pattern:
-            schema["pattern"] = pattern
-        for attr, key in (("min_length", "minLength"), ("max_length", "maxLength")):
-            if getattr(meta, attr, None) is not None:
-                schema[key] = getattr(meta, attr)
-    if nullable:
-        schema["nullable"] = True
-    return schema
-
-
-# --------------------------------------------------------------------------------------------------
-# docs/configuration.md (generated; tests/unit/test_config.py fails when the file drifts)
-
-
-def _leaf_paths(model: type[BaseModel] = CacheConfig, prefix: str = "") -> list[tuple[str, FieldInfo]]:
-    out: list[tuple[str, FieldInfo]] = []
-    for name, info in model.model_fields.items():
-        sub = _submodel(info)
-        if sub is not None:
-            out.extend(_leaf_paths(sub, f"{prefix}{name}."))
-        else:
-            out.append((f"{prefix}{name}", info))
-    return out
-
-
-def _lookup(data: Mapping[str, Any], path: str) -> Any:
-    value: Any = data
-    for part in path.split("."):
-        value = value[part]
-    return value
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int) and value >= MIB and value % MIB == 0:
-        return f"{value // MIB} MiB"
-    if isinstance(value, int) and value >= KIB and value % KIB == 0 and value < MIB:
-        return f"{value // KIB} KiB"
-    return str(value)
-
-
-def _accepted(path: str, info: FieldInfo) -> str:
-    if path in RANGES:
-        return RANGES[path].describe()
-    schema = _value_schema(info, path)
-    if "enum" in schema:
-        return " / ".join(f"`{v}`" for v in schema["enum"])
-    if schema["type"] == "boolean":
-        return "yes / no"
-    text = "string"
-    if "pattern" in schema:
-        text = f"`{schema['pattern']}`"
-    return text + (" or null" if schema.get("nullable") else "")
-
-
-def render_config_table() -> str:
-    """Markdown table: every parameter, its accepted range and its value in each preset."""
-    resolved = {name: resolve_config(name).public_dict() for name in PRESET_NAMES}
-    header = "| parameter | accepted | " + " | ".join(f"`{n}`" for n in PRESET_NAMES) + " |"
-    rule = "|---|---|" + "---|" * len(PRESET_NAMES)
-    rows = [header, rule]
-    for path, info in _leaf_paths():
-        if path == "preset":
-            continue
-        cells = [_cell(_lookup(resolved[name], path)) for name in PRESET_NAMES]
-        rows.append(f"| `{path}` | {_accepted(path, info)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def _render_descriptions() -> str:
-    rows = ["| parameter | meaning |", "|---|---|"]
-    for path, info in _leaf_paths():
-        rows.append(f"| `{path}` | {(info.description or '').strip()} |")
-    return "\n".join(rows) + "\n"
-
-
-def _render_level_map() -> str:
-    rows = ["| level | lz4 mode | lz4 parameter |", "|---|---|---|"]
-    for level, (mode, parameter) in LZ4_LEVEL_MAP.items():
-        label = "acceleration" if mode == "fast" else "HC level"
-        rows.append(f"| {level} | {mode} | {label} {parameter} |")
-    return "\n".join(rows) + "\n"
-
-
-def _render_acl_rules() -> str:
-    # Imported here: cache imports this module.
-    from cache_runtime.cache import required_acl_rules
-
-    return " ".join(required_acl_rules(CacheConfig()))
-
-
-def render_configuration_doc() -> str:
-    """The whole of docs/configuration.md."""
-    return f"""# Configuration
-
-<!-- GENERATED by `python -m cache_runtime.config docs/configuration.md` from cache_runtime/config.py.
-     Do not edit by hand: tests/unit/test_config.py fails when this file drifts from the code. -->
-
-One model (`cache_runtime.config.CacheConfig`) holds every engine parameter. A config is resolved as
-**preset values, then overrides, then an explicit Redis URL**:
-
-```python
-from cache_runtime import resolve_config
-config = resolve_config(preset="ai-production",
-                        overrides={{"ttl": {{"qa_s": 3600}}, "l1.max_entries": 5000}},
-                        redis_url="rediss://cache.example:6380/0")
-```
-
-Overrides are nested or dotted. An unknown key is an error naming the key path and the keys accepted
-there; a value out of range is an error naming the field, the value and the range. The config hash
-(`config.config_hash()`) is sha256 over the canonical JSON of the resolved config with the password
-left out (only whether one is set counts).
-
-## Presets and ranges
-
-`—` means null: an operation TTL of null uses `ttl.default_s`; a null Redis URL means memory only.
-The first seven presets keep the original service's values (entries, default TTL, Redis connections,
-connect timeout, compression threshold and level, AI features, monitoring, log level, and the AI
-presets' text and TTL settings). Everything else is ours:
-
-- **L1 byte budgets** are sized so a full L1 stays under the runbook's 50 MB memory warning in every
-  preset, at roughly 32-64 KiB per entry (AI responses fit with headroom).
-- **Socket timeouts** stay short (0.1-2 s) even where connect timeouts are long: a cache read slower
-  than that is worth less than a miss, and the circuit breaker opens after a few of them.
-- **`conservative`** (applied under pressure): small L1 (200 entries, 4 MiB), moderate TTL (30 min),
-  the cheapest compression (lz4 fast, only from 4 KiB), 5 connections, 1 s connect / 250 ms socket /
-  100 ms pool timeouts, a breaker that opens after 2 failures and stays open 5 s, no lease waits.
-- **`performance`**: large L1 (20,000 entries, 48 MiB), 4 h TTL, fast compression (lz4 fast,
-  acceleration 4, only from 4 KiB where it pays), 100 connections, tight timeouts (1 s connect, 100 ms
-  socket, 50 ms pool).
-- `disabled` also turns `enabled` off: nothing is stored and Redis is never contacted.
-
-{render_config_table()}
-## Keys in Redis, and the ACL the engine needs
-
-Every entry is stored as `{{prefix}}:{{namespace}}:v{{namespace_version}}:{{logical key}}`; AI responses
-have logical keys `ai1:{{operation}}:{{tier}}:...` (text hashed, or percent-escaped where
-`keys.readable_small_text` allows), the data API's keys are `d:{{key}}`. Invalidating a namespace is
-one `INCR {{prefix}}#nsver:{{namespace}}`; leases are `{{prefix}}#lease:...` and invalidations are
-broadcast on the channel `{{prefix}}#coherence` (unless `coherence.channel` says otherwise). A
-pattern invalidation is always confined to `{{prefix}}:`, so it never touches the bookkeeping keys.
-A Redis ACL user for the default prefix `cw` therefore needs exactly these rules (from
-`cache_runtime.cache.required_acl_rules(config)`, which follows `keys.prefix`, `coherence.channel`
-and `redis.cluster`; the integration tests run the engine as such a user):
-
-```
-ACL SETUSER <user> on ><password> {_render_acl_rules()}
-```
-
-DEL runs inside the lease-release script, SCRIPT LOAD only when Redis lost the script. CLIENT SETINFO,
-which redis-py sends on connect, is left out on purpose: redis-py ignores its refusal, and Redis 7.0
-does not know it (an ACL rule naming it is an error there). Redis Cluster adds `+cluster|slots`,
-`+cluster|shards` and `+command`.
-
-## Compression levels
-
-lz4 has no 1-9 scale; the original used zlib's. Levels 1-3 use lz4's fast block mode, 4-9 its
-high-compression (HC) mode. Whatever the level, a value is stored compressed only when it is at least
-`compression.threshold_bytes` long **and** the compressed form saves at least
-`compression.min_saving_ratio` of the bytes (below ~1 KiB lz4 rarely pays).
-
-{_render_level_map()}
-## What each parameter does
-
-{_render_descriptions()}"""
-
-
-def _main(argv: list[str]) -> int:
-    """``python -m cache_runtime.config [PATH]``: print or write docs/configuration.md."""
-    text = render_configuration_doc()
-    if argv:
-        with open(argv[0], "w", encoding="utf-8") as handle:
-            handle.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    return acl_rules(config.keys.prefix, config.coherence_channel, cluster=config.redis.cluster)

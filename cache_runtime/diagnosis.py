@@ -33,34 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cache_runtime.actions import ACTIONS, DISRUPTIVE_ACTIONS
 from cache_runtime.stats import LARGE_VALUE_BYTES, REUSE_GAP_BUCKETS_SECONDS, Snapshot
-
-if TYPE_CHECKING:
-    from cache_runtime.health import Symptom, Thresholds
-
-# The CacheIncident actions (the operator's CRD enum asserts it lists exactly these), and the
-# diagnosis's extra "config-change" (a recommendation to edit the policy, never run by the operator).
-INCIDENT_ACTIONS: tuple[str, ...] = (
-    "clear",
-    "invalidate",
-    "gc",
-    "reset-config",
-    "apply-preset",
-    "reconnect-redis",
-    "compress-existing",
-    "isolate",
-    "restore",
-    "diagnose",
-)
-ACTIONS = frozenset((*INCIDENT_ACTIONS, "config-change"))
-# Actions that change what pods serve or drop cached data: at most one runs per policy at a time, and a
-# recommendation of one is flagged disruptive. One set for the engine's diagnosis and the operator.
-DISRUPTIVE_ACTIONS = frozenset(
-    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing",
-     "config-change"}
-)
+from cache_runtime.symptoms import Symptom, Thresholds
 
 MAX_TTL_S = 7 * 24 * 3600
 MIB = 1024 * 1024

@@ -152,6 +152,13 @@ class L1Cache:
         self._data.move_to_end(key)
         return entry.value
 
+    @property
+    def entries(self) -> OrderedDict[str, L1Entry]:
+        """The live map of key -> entry, least recently used first (the same object for the cache's
+        life). For the facade's inlined read path: look up, and ``move_to_end`` on a hit; never insert
+        or delete through it (L1Cache keeps the byte count and the bounds)."""
+        return self._data
+
     def get_entry(self, key: str) -> L1Entry | None:
         """The live entry under ``key`` (for callers that need its remaining TTL), else None."""
         entry = self._data.get(key)

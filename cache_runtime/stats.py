@@ -30,10 +30,13 @@ from typing import Any, TypedDict
 
 import xxhash
 
+from cache_runtime.config import OPERATIONS
+
 SNAPSHOT_SCHEMA = 1
 
-# The operations the AI presets give their own TTLs; anything else is counted as "default".
-OPERATIONS: tuple[str, ...] = ("summarize", "sentiment", "key_points", "questions", "qa", "default")
+# Hits and misses are counted per AI operation (the ones the presets give their own TTLs:
+# cache_runtime.config.OPERATIONS); anything else is counted as "default".
+COUNTED_OPERATIONS: tuple[str, ...] = (*OPERATIONS, "default")
 
 # Latency histograms are timed per engine operation; these names are also the label values of the
 # Prometheus `op` label, so they must stay stable.
@@ -468,8 +471,8 @@ class EngineStats:
         self.deletes = 0
         self.writes_rejected_isolated = 0  # writes refused while the pod is isolated
         # per AI operation (summarize, ...): recorded by get_or_compute / key-aware paths
-        self.op_hits: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
-        self.op_misses: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
+        self.op_hits: dict[str, int] = dict.fromkeys(COUNTED_OPERATIONS, 0)
+        self.op_misses: dict[str, int] = dict.fromkeys(COUNTED_OPERATIONS, 0)
         # L1
         self.l1_inserts = 0  # entries written into L1 (sets and promotions from L2)
         self.l1_evictions = 0  # removed to make room (entries or bytes budget)
@@ -899,7 +902,7 @@ def build_snapshot(
     lookups = stats.hits_l1 + stats.hits_l2 + stats.misses
     hits = stats.hits_l1 + stats.hits_l2
     operations: dict[str, OperationSnapshot] = {}
-    for name in OPERATIONS:
+    for name in COUNTED_OPERATIONS:
         op_hits, op_misses = stats.op_hits.get(name, 0), stats.op_misses.get(name, 0)
         operations[name] = {
             "hits": op_hits,
@@ -1083,34 +1086,59 @@ def diff_snapshots(newer: Snapshot, older: Snapshot) -> Snapshot:
 class SnapshotWindow:
     """Turns a stream of cumulative snapshots into snapshots of the last ``window_seconds``.
 
-    The facade's ``health()`` (or the runtime's probe handler) calls :meth:`observe` with each new
-    cumulative snapshot and evaluates what it returns: the activity since the newest retained
-    snapshot that is at least ``window_seconds`` old (or since the oldest one kept, early on).
+    The one snapshot window of the engine. Two ways to feed it:
+
+    - :meth:`remember` each cumulative snapshot (kept at most every ``spacing_seconds``) and ask
+      :meth:`window` for the activity since the newest kept snapshot at least ``window_seconds`` old
+      (everything, early on): the facade's ``stats()`` and ``health()``;
+    - :meth:`observe` a snapshot and evaluate what it returns: the activity since the newest retained
+      snapshot that is at least ``window_seconds`` old (or since the oldest one kept, early on); a
+      snapshot younger than the last (the engine restarted) starts over.
+
     Memory is bounded by ``max_snapshots``.
     """
 
-    __slots__ = ("_history", "max_snapshots", "window_seconds")
+    __slots__ = ("_history", "max_snapshots", "spacing_seconds", "window_seconds")
 
-    def __init__(self, window_seconds: float = 300.0, max_snapshots: int = 32) -> None:
+    def __init__(
+        self, window_seconds: float = 300.0, max_snapshots: int = 32, spacing_seconds: float = 0.0
+    ) -> None:
         if not window_seconds > 0:
             raise ValueError(f"window_seconds must be > 0, got {window_seconds!r}")
         if max_snapshots < 2:
             raise ValueError(f"max_snapshots must be >= 2, got {max_snapshots!r}")
         self.window_seconds = window_seconds
         self.max_snapshots = max_snapshots
-        self._history: deque[Snapshot] = deque()
+        self.spacing_seconds = spacing_seconds
+        # (when it was taken, on the feeder's clock; the snapshot)
+        self._history: deque[tuple[float, Snapshot]] = deque()
+
+    def remember(self, snapshot: Snapshot, at: float | None = None) -> None:
+        """Keep ``snapshot`` (taken at ``at``, default its ``taken_at``) unless the last one kept is
+        younger than ``spacing_seconds``."""
+        when = snapshot["taken_at"] if at is None else at
+        history = self._history
+        if not history or when - history[-1][0] >= self.spacing_seconds:
+            history.append((when, snapshot))
+        while len(history) > self.max_snapshots:
+            history.popleft()
+
+    def window(self, current: Snapshot, now: float, window_seconds: float | None = None) -> Snapshot:
+        """``current`` minus the newest kept snapshot at least ``window_seconds`` old at ``now``
+        (``current`` itself when none is that old)."""
+        span = self.window_seconds if window_seconds is None else window_seconds
+        older = [snap for at, snap in self._history if now - at >= span]
+        return diff_snapshots(current, older[-1]) if older else current
 
     def observe(self, snapshot: Snapshot) -> Snapshot:
         """Record ``snapshot`` and return the window ending with it (itself if it is the first)."""
         history = self._history
-        if history and snapshot["window_seconds"] < history[-1]["window_seconds"]:
+        if history and snapshot["window_seconds"] < history[-1][1]["window_seconds"]:
             history.clear()  # the engine restarted: older counters do not belong to this one
-        history.append(snapshot)
+        self.remember(snapshot)
         now = snapshot["taken_at"]
         # Keep exactly one baseline at least window_seconds old: drop it once a younger one qualifies.
-        while len(history) > 2 and now - history[1]["taken_at"] >= self.window_seconds:
+        while len(history) > 2 and now - history[1][0] >= self.window_seconds:
             history.popleft()
-        while len(history) > self.max_snapshots:
-            history.popleft()
-        baseline = history[0]
+        baseline = history[0][1]
         return snapshot if baseline is snapshot else diff_snapshots(snapshot, baseline)

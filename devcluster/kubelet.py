@@ -12,7 +12,9 @@ true (phase, conditions, container states, restart counts). The pure decisions l
 Threads: one informer each for Pods, ConfigMaps and Secrets (list, then watch with a server-side
 timeout and the last resourceVersion, re-list on 410 Gone), one heartbeat (Lease and Node status),
 a small pool that runs probes, the HTTPS endpoint the API server proxies ``kubectl logs`` to, and the
-reconciler in the main thread. Every loop is bounded by a timeout or the stop event.
+reconciler in the main thread. Every loop is bounded by a timeout or the stop event. The API client
+and informers are :mod:`devcluster.kubeapi`, the addresses :mod:`devcluster.podips`, the Node and its
+heartbeat :mod:`devcluster.nodeheartbeat`, the log endpoint :mod:`devcluster.logserver`.
 
 docs/devcluster.md ("The process kubelet") describes what a pod's processes see and the conventions
 they follow (bind ``$DEVCLUSTER_POD_IP``; read mount path ``/x/y`` at ``$DEVCLUSTER_ROOT/x/y``).
@@ -35,15 +37,11 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
-import functools
 import http.client
 import http.server
-import ipaddress
 import json
 import logging
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -53,38 +51,34 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import urlparse
 
 import urllib3
 import yaml
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 from devcluster import images, podspec
 from devcluster.controlplane import process_start_ticks, wait_until_gone
-from devcluster.pki import CertificateAuthority, CertificatePair
+from devcluster.fileutil import write_atomic
+from devcluster.kubeapi import Informer, KubeApi, ObjectCache, raw_watch_func
+from devcluster.logserver import KubeletServer
+from devcluster.nodeheartbeat import NodeHeartbeat
+from devcluster.podips import HOST_IP, POD_IP_LOCK_DIR_ENV, PodIpAllocator
 
 log = logging.getLogger("devcluster.kubelet")
 
-HOST_IP = "127.0.0.1"
 # Grace periods are capped: tests and `dev down` must not wait 30 s per pod.
 MAX_GRACE_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 5.0
 SYNC_INTERVAL = 0.25
 RETRY_INTERVAL = 2.0
 BIND_RETRY_INTERVAL = 5.0
-LEASE_DURATION_SECONDS = 40
-LEASE_RENEW_INTERVAL = 10.0
-NODE_STATUS_INTERVAL = 30.0
-WATCH_TIMEOUT_SECONDS = 60
 VOLUME_RESYNC_INTERVAL = 30.0
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 20.0
@@ -92,31 +86,11 @@ BACKOFF_RESET_AFTER = 60.0
 TOKEN_REFRESH_FRACTION = 0.8
 TOKEN_MAX_AGE = 24 * 3600.0
 PROBE_WORKERS = 4
-POD_IP_LOCK_DIR_ENV = "DEVCLUSTER_POD_IP_LOCK_DIR"
 CLUSTER_ID_ENV = "CACHEWARDEN_DEVCLUSTER_ID"
-KUBE_ROOT_CA = "kube-root-ca.crt"
 COMPONENT = "devcluster-kubelet"
 
 
 # --- small helpers --------------------------------------------------------------------------------
-
-
-def rfc3339(epoch: float | None = None) -> str:
-    """A Kubernetes ``Time`` (second precision, UTC)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch is None else epoch))
-
-
-def rfc3339_micro(epoch: float | None = None) -> str:
-    """A Kubernetes ``MicroTime`` (Lease renewTime)."""
-    now = time.time() if epoch is None else epoch
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int((now % 1) * 1e6):06d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    """Seconds since the epoch of an RFC 3339 UTC timestamp as the API server writes it."""
-    import calendar
-
-    return float(calendar.timegm(time.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S")))
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -138,357 +112,12 @@ def _die_with_kubelet() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
-
-
-# --- API access -----------------------------------------------------------------------------------
-
-
-class KubeApi:
-    """The official client's transport (TLS, credentials from the kubeconfig) with plain dicts in
-    and out: the pure logic works on the API's JSON, not on generated models."""
-
-    def __init__(self, kubeconfig: Path) -> None:
-        configuration = k8s_client.Configuration()
-        k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        configuration.connection_pool_maxsize = 16
-        self.client = k8s_client.ApiClient(configuration)
-        self.core = k8s_client.CoreV1Api(self.client)
-        self.server = str(configuration.host)
-        document = yaml.safe_load(kubeconfig.read_text()) or {}
-        self.ca_pem = _kubeconfig_ca(document, kubeconfig.parent)
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float = 15.0,
-    ) -> Any:
-        """One API call; returns the decoded JSON body, raises :class:`ApiException` on non-2xx."""
-        params = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in (query or {}).items()]
-        method, url, headers, payload, _ = self.client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=params,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.client.call_api(method, url, headers, payload, _request_timeout=timeout)
-        data = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiException(
-                status=response.status,
-                reason=response.reason,
-                body=data.decode("utf-8", "replace") if data else "",
-            )
-        return json.loads(data) if data else None
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        """GET ``path``."""
-        return self.request("GET", path, **kwargs)
-
-
-def _kubeconfig_ca(document: Mapping[str, Any], base: Path) -> bytes:
-    import base64
-
-    contexts = {c["name"]: c.get("context") or {} for c in document.get("contexts") or []}
-    clusters = {c["name"]: c.get("cluster") or {} for c in document.get("clusters") or []}
-    context = contexts.get(document.get("current-context", ""), {})
-    cluster = clusters.get(context.get("cluster", ""), next(iter(clusters.values()), {}))
-    if cluster.get("certificate-authority-data"):
-        return base64.b64decode(cluster["certificate-authority-data"])
-    if cluster.get("certificate-authority"):
-        return (base / cluster["certificate-authority"]).read_bytes()
-    return b""
-
-
-def _api_status(exc: BaseException) -> int | None:
-    return exc.status if isinstance(exc, ApiException) else None
-
-
-# --- informers ------------------------------------------------------------------------------------
-
-
-class Informer(threading.Thread):
-    """List, then watch from the list's resourceVersion with a server-side timeout; resume from the
-    last seen version; re-list on 410 Gone or any error (after a short pause). ``on_list`` gets the
-    full set after each list (so deletions missed while disconnected are noticed); ``on_event`` gets
-    each ADDED/MODIFIED/DELETED."""
-
-    def __init__(
-        self,
-        api: KubeApi,
-        kind: str,
-        path: str,
-        watch_func: Callable[..., Any],
-        on_list: Callable[[list[dict[str, Any]]], None],
-        on_event: Callable[[str, dict[str, Any]], None],
-        stop: threading.Event,
-        watch_timeout: int = WATCH_TIMEOUT_SECONDS,
-    ) -> None:
-        super().__init__(name=f"informer-{kind}", daemon=True)
-        self.api = api
-        self.kind = kind
-        self.path = path
-        self.watch_func = watch_func
-        self.on_list = on_list
-        self.on_event = on_event
-        self.stop_event = stop
-        self.watch_timeout = watch_timeout
-        self.synced = threading.Event()
-        self.relists = 0
-        self.gone = 0
-
-    def run(self) -> None:
-        """The list/watch loop until the stop event."""
-        while not self.stop_event.is_set():
-            try:
-                listing = self.api.get(self.path, timeout=30)
-                self.on_list(list(listing.get("items") or []))
-                self.synced.set()
-                version = str(listing["metadata"]["resourceVersion"])
-                while not self.stop_event.is_set():
-                    version = self.watch_once(version)
-            except ApiException as exc:
-                if exc.status == 410:
-                    self.gone += 1
-                    log.info("%s watch: resourceVersion too old (410 Gone), re-listing", self.kind)
-                    # Short, but never a tight loop against the API server.
-                    self.stop_event.wait(0.2)
-                else:
-                    log.warning("%s informer: API error %s %s", self.kind, exc.status, exc.reason)
-                    self.stop_event.wait(1.0)
-            except Exception as exc:
-                log.warning("%s informer: %r; re-listing in 1s", self.kind, exc)
-                self.stop_event.wait(1.0)
-            self.relists += 1
-
-    def watch_once(self, version: str) -> str:
-        """One watch request from ``version`` (ends after the server-side timeout); returns the last
-        resourceVersion seen. A version the server no longer has raises ApiException 410."""
-        watcher = k8s_watch.Watch()
-        for event in watcher.stream(
-            self.watch_func,
-            resource_version=version,
-            timeout_seconds=self.watch_timeout,
-            allow_watch_bookmarks=True,
-            _request_timeout=(10, self.watch_timeout + 15),
-        ):
-            obj = event.get("raw_object") or event.get("object") or {}
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                self.on_event(str(event["type"]), obj)
-            if self.stop_event.is_set():
-                watcher.stop()
-                break
-        return version
-
-
-def raw_watch_func(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func`` (a list method of the official client) as a watch function whose events carry the
-    raw JSON dicts: Watch.stream deserializes into the generated models when it can find the list
-    type, and a wrapper without annotations hides it (410 handling stays)."""
-
-    def call(**kwargs: Any) -> Any:
-        return func(**kwargs)
-
-    return call
-
-
-class ObjectCache(podspec.ObjectLookup):
-    """ConfigMaps and Secrets as the informers last saw them, falling back to a live GET for one not
-    seen yet (created a moment ago). ``kube-root-ca.crt`` is synthesized from the cluster CA when the
-    controller manager has not published it in a new namespace yet: its content is that CA."""
-
-    def __init__(self, api: KubeApi, live: bool = False) -> None:
-        self.api = api
-        self.live = live
-        self.lock = threading.Lock()
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-
-    def replace(self, kind: str, items: Iterable[dict[str, Any]]) -> None:
-        """Replace every cached object of ``kind`` (after a list)."""
-        with self.lock:
-            for key in [k for k in self.objects if k[0] == kind]:
-                del self.objects[key]
-            for item in items:
-                meta = item.get("metadata") or {}
-                self.objects[(kind, meta.get("namespace", ""), meta.get("name", ""))] = item
-
-    def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
-        """Apply one watch event."""
-        meta = obj.get("metadata") or {}
-        key = (kind, meta.get("namespace", ""), meta.get("name", ""))
-        with self.lock:
-            if event == "DELETED":
-                self.objects.pop(key, None)
-            else:
-                self.objects[key] = obj
-
-    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        if not self.live:
-            with self.lock:
-                cached = self.objects.get((kind, namespace, name))
-            if cached is not None:
-                return cached
-        plural = "configmaps" if kind == "ConfigMap" else "secrets"
-        try:
-            return dict(
-                self.api.get(f"/api/v1/namespaces/{quote(namespace)}/{plural}/{quote(name)}", timeout=10)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise podspec.PodSpecError(
-                podspec.REASON_CONTAINER_CREATING,
-                f"reading {kind} {namespace}/{name}: API error {exc.status} {exc.reason}",
-            ) from exc
-
-    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """See :class:`devcluster.podspec.ObjectLookup`."""
-        found = self._get("ConfigMap", namespace, name)
-        if found is None and name == KUBE_ROOT_CA and self.api.ca_pem:
-            return {
-                "metadata": {"namespace": namespace, "name": name},
-                "data": {"ca.crt": self.api.ca_pem.decode()},
-            }
-        return found
-
-    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """See :class:`devcluster.podspec.ObjectLookup`."""
-        return self._get("Secret", namespace, name)
-
-
-# --- pod addresses --------------------------------------------------------------------------------
-
-
-def pod_ip_candidates() -> Iterable[str]:
-    """127.0.0.2 .. 127.0.0.254, then 127.0.1.1 and onwards (127.0.0.1 is the host)."""
-    for third in range(0, 256):
-        for fourth in range(2 if third == 0 else 1, 255):
-            yield f"127.0.{third}.{fourth}"
-
-
-@functools.cache
-def _all_pod_ips() -> tuple[str, ...]:
-    return tuple(pod_ip_candidates())
-
-
-class PodIpAllocator:
-    """Hands each pod its own loopback address and keeps it across kubelet restarts.
-
-    Addresses are claimed machine-wide with an ``flock`` on a file per address (in
-    ``/tmp/devcluster-pod-ips`` or ``$DEVCLUSTER_POD_IP_LOCK_DIR``), so two clusters running side by
-    side never give the same address to two pods; a lock dies with its kubelet.
-
-    New addresses are handed out round robin from a machine-wide cursor (the file ``.next`` in the
-    lock directory), not lowest-free first: a client that still holds a deleted pod's address (a
-    runtime pod's Redis connection to a Redis pod just deleted) must find nothing there, not another
-    cluster's or test's new pod. Before this, a stopped Redis's address went to the next Redis pod
-    on the machine within seconds, and "Redis stopped" looked like "wrong password" to the runtime.
-    The cursor is a hint: a lost update only means an address is tried that may be taken, and the
-    ``flock`` decides.
-    """
-
-    CURSOR_FILE = ".next"
-
-    def __init__(self, state_path: Path, lock_dir: Path, candidates: Sequence[str] | None = None) -> None:
-        self.state_path = state_path
-        self.lock_dir = lock_dir
-        self.candidates: Sequence[str] = candidates if candidates is not None else _all_pod_ips()
-        self.assigned: dict[str, str] = {}
-        self.locks: dict[str, int] = {}
-        self.lock = threading.Lock()
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(PermissionError):
-            os.chmod(lock_dir, 0o1777)
-        previous: dict[str, str] = {}
-        if state_path.exists():
-            try:
-                previous = {str(k): str(v) for k, v in json.loads(state_path.read_text()).items()}
-            except (ValueError, AttributeError):
-                log.warning("ignoring unreadable %s", state_path)
-        for uid, ip in previous.items():
-            if self._claim(ip):
-                self.assigned[uid] = ip
-        self._save()
-
-    def _claim(self, ip: str) -> bool:
-        if ip in self.locks:
-            return False
-        try:
-            fd = os.open(self.lock_dir / ip, os.O_RDONLY | os.O_CREAT, 0o644)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self.locks[ip] = fd
-        return True
-
-    def _save(self) -> None:
-        _write_atomic(self.state_path, json.dumps(self.assigned, indent=1, sort_keys=True).encode(), 0o644)
-
-    def allocate(self, uid: str) -> str:
-        """The pod's address (the same one on every call until released)."""
-        with self.lock:
-            if uid in self.assigned:
-                return self.assigned[uid]
-            count = len(self.candidates)
-            start = self._read_cursor() % count
-            for offset in range(count):
-                index = (start + offset) % count
-                candidate = self.candidates[index]
-                if self._claim(candidate):
-                    self.assigned[uid] = candidate
-                    self._save()
-                    self._write_cursor((index + 1) % count)
-                    return candidate
-        raise RuntimeError("no free pod address left in 127.0.0.0/16")
-
-    def _read_cursor(self) -> int:
-        try:
-            return max(0, int((self.lock_dir / self.CURSOR_FILE).read_text().strip() or 0))
-        except (OSError, ValueError):
-            return 0  # absent or torn: start from the first address; the flocks still decide
-
-    def _write_cursor(self, index: int) -> None:
-        with contextlib.suppress(OSError):
-            _write_atomic(self.lock_dir / self.CURSOR_FILE, str(index).encode(), 0o666)
-
-    def release(self, uid: str) -> None:
-        """Give the pod's address back."""
-        with self.lock:
-            ip = self.assigned.pop(uid, None)
-            if ip is not None and ip in self.locks:
-                os.close(self.locks.pop(ip))
-                self._save()
-
-    def keep_only(self, live_uids: set[str]) -> None:
-        """Release addresses of pods that no longer exist (after the first list)."""
-        for uid in [u for u in list(self.assigned) if u not in live_uids]:
-            self.release(uid)
 
 
 # --- processes state (for leftovers after a crash) ------------------------------------------------
@@ -731,8 +360,8 @@ class Kubelet:
         self.bind_attempts: dict[str, float] = {}
         self.unschedulable_logged: set[str] = set()
         self.probes = ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="probe")
-        self.version = "v0.0.0"
         self.started_at = rfc3339()
+        self.node = NodeHeartbeat(self.api, node_name, self.run_dir, self.started_at, self._kubelet_port)
         self.pods_informer: Informer | None = None
         self.python_bin = Path(sys.executable).parent
         parsed = urlparse(self.api.server)
@@ -752,9 +381,11 @@ class Kubelet:
         self.server = KubeletServer(self)
         self.server.start()
         self._read_version()
-        self._register_node()
+        self.node.register()
         informers = self._start_informers()
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(
+            target=self.node.loop, args=(self.stop_event,), name="heartbeat", daemon=True
+        ).start()
         for informer in informers:
             while not informer.synced.wait(0.5):
                 if self.stop_event.is_set():
@@ -762,7 +393,7 @@ class Kubelet:
         with self.lock:
             live = set(self.api_pods)
         self.ips.keep_only(live)
-        _write_atomic(self.run_dir / "kubelet.ready", f"{os.getpid()}\n".encode(), 0o644)
+        write_atomic(self.run_dir / "kubelet.ready", f"{os.getpid()}\n".encode(), 0o644)
         log.info("node %s registered and informers synced; reconciling", self.node_name)
         try:
             while not self.stop_event.is_set():
@@ -804,193 +435,24 @@ class Kubelet:
         if self.server is not None:
             self.server.stop()
         with contextlib.suppress(Exception):
-            self._patch_node_status(ready=False, timeout=2.0)
+            self.node.patch_status(ready=False, timeout=2.0)
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "kubelet.ready").unlink()
         log.info("kubelet stopped")
 
     def _read_version(self) -> None:
         try:
-            self.version = str(self.api.get("/version", timeout=10).get("gitVersion") or self.version)
+            node = self.node
+            node.version = str(self.api.get("/version", timeout=10).get("gitVersion") or node.version)
         except Exception as exc:
             log.warning("reading /version: %r", exc)
 
-    # ---- node
-
-    def _node_status(self, ready: bool = True) -> dict[str, Any]:
-        now = rfc3339()
-        memory_kib = 8 * 1024 * 1024
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemTotal:"):
-                    memory_kib = int(line.split()[1])
-        disk_kib = shutil.disk_usage(self.run_dir).total // 1024
-        resources = {
-            "cpu": str(os.cpu_count() or 1),
-            "memory": f"{memory_kib}Ki",
-            "pods": "110",
-            "ephemeral-storage": f"{disk_kib}Ki",
-        }
-
-        def condition(kind: str, status: str, reason: str, message: str) -> dict[str, Any]:
-            return {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": self.started_at,
-            }
-
-        return {
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": [
-                condition(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                condition(
-                    "DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"
-                ),
-                condition(
-                    "PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"
-                ),
-                condition(
-                    "Ready",
-                    "True" if ready else "False",
-                    "KubeletReady" if ready else "KubeletStopped",
-                    "devcluster process kubelet is posting ready status"
-                    if ready
-                    else "devcluster process kubelet stopped",
-                ),
-            ],
-            # No Hostname address: the API server prefers it for reaching the kubelet (kubectl logs)
-            # and the node name does not resolve.
-            "addresses": [{"type": "InternalIP", "address": HOST_IP}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.server.port if self.server else 0}},
-            "nodeInfo": {
-                "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name).hex,
-                "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name)),
-                "bootID": self._boot_id(),
-                "kernelVersion": platform.release(),
-                "osImage": "devcluster process kubelet (pods are local processes)",
-                "containerRuntimeVersion": "devcluster://1",
-                "kubeletVersion": self.version,
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(
-                    platform.machine(), platform.machine()
-                ),
-            },
-        }
-
-    @staticmethod
-    def _boot_id() -> str:
-        try:
-            return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            return ""
+    def _kubelet_port(self) -> int:
+        return self.server.port if self.server else 0
 
     def node_labels(self) -> dict[str, str]:
         """The labels this node carries (and nodeSelectors are matched against)."""
-        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-        return {
-            "kubernetes.io/hostname": self.node_name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": arch,
-            "node.kubernetes.io/instance-type": "devcluster-process",
-            "devcluster.cachewarden.io/process-kubelet": "true",
-        }
-
-    def _register_node(self) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": self.node_name, "labels": self.node_labels()},
-            "spec": {},
-            "status": self._node_status(),
-        }
-        try:
-            self.api.request("POST", "/api/v1/nodes", body=body)
-            log.info("registered node %s", self.node_name)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            self.api.request(
-                "PATCH",
-                f"/api/v1/nodes/{self.node_name}",
-                body={"metadata": {"labels": self.node_labels()}},
-                content_type="application/strategic-merge-patch+json",
-            )
-        self._patch_node_status(ready=True)
-        self._renew_lease()
-
-    def _patch_node_status(self, ready: bool, timeout: float = 10.0) -> None:
-        status = self._node_status(ready)
-        # A node registered by an older kubelet may carry a Hostname address; addresses merge by type.
-        status["addresses"] = [*status["addresses"], {"type": "Hostname", "$patch": "delete"}]
-        try:
-            self.api.request(
-                "PATCH",
-                f"/api/v1/nodes/{self.node_name}/status",
-                body={"status": status},
-                content_type="application/strategic-merge-patch+json",
-                timeout=timeout,
-            )
-        except ApiException as exc:
-            if exc.status == 404 and ready:
-                log.warning("node %s was deleted; registering it again", self.node_name)
-                self._register_node()
-            else:
-                raise
-
-    def _renew_lease(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node_name}"
-        spec = {
-            "holderIdentity": self.node_name,
-            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-            "renewTime": rfc3339_micro(),
-        }
-        try:
-            self.api.request("PATCH", path, body={"spec": spec}, content_type="application/merge-patch+json")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            node = self.api.get(f"/api/v1/nodes/{self.node_name}")
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.node_name,
-                    "namespace": "kube-node-lease",
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Node",
-                            "name": self.node_name,
-                            "uid": node["metadata"]["uid"],
-                        }
-                    ],
-                },
-                "spec": spec,
-            }
-            self.api.request(
-                "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body=body
-            )
-
-    def _heartbeat_loop(self) -> None:
-        next_status = time.monotonic() + NODE_STATUS_INTERVAL
-        while not self.stop_event.wait(LEASE_RENEW_INTERVAL):
-            try:
-                self._renew_lease()
-                if time.monotonic() >= next_status:
-                    self._patch_node_status(ready=True)
-                    next_status = time.monotonic() + NODE_STATUS_INTERVAL
-            except Exception as exc:
-                log.warning("heartbeat failed: %r", exc)
+        return self.node.labels()
 
     # ---- informers
 
@@ -1335,7 +797,8 @@ class Kubelet:
                 f"{exc.status} {exc.reason} {exc.body or ''}".strip(),
             ) from exc
         token = str(answer["status"]["token"])
-        lifetime = max(60.0, parse_rfc3339(answer["status"]["expirationTimestamp"]) - time.time())
+        expires = parse_rfc3339(answer["status"]["expirationTimestamp"], "status.expirationTimestamp")
+        lifetime = max(60.0, expires - time.time())
         refresh_at = now + min(lifetime * TOKEN_REFRESH_FRACTION, TOKEN_MAX_AGE)
         runtime.tokens[need] = (token, refresh_at)
         runtime.token_refresh_at = min(t[1] for t in runtime.tokens.values())
@@ -1344,7 +807,7 @@ class Kubelet:
     def _write_pod_kubeconfig(self, runtime: PodRuntime) -> None:
         ca_path = runtime.dir / "cluster-ca.crt"
         if not ca_path.exists():
-            _write_atomic(ca_path, self.api.ca_pem, 0o644)
+            write_atomic(ca_path, self.api.ca_pem, 0o644)
         volume = next(
             v for c in runtime.containers if (v := podspec.service_account_volume(runtime.pod, c.spec))
         )
@@ -1372,7 +835,7 @@ class Kubelet:
         data = yaml.safe_dump(document, sort_keys=False).encode()
         path = runtime.dir / "kubeconfig"
         if not path.exists() or path.read_bytes() != data:
-            _write_atomic(path, data, 0o600)
+            write_atomic(path, data, 0o600)
 
     def _allocatable(self) -> dict[str, str]:
         return {
@@ -1926,147 +1389,7 @@ class Kubelet:
             for c in r.containers
             if c.popen is not None
         ]
-        _write_atomic(self.run_dir / "processes.json", json.dumps(records, indent=1).encode(), 0o644)
-
-
-# --- the kubelet API (logs only) -----------------------------------------------------------------
-
-
-def serving_certificate(directory: Path) -> tuple[Path, Path]:
-    """A serving certificate for 127.0.0.1 from a throwaway CA (created once per run directory). The
-    API server does not verify kubelet certificates unless given ``--kubelet-certificate-authority``."""
-    pair = CertificatePair(cert=directory / "kubelet.crt", key=directory / "kubelet.key")
-    if pair.cert.exists() and pair.key.exists():
-        return pair.cert, pair.key
-    directory.mkdir(parents=True, exist_ok=True)
-    CertificateAuthority.create("devcluster-kubelet-ca").issue_to_files(
-        pair, "devcluster-kubelet", server=True, ip_addresses=[ipaddress.ip_address(HOST_IP)]
-    )
-    return pair.cert, pair.key
-
-
-LOG_READ_LIMIT = 8 * 1024 * 1024
-FOLLOW_POLL_SECONDS = 0.2
-
-
-class KubeletServer:
-    """The slice of the kubelet API the API server proxies to: ``/containerLogs/<ns>/<pod>/<c>``
-    (so ``kubectl logs [-f] [--previous] [--tail N]`` works) and ``/healthz``, over HTTPS on
-    127.0.0.1 at a free port (published as the Node's kubeletEndpoint). exec, attach and
-    port-forward are not served. Read-only, loopback only, like every other devcluster port."""
-
-    def __init__(self, kubelet: Kubelet) -> None:
-        self.kubelet = kubelet
-        cert, key = serving_certificate(kubelet.run_dir / "serving")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("kubelet API: " + format, *args)
-
-        self.httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
-        self.httpd.daemon_threads = True
-        # The handshake happens in the request's own thread, not in the accept loop.
-        self.httpd.socket = context.wrap_socket(
-            self.httpd.socket, server_side=True, do_handshake_on_connect=False
-        )
-        self.port = int(self.httpd.server_address[1])
-
-    def start(self) -> None:
-        """Serve in a daemon thread."""
-        threading.Thread(target=self.httpd.serve_forever, name="kubelet-api", daemon=True).start()
-        log.info("kubelet API (logs) on https://%s:%d", HOST_IP, self.port)
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def handle(self, request: Any) -> None:
-        """Answer one GET."""
-        url = urlparse(request.path)
-        parts = [p for p in url.path.split("/") if p]
-        if parts in (["healthz"], ["readyz"], ["livez"]):
-            self._reply(request, 200, "ok")
-            return
-        if len(parts) != 4 or parts[0] != "containerLogs" or any(p.startswith(".") for p in parts):
-            self._reply(
-                request, 404, f"{url.path} is not served by the devcluster kubelet (only /containerLogs)"
-            )
-            return
-        _, namespace, pod, container = parts
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            tail = int(query["tailLines"]) if "tailLines" in query else None
-            limit = int(query["limitBytes"]) if "limitBytes" in query else None
-        except ValueError:
-            self._reply(request, 400, "tailLines and limitBytes must be integers")
-            return
-        found = self.kubelet.container_log(namespace, pod, container, query.get("previous") == "true")
-        if isinstance(found, str):
-            self._reply(request, 404, found)
-            return
-        path, live = found
-        request.send_response(200)
-        request.send_header("Content-Type", "text/plain; charset=utf-8")
-        request.end_headers()
-        try:
-            offset = self._send_existing(request, path, tail, limit)
-            if query.get("follow") == "true":
-                self._follow(request, path, offset, live)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
-
-    @staticmethod
-    def _reply(request: Any, status: int, text: str) -> None:
-        body = (text + "\n").encode()
-        request.send_response(status)
-        request.send_header("Content-Type", "text/plain; charset=utf-8")
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
-
-    @staticmethod
-    def _send_existing(request: Any, path: Path, tail: int | None, limit: int | None) -> int:
-        try:
-            with path.open("rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - LOG_READ_LIMIT))
-                data = handle.read()
-        except FileNotFoundError:
-            return 0
-        if tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail:]) if tail > 0 else b""
-        if limit is not None:
-            data = data[:limit]
-        request.wfile.write(data)
-        request.wfile.flush()
-        return size
-
-    def _follow(self, request: Any, path: Path, offset: int, live: Callable[[], bool]) -> None:
-        # Until the container run ends (or the kubelet stops, or the client goes away): bounded.
-        while True:
-            running = live()
-            try:
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read(1024 * 1024)
-            except FileNotFoundError:
-                chunk = b""
-            if chunk:
-                offset += len(chunk)
-                request.wfile.write(chunk)
-                request.wfile.flush()
-                continue
-            if not running:
-                return
-            time.sleep(FOLLOW_POLL_SECONDS)
+        write_atomic(self.run_dir / "processes.json", json.dumps(records, indent=1).encode(), 0o644)
 
 
 # --- files ----------------------------------------------------------------------------------------

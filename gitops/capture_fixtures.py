@@ -12,7 +12,7 @@ the state means, never from what the scripts return).
 
 Automatic incidents come from a Recommend-mode policy whose Redis is scaled to 0 and back. Running
 and Pending are too short-lived to catch reliably; those two are constructed in ``testdata/`` from the
-status the executor writes (``cache_operator/incident_executor.py``); their files say so.
+status the executor writes (``cache_operator/incidents/executor_io.py``); their files say so.
 """
 
 from __future__ import annotations

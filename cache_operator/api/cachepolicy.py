@@ -3,13 +3,12 @@ operator observed of it.
 
 The spec says which preset and overrides the cache engine runs with, where Redis is, which pods run
 it (``runtime``: pods the operator manages; ``selector``: existing application pods that embed the
-engine), how often to probe health and what remediation is allowed. The status is written only by the
-operator.
+engine), how often to probe health and what remediation is allowed. The status, written only by the
+operator, is :mod:`cache_operator.api.cachepolicy_status`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -20,20 +19,37 @@ from cache_operator.api.common import (
     DNS_SUBDOMAIN_PATTERN,
     ApiModel,
     CelRule,
-    Condition,
     CrdSchema,
     SecretKeySelector,
 )
+from cache_operator.api.k8s_validation import (
+    CEL_QUALIFIED_KEY,
+    LABEL_VALUE_ACCEPTED,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+    MAX_NODE_SELECTOR,
+    MAX_POD_ANNOTATIONS,
+    MAX_RESOURCES,
+    QUALIFIED_NAME_ACCEPTED,
+    RESOURCE_NAME_ACCEPTED,
+    check_map,
+    keys_rule,
+    label_value_error,
+    qualified_name_error,
+    quantity_map,
+    resource_name_error,
+)
+from cache_runtime.actions import IncidentAction
 from cache_runtime.config import (
     PRESET_NAMES,
     RANGES,
-    SCHEMA_EXCLUDED,
+    REDIS_URL_SCHEMES,
     ConfigError,
-    overrides_json_schema,
+    Preset,
+    merge_overrides,
     resolve_config,
 )
-from cache_runtime.diagnosis import DISRUPTIVE_ACTIONS as ENGINE_DISRUPTIVE_ACTIONS
-from cache_runtime.diagnosis import INCIDENT_ACTIONS
+from cache_runtime.config_schema import SCHEMA_EXCLUDED, overrides_json_schema
 
 KIND = "CachePolicy"
 PLURAL = "cachepolicies"
@@ -47,153 +63,11 @@ DEFAULT_ADMIN_PATH = "/internal/cache"
 # 63-character DNS label, so the policy name leaves room for the suffix.
 MAX_POLICY_NAME_LENGTH = 51
 
-Preset = Literal[
-    "disabled",
-    "minimal",
-    "simple",
-    "development",
-    "production",
-    "ai-development",
-    "ai-production",
-    "conservative",
-    "performance",
-]
-assert set(Preset.__args__) == set(PRESET_NAMES), "Preset must list exactly the engine's presets"  # type: ignore[attr-defined]
-
-IncidentAction = Literal[
-    "clear",
-    "invalidate",
-    "gc",
-    "reset-config",
-    "apply-preset",
-    "reconnect-redis",
-    "compress-existing",
-    "isolate",
-    "restore",
-    "diagnose",
-]
 RemediationMode = Literal["Off", "Recommend", "Auto"]
-assert set(IncidentAction.__args__) == set(INCIDENT_ACTIONS), (  # type: ignore[attr-defined]
-    "IncidentAction must list the engine's actions"
-)
-# Actions that change what pods serve or drop cached data; at most one runs per policy at a time.
-DISRUPTIVE_ACTIONS: frozenset[str] = ENGINE_DISRUPTIVE_ACTIONS & frozenset(INCIDENT_ACTIONS)
 DEFAULT_ALLOWED_ACTIONS: tuple[IncidentAction, ...] = ("gc", "reconnect-redis", "diagnose")
 
-_REDIS_URL_PATTERN = r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://.+$"
-_QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY_MAP_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": {
-        "anyOf": [{"type": "integer"}, {"type": "string"}],
-        "pattern": _QUANTITY_PATTERN,
-        "x-kubernetes-int-or-string": True,
-    },
-}
-
-# What the API server checks in the Deployment the operator renders, checked here first so the CRD
-# refuses such a spec naming the field (the operator still reports anything else the API server
-# refuses as Stalled/ChildRejected: cache_operator.child_rejection).
-# A qualified name (label key, annotation key, extended resource name): an optional DNS subdomain
-# prefix and '/', then up to 63 alphanumerics, '-', '_', '.' starting and ending alphanumeric.
-_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-QUALIFIED_NAME_PATTERN = f"^({_DNS_SUBDOMAIN}/)?{_NAME_PART}$"
-QUALIFIED_NAME_MAX = 253 + 1 + 63  # prefix / name
-QUALIFIED_NAME_ACCEPTED = (
-    "an optional DNS subdomain prefix and '/' (e.g. example.com/), then up to 63 alphanumerics, '-', '_' "
-    "or '.', starting and ending alphanumeric"
-)
-LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-LABEL_VALUE_MAX = 63
-LABEL_VALUE_ACCEPTED = (
-    "empty, or up to 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-)
-# Container resources: the standard ones, hugepages-<size>, or an extended resource (a qualified name
-# with a domain prefix outside kubernetes.io).
-STANDARD_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-RESOURCE_NAME_ACCEPTED = (
-    "cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource with a domain prefix "
-    "outside kubernetes.io (e.g. nvidia.com/gpu)"
-)
-MAX_POD_ANNOTATIONS = 64
-MAX_NODE_SELECTOR = 32
-MAX_RESOURCES = 16
-
-# CEL raw strings (r'...'): the regex's backslashes stay as they are.
-_CEL_QUALIFIED = f"size(k) <= {QUALIFIED_NAME_MAX} && k.matches(r'{QUALIFIED_NAME_PATTERN}')"
-_CEL_RESOURCE = (
-    "k in " + str(list(STANDARD_CONTAINER_RESOURCES)).replace('"', "'")
-    + " || k.startsWith('hugepages-') || (k.contains('/') && !k.contains('kubernetes.io/') && "
-    + _CEL_QUALIFIED + ")"
-)
-
-
-def _keys_rule(path: str, cel_ok: str, what: str, accepted: str) -> dict[str, Any]:
-    """A field-level CEL rule on a map: every key passes ``cel_ok`` (over ``k``); the message names the
-    field, the first refused key and what is accepted."""
-    head, tail = json.dumps(f"{path}: key "), json.dumps(f" is not {what}; accepted: {accepted}")
-    return {
-        "rule": f"self.all(k, {cel_ok})",
-        "message": f"{path}: every key must be {what}; accepted: {accepted}",
-        # CEL double-quoted literals escape like JSON; the first refused key is shown quoted.
-        "messageExpression": f"{head} + '\"' + self.filter(k, !({cel_ok}))[0] + '\"' + {tail}",
-    }
-
-
-def _quantity_map(path: str) -> CrdSchema:
-    """A requests/limits map: quantities by resource name, names checked as the API server does."""
-    schema = {
-        **_QUANTITY_MAP_SCHEMA,
-        "maxProperties": MAX_RESOURCES,
-        "x-kubernetes-validations": [
-            _keys_rule(path, _CEL_RESOURCE, "a container resource name", RESOURCE_NAME_ACCEPTED)
-        ],
-    }
-    return CrdSchema(schema)
-
-
-def qualified_name_error(key: str) -> str | None:
-    """Why ``key`` is not a qualified name (label or annotation key), or None when it is one."""
-    if len(key) > QUALIFIED_NAME_MAX or not re.match(QUALIFIED_NAME_PATTERN, key):
-        return f"is not a qualified name; accepted: {QUALIFIED_NAME_ACCEPTED}"
-    prefix, _, _ = key.rpartition("/")
-    if len(prefix) > 253:
-        return "has a prefix longer than 253 characters; accepted: " + QUALIFIED_NAME_ACCEPTED
-    return None
-
-
-def resource_name_error(name: str) -> str | None:
-    """Why ``name`` is not a container resource name the API server accepts, or None."""
-    if name in STANDARD_CONTAINER_RESOURCES or name.startswith("hugepages-"):
-        return None
-    if "/" in name and "kubernetes.io/" not in name and qualified_name_error(name) is None:
-        return None
-    return f"is not a container resource name; accepted: {RESOURCE_NAME_ACCEPTED}"
-
-
-def _check_map(path: str, data: Mapping[str, Any] | None, key_error: Any,
-               value_error: Any = None) -> None:
-    """Raise ValueError naming ``path``, the first refused key (or value) and what is accepted."""
-    for key, value in (data or {}).items():
-        problem = key_error(key)
-        if problem:
-            raise ValueError(f"{path}: key {key!r} {problem}")
-        problem = value_error(value) if value_error is not None else None
-        if problem:
-            raise ValueError(f"{path}[{key}]: value {value!r} {problem}")
-
-
-def label_value_error(value: str) -> str | None:
-    """Why ``value`` is not a label value, or None when it is one."""
-    if len(value) > LABEL_VALUE_MAX or not re.match(LABEL_VALUE_PATTERN, value):
-        return f"is not a label value; accepted: {LABEL_VALUE_ACCEPTED}"
-    return None
-
-
+# The engine's URL schemes (one table: cache_runtime.l2.urls.URL_SCHEMES), so the CRD accepts the same.
+_REDIS_URL_PATTERN = "^(" + "|".join(re.escape(scheme) for scheme in REDIS_URL_SCHEMES) + ")://.+$"
 # ------------------------------------------------------------------------------------------------
 # spec
 
@@ -305,14 +179,14 @@ class ResourceRequirements(ApiModel):
     """Compute resources of the runtime container (Kubernetes quantities, e.g. 100m, 256Mi)."""
 
     requests: Annotated[
-        dict[str, int | str] | None, _quantity_map("spec.runtime.resources.requests")
+        dict[str, int | str] | None, quantity_map("spec.runtime.resources.requests")
     ] = Field(
         default=None,
         max_length=MAX_RESOURCES,
         description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}. "
         "Names: " + RESOURCE_NAME_ACCEPTED + ".",
     )
-    limits: Annotated[dict[str, int | str] | None, _quantity_map("spec.runtime.resources.limits")] = Field(
+    limits: Annotated[dict[str, int | str] | None, quantity_map("spec.runtime.resources.limits")] = Field(
         default=None,
         max_length=MAX_RESOURCES,
         description="Maximum resources, e.g. {memory: 512Mi}. Keep memory above the L1 byte bound. "
@@ -322,7 +196,7 @@ class ResourceRequirements(ApiModel):
     @field_validator("requests", "limits")
     @classmethod
     def _resource_names(cls, value: dict[str, int | str] | None, info: Any) -> dict[str, int | str] | None:
-        _check_map(f"spec.runtime.resources.{info.field_name}", value, resource_name_error)
+        check_map(f"spec.runtime.resources.{info.field_name}", value, resource_name_error)
         return value
 
 
@@ -367,8 +241,8 @@ class RuntimeSpec(ApiModel):
                     "pattern": LABEL_VALUE_PATTERN,
                 },
                 "x-kubernetes-validations": [
-                    _keys_rule(
-                        "spec.runtime.nodeSelector", _CEL_QUALIFIED, "a label key", QUALIFIED_NAME_ACCEPTED
+                    keys_rule(
+                        "spec.runtime.nodeSelector", CEL_QUALIFIED_KEY, "a label key", QUALIFIED_NAME_ACCEPTED
                     )
                 ],
             }
@@ -386,9 +260,9 @@ class RuntimeSpec(ApiModel):
                 "type": "object",
                 "additionalProperties": {"type": "string"},
                 "x-kubernetes-validations": [
-                    _keys_rule(
+                    keys_rule(
                         "spec.runtime.podAnnotations",
-                        _CEL_QUALIFIED,
+                        CEL_QUALIFIED_KEY,
                         "an annotation key",
                         QUALIFIED_NAME_ACCEPTED,
                     )
@@ -405,13 +279,13 @@ class RuntimeSpec(ApiModel):
     @field_validator("node_selector")
     @classmethod
     def _node_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        _check_map("spec.runtime.nodeSelector", value, qualified_name_error, label_value_error)
+        check_map("spec.runtime.nodeSelector", value, qualified_name_error, label_value_error)
         return value
 
     @field_validator("pod_annotations")
     @classmethod
     def _pod_annotations(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        _check_map("spec.runtime.podAnnotations", value, qualified_name_error)
+        check_map("spec.runtime.podAnnotations", value, qualified_name_error)
         return value
 
 
@@ -680,8 +554,10 @@ class CachePolicySpec(ApiModel):
 
     def engine_overrides(self) -> dict[str, Any]:
         """spec.overrides merged with health thresholds and Redis settings known without Secrets."""
-        merged = _merge(
-            self.overrides, self.health.thresholds.engine_overrides() if self.health.thresholds else {}
+        merged = merge_overrides(
+            self.overrides,
+            self.health.thresholds.engine_overrides() if self.health.thresholds else {},
+            where="spec.overrides",
         )
         redis: dict[str, Any] = {}
         if self.redis is not None:
@@ -689,7 +565,7 @@ class CachePolicySpec(ApiModel):
                 redis["username"] = self.redis.username
             if self.redis.tls is not None and self.redis.tls.insecure_skip_verify:
                 redis["tls_verify"] = False
-        return _merge(merged, {"redis": redis}) if redis else merged
+        return merge_overrides(merged, {"redis": redis}, where="spec.overrides") if redis else merged
 
 
 def _check_keys(data: Mapping[Any, Any], path: str) -> None:
@@ -710,195 +586,3 @@ def _flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
         if isinstance(value, Mapping):
             keys |= _flat_keys(value, f"{path}.")
     return keys
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested merge; dotted keys of ``base`` are expanded first so ``extra`` wins over them too."""
-    out: dict[str, Any] = {}
-    for source in (base, extra):
-        for key, value in source.items():
-            parts = key.split(".")
-            target = out
-            for part in parts[:-1]:
-                target = target.setdefault(part, {})
-                if not isinstance(target, dict):
-                    raise ValueError(f"spec.overrides.{key}: {part!r} is a parameter group, not a value")
-            leaf = parts[-1]
-            if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
-                target[leaf] = _merge(target[leaf], value)
-            elif isinstance(value, Mapping):
-                target[leaf] = _merge({}, value)
-            else:
-                target[leaf] = value
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# status
-
-
-class PodCounts(ApiModel):
-    """Counts of target pods."""
-
-    desired: int = Field(
-        default=0, ge=0, description="Pods that should run the cache (replicas, or pods selected)."
-    )
-    ready: int = Field(default=0, ge=0, description="Target pods that are Ready.")
-    configured: int = Field(default=0, ge=0, description="Target pods that report the desired config hash.")
-    summary: str = Field(default="0/0", description="ready/desired, for `kubectl get`.")
-
-
-class TargetPodStatus(ApiModel):
-    """What the operator last saw of one target pod."""
-
-    name: str = Field(description="Pod name.")
-    ip: str | None = Field(default=None, description="Pod IP the operator talks to.")
-    ready: bool = Field(default=False, description="The pod's Ready condition.")
-    config_hash: str | None = Field(default=None, description="Hash of the config the pod reports in force.")
-    health: str | None = Field(
-        default=None, description="The pod's own health verdict (healthy/degraded/unhealthy)."
-    )
-    last_error: str | None = Field(default=None, description="Last push or probe error for this pod, if any.")
-
-
-RedisState = Literal["Connected", "Degraded", "Disconnected", "Disabled", "Unknown"]
-HealthVerdict = Literal["Healthy", "Degraded", "Unhealthy", "Unknown"]
-
-
-class HealthSummary(ApiModel):
-    """Aggregated health of the target pods at the last probe."""
-
-    status: HealthVerdict = Field(default="Unknown", description="Worst verdict over the pods.")
-    hit_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Overall hit rate (0..1) over all tiers."
-    )
-    hit_rate_percent: str | None = Field(
-        default=None, description="hitRate as a percentage, for `kubectl get`."
-    )
-    l1_hit_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Hit rate of the in-memory tier (0..1)."
-    )
-    memory_bytes: int | None = Field(
-        default=None, ge=0, description="L1 memory summed over the pods (bytes)."
-    )
-    p95_latency_ms: float | None = Field(
-        default=None, ge=0, description="Worst per-pod p95 operation latency (ms)."
-    )
-    redis: RedisState = Field(default="Unknown", description="Redis state: worst over the pods.")
-    last_probe_time: str | None = Field(
-        default=None,
-        description="When the pods were last probed (RFC 3339).",
-        json_schema_extra={"format": "date-time"},
-    )
-    message: str | None = Field(default=None, description="Short explanation of a non-Healthy verdict.")
-
-
-class ActiveOverride(ApiModel):
-    """A time-boxed setting change from an incident; the spec stays untouched (GitOps owns it)."""
-
-    preset: Preset | None = Field(default=None, description="Preset in force instead of spec.preset.")
-    overrides: dict[str, Any] | None = Field(
-        default=None,
-        description="Engine overrides in force on top of the spec's.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-    )
-    incident: str = Field(description="Name of the CacheIncident that set the override.")
-    expires_at: str = Field(
-        description="When the override is lifted (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-
-
-class ActiveIsolation(ApiModel):
-    """Pods an ``isolate`` incident put in maintenance mode, and when the operator restores them."""
-
-    incident: str = Field(description="Name of the CacheIncident that isolated the pods.")
-    incident_uid: str = Field(
-        description="Its UID: the restore calls' idempotency keys are <uid>:restore-expired:<pod>."
-    )
-    pods: list[str] = Field(
-        default_factory=list,
-        max_length=1000,
-        description="Pods isolated (and not restored since).",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
-    )
-    expires_at: str = Field(
-        description="When the operator restores them (RFC 3339); deleting the incident restores them at "
-        "once.",
-        json_schema_extra={"format": "date-time"},
-    )
-
-
-class SymptomState(ApiModel):
-    """Detection state of one symptom, kept in the cluster so an operator restart keeps hysteresis."""
-
-    name: str = Field(description="Symptom, e.g. LowHitRate, HighMemory, RedisUnavailable.")
-    active: bool = Field(default=False, description="The symptom held for the configured consecutive probes.")
-    consecutive: int = Field(
-        default=0, ge=0, description="Consecutive probes agreeing with the opposite state."
-    )
-    since: str | None = Field(
-        default=None,
-        description="When the symptom was first seen in this episode (RFC 3339).",
-        json_schema_extra={"format": "date-time"},
-    )
-    incident: str | None = Field(
-        default=None,
-        description="The automatic CacheIncident opened for this episode (set while active); an "
-        "episode never gets a second one.",
-    )
-
-
-class ActionRecord(ApiModel):
-    """The last automatic run of an action, for cooldowns kept in the cluster."""
-
-    action: IncidentAction = Field(description="The action.")
-    incident: str = Field(description="The CacheIncident that ran it.")
-    at: str = Field(description="When it started (RFC 3339).", json_schema_extra={"format": "date-time"})
-
-
-class CachePolicyStatus(ApiModel):
-    """Observed state, written by the operator."""
-
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation the status was computed from."
-    )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Ready, Reconciling, Stalled, ConfigApplied, Healthy, RedisConnected.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    preset: str | None = Field(
-        default=None, description="Preset in force (spec.preset or an incident's override)."
-    )
-    config_hash: str | None = Field(
-        default=None, description="sha256 of the resolved config the pods should run."
-    )
-    pods: PodCounts | None = Field(default=None, description="Target pod counts.")
-    targets: list[TargetPodStatus] | None = Field(default=None, max_length=1000, description="Per-pod view.")
-    health: HealthSummary | None = Field(default=None, description="Aggregated health at the last probe.")
-    active_incidents: list[str] | None = Field(
-        default=None,
-        description="Names of this policy's open CacheIncidents: not in a terminal phase, or automatic "
-        "with a symptom that has not cleared.",
-    )
-    override: ActiveOverride | None = Field(default=None, description="Time-boxed override in force, if any.")
-    isolation: ActiveIsolation | None = Field(
-        default=None, description="Time-boxed isolation (maintenance mode) of pods, if any."
-    )
-    symptoms: list[SymptomState] | None = Field(
-        default=None, description="Detection state per symptom (only symptoms seen or active)."
-    )
-    last_detection_time: str | None = Field(
-        default=None,
-        description="When detection last counted a probe pass (RFC 3339); passes closer together "
-        "than the probe interval are not counted.",
-        json_schema_extra={"format": "date-time"},
-    )
-    last_garbage_collection_time: str | None = Field(
-        default=None,
-        description="When finished incidents were last checked for deletion (RFC 3339).",
-        json_schema_extra={"format": "date-time"},
-    )
-    last_actions: list[ActionRecord] | None = Field(
-        default=None, description="Last automatic run per action (cooldowns survive a restart)."
-    )

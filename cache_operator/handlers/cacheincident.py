@@ -1,4 +1,4 @@
-"""kopf handlers of CacheIncident: thin, they only call :mod:`cache_operator.incident_executor`.
+"""kopf handlers of CacheIncident: thin, they only call :mod:`cache_operator.incidents.executor_io`.
 
 Create and resume run the same idempotent executor: it re-reads the incident, returns at once when it is
 terminal, and otherwise resumes from the per-pod records in status. Deletion lifts the incident's
@@ -14,7 +14,7 @@ import kopf
 
 from cache_operator.api.cacheincident import PLURAL
 from cache_operator.api.common import GROUP, VERSION
-from cache_operator.incident_executor import (
+from cache_operator.incidents.executor_io import (
     Deferred,
     IncidentRef,
     PodActionCaller,

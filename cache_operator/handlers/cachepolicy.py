@@ -22,9 +22,10 @@ import kopf
 
 from cache_operator.api.cachepolicy import PLURAL
 from cache_operator.api.common import API_VERSION, GROUP, VERSION
-from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.k8s import KubeError
-from cache_operator.reconcile import PolicyRef, ReconcileOutcome, handle_delete, handle_reconcile
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import ReconcileOutcome, handle_delete, handle_reconcile
+from cache_runtime.timefmt import parse_rfc3339
 
 CONVERGE_INTERVAL_S = 1.0
 DEFAULT_PROBE_INTERVAL_S = 15.0

@@ -22,7 +22,7 @@ from typing import Any
 
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.incidents.naming import SYMPTOMS
-from cache_operator.incidents.timefmt import rfc3339
+from cache_runtime.timefmt import rfc3339
 
 CONFIG_DRIFT = "ConfigDrift"
 # Symptoms the runtime's health report names and the operator turns into incidents (all but ConfigDrift,

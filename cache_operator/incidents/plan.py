@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 from pydantic import ValidationError
 
 from cache_operator.api.cacheincident import CacheIncidentSpec
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255  # the runtime's limit (cache_runtime.service.idempotency.MAX_KEY_LENGTH)

@@ -16,8 +16,8 @@ from cache_operator.api.cacheincident import RECOMMEND_ONLY_SYMPTOMS, TERMINAL_P
 from cache_operator.api.cachepolicy import RemediationSpec
 from cache_operator.incidents.lifecycle import tracks_symptom
 from cache_operator.incidents.naming import LABEL_SOURCE, SOURCE_AUTO
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
-from cache_runtime.diagnosis import DISRUPTIVE_ACTIONS, INCIDENT_ACTIONS
+from cache_runtime.actions import DISRUPTIVE_ACTIONS, INCIDENT_ACTIONS
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 # How soon to look again when an action waits for another incident to finish: about a probe interval.
 RECHECK_SECONDS = 15.0

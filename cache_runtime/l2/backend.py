@@ -25,17 +25,24 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.exceptions import NoPermissionError, ResponseError
 
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
-from cache_runtime.l2.coherence import CoherenceListener
+from cache_runtime.l2.coherence import (
+    CoherenceListener,
+    CoherenceMessage,
+    KeysChanged,
+    NamespaceBumped,
+    encode_message,
+)
 from cache_runtime.l2.connect import RedisClients, build_clients, mask_url, parse_redis_url, scrub_secrets
 from cache_runtime.l2.errors import BREAKER_KINDS, ERROR_KINDS, classify_error, describe_error
 from cache_runtime.l2.settings import RedisSettings
 
-__all__ = ["CONNECTION_FIELDS", "RedisL2"]
+__all__ = ["CONNECTION_FIELDS", "OutageReplay", "RedisL2", "ReplayOutcome"]
 
 logger = logging.getLogger("cache_runtime.l2")
 
@@ -162,6 +169,34 @@ def summarize_memory_info(nodes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     used, limit = summary.get("used_memory"), summary.get("maxmemory")
     summary["used_memory_ratio"] = (used / limit) if used is not None and limit else None
     return summary
+
+
+# Keys per UNLINK (and per coherence message) when an outage journal is replayed.
+_REPLAY_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class OutageReplay:
+    """What an engine changed while Redis did not take it, to be replayed in one go
+    (built by :class:`cache_runtime.outage_journal.OutageJournal`)."""
+
+    upto: int  # the journal's sequence the replay covers
+    own_namespace: str
+    version_key: Callable[[str], str]  # namespace -> the Redis counter of its version
+    key_prefix: Callable[[int], str]  # version of own_namespace -> prefix of its keys
+    bump: tuple[str, ...]  # namespaces whose version to INCR
+    patterns: tuple[tuple[str, CoherenceMessage], ...]  # (full glob, what to broadcast once unlinked)
+    keys: tuple[str, ...]  # logical keys of own_namespace to UNLINK
+    channel: str | None  # coherence channel (None: broadcast nothing)
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """The namespace versions Redis holds after a replay, and how many keys it unlinked."""
+
+    versions: dict[str, int]
+    keys: int
 
 
 class RedisL2:
@@ -571,6 +606,46 @@ class RedisL2:
         else:
             self._breaker.reset()
         return result
+
+    async def replay_outage(self, replay: OutageReplay) -> ReplayOutcome | None:
+        """Replay an outage journal past the breaker (:meth:`run_direct`): read this namespace's
+        version, INCR every namespace to bump, SCAN+UNLINK every pattern, UNLINK the keys (under the
+        version just read), broadcasting each on the coherence channel. None when Redis failed: the
+        journal keeps everything and the engine tries again."""
+        channel, origin, own = replay.channel, replay.origin, replay.own_namespace
+        scan_count = self.settings.scan_count
+
+        async def publish(client: Any, message: CoherenceMessage) -> None:
+            if channel is not None:
+                await client.publish(channel, encode_message(message, origin))
+
+        async def run(client: Any) -> ReplayOutcome:
+            versions: dict[str, int] = {}
+            # The version first: the keys to delete live under the version Redis has now.
+            raw = await client.get(replay.version_key(own))
+            versions[own] = int(raw) if raw is not None else 0
+            for namespace in replay.bump:
+                versions[namespace] = int(await client.execute_command("INCR", replay.version_key(namespace)))
+                await publish(client, NamespaceBumped(namespace, versions[namespace]))
+            for full, message in replay.patterns:
+                pending: list[bytes] = []
+                async for found in client.scan_iter(match=full, count=scan_count):
+                    pending.append(found)
+                    if len(pending) >= _REPLAY_BATCH:
+                        await client.unlink(*pending)
+                        pending = []
+                if pending:
+                    await client.unlink(*pending)
+                await publish(client, message)
+            prefix = replay.key_prefix(versions[own])
+            keys = replay.keys
+            for start in range(0, len(keys), _REPLAY_BATCH):
+                chunk = keys[start : start + _REPLAY_BATCH]
+                await client.unlink(*[prefix + key for key in chunk])
+                await publish(client, KeysChanged(own, chunk))
+            return ReplayOutcome(versions, len(keys))
+
+        return await self.run_direct(run)
 
     # ------------------------------------------------------------------ reads
 

@@ -12,9 +12,14 @@ Each time the subscription is re-established after a drop, ``on_reset()`` is cal
 SUBSCRIBE is confirmed and before any further message is delivered: everything published while the
 listener was away is then covered by the reset (the facade clears or epoch-bumps L1).
 
-Messages are opaque bytes. For measuring coherence lag, ``pack_stamped``/``unpack_stamped`` put a
-wall-clock timestamp in front of a payload; the publisher and the subscriber are different pods, so
-wall time (not monotonic time) is the only clock they share.
+The listener delivers opaque bytes. For measuring coherence lag, ``pack_stamped``/``unpack_stamped``
+put a wall-clock timestamp in front of a payload; the publisher and the subscriber are different pods,
+so wall time (not monotonic time) is the only clock they share.
+
+What the engine says on the channel is typed here, once: :class:`KeysChanged`,
+:class:`PatternInvalidated`, :class:`NamespaceBumped` and :class:`NamespaceCleared`, written by
+:func:`encode_message` and read by :func:`decode_message` (a stamped JSON object; the wire format is
+``{"k": kind, ..., "o": origin}``).
 """
 
 from __future__ import annotations
@@ -29,11 +34,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from cache_runtime.l2.connect import RedisClients, build_subscriber_client, parse_redis_url, scrub_secrets
 from cache_runtime.l2.errors import classify_error, describe_error
 from cache_runtime.l2.settings import RedisSettings
 
-__all__ = ["CoherenceListener", "StampedMessage", "lag_seconds", "pack_stamped", "unpack_stamped"]
+__all__ = [
+    "CoherenceListener",
+    "CoherenceMessage",
+    "KeysChanged",
+    "NamespaceBumped",
+    "NamespaceCleared",
+    "PatternInvalidated",
+    "Received",
+    "StampedMessage",
+    "decode_message",
+    "encode_message",
+    "lag_seconds",
+    "pack_stamped",
+    "unpack_stamped",
+]
 
 logger = logging.getLogger("cache_runtime.l2.coherence")
 
@@ -82,6 +103,108 @@ def lag_seconds(stamped: StampedMessage, now_ns: int | None = None) -> float:
     """Seconds between publication and now (never negative: clocks of two pods may disagree slightly)."""
     now = time.time_ns() if now_ns is None else now_ns
     return max(0.0, (now - stamped.sent_ns) / 1e9)
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+
+@dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """Keys of ``namespace`` written or deleted by another pod. ``fingerprints`` (one per key) are of
+    the bytes written, so a pod whose L1 holds exactly those bytes keeps them; None: deleted."""
+
+    namespace: str
+    keys: tuple[str, ...]
+    fingerprints: tuple[int | None, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatternInvalidated:
+    """Every key matching ``pattern`` (a full Redis glob, prefix included) was invalidated."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceBumped:
+    """The version of ``namespace`` moved to ``version`` (None: unknown, the bump did not reach Redis)."""
+
+    namespace: str
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceCleared:
+    """Everything of ``namespace`` was cleared."""
+
+    namespace: str
+
+
+CoherenceMessage = KeysChanged | PatternInvalidated | NamespaceBumped | NamespaceCleared
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A decoded message: what it says (None when its kind or fields are not understood), who sent it,
+    and the stamp (for the lag)."""
+
+    message: CoherenceMessage | None
+    origin: Any
+    stamped: StampedMessage
+
+
+def encode_message(message: CoherenceMessage, origin: str, now_ns: int | None = None) -> bytes:
+    """The stamped wire form of ``message`` from the engine called ``origin``."""
+    body: dict[str, Any]
+    if isinstance(message, KeysChanged):
+        body = {"k": "keys", "ns": message.namespace, "keys": list(message.keys)}
+        if message.fingerprints is not None:
+            body["f"] = list(message.fingerprints)
+    elif isinstance(message, PatternInvalidated):
+        body = {"k": "pattern", "p": message.pattern}
+    elif isinstance(message, NamespaceBumped):
+        body = {"k": "ns", "ns": message.namespace, "v": message.version}
+    else:
+        body = {"k": "clear", "ns": message.namespace}
+    body["o"] = origin
+    return pack_stamped(orjson.dumps(body), now_ns)
+
+
+def decode_message(raw: bytes) -> Received:
+    """Read a message written by :func:`encode_message`; ValueError when it is not a stamped JSON
+    object. Fields of the wrong type make ``message`` None (nothing to act on), never an error."""
+    stamped = unpack_stamped(raw)
+    try:
+        body = orjson.loads(stamped.payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"coherence message: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("coherence message: not an object")
+    return Received(_message_of(body), body.get("o"), stamped)
+
+
+def _message_of(body: dict[str, Any]) -> CoherenceMessage | None:
+    kind = body.get("k")
+    namespace = body.get("ns")
+    if kind == "pattern":
+        pattern = body.get("p")
+        return PatternInvalidated(pattern) if isinstance(pattern, str) else None
+    if not isinstance(namespace, str):
+        return None
+    if kind == "ns":
+        version = body.get("v")
+        return NamespaceBumped(namespace, version if isinstance(version, int) else None)
+    if kind == "clear":
+        return NamespaceCleared(namespace)
+    if kind == "keys" and isinstance(body.get("keys"), list):
+        keys: list[Any] = body["keys"]
+        prints = body.get("f")
+        if not (isinstance(prints, list) and len(prints) == len(keys)):
+            prints = [None] * len(keys)
+        pairs = [(key, p if isinstance(p, int) else None) for key, p in zip(keys, prints, strict=True)
+                 if isinstance(key, str)]
+        return KeysChanged(namespace, tuple(k for k, _ in pairs), tuple(p for _, p in pairs))
+    return None
 
 
 ClientFactory = Callable[[RedisSettings, int], RedisClients]

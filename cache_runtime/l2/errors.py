@@ -10,8 +10,9 @@ type) or local congestion (pool exhausted) and must not switch reads off.
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
-__all__ = ["BREAKER_KINDS", "ERROR_KINDS", "classify_error", "describe_error"]
+__all__ = ["BREAKER_KINDS", "ERROR_KINDS", "RedisSettingsError", "classify_error", "describe_error"]
 
 #: Every kind that stats() reports, in a stable order.
 ERROR_KINDS: tuple[str, ...] = (
@@ -95,3 +96,15 @@ def describe_error(exc: BaseException) -> str:
     if code and not message.startswith(code):
         message = f"{code} {message}"
     return f"{exc.__class__.__name__}: {message}"
+
+
+class RedisSettingsError(ValueError):
+    """A Redis setting was rejected; names the field, the (masked) value and what is accepted."""
+
+    def __init__(self, field_name: str, value: Any, accepted: str, reason: str | None = None) -> None:
+        self.field = field_name
+        self.value = value
+        self.accepted = accepted
+        self.reason = reason
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"{field_name}: invalid value {value!r}{detail}; accepted: {accepted}")

@@ -14,21 +14,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cache_runtime.l2.errors import RedisSettingsError
+from cache_runtime.l2.urls import parse_redis_url
+
 __all__ = ["RedisSettings", "RedisSettingsError"]
 
 _GLOB_CHARACTERS = "*?[]\\"
-
-
-class RedisSettingsError(ValueError):
-    """A Redis setting was rejected; names the field, the (masked) value and what is accepted."""
-
-    def __init__(self, field_name: str, value: Any, accepted: str, reason: str | None = None) -> None:
-        self.field = field_name
-        self.value = value
-        self.accepted = accepted
-        self.reason = reason
-        detail = f" ({reason})" if reason else ""
-        super().__init__(f"{field_name}: invalid value {value!r}{detail}; accepted: {accepted}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
@@ -120,9 +111,6 @@ class RedisSettings:
 
     def __post_init__(self) -> None:
         """Validate every field; the URL is parsed once here so a bad one fails at config time."""
-        # Imported here because connect imports this module.
-        from cache_runtime.l2.connect import parse_redis_url
-
         if not isinstance(self.url, str):
             raise RedisSettingsError("redis.url", self.url, "a Redis URL string")
         parsed = parse_redis_url(self.url)

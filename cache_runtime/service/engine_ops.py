@@ -427,8 +427,8 @@ class EngineOps:
         """Drop expired L1 entries now instead of waiting for the amortised sweep."""
         l1 = self.cache.l1
         if dry_run:
-            # The engine cannot count expired entries without dropping them (requested from E1), so
-            # a dry run reports how many entries the purge would examine.
+            # L1 has no way to count expired entries without dropping them (its sweep removes what it
+            # finds), so a dry run reports how many entries the purge would examine.
             return {
                 "l1_expired_removed": None,
                 "l1_entries_examined": len(l1),
@@ -442,7 +442,7 @@ class EngineOps:
         Service-level implementation over public engine methods: each live L1 entry at or above the
         compression threshold is written again with its remaining TTL, which re-encodes it (lz4
         where it pays) in Redis and L1. Redis entries that are not in this pod's L1 are left alone
-        (they are re-encoded when next written); see the engine request in the issue note.
+        (they are re-encoded when next written): the engine has no scan of Redis values to re-encode.
         """
         cache = self.cache
         l1 = cache.l1

@@ -52,6 +52,7 @@ import httpx
 
 from cache_operator import render
 from devcluster.podsecurity import namespace_manifest
+from tests.e2e.support import redis_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = "cache"
@@ -69,45 +70,6 @@ PROXY_DELAY_MS = 40
 INCIDENTS = "cacheincidents.cachewarden.io"
 
 
-def redis_manifest(password: str | None = None) -> str:
-    """A Redis Deployment and Service (``redis:7`` is Debian's redis-server on devcluster), passing the
-    restricted Pod Security profile the lab's namespace enforces (uid 999: the official image's user)."""
-    args = ["--save", "", "--appendonly", "no"]
-    probe = ["redis-cli", "ping"]
-    if password:
-        args += ["--requirepass", password]
-        probe = ["redis-cli", "--no-auth-warning", "-a", password, "ping"]
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: redis}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: redis}}}}
-  template:
-    metadata: {{labels: {{app: redis}}}}
-    spec:
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 999
-        seccompProfile: {{type: RuntimeDefault}}
-      containers:
-        - name: redis
-          image: redis:7
-          args: {json.dumps(args)}
-          ports: [{{name: redis, containerPort: 6379}}]
-          readinessProbe: {{exec: {{command: {json.dumps(probe)}}}, periodSeconds: 1}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            capabilities: {{drop: [ALL]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: redis}}
-spec:
-  selector: {{app: redis}}
-  ports: [{{name: redis, port: 6379, targetPort: redis}}]
-"""
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = POLL_S) -> Any:

@@ -26,15 +26,15 @@ import pytest
 from cache_operator.incidents.naming import LABEL_SOURCE, LABEL_SYMPTOM
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, WaitTimeout, wait_for
-from tests.e2e.test_incidents import journal
-from tests.e2e.test_operator import (
+from tests.e2e.support import (
     READY_TIMEOUT,
     REDIS,
     OperatorProcess,
-    _metric,
     admin_token,
     crds,
     get_policy,
+    journal,
+    metric_value,
     policy_yaml,
     ready_policy,
     runtime_pods,
@@ -261,7 +261,7 @@ def test_redis_stopped_opens_diagnoses_remediates_and_resolves(
         metrics = operator.metrics()
         for event in ("opened", "resolved"):
             sample = f'cachewarden_operator_auto_incidents_total{{event="{event}",symptom="{SYMPTOM}"}}'
-            assert _metric(metrics, sample) == 1.0, (sample, metrics)
+            assert metric_value(metrics, sample) == 1.0, (sample, metrics)
     finally:
         # While the operator runs (its finalizers are on these objects).
         kube.kubectl("delete", "cacheincidents", "--all", "-n", namespace, "--timeout", "60s", check=False)

@@ -21,7 +21,7 @@ import yaml
 
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
-from cache_operator.reconcile import rewrite_redis_host
+from cache_operator.policy_inputs import rewrite_redis_host
 from devcluster.cluster import Cluster
 from devcluster.pki import pki_layout
 from devcluster.testing import KubeTools, namespace_manifest, wait_for

@@ -28,8 +28,8 @@ import yaml
 
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, restricted_namespace, wait_for
-from tests.e2e.test_operator import OperatorProcess
-from tests.unit.test_gitops_health import argo_health, flux_health
+from tests.e2e.support import OperatorProcess
+from tests.gitops_health import argo_health, flux_health
 
 __all__ = ["restricted_namespace"]
 

@@ -43,7 +43,7 @@ from cache_operator.api.cacheincident import ACTION_PARAMETERS
 from devcluster.cluster import Cluster
 from devcluster.controlplane import https_request
 from devcluster.testing import wait_for
-from tests.e2e.test_operator import OperatorProcess, crds, operator
+from tests.e2e.support import OperatorProcess, crds, operator
 
 __all__ = ["crds", "operator"]  # fixtures, reused
 

@@ -30,7 +30,7 @@ from tests.e2e.fault_scenarios import (
     lab_for,
     run_scenario,
 )
-from tests.e2e.test_operator import OperatorProcess, crds, serve_operator
+from tests.e2e.support import OperatorProcess, crds, serve_operator
 
 __all__ = ["crds"]  # the CRDs fixture, reused
 

@@ -23,36 +23,29 @@ import pytest
 
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
-from tests.e2e.test_operator import (
+from tests.e2e.support import INCIDENT_POLICY as POLICY
+from tests.e2e.support import (
+    JOURNAL_NAME,
     READY_TIMEOUT,
     REDIS,
     OperatorProcess,
     admin_token,
     crds,
+    executed,
+    incident_yaml,
+    journal,
     pod_hash,
+    pods_of,
     policy_yaml,
     ready_policy,
-    runtime_pods,
+    results_by_pod,
+    terminal,
     wait_dict,
 )
 
 __all__ = ["crds"]  # the CRDs fixture, reused
 
-POLICY = "web"
 REPLICAS = 3
-# Runtime route names as the pods' action journal counts them.
-JOURNAL_NAME = {
-    "clear": "clear",
-    "invalidate": "invalidate",
-    "gc": "gc",
-    "reset-config": "reset-config",
-    "reconnect-redis": "redis/reconnect",
-    "compress-existing": "compress-existing",
-    "isolate": "emergency/isolate",
-    "restore": "emergency/restore",
-}
-
-
 class OperatorSlot:
     """The module's operator process, replaceable: the restart-safety test kills and restarts it."""
 
@@ -149,61 +142,10 @@ def _operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def pods_of(kube: KubeTools, ns: str) -> list[dict[str, Any]]:
-    """The policy's Running runtime pods, by name."""
-    pods = [p for p in runtime_pods(kube, ns, POLICY) if p["status"].get("phase") == "Running"]
-    return sorted(pods, key=lambda p: p["metadata"]["name"])
-
-
-def journal(pod: dict[str, Any], token: str) -> dict[str, Any]:
-    """The pod's own action counters (GET /internal/cache/actions)."""
-    response = httpx.get(
-        f"http://{pod['status']['podIP']}:8080/internal/cache/actions",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=5,
-    )
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def executed(kube: KubeTools, ns: str, action: str, dry_run: bool = False) -> dict[str, int]:
-    """Per pod: how many times it executed ``action`` (or dry-ran it)."""
-    token = admin_token(kube, ns, POLICY)
-    key = "dry_runs" if dry_run else "executed"
-    return {
-        p["metadata"]["name"]: int(journal(p, token).get(key, {}).get(JOURNAL_NAME[action], 0))
-        for p in pods_of(kube, ns)
-    }
-
-
-def incident_yaml(name: str, spec: dict[str, Any]) -> str:
-    """A CacheIncident manifest."""
-    return json.dumps(
-        {
-            "apiVersion": "cachewarden.io/v1alpha1",
-            "kind": "CacheIncident",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
-
-
-def terminal(kube: KubeTools, ns: str, name: str) -> dict[str, Any] | None:
-    """The incident once its phase is terminal, else None."""
-    inc = kube.kubectl_json("get", "cacheincident", name, "-n", ns)
-    return inc if (inc.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Skipped") else None
-
-
 def run_incident(kube: KubeTools, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Create the incident and wait for it to end; returns it."""
     kube.apply(incident_yaml(name, {"policyRef": {"name": POLICY}, **spec}), ns)
     return wait_dict(lambda: terminal(kube, ns, name), 90, f"incident {name} terminal")
-
-
-def results_by_pod(inc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """status.results keyed by pod."""
-    return {r["pod"]: r for r in inc["status"].get("results") or []}
 
 
 def cond(inc: dict[str, Any], type_: str) -> dict[str, Any]:

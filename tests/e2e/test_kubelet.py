@@ -21,7 +21,7 @@ from kubernetes import client as k8s_client
 
 from devcluster.cluster import Cluster
 from devcluster.controlplane import ApiError, process_start_ticks
-from devcluster.kubelet import Informer, KubeApi, raw_watch_func
+from devcluster.kubeapi import Informer, KubeApi, raw_watch_func
 from devcluster.testing import KubeTools, restricted_pod_spec, wait_for
 
 TIMEOUT = 90.0

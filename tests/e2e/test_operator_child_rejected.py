@@ -17,7 +17,7 @@ import pytest
 
 from cache_operator import render
 from devcluster.testing import KubeTools, wait_for
-from tests.e2e.test_operator import (
+from tests.e2e.support import (
     OperatorProcess,
     condition,
     crds,

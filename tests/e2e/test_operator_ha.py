@@ -39,18 +39,22 @@ from cache_operator.cli import build_parser
 from cache_operator.main import peering_objects
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
-from tests.e2e.test_incidents import POLICY, executed, incident_yaml, results_by_pod, terminal
-from tests.e2e.test_operator import (
+from tests.e2e.support import INCIDENT_POLICY as POLICY
+from tests.e2e.support import (
     READY_TIMEOUT,
     REDIS,
-    _free_port,
     admin_token,
     crds,
+    executed,
     expected_hash,
+    free_port,
+    incident_yaml,
     pod_hash,
     policy_yaml,
     ready_policy,
+    results_by_pod,
     runtime_pods,
+    terminal,
     wait_dict,
 )
 
@@ -68,8 +72,8 @@ class Replica:
 
     def __init__(self, cluster: Cluster, namespace: str, priority: int, log_path: Path) -> None:
         self.priority = priority
-        self.metrics_port = _free_port()
-        self.liveness_port = _free_port()
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
         self.log_path = log_path
         argv = [
             str(Path(sys.executable).parent / "cachewarden"),

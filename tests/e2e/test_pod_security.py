@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from cache_operator import render
@@ -32,13 +31,14 @@ from devcluster.testing import (
     restricted_namespace,
     wait_for,
 )
-from tests.e2e.test_operator import (
+from tests.e2e.support import (
     READY_TIMEOUT,
     OperatorProcess,
     crds,
     operator,
     policy_yaml,
     ready_policy,
+    redis_manifest,
     runtime_pods,
     wait_dict,
 )
@@ -49,44 +49,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cachewarden"
 RESTRICTED_VIOLATION = 'violates PodSecurity "restricted:latest"'
 WOULD_VIOLATE = 'would violate PodSecurity "restricted:latest"'
-
-# A Redis that passes the restricted profile, hardened beyond it (read-only root file system, no
-# ServiceAccount token). The devcluster kubelet ignores securityContext; a real kubelet runs it as
-# uid 999, which is the official image's redis user.
-RESTRICTED_REDIS = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: redis}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: redis}}
-  template:
-    metadata: {labels: {app: redis}}
-    spec:
-      automountServiceAccountToken: false
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 999
-        runAsGroup: 999
-        seccompProfile: {type: RuntimeDefault}
-      containers:
-        - name: redis
-          image: redis:7
-          args: ["--save", "", "--appendonly", "no"]
-          ports: [{name: redis, containerPort: 6379}]
-          readinessProbe: {exec: {command: [redis-cli, ping]}, periodSeconds: 1}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: [ALL]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: redis}
-spec:
-  selector: {app: redis}
-  ports: [{name: redis, port: 6379, targetPort: redis}]
-"""
 
 BARE_POD: dict[str, Any] = {
     "apiVersion": "v1",
@@ -254,10 +216,7 @@ def test_runtime_pods_run_in_a_restricted_namespace(
     ns = restricted_namespace
     kube.kubectl("create", "secret", "generic", "redis-auth", "-n", ns,
                  "--from-literal=password=pod-sec-pw-1")
-    redis = RESTRICTED_REDIS.replace(
-        'args: ["--save", "", "--appendonly", "no"]',
-        'args: ["--save", "", "--appendonly", "no", "--requirepass", "pod-sec-pw-1"]',
-    )
+    redis = redis_manifest(password="pod-sec-pw-1")
     result = kube.apply(redis, ns)
     assert "PodSecurity" not in result.stderr, result.stderr
     spec = {
@@ -291,8 +250,6 @@ def test_runtime_pods_run_in_a_restricted_namespace(
 def test_the_operator_pod_of_the_helm_chart_is_admitted(kube: KubeTools, restricted_namespace: str) -> None:
     """Every pod the chart creates (the operator Deployment, hook Jobs), rendered by the real helm with
     default values and with HA on, is admitted in a restricted namespace."""
-    if not (CHART / "Chart.yaml").exists():
-        pytest.skip(f"no Helm chart at {CHART.relative_to(REPO)} yet")
     checked: list[str] = []
     for values in ([], ["--set", "ha.enabled=true", "--set", "replicas=2"]):
         rendered = kube.helm(

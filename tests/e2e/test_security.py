@@ -41,19 +41,19 @@ import redis
 from cache_operator import render
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools, restricted_namespace, wait_for
-from tests.e2e.test_operator import (
+from tests.e2e.support import (
     READY_TIMEOUT,
     OperatorProcess,
-    _free_port,
     crds,
+    free_port,
     get_policy,
     policy_yaml,
     ready_policy,
+    redis_manifest,
     runtime_pods,
     serve_operator,
     wait_dict,
 )
-from tests.e2e.test_pod_security import RESTRICTED_REDIS
 
 __all__ = ["crds", "restricted_namespace"]  # fixtures, reused
 
@@ -63,8 +63,8 @@ class DebugOperatorProcess(OperatorProcess):
     DEBUG``: the leak search covers the operator's (and kopf's) most talkative level."""
 
     def __init__(self, cluster: Cluster, log_path: Path) -> None:
-        self.metrics_port = _free_port()
-        self.liveness_port = _free_port()
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
         self.log_path = log_path
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
         argv = [
@@ -451,10 +451,7 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
     markers = Markers()
     password = f"leakpassword{secrets.token_hex(8)}"
     kube.kubectl("create", "secret", "generic", "redis-auth", "-n", ns, f"--from-literal=password={password}")
-    redis = RESTRICTED_REDIS.replace(
-        'args: ["--save", "", "--appendonly", "no"]',
-        f'args: ["--save", "", "--appendonly", "no", "--requirepass", "{password}"]',
-    )
+    redis = redis_manifest(password=password)
     kube.apply(redis, ns)
     spec = {
         "preset": "ai-development",

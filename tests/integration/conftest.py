@@ -10,7 +10,7 @@
   second unrelated CA (the "wrong CA"), generated with ``cryptography`` into a temporary directory.
 - ``redis_tls``: a redis-server that speaks only TLS (and requires client certificates optionally).
 - ``redis_acl``: a redis-server with a password-protected default user and an ACL user holding
-  exactly ``cache_runtime.cache.required_acl_rules`` of the default config: the ``cw:*`` and ``cw#*``
+  exactly ``cache_runtime.config.required_acl_rules`` of the default config: the ``cw:*`` and ``cw#*``
   keys, the ``cw#coherence`` channel and the commands the engine sends (no CONFIG, no KEYS, no
   FLUSHALL, no EVAL).
 
@@ -36,8 +36,7 @@ from typing import Any
 import pytest
 import redis
 
-from cache_runtime.cache import required_acl_rules
-from cache_runtime.config import CacheConfig
+from cache_runtime.config import CacheConfig, required_acl_rules
 
 REDIS_SERVER = (
     os.environ.get("CACHEWARDEN_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"

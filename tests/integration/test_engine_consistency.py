@@ -12,8 +12,8 @@ Waits are bounded polls (the coherence bound), never timing assertions.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from cache_runtime import CacheConfig, TieredCache, resolve_config
 from cache_runtime.codec import decode
+from tests.waiting import eventually as wait_eventually
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +35,7 @@ def config(redis_url: str, **overrides: Any) -> CacheConfig:
     return resolve_config("production", {"ttl.jitter_fraction": 0.0, **overrides}, redis_url=redis_url)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = COHERENCE_WAIT_S,
-                     what: str = "condition") -> None:
-    """Poll ``check`` (sync or async) until truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+eventually = functools.partial(wait_eventually, timeout=COHERENCE_WAIT_S)
 
 
 async def subscribed(*engines: TieredCache) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds, pack_stamped, unpack_stamped
 from cache_runtime.l2.coherence import CoherenceListener
 from cache_runtime.l2.connect import RedisClients
+from tests.waiting import eventually as wait_eventually
 
 if TYPE_CHECKING:
     from conftest import Blackhole, RedisFactory, RedisProcess
@@ -56,19 +57,14 @@ def settings_for(url: str, protocol: int, **overrides: object) -> RedisSettings:
     return RedisSettings(**values)  # type: ignore[arg-type]
 
 
-async def eventually(condition: Callable[[], bool], attempts: int = 300, interval: float = 0.02) -> bool:
-    for _ in range(attempts):
-        if condition():
-            return True
-        await asyncio.sleep(interval)
-    return False
+eventually = functools.partial(wait_eventually, timeout=6.0)
 
 
 async def publish_until_delivered(publisher: RedisL2, recorder: Recorder, payload: bytes) -> bool:
     """Publish (repeatedly while the publisher's breaker recovers) until the subscriber got it."""
     for _ in range(100):
         await publisher.publish(CHANNEL, payload)
-        if await eventually(lambda: payload in recorder.messages, attempts=10):
+        if await eventually(lambda: payload in recorder.messages, timeout=0.2, fail=False):
             return True
     return False
 
@@ -145,7 +141,7 @@ async def test_redis_restart_triggers_reset_and_the_listener_comes_back(
         server.stop()
         assert await eventually(lambda: not listener.connected)
         # While Redis is down the listener keeps retrying with bounded backoff.
-        await asyncio.sleep(0.3)
+        assert await eventually(lambda: listener.stats()["reconnects"] >= 2)
         assert listener.stats()["reconnects"] >= 2
         assert recorder.resets == 0
         server.start()

@@ -7,11 +7,13 @@ wait is a bounded loop (the asyncio.timeout guards only stop a hang from stallin
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING
 
 import pytest
 
 from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
     from conftest import Blackhole, RedisFactory
@@ -36,16 +38,7 @@ def fast_settings(url: str, **overrides: object) -> RedisSettings:
     return RedisSettings(**values)  # type: ignore[arg-type]
 
 
-async def wait_until(condition, attempts: int = 200, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``condition`` (sync or async callable) a bounded number of times."""
-    for _ in range(attempts):
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(interval)
-    return False
+wait_until = functools.partial(eventually, timeout=10.0, interval=0.05)
 
 
 async def test_redis_killed_then_restarted_recovers_by_itself(redis_factory: RedisFactory) -> None:

@@ -13,12 +13,12 @@ counted, and the same user is refused (NOPERM) outside its prefix and channel.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +26,8 @@ import httpx
 import pytest
 import redis
 
-from cache_runtime.cache import required_acl_rules
-from cache_runtime.config import resolve_config
+from cache_runtime.config import required_acl_rules, resolve_config
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from conftest import RedisFactory, RedisProcess
@@ -54,16 +54,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll ``check`` until truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+eventually = functools.partial(wait_until, timeout=15.0)
 
 
 class RuntimeProcess:
@@ -89,7 +80,7 @@ class RuntimeProcess:
                 [
                     sys.executable,
                     "-m",
-                    "cache_runtime.cli",
+                    "cachewarden.cli",
                     "runtime",
                     "--host",
                     "127.0.0.1",
@@ -123,7 +114,7 @@ class RuntimeProcess:
             except httpx.TransportError:
                 return False
 
-        eventually(ready, f"runtime on {self.port} ready", 30)
+        eventually(ready, f"runtime on {self.port} ready", timeout=30)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """An authenticated request that must succeed; its JSON."""

@@ -10,6 +10,7 @@ port and stop them with SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from fastapi import FastAPI
 from cache_runtime.config import resolve_config
 from cache_runtime.service.app import create_app
 from cache_runtime.service.settings import ServiceSettings
+from tests.waiting import eventually as wait_eventually
 
 if TYPE_CHECKING:
     from conftest import RedisFactory
@@ -61,18 +63,7 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(temporary, path)
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout}s (last: {last!r})")
+eventually = functools.partial(wait_eventually, timeout=WAIT_S, interval=0.05)
 
 
 @dataclass
@@ -792,7 +783,7 @@ def test_real_uvicorn_serves_and_shuts_down_gracefully_on_sigterm(tmp_path: Path
     log_path = tmp_path / "runtime.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cache_runtime.cli", "runtime", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,40 +21,20 @@ import redis
 import xxhash
 
 from cache_runtime import CacheConfig, TieredCache, resolve_config
-from cache_runtime.cache import required_acl_rules
 from cache_runtime.codec import CODEC_MSGPACK, FLAG_LZ4, HEADER, Codec
+from cache_runtime.config import required_acl_rules
 from cache_runtime.keys import TextTooLongError
 from cache_runtime.l2 import pack_stamped
+from tests.fakes import FakeClock
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-class FakeClock:
-    """Monotonic time for L1 that the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def config(redis_url: str | None, preset: str = "ai-production", **overrides: Any) -> CacheConfig:
     return resolve_config(preset, overrides, redis_url=redis_url)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``check`` (sync or async) until truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -198,7 +178,7 @@ async def test_near_collisions_are_distinct_entries_in_redis(redis_url: str, red
 async def test_an_l2_hit_fills_l1_no_longer_than_the_redis_entry_lives(
     redis_url: str, redis_server: Any
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(10_000.0)
     async with TieredCache(config(redis_url), clock=clock) as engine:
         # An entry another pod wrote 90 s ago with a 100 s TTL: 10 s left.
         data = Codec().encode("old answer", 100_000, created_at_ms=int(time.time() * 1000) - 90_000)
@@ -451,7 +431,7 @@ async def test_group_ttl_default_operation_and_jitter(redis_url: str, redis_serv
 
 
 async def test_group_l1_entries_bytes_and_sweep(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(10_000.0)
     cfg = config(redis_url, **{"l1.max_entries": 5, "l1.max_bytes": 10_000, "l1.sweep_batch": 3,
                                "compression.threshold_bytes": 100_000})
     async with TieredCache(cfg, clock=clock) as engine:
@@ -684,7 +664,7 @@ async def test_group_stampede_single_flight_off(redis_url: str) -> None:
 
 
 async def test_group_stampede_early_refresh(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(10_000.0)
     cfg = config(redis_url, **{"stampede.early_refresh_fraction": 0.2, "stampede.lease_lock": False})
     async with TieredCache(cfg, clock=clock) as engine:
         version = 0

@@ -10,18 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_runtime.stats import LARGE_VALUE_BYTES, EngineStats, Snapshot, build_snapshot
+from tests.fakes import FakeClock
 
 MIB = 1024 * 1024
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (the TTL evidence is about elapsed time)."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -52,7 +43,7 @@ class Scenario:
 
 def healthy() -> Scenario:
     """A production-like engine: 90% hit rate, fast, small, Redis fine."""
-    clock = FakeClock()
+    clock = FakeClock(10_000.0)
     stats = EngineStats(key_sample_every=1, reuse_sample_every=1, clock=clock)
     stats.hits_l1 = 700
     stats.hits_l2 = 200

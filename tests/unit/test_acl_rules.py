@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_runtime.cache import required_acl_rules
-from cache_runtime.config import resolve_config
+from cache_runtime.config import required_acl_rules, resolve_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -5,22 +5,13 @@ from __future__ import annotations
 import pytest
 
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
+from tests.fakes import FakeClock
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
-class FakeClock:
-    """Manual monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make(threshold: int = 3, open_s: float = 1.0, probes: int = 1, probe_timeout_s: float = 30.0):
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     transitions: list[tuple[BreakerState, BreakerState]] = []
     breaker = CircuitBreaker(
         threshold,

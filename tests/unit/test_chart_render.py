@@ -31,7 +31,7 @@ MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
               "--api-versions", "monitoring.coreos.com/v1/PodMonitor",
               "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
 
-# What the operator calls (cache_operator/k8s.py, reconcile.py, incident_executor.py, handlers/, kopf).
+# What the operator calls (cache_operator/k8s.py, reconcile.py, incidents/executor_io.py, handlers/, kopf).
 OPERATOR_RULES = [
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies", "cacheincidents"],
      "verbs": ["get", "list", "watch", "patch"]},

@@ -26,7 +26,8 @@ from cache_operator.child_rejection import (
 )
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import PolicyRef, handle_reconcile
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import handle_reconcile
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:00:15Z"
@@ -444,7 +445,7 @@ def test_the_model_refuses_what_the_crd_refuses_naming_field_and_value(
     runtime: dict[str, Any], message: str
 ) -> None:
     from cache_operator.api import SpecError
-    from cache_operator.reconcile import parse_spec
+    from cache_operator.policy_inputs import parse_spec
 
     with pytest.raises(SpecError) as caught:
         parse_spec({"preset": "production", "runtime": {"replicas": 0, **runtime}})
@@ -453,7 +454,7 @@ def test_the_model_refuses_what_the_crd_refuses_naming_field_and_value(
 
 
 def test_the_model_accepts_what_the_api_server_accepts() -> None:
-    from cache_operator.reconcile import parse_spec
+    from cache_operator.policy_inputs import parse_spec
 
     model = parse_spec({"preset": "production", "runtime": {
         "resources": {"requests": {"cpu": "100m", "nvidia.com/gpu": 1},

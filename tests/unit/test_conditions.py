@@ -9,6 +9,7 @@ import pytest
 
 from cache_operator import conditions as c
 from cache_operator.api.common import Condition
+from cache_runtime.timefmt import rfc3339
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
@@ -20,9 +21,9 @@ def by_type(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_rfc3339() -> None:
     moment = dt.datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    assert c.rfc3339(moment) == "2026-01-02T01:04:05Z"
+    assert rfc3339(moment) == "2026-01-02T01:04:05Z"
     with pytest.raises(ValueError, match="timezone-aware"):
-        c.rfc3339(dt.datetime(2026, 1, 1))
+        rfc3339(dt.datetime(2026, 1, 1))
 
 
 def test_set_condition_keeps_transition_time_while_status_holds() -> None:

@@ -15,13 +15,12 @@ from cache_runtime.config import (
     RANGES,
     CacheConfig,
     ConfigError,
-    overrides_json_schema,
     preserve_key_layout,
-    render_config_table,
-    render_configuration_doc,
     resolve_config,
     validate_config,
 )
+from cache_runtime.config_doc import render_config_table, render_configuration_doc
+from cache_runtime.config_schema import overrides_json_schema
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cache_operator import crdgen
-from cache_runtime.cli import main as cli_main
-from cache_runtime.config import overrides_json_schema
+from cache_runtime.config_schema import overrides_json_schema
+from cachewarden.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILES = ("cachepolicies.cachewarden.io.yaml", "cacheincidents.cachewarden.io.yaml")

@@ -21,8 +21,9 @@ from health_scenarios import (
     with_text_variants,
 )
 
+from cache_runtime.actions import ACTIONS
 from cache_runtime.config import resolve_config
-from cache_runtime.diagnosis import ACTIONS, Cause, Recommendation
+from cache_runtime.diagnosis import Cause, Recommendation
 from cache_runtime.health import HealthReport, SymptomName, evaluate
 
 

@@ -339,7 +339,7 @@ def test_entrypoint_is_the_console_script() -> None:
     entrypoint = final.all("ENTRYPOINT")[-1].exec_form()
     assert entrypoint is not None, "ENTRYPOINT must use the exec (JSON) form so signals reach the process"
     assert entrypoint == ["cachewarden"] and entrypoint[0] in scripts, (entrypoint, scripts)
-    from cache_runtime.cli import COMMANDS
+    from cachewarden.cli import COMMANDS
 
     cmd = final.all("CMD")[-1].exec_form()
     assert cmd and cmd[0] in COMMANDS, cmd
@@ -432,7 +432,7 @@ def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
                    check=True, capture_output=True, text=True, timeout=240)
     wheel = next((tmp_path / "wheels").glob("cachewarden-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package in ("cache_runtime", "cache_operator", "devcluster"):
+    for package in ("cache_runtime", "cache_operator", "devcluster", "cachewarden"):
         modules = {p for p in tracked_files() if p.startswith(package + "/") and p.endswith(".py")}
         missing = sorted(modules - names)
         assert modules and not missing, f"{package}: missing from the wheel: {missing[:5]}"
@@ -451,7 +451,7 @@ def test_builder_context_builds_a_complete_wheel(tmp_path: Path) -> None:
             assert not missing, f"package-data {name!r}: missing from the wheel: {missing[:5]}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "cachewarden = cache_runtime.cli:main" in text, text
+    assert "cachewarden = cachewarden.cli:main" in text, text
 
 
 def test_builder_takes_offline_pip_arguments_unset_by_default() -> None:

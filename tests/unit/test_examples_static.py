@@ -22,9 +22,9 @@ import yaml
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.incidents import plan
-from cache_operator.reconcile import PolicyRef
+from cache_operator.ports import PolicyRef
+from cache_runtime.actions import INCIDENT_ACTIONS
 from cache_runtime.config import PRESETS
-from cache_runtime.diagnosis import INCIDENT_ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

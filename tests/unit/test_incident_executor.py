@@ -1,4 +1,4 @@
-"""Incident executor (``cache_operator.incident_executor``) with FAKES in place of Kubernetes and the pods.
+"""Incident executor (``cache_operator.incidents.executor_io``) with FAKES for Kubernetes and the pods.
 
 ``FakeKube`` is a fake: a dict of objects with merge-patched status that records every status write in
 order; ``FakePods`` is a fake pod caller that acts once per Idempotency-Key and replays afterwards, like
@@ -12,7 +12,7 @@ from typing import Any
 
 from cache_operator import render
 from cache_operator.conditions import incident_conditions
-from cache_operator.incident_executor import (
+from cache_operator.incidents.executor_io import (
     Deferred,
     IncidentRef,
     diagnosis_from_health,
@@ -20,8 +20,9 @@ from cache_operator.incident_executor import (
     handle_incident_deleted,
 )
 from cache_operator.incidents.plan import PodRequest, idempotency_key
-from cache_operator.incidents.timefmt import parse_rfc3339
 from cache_operator.podclient import PodReply, PodTarget
+from cache_runtime.timefmt import parse_rfc3339
+from tests.fakes import FakeLogger as Log
 
 NS = "team"
 
@@ -122,19 +123,6 @@ class FakePods:
         return PodReply(pod.name, True, 200, answer)
 
 
-class Log:
-    """Collects log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    warning = info
-    error = info
-
-
 def pod(name: str, ip: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": render.pod_selector_labels("web")},
@@ -163,7 +151,7 @@ def cluster(spec: dict[str, Any], pods: int = 3) -> FakeKube:
 
 
 def _policy_ref() -> Any:
-    from cache_operator.reconcile import PolicyRef
+    from cache_operator.ports import PolicyRef
 
     return PolicyRef("web", NS, "policy-uid")
 

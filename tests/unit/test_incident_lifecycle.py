@@ -1,5 +1,5 @@
 """The life of an automatic incident after it opened (``incidents/lifecycle.py``) and the pure helpers of
-``cache_operator.autoincidents``: resolution, recurrence, what counts as open, when detection and
+``cache_operator.incidents.automatic_io``: resolution, recurrence, what counts as open, when detection and
 garbage collection are due, and the SymptomsTracked condition."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from cache_operator.api.cacheincident import CacheIncidentStatus
-from cache_operator.autoincidents import detection_due, gc_due, tracked_condition
 from cache_operator.handlers.cachepolicy import _until_expiry
 from cache_operator.incidents import lifecycle
-from cache_operator.incidents.timefmt import rfc3339
+from cache_operator.incidents.automatic_io import detection_due, gc_due, tracked_condition
+from cache_runtime.timefmt import rfc3339
 
 NOW = "2026-11-25T22:00:00Z"
 LATER = "2026-11-25T22:05:00Z"

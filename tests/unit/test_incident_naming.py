@@ -14,7 +14,7 @@ from cache_operator.incidents.naming import (
     auto_incident_name,
     incident_window,
 )
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

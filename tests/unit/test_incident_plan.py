@@ -25,8 +25,8 @@ from cache_operator.incidents.plan import (
     planned_pods,
     started_record,
 )
-from cache_operator.incidents.timefmt import rfc3339
 from cache_runtime.service.idempotency import IdempotencyStore, request_fingerprint, validate_key
+from cache_runtime.timefmt import rfc3339
 
 UID = "0b4c1a5e-7d2f-4f7e-9a51-3f0c8e6d2b11"
 NOW = 1_800_000_000.0

@@ -15,7 +15,7 @@ from cache_operator.incidents.safety import (
     may_run,
     record_action,
 )
-from cache_operator.incidents.timefmt import rfc3339
+from cache_runtime.timefmt import rfc3339
 
 NOW = 1_800_000_000.0
 

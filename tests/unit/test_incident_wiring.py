@@ -21,15 +21,17 @@ from health_scenarios import Scenario, healthy, with_large_uncompressed_values, 
 
 from cache_operator import render
 from cache_operator.api.cacheincident import CacheIncidentStatus
-from cache_operator.api.cachepolicy import CachePolicyStatus
-from cache_operator.incident_executor import Deferred, IncidentRef, PolicyLocks, handle_incident
+from cache_operator.api.cachepolicy_status import CachePolicyStatus
+from cache_operator.incidents.executor_io import Deferred, IncidentRef, PolicyLocks, handle_incident
 from cache_operator.incidents.naming import auto_incident_name
 from cache_operator.incidents.plan import PodRequest
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
 from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import PolicyRef, handle_reconcile
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import handle_reconcile
 from cache_runtime.health import evaluate
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
+from tests.fakes import FakeLogger as Log
 
 NS = "shop"
 POLICY = PolicyRef("web", NS, "policy-uid", 1)
@@ -178,18 +180,6 @@ class FakePods:
         if idempotency_key:
             self.remembered[idempotency_key] = answer
         return PodReply(pod.name, True, 200, answer)
-
-
-class Log:
-    """Collects log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    warning = error = info
 
 
 def make_cluster(
@@ -753,7 +743,7 @@ async def test_isolation_is_time_boxed_restored_once_and_lifted_by_restore_or_de
     assert cluster.policy()["status"]["isolation"]["pods"] == ["web-0"]
 
     # Deleting the isolate incident ends the isolation now: the next pass restores what is left.
-    from cache_operator.incident_executor import handle_incident_deleted
+    from cache_operator.incidents.executor_io import handle_incident_deleted
 
     lifted = await handle_incident_deleted(
         IncidentRef("iso2", NS, "uid-iso2"),

@@ -10,21 +10,7 @@ from hypothesis import strategies as st
 
 from cache_runtime.keys import redis_glob_to_regex
 from cache_runtime.l1 import MISSING, DeferredValue, L1Cache
-
-
-class FakeClock:
-    """Monotonic time the test moves by hand (no sleeping, no timing asserts)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.fakes import FakeClock
 
 
 def make(clock: FakeClock, entries: int = 100, max_bytes: int = 10_000, sweep: int = 0) -> L1Cache:

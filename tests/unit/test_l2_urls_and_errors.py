@@ -24,6 +24,7 @@ from cache_runtime.l2 import (
 )
 from cache_runtime.l2.connect import build_clients
 from cache_runtime.l2.errors import describe_error
+from cache_runtime.l2.urls import URL_SCHEMES
 
 # ----------------------------------------------------------------------------- URL parsing
 
@@ -337,3 +338,33 @@ def test_memory_summary_without_a_limit_has_no_ratio() -> None:
     summary = summarize_memory_info([{"used_memory": 5, "maxmemory": 0}])
     assert summary["used_memory_ratio"] is None
     assert summary["maxmemory_policy"] is None
+
+
+# ----------------------------------------------------------------------------- one scheme table
+
+
+@pytest.mark.parametrize("scheme", sorted(URL_SCHEMES))
+def test_every_scheme_is_accepted_by_the_engine_the_operator_model_and_the_crd(scheme: str) -> None:
+    """One table (cache_runtime.l2.urls.URL_SCHEMES) feeds the engine's config, the operator's model
+    and the CRD pattern: a scheme is accepted everywhere or nowhere."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from cache_operator.api import CachePolicySpec
+    from cache_runtime import resolve_config
+
+    tls = scheme.startswith("rediss")
+    host = {"unix": "/tmp/redis.sock"}.get(scheme, "h:26379/main" if "sentinel" in scheme else "h:6379/0")
+    url = f"{scheme}://{host}"
+    assert resolve_config(redis_url=url).redis.url == url
+    spec: dict[str, object] = {"runtime": {}, "redis": {"url": url}}
+    if tls:
+        spec["redis"] = {"url": url, "tls": {"enabled": True}}
+    CachePolicySpec.model_validate(spec)
+    crd_file = Path(__file__).resolve().parents[2] / "crds/cachepolicies.cachewarden.io.yaml"
+    schema = yaml.safe_load(crd_file.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    redis = schema["properties"]["spec"]["properties"]["redis"]
+    assert re.match(redis["properties"]["url"]["pattern"], url)
+    assert not re.match(redis["properties"]["url"]["pattern"], "memcached://h:1")

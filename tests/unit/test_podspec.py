@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from devcluster import images, podspec
-from devcluster.kubelet import PodIpAllocator, prepare_root, run_probe, write_volume
+from devcluster.kubelet import prepare_root, run_probe, write_volume
+from devcluster.podips import PodIpAllocator
 from devcluster.podspec import PodSpecError, StaticLookup, TokenNeed
 
 PYTHON = "/opt/venv/bin/python"

@@ -16,15 +16,10 @@ import pytest
 
 from cache_operator import render
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import (
-    PodView,
-    PolicyRef,
-    aggregate_health,
-    handle_delete,
-    handle_reconcile,
-    rewrite_redis_host,
-    service_name_of_host,
-)
+from cache_operator.policy_inputs import rewrite_redis_host, service_name_of_host
+from cache_operator.ports import PolicyRef
+from cache_operator.reconcile import PodView, aggregate_health, handle_delete, handle_reconcile
+from tests.fakes import FakeLogger
 
 NOW = "2026-01-01T00:00:00Z"
 POLICY = PolicyRef("web", "ns", "uid-1", 1)
@@ -114,18 +109,6 @@ class FakePatch:
 
     def __init__(self) -> None:
         self.status: dict[str, Any] = {}
-
-
-class FakeLogger:
-    """Collects log lines (FAKE)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    warning = error = info
 
 
 def make_pod(name: str, ip: str, labels: Mapping[str, str], ready: bool = True) -> dict[str, Any]:

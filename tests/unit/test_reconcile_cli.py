@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from cache_operator.cli import build_parser, main
-from cache_operator.k8s import label_selector_string, resource_path
+from cache_operator.k8s import resource_path
 from cache_operator.metrics import OperatorMetrics
 from cache_operator.podclient import PodClient, PodTarget
+from cache_operator.selectors import label_selector_string
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_namespace_and_all_namespaces_exclude_each_other(capsys: pytest.CaptureF
 
 
 def test_cachewarden_dispatches_operator(capsys: pytest.CaptureFixture[str]) -> None:
-    from cache_runtime.cli import main as cachewarden
+    from cachewarden.cli import main as cachewarden
 
     assert cachewarden(["operator", "--metrics-port", "0"]) == 2
     assert "--metrics-port 0 is not accepted" in capsys.readouterr().err

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from cache_operator import render
-from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec, SelectorSpec
+from cache_operator import render, selectors
+from cache_operator.api.cachepolicy import CachePolicySpec, SelectorSpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_runtime.config import PRESET_NAMES
 from cache_runtime.service.config_source import config_from_document, config_from_push
 from cache_runtime.service.runtime_main import build_parser
@@ -209,16 +210,16 @@ def test_label_selector_string_and_matching() -> None:
                              {"key": "legacy", "operator": "DoesNotExist"},
                              {"key": "zone", "operator": "NotIn", "values": ["b"]},
                              {"key": "cache", "operator": "Exists"}]})
-    assert render.label_selector_string(selector) == (
+    assert selectors.label_selector_string(selector) == (
         "app=summarizer,tier=api,track in (canary,stable),!legacy,zone notin (b),cache")
     base = {"app": "summarizer", "tier": "api", "track": "stable", "cache": "on"}
-    assert render.selector_matches(selector, base)
-    assert render.selector_matches(selector, {**base, "zone": "a"})
-    assert not render.selector_matches(selector, {**base, "zone": "b"})
-    assert not render.selector_matches(selector, {**base, "legacy": "1"})
-    assert not render.selector_matches(selector, {**base, "track": "beta"})
-    assert not render.selector_matches(selector, {k: v for k, v in base.items() if k != "cache"})
-    assert not render.selector_matches(selector, {**base, "app": "other"})
+    assert selectors.selector_matches(selector, base)
+    assert selectors.selector_matches(selector, {**base, "zone": "a"})
+    assert not selectors.selector_matches(selector, {**base, "zone": "b"})
+    assert not selectors.selector_matches(selector, {**base, "legacy": "1"})
+    assert not selectors.selector_matches(selector, {**base, "track": "beta"})
+    assert not selectors.selector_matches(selector, {k: v for k, v in base.items() if k != "cache"})
+    assert not selectors.selector_matches(selector, {**base, "app": "other"})
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)

@@ -14,20 +14,11 @@ from cache_runtime.service.auth import (
     TokenFile,
     bearer_token,
 )
+from tests.fakes import FakeClock
 
 ADMIN = "admin-token-0123456789abcdef"
 READ = "read-token-0123456789abcdef"
 WRITE = "write-token-0123456789abcdef"
-
-
-class FakeClock:
-    """A clock the test moves by hand, so the re-read interval is exercised without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def write(path: Path, text: str) -> None:

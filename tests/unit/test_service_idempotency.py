@@ -13,16 +13,7 @@ from cache_runtime.service.idempotency import (
     request_fingerprint,
     validate_key,
 )
-
-
-class FakeClock:
-    """A clock moved by hand so TTL expiry is tested without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 class CountingAction:
@@ -99,7 +90,7 @@ async def test_key_reused_for_another_request_is_a_conflict() -> None:
 
 
 async def test_entries_expire_after_ttl() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     store = IdempotencyStore(ttl_s=60, clock=clock)
     action = CountingAction()
     await store.run("k", "s", "f", action)

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cache_runtime.stats import (
+    COUNTED_OPERATIONS,
     LARGE_VALUE_BYTES,
     LATENCY_BUCKETS_SECONDS,
     LATENCY_OPERATIONS,
-    OPERATIONS,
     EngineStats,
     Histogram,
     KeyVariantSampler,
@@ -26,17 +26,7 @@ from cache_runtime.stats import (
     histogram_from_dict,
     normalize_l2_stats,
 )
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.fakes import FakeClock
 
 # --- histograms ------------------------------------------------------------------------------
 
@@ -316,7 +306,7 @@ def test_snapshot_rates_and_json_readiness() -> None:
     assert requests["l1_hit_rate"] == pytest.approx(0.6)
     assert requests["l2_hit_rate"] == pytest.approx(0.5)
     assert snapshot["l1"]["entries"] == 5
-    assert set(snapshot["operations"]) == set(OPERATIONS)
+    assert set(snapshot["operations"]) == set(COUNTED_OPERATIONS)
     assert set(snapshot["latency"]) == set(LATENCY_OPERATIONS)
     l2 = snapshot["l2"]
     assert l2 is not None

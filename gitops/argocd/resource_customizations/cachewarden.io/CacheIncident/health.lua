@@ -1,5 +1,5 @@
 -- Argo CD health of a cachewarden.io CacheIncident (a one-shot runbook action), read from the
--- conditions and phase the operator writes (cache_operator/incident_executor.py; automatic incidents
+-- conditions and phase the operator writes (cache_operator/incidents/executor_io.py; automatic incidents
 -- add Resolved). Conditions are authoritative; the phase tells apart the ways Succeeded can be False.
 -- Order (kept identical to the Flux healthCheckExprs in examples/gitops/flux/, checked on every
 -- fixture by tests/unit/test_gitops_health.py):

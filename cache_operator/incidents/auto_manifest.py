@@ -17,8 +17,8 @@ from cache_operator.api.cacheincident import CacheIncidentSpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents.detection import CONFIG_DRIFT, SymptomEvent
 from cache_operator.incidents.naming import DEFAULT_WINDOW_SECONDS, auto_incident_labels, auto_incident_name
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
-from cache_runtime.diagnosis import INCIDENT_ACTIONS
+from cache_runtime.actions import INCIDENT_ACTIONS
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 FALLBACK_ACTION = "diagnose"
 _CAMEL = {"duration_seconds": "durationSeconds", "max_entries": "maxEntries"}

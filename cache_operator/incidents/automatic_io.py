@@ -9,7 +9,7 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
    after the operator pushed ours") and :func:`~cache_operator.incidents.detection.observe`, whose
    state is ``status.symptoms``: hysteresis survives an operator restart;
 2. **open**: every active symptom without an incident gets one, named deterministically from the
-   policy, the symptom and the episode's start (:mod:`~cache_operator.incidents.autoincident`); a
+   policy, the symptom and the episode's start (:mod:`~cache_operator.incidents.auto_manifest`); a
    create that answers 409 finds the incident (reopened if it was resolved). Refused while the policy
    is paused or the storm limit is reached (:func:`~cache_operator.incidents.safety.may_open`): the
    ``SymptomsTracked`` condition says why and an Event is posted when that reason appears; the
@@ -22,7 +22,7 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
 
 Incidents are listed only when something can change (a symptom event, an untracked symptom, open
 incidents in ``status.activeIncidents``, or a garbage collection due), so a healthy policy costs no API
-call here. Running the action is the incident executor's job (:mod:`cache_operator.incident_executor`,
+call here. Running the action is the incident executor's job (:mod:`cache_operator.incidents.executor_io`,
 started by the CacheIncident handler): it applies ``spec.remediation.mode`` and every safety rule.
 """
 
@@ -30,13 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cache_operator import conditions as conds
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
-from cache_operator.incidents.autoincident import auto_incident_status, render_auto_incident
+from cache_operator.incidents.auto_manifest import auto_incident_status, render_auto_incident
 from cache_operator.incidents.detection import (
     DetectionSettings,
     SymptomEvent,
@@ -44,8 +44,9 @@ from cache_operator.incidents.detection import (
     summarize_probe,
     with_incident,
 )
-from cache_operator.incidents.timefmt import parse_rfc3339, rfc3339
 from cache_operator.k8s import KubeError
+from cache_operator.ports import KubeIO
+from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 # A pass counts as a probe when at least this share of the probe interval passed since the last one
 # (the daemon wakes at the interval; timestamps in status have whole seconds).
@@ -60,20 +61,6 @@ NO_SYMPTOMS = "NoSymptoms"
 TRACKED = "Tracked"
 
 EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (Normal/Warning, reason, message)
-
-
-class IncidentsIO(Protocol):
-    """What detection needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
-
-    async def create(self, obj: Mapping[str, Any]) -> bool: ...
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
-    async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> bool: ...
 
 
 @dataclass
@@ -169,7 +156,7 @@ async def run_detection(
     config_hash: str,
     conditions: list[dict[str, Any]],
     *,
-    kube: IncidentsIO,
+    kube: KubeIO,
     now_s: float,
     events: EventSink | None,
     logger: Any,
@@ -244,7 +231,7 @@ async def _open_resolve_collect(
     blocked: dict[str, tuple[str, str]],
     out: DetectionOutcome,
     *,
-    kube: IncidentsIO,
+    kube: KubeIO,
     now_s: float,
     events: EventSink | None,
 ) -> dict[str, Any]:

@@ -5,7 +5,7 @@ One run (:func:`handle_incident`):
 1. re-read the incident (the handler's body may predate a status written by an earlier run) and stop at
    once when it is finished;
 2. check that ``spec.policyRef`` names an existing CachePolicy, find its target pods with reconcile's
-   own selection (:func:`cache_operator.reconcile.selects`, ``pod_target``), and ask
+   selection (:mod:`cache_operator.targets`), and ask
    :func:`cache_operator.incidents.safety.may_run` (pause, mode, allowed actions, cooldown, one
    disruptive action per policy): a refusal is recorded (phase, reason), retried later when the
    refusal is temporary;
@@ -38,36 +38,19 @@ from typing import Any, Protocol
 from cache_operator import conditions as conds
 from cache_operator import render
 from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
-from cache_operator.api.cachepolicy import ActiveOverride, CachePolicySpec
+from cache_operator.api.cachepolicy import CachePolicySpec
+from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
 from cache_operator.incidents import plan as plans
-from cache_operator.incidents.timefmt import rfc3339
 from cache_operator.podclient import PodReply, PodTarget
-from cache_operator.reconcile import PolicyRef as PolicyIdentity
-from cache_operator.reconcile import (
-    current_tokens,
-    parse_spec,
-    pod_target,
-    resolve_redis_url,
-    selects,
-)
+from cache_operator.policy_inputs import current_tokens, parse_spec, resolve_redis_url
+from cache_operator.ports import KubeIO, PolicyRef
+from cache_operator.targets import pod_selection, pod_target, select_pods
+from cache_runtime.timefmt import rfc3339
 
 FINISHED_PHASES = frozenset(TERMINAL_PHASES | {"Recommended"})
 HEALTH_STEP = "diagnose-health"
-
-
-class IncidentKube(Protocol):
-    """What the executor needs from Kubernetes (implemented by :class:`cache_operator.k8s.Kube`)."""
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
-    async def list_objects(
-        self, api_version: str, kind: str, namespace: str, label_selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
-    async def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> bool: ...
 
 
 class ActionCaller(Protocol):
@@ -164,7 +147,7 @@ class IncidentRun:
         incident: IncidentRef,
         status: Mapping[str, Any],
         generation: int | None,
-        kube: IncidentKube,
+        kube: KubeIO,
         events: EventSink,
         clock: Callable[[], float],
     ) -> None:
@@ -246,7 +229,7 @@ class IncidentRun:
 async def handle_incident(
     incident: IncidentRef,
     *,
-    kube: IncidentKube,
+    kube: KubeIO,
     caller: ActionCaller,
     events: EventSink,
     logger: Any,
@@ -346,7 +329,7 @@ async def _decide_and_start(
     spec: CacheIncidentSpec,
     incident: IncidentRef,
     model: CachePolicySpec,
-    kube: IncidentKube,
+    kube: KubeIO,
     clock: Callable[[], float],
     resolve_service_hosts: bool,
 ) -> str | Deferred | tuple[plans.Plan, dict[str, PodTarget | None], str]:
@@ -450,31 +433,18 @@ async def _decide_and_start(
             f"restored by the operator at {isolation['expiresAt'] if isolation else '?'}",
         )
     await run.start()
-    tokens, _ = await current_tokens(kube, PolicyIdentity(policy_name, incident.namespace, ""), create=False)  # type: ignore[arg-type]
+    tokens, _ = await current_tokens(kube, PolicyRef(policy_name, incident.namespace, ""), create=False)
     token = tokens[render.ADMIN_TOKEN_KEY]
     return plan, targets, token
 
 
 async def _target_pods(
-    kube: IncidentKube, namespace: str, policy_name: str, model: CachePolicySpec
+    kube: KubeIO, namespace: str, policy_name: str, model: CachePolicySpec
 ) -> dict[str, PodTarget | None]:
     """The policy's pods by name (where to reach each; None without an IP), as reconcile selects them."""
-    if model.runtime is not None:
-        port = model.runtime.port
-        selector_text = render.pod_selector_string(policy_name)
-    else:
-        assert model.selector is not None
-        port = model.selector.port
-        selector_text = render.label_selector_string(model.selector)
-    targets: dict[str, PodTarget | None] = {}
-    for pod in await kube.list_pods(namespace, selector_text):
-        meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp") or not selects(model, policy_name, meta.get("labels") or {}):
-            continue
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        targets[str(meta.get("name"))] = pod_target(pod, port)
-    return targets
+    port = pod_selection(policy_name, model)[1]
+    pods = await select_pods(PolicyRef(policy_name, namespace, ""), model, kube)
+    return {str((pod.get("metadata") or {}).get("name")): pod_target(pod, port) for pod in pods}
 
 
 async def _execute(
@@ -595,7 +565,7 @@ async def _apply_override(
             f"preset {override['preset']} on CachePolicy {spec.policy_ref.name} "
             f"until {override['expiresAt']}",
         )
-    redis_url = await resolve_redis_url(model, run.incident.namespace, run.kube, resolve_service_hosts)  # type: ignore[arg-type]
+    redis_url = await resolve_redis_url(model, run.incident.namespace, run.kube, resolve_service_hosts)
     config = render.resolve_policy_config(
         model, redis_url=redis_url, override=ActiveOverride.model_validate(override)
     )
@@ -603,7 +573,7 @@ async def _apply_override(
 
 
 async def _lift_isolation(
-    kube: IncidentKube, namespace: str, policy_name: str, restored: list[str], logger: Any
+    kube: KubeIO, namespace: str, policy_name: str, restored: list[str], logger: Any
 ) -> None:
     """A restore incident took ``restored`` out of maintenance mode: they leave the policy's
     time-boxed isolation record (the record goes when no pod is left)."""
@@ -620,7 +590,7 @@ async def handle_incident_deleted(
     incident: IncidentRef,
     spec: Mapping[str, Any],
     *,
-    kube: IncidentKube,
+    kube: KubeIO,
     logger: Any,
     clock: Callable[[], float] = _now_s,
 ) -> bool:

@@ -15,10 +15,10 @@ from health_scenarios import (
 )
 
 from cache_operator.api.cacheincident import CacheIncidentSpec, CacheIncidentStatus
-from cache_operator.incidents.autoincident import auto_incident_status, causes_for, render_auto_incident
+from cache_operator.incidents.auto_manifest import auto_incident_status, causes_for, render_auto_incident
 from cache_operator.incidents.detection import DetectionSettings, observe, summarize_probe
-from cache_operator.incidents.timefmt import rfc3339
 from cache_runtime.health import evaluate
+from cache_runtime.timefmt import rfc3339
 
 HASH = "a" * 64
 NOW = 1_800_000_000.0

@@ -1,7 +1,8 @@
 """The ``cachewarden`` console script: one entry point that dispatches to each part of the product.
 
-Subcommands import their package lazily so ``cachewarden runtime`` never loads the operator or the
-local-cluster code, and the other way round.
+It lives above the packages it dispatches to (engine <- service <- operator <- command), so none of
+them imports it. Subcommands import their package lazily so ``cachewarden runtime`` never loads the
+operator or the local-cluster code, and the other way round.
 """
 
 from __future__ import annotations

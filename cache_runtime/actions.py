@@ -1,0 +1,33 @@
+"""The runbook's actions, listed once.
+
+``IncidentAction`` is the CacheIncident ``spec.action`` enum (the operator's model and its CRD use this
+type), ``INCIDENT_ACTIONS`` the same names as a tuple, and ``ACTIONS`` what a diagnosis may recommend:
+those plus ``config-change`` (a recommendation to edit the policy, never run by the operator).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["ACTIONS", "DISRUPTIVE_ACTIONS", "INCIDENT_ACTIONS", "IncidentAction"]
+
+IncidentAction = Literal[
+    "clear",
+    "invalidate",
+    "gc",
+    "reset-config",
+    "apply-preset",
+    "reconnect-redis",
+    "compress-existing",
+    "isolate",
+    "restore",
+    "diagnose",
+]
+INCIDENT_ACTIONS: tuple[str, ...] = get_args(IncidentAction)
+ACTIONS = frozenset((*INCIDENT_ACTIONS, "config-change"))
+# Actions that change what pods serve or drop cached data: at most one runs per policy at a time, and a
+# recommendation of one is flagged disruptive. One set for the engine's diagnosis and the operator.
+DISRUPTIVE_ACTIONS = frozenset(
+    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing",
+     "config-change"}
+)
