@@ -135,6 +135,21 @@ def test_the_node_is_real(kind_lane: KindLane) -> None:
     pod = python_pod(kind_lane.app_image, f"dns-{uuid.uuid4().hex[:5]}", {}, script)
     out = pod_output(kube, "default", pod)
     assert out.split() == ["10.96.0.1", "10.96.0.10"], out
+    # A Service without endpoints refuses at once; its ClusterIP never leaves the node.
+    kube.kubectl("create", "service", "clusterip", "nobody-home", "--tcp=6379:6379", "-n", "default")
+    try:
+        ip = kube.kubectl_json("get", "service", "nobody-home", "-n", "default")["spec"]["clusterIP"]
+        script = ("import socket\n"
+                  "try:\n"
+                  f"    s = socket.create_connection(('{ip}', 6379), timeout=5); s.sendall(b'PING\\r\\n')\n"
+                  "    print('ANSWERED', s.recv(64))\n"
+                  "except OSError as exc:\n"
+                  "    print('REFUSED', type(exc).__name__)\n")
+        out = pod_output(kube, "default", python_pod(kind_lane.app_image, f"noep-{uuid.uuid4().hex[:5]}", {},
+                                                     script))
+        assert out == "REFUSED ConnectionRefusedError", out
+    finally:
+        kube.kubectl("delete", "service", "nobody-home", "-n", "default", "--ignore-not-found")
 
 
 def test_chart_runs_the_operator_under_its_service_account(installed: KindLane) -> None:

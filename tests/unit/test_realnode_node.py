@@ -50,6 +50,12 @@ def test_kind_config_pins_etcd_and_the_bridge_subnets() -> None:
     assert "kubeadmConfigPatches" not in stock
 
 
+def test_the_entrypoint_keeps_the_ranges_kind_is_configured_with() -> None:
+    entrypoint = (NODE_FILES / "usr/local/bin/entrypoint").read_text()
+    assert f"CACHEWARDEN_SERVICE_SUBNET:-{kind.SERVICE_SUBNET}}}" in entrypoint
+    assert f"CACHEWARDEN_POD_SUBNET:-{kind.POD_SUBNET}}}" in entrypoint
+
+
 @pytest.mark.parametrize("name", ["", "Upper", "-lead", "trail-", "x" * 33, "under_score"])
 def test_bad_cluster_names_are_refused_naming_the_value(name: str) -> None:
     with pytest.raises(kind.KindError, match="accepted: lower-case letters"):
