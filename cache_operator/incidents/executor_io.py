@@ -58,7 +58,9 @@ class ActionCaller(Protocol):
 
     async def call(
         self, pod: PodTarget, token: str, request: plans.PodRequest, idempotency_key: str | None
-    ) -> PodReply: ...
+    ) -> PodReply:
+        """Send one step's admin call to the pod, with its ``Idempotency-Key``."""
+        ...
 
 
 EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (type Normal/Warning, reason, message)

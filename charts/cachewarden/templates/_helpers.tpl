@@ -108,7 +108,7 @@ app.kubernetes.io/part-of: cachewarden
 {{- end -}}
 
 {{/* RBAC ------------------------------------------------------------------------------------------
-What the operator calls, from the code (cache_operator/k8s.py, reconcile.py, incident_executor.py,
+What the operator calls, from the code (cache_operator/k8s.py, reconcile.py, incidents/executor_io.py,
 handlers/, and kopf itself). docs/chart.md explains each rule. */}}
 
 {{- define "cachewarden.operatorRules" -}}
