@@ -57,7 +57,7 @@ def kind_up(progress: Callable[[str], None] = print) -> str:
     demo = Demo(kubeconfig, bin_dir / "kubectl", progress, helm=bin_dir / "helm", helm_values=(),
                 traffic_from_pods=True)
     demo.install(timeout=300.0)
-    steps = next_steps(kubeconfig, bin_dir).replace("make down ", "make down NODE=kind ")
+    steps = next_steps(kubeconfig, bin_dir).replace("make down          ", "make down NODE=kind")
     return demo.table() + steps
 
 
