@@ -799,7 +799,7 @@ def _build_app_image(base: str, wheelhouse: Path, *, repo: Path, environ: Mappin
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
     with serve_directory(wheelhouse) as url:
         args = {**build_args, "PIP_FIND_LINKS": url}
-        command = ["docker", "build", "--network", "host", "--tag", tag,
+        command = ["docker", "build", "--force-rm", "--network", "host", "--tag", tag,
                    "--label", f"org.opencontainers.image.base.name={base}",
                    "--label", f"{LABEL_PREFIX}.inputs-sha256={digest}"]
         for key, value in sorted(args.items()):

@@ -296,8 +296,8 @@ def ensure_node_image(*, environ: Mapping[str, str] | None = None, suite: str = 
     log.unlink(missing_ok=True)
     prep = f"{NODE_REPOSITORY}-prep:{tag.rsplit(':', 1)[1]}"
     progress(f"kind-node: node/Dockerfile on {node_root.tag} (log {log})")
-    _run(["docker", "build", "--quiet", "--build-arg", f"NODE_BASE={node_root.tag}", "-t", prep,
-          str(NODE_DIR)], log, "building the node base (devcluster/realnode/node/Dockerfile)")
+    _run(["docker", "build", "--quiet", "--force-rm", "--build-arg", f"NODE_BASE={node_root.tag}",
+          "-t", prep, str(NODE_DIR)], log, "building the node base (devcluster/realnode/node/Dockerfile)")
 
     archives: list[tuple[str, bytes]] = []
     for component in components:
