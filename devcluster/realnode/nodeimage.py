@@ -92,7 +92,8 @@ def component_images(versions: Mapping[str, str]) -> tuple[ComponentImage, ...]:
                        "/coredns", entrypoint=("/coredns",)),
         ComponentImage(PAUSE_IMAGE, "pause", "/pause", entrypoint=("/pause",)),
         ComponentImage(f"{NETPOL_IMAGE_REPOSITORY}:{versions['KUBE_ROUTER_VERSION']}", "kube-router",
-                       "/usr/local/bin/kube-router", on_netbase=True, entrypoint=("/usr/local/bin/kube-router",)),
+                       "/usr/local/bin/kube-router", on_netbase=True,
+                       entrypoint=("/usr/local/bin/kube-router",)),
     ]
     return tuple(images)
 
