@@ -137,6 +137,16 @@ async def ensure_peering_objects(kube: Kube, options: dict[str, Any], logger: ko
             logger.info("created the %s %r (%s) for peering", obj["kind"], name, where)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in through the official ``kubernetes`` client only (in-cluster ServiceAccount, or the
+    kubeconfig with its ``tokenFile`` users). Without a login handler of its own, kopf also tries
+    pykube-ng whenever that package is installed (pytest-kind-ng brings it into the test environment),
+    and pykube-ng reads no ``tokenFile``: the operator then went to the API server as
+    ``system:anonymous`` and every request was forbidden."""
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.cleanup()
 async def close_clients(memo: kopf.Memo, **_: Any) -> None:
     """Close the HTTP pool and the Kubernetes client on shutdown."""
