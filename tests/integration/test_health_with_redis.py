@@ -16,7 +16,7 @@ from cache_runtime.l2 import RedisL2, RedisSettings
 from cache_runtime.stats import EngineStats, build_snapshot
 
 if TYPE_CHECKING:
-    from conftest import RedisFactory
+    from tests.integration.conftest import RedisFactory
 
 pytestmark = pytest.mark.integration
 

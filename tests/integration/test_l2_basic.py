@@ -14,7 +14,7 @@ from cache_runtime.l2 import RedisL2, RedisSettings
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import RedisFactory, RedisProcess
+    from tests.integration.conftest import RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 

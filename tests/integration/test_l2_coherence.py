@@ -14,7 +14,7 @@ from cache_runtime.l2.connect import RedisClients
 from tests.waiting import eventually as wait_eventually
 
 if TYPE_CHECKING:
-    from conftest import Blackhole, RedisFactory, RedisProcess
+    from tests.integration.conftest import Blackhole, RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 

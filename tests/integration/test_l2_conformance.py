@@ -23,7 +23,7 @@ HANG_GUARD_S = 60
 @pytest.fixture(scope="module")
 def cluster_url(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Seed nodes of a 3-primary Redis Cluster, for this module (forming it takes about two seconds)."""
-    from conftest import RedisFactory
+    from tests.integration.conftest import RedisFactory
 
     factory = RedisFactory(tmp_path_factory.mktemp("conformance-cluster"))
     try:
@@ -36,7 +36,7 @@ def cluster_url(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def sentinel_url(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A master watched by one sentinel, for this module."""
-    from conftest import RedisFactory
+    from tests.integration.conftest import RedisFactory
 
     factory = RedisFactory(tmp_path_factory.mktemp("conformance-sentinel"))
     try:

@@ -13,7 +13,7 @@ from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from conftest import RedisFactory, RedisProcess
+    from tests.integration.conftest import RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def cluster_nodes(
     redis_binary: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[RedisProcess]]:
     """One 3-primary cluster for this module: forming it (gossip) takes about two seconds."""
-    from conftest import RedisFactory
+    from tests.integration.conftest import RedisFactory
 
     factory = RedisFactory(tmp_path_factory.mktemp("cluster"))
     try:

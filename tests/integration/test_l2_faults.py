@@ -16,7 +16,7 @@ from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
-    from conftest import Blackhole, RedisFactory
+    from tests.integration.conftest import Blackhole, RedisFactory
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from cache_runtime.keys import KeyBuilder
 from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
 
 if TYPE_CHECKING:
-    from conftest import AclRedis, RedisFactory, RedisProcess, TlsMaterial
+    from tests.integration.conftest import AclRedis, RedisFactory, RedisProcess, TlsMaterial
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from cache_runtime.config import required_acl_rules, resolve_config
 from tests.waiting import wait_until
 
 if TYPE_CHECKING:
-    from conftest import RedisFactory, RedisProcess
+    from tests.integration.conftest import RedisFactory, RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from cache_runtime.service.app import create_app
 from cache_runtime.service.settings import ServiceSettings
 
 if TYPE_CHECKING:
-    from conftest import RedisProcess
+    from tests.integration.conftest import RedisProcess
 
 pytestmark = pytest.mark.integration
 

@@ -34,7 +34,7 @@ from cache_runtime.service.settings import ServiceSettings
 from tests.waiting import eventually as wait_eventually
 
 if TYPE_CHECKING:
-    from conftest import RedisFactory
+    from tests.integration.conftest import RedisFactory
 
 pytestmark = pytest.mark.integration
 
