@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import posixpath
 import re
 import shlex
 import shutil
@@ -38,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from cache_operator import render
+from devcluster.realnode import images
 
 REPO = Path(__file__).resolve().parents[2]
 DIGEST_PIN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._/-]*):(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127})"
@@ -158,60 +158,10 @@ def copy_sources(instruction: Instruction) -> tuple[list[str], str | None]:
 # .dockerignore (Docker's moby/patternmatcher semantics)
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    out = ""
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-            continue
-        if char == "*":
-            out += "[^/]*"
-        elif char == "?":
-            out += "[^/]"
-        elif char == "[":
-            end = pattern.index("]", i)
-            body = pattern[i + 1:end]
-            out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
-            i = end
-        else:
-            out += re.escape(char)
-        i += 1
-    return re.compile(out)
-
-
-def parse_dockerignore(text: str) -> list[tuple[bool, re.Pattern[str]]]:
-    """(is_exception, regex) per pattern, in order; paths cleaned as Docker cleans them."""
-    rules = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        exception = line.startswith("!")
-        pattern = line[1:].strip() if exception else line
-        pattern = posixpath.normpath("/" + pattern).lstrip("/") if pattern else pattern
-        rules.append((exception, _pattern_regex(pattern)))
-    return rules
-
-
-def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
-    """Whether ``path`` (relative to the context) is left out of the build context.
-
-    A pattern matches the path or any of its parent directories; the last matching pattern decides.
-    """
-    parts = path.strip("/").split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    result = False
-    for exception, regex in rules:
-        if any(regex.fullmatch(prefix) for prefix in prefixes):
-            result = not exception
-    return result
+# One matcher for the project: the image build's own (devcluster.realnode.images), which hashes exactly
+# the files this matcher lets in.
+parse_dockerignore = images.parse_dockerignore
+excluded = images.is_excluded
 
 
 @cache
@@ -468,8 +418,6 @@ def test_builder_takes_offline_pip_arguments_unset_by_default() -> None:
     builder_runs = " ".join(i.args for i in builder.all("RUN"))
     assert "python -m pip" not in builder_runs and "python3 -m pip" not in builder_runs, builder_runs
     assert "/opt/cachewarden/bin/pip wheel" in builder_runs, builder_runs
-
-    from devcluster.realnode import images
 
     # The offline build (images.ensure_app_image) sets PYTHON_IMAGE, a global ARG, to its Debian base.
     lines = logical_lines((REPO / "Dockerfile").read_text())
