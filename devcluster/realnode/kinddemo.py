@@ -11,13 +11,12 @@ kind`` deletes the cluster (its node container and network), nothing else.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from devcluster import binaries
 from devcluster.demo import Demo, next_steps
-from devcluster.realnode import images, nodeimage
+from devcluster.realnode import docker, images, nodeimage
 from devcluster.realnode import kind as kindlib
 
 CLUSTER_NAME = kindlib.DEFAULT_CLUSTER_NAME
@@ -50,7 +49,7 @@ def kind_up(progress: Callable[[str], None] = print) -> str:
         progress(f"demo: kind create cluster --name {CLUSTER_NAME} --image {node.tag}")
         kindlib.create_cluster(tools, CLUSTER_NAME, node.tag, config, kubeconfig)
     for local, shipped in images.release_tags(built.app, built.redis).items():
-        subprocess.run(["docker", "tag", local, shipped], check=True, capture_output=True)
+        docker.tag_image(local, shipped)
         progress(f"demo: kind load docker-image {shipped}")
         kindlib.load_image(tools, CLUSTER_NAME, shipped)
     bin_dir = binaries.bin_dir()

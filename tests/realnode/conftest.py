@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from devcluster import binaries
+from devcluster.realnode import docker
 from devcluster.realnode import kind as kindlib
 from devcluster.realnode.docker import DockerError
 from devcluster.testing import REQUIRE_E2E_ENV, KubeTools, e2e_required
@@ -86,7 +87,7 @@ def kind_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindLane]:
     try:
         loaded: dict[str, str] = {}
         for local, shipped in images.release_tags(built.app, built.redis).items():
-            _docker_tag(local, shipped)
+            docker.tag_image(local, shipped)
             cluster.load_docker_image(shipped)
             loaded[local] = shipped
         kube = KubeTools(kubeconfig=kubeconfig, bin_dir=binaries.bin_dir(), home=work / "home")
@@ -99,9 +100,3 @@ def kind_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindLane]:
         else:
             cluster.delete()
         shutil.rmtree(Path(".pytest-kind") / CLUSTER_NAME, ignore_errors=True)
-
-
-def _docker_tag(source: str, target: str) -> None:
-    import subprocess
-
-    subprocess.run(["docker", "tag", source, target], check=True, capture_output=True)
