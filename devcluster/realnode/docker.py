@@ -188,25 +188,38 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def run_logged(command: Sequence[str], log_path: Path, *, what: str, stdin: IO[bytes] | None = None,
-               env: Mapping[str, str] | None = None, timeout: float = 3600.0) -> None:
+def run_logged(command: Sequence[str], log_path: Path, *, what: str, stdin: IO[bytes] | bytes | None = None,
+               env: Mapping[str, str] | None = None, timeout: float = 3600.0,
+               capture_stdout: bool = False) -> str:
     """Run a build step with its output appended to ``log_path``; on failure raise
-    :class:`DockerError` naming ``what``, the command and the log's last lines."""
+    :class:`DockerError` naming ``what``, the command and the log's last lines.
+
+    ``stdin`` is a file or the bytes to feed it. With ``capture_stdout`` the command's standard output
+    is returned (and logged after it ends) instead of streamed to the log; stderr always goes to the
+    log. Returns ``''`` otherwise."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    feed = stdin if isinstance(stdin, bytes) else None
+    source: IO[bytes] | int | None = None
+    if feed is None:
+        source = stdin if stdin is not None and not isinstance(stdin, bytes) else subprocess.DEVNULL
     with log_path.open("ab") as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
         log.flush()
         try:
-            result = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, timeout=timeout)
+            result = subprocess.run(
+                list(command), input=feed, stdin=source,
+                stdout=subprocess.PIPE if capture_stdout else log, stderr=log,
+                env=dict(env) if env is not None else None, timeout=timeout)
         except FileNotFoundError as exc:
             raise DockerError(f"{what}: `{command[0]}` not found ({exc})") from exc
         except subprocess.TimeoutExpired as exc:
             raise DockerError(f"{what}: timed out after {timeout:g} s; log {log_path}") from exc
+        if capture_stdout and result.stdout:
+            log.write(result.stdout)
     if result.returncode != 0:
         raise DockerError(f"{what} failed (exit status {result.returncode}): {' '.join(command)}\n"
                           f"last lines of {log_path}:\n{log_tail(log_path)}")
+    return result.stdout.decode(errors="replace") if capture_stdout else ""
 
 
 def image_exists(tag: str) -> bool:

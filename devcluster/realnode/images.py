@@ -849,6 +849,19 @@ def release_tags(app: str, redis: str, repo: Path = REPO) -> dict[str, str]:
     return {app: f"ghcr.io/cachewarden/cachewarden:{version}", redis: "redis:7"}
 
 
+def load_release_images(app: str, redis: str, load: Callable[[str], None],
+                        repo: Path = REPO) -> dict[str, str]:
+    """Tag the built images under the names the shipped manifests use (:func:`release_tags`) and hand
+    each shipped name to ``load`` (``kind load docker-image``, or pytest-kind's
+    ``KindCluster.load_docker_image``). Returns ``{local tag: shipped name}``."""
+    loaded: dict[str, str] = {}
+    for local, shipped in release_tags(app, redis, repo).items():
+        docker.tag_image(local, shipped)
+        load(shipped)
+        loaded[local] = shipped
+    return loaded
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m devcluster.realnode.images``: build what is missing, print tags, sizes and times."""
     parser = argparse.ArgumentParser(prog="python -m devcluster.realnode.images", description=main.__doc__)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from devcluster import binaries
 from devcluster.demo import Demo, next_steps
-from devcluster.realnode import docker, images, nodeimage
+from devcluster.realnode import images, nodeimage
 from devcluster.realnode import kind as kindlib
 
 CLUSTER_NAME = kindlib.DEFAULT_CLUSTER_NAME
@@ -48,10 +48,11 @@ def kind_up(progress: Callable[[str], None] = print) -> str:
                                      etcd_image_tag=nodeimage.etcd_image_tag(versions["ETCD_VERSION"]))
         progress(f"demo: kind create cluster --name {CLUSTER_NAME} --image {node.tag}")
         kindlib.create_cluster(tools, CLUSTER_NAME, node.tag, config, kubeconfig)
-    for local, shipped in images.release_tags(built.app, built.redis).items():
-        docker.tag_image(local, shipped)
+    def load(shipped: str) -> None:
         progress(f"demo: kind load docker-image {shipped}")
         kindlib.load_image(tools, CLUSTER_NAME, shipped)
+
+    images.load_release_images(built.app, built.redis, load)
     bin_dir = binaries.bin_dir()
     demo = Demo(kubeconfig, bin_dir / "kubectl", progress, helm=bin_dir / "helm", helm_values=(),
                 traffic_from_pods=True)

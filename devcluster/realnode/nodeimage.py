@@ -249,17 +249,10 @@ Progress = Callable[[str], None]
 
 
 def _run(command: Sequence[str], log: Path, what: str, stdin: bytes | None = None) -> str:
-    """Run ``command``, append its output to ``log``, raise :class:`DockerError` naming ``what``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    # The classic builder: BuildKit would fetch its Dockerfile frontend from a registry.
-    result = subprocess.run(list(command), input=stdin, capture_output=True, check=False,
-                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
-    with log.open("ab") as handle:
-        handle.write(f"$ {' '.join(command)}\n".encode() + result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise DockerError(f"{what} failed (exit {result.returncode}): {command[:4]}...; "
-                          f"last lines of {log}:\n{docker.log_tail(log)}")
-    return result.stdout.decode(errors="replace")
+    """:func:`docker.run_logged` with the command's stdout returned, under the classic builder
+    (BuildKit would fetch its Dockerfile frontend from a registry)."""
+    return docker.run_logged(command, log, what=what, stdin=stdin, capture_stdout=True,
+                             env={**os.environ, "DOCKER_BUILDKIT": "0"})
 
 
 def _required_binaries(bin_dir: Path, names: Sequence[str]) -> dict[str, Path]:

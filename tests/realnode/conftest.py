@@ -16,30 +16,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from devcluster import binaries
-from devcluster.realnode import docker
 from devcluster.realnode import kind as kindlib
 from devcluster.realnode.docker import DockerError
 from devcluster.testing import REQUIRE_E2E_ENV, KubeTools, e2e_required
+from tests.realnode.support import CLUSTER_NAME, KindLane
 
-CLUSTER_NAME = "cachewarden-e2e"
 KEEP_ENV = "CACHEWARDEN_KEEP_KIND"
-
-
-@dataclass
-class KindLane:
-    """The session's kind cluster: kubectl/helm bound to it, and the image names loaded into it."""
-
-    kube: KubeTools
-    app_image: str
-    redis_image: str
-    node_image: str
-    name: str = CLUSTER_NAME
 
 
 def skip_or_fail(message: str) -> None:
@@ -85,11 +72,7 @@ def kind_lane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindLane]:
                           kubectl_path=tools.kubectl)
     cluster.create(config_file=config_file)
     try:
-        loaded: dict[str, str] = {}
-        for local, shipped in images.release_tags(built.app, built.redis).items():
-            docker.tag_image(local, shipped)
-            cluster.load_docker_image(shipped)
-            loaded[local] = shipped
+        loaded = images.load_release_images(built.app, built.redis, cluster.load_docker_image)
         kube = KubeTools(kubeconfig=kubeconfig, bin_dir=binaries.bin_dir(), home=work / "home")
         kube.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200)
         yield KindLane(kube=kube, app_image=loaded[built.app], redis_image=loaded[built.redis],

@@ -23,7 +23,7 @@ import pytest
 from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from devcluster.testing import KubeTools, namespace_manifest, wait_for
-from tests.realnode.conftest import KindLane
+from tests.realnode.support import KindLane
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cachewarden"

@@ -402,6 +402,18 @@ def test_run_logged_failure_names_the_step_and_shows_the_log(tmp_path: Path) -> 
         docker.run_logged(["no-such-program-here"], log, what="x")
 
 
+def test_run_logged_feeds_bytes_and_returns_stdout_when_asked(tmp_path: Path) -> None:
+    """The node image's steps pipe tarballs in and read container ids out through the same runner."""
+    log = tmp_path / "step.log"
+    out = docker.run_logged(["sh", "-c", "tr a-z A-Z; echo note >&2"], log, what="upper",
+                            stdin=b"container-id\n", capture_stdout=True)
+    assert out == "CONTAINER-ID\n"
+    logged = log.read_text()
+    assert "CONTAINER-ID" in logged and "note" in logged and "$ sh -c" in logged
+    assert docker.run_logged(["sh", "-c", "echo streamed"], log, what="x") == ""
+    assert "streamed" in log.read_text()
+
+
 def test_build_lock_makes_a_second_builder_wait(tmp_path: Path) -> None:
     """Two processes building the same image (the kind lane and a test run): the second waits, says so,
     and continues when the first is done."""
