@@ -761,7 +761,9 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
             {"maxmemory_policy": "volatile-lru", "maxmemory": _raised(limit)},
         )
     else:
-        summary = f"Redis refused writes at maxmemory ({figures}) although its policy is {policy or 'unknown'}"
+        summary = (
+            f"Redis refused writes at maxmemory ({figures}) although its policy is {policy or 'unknown'}"
+        )
         first = Recommendation(
             None,
             f"raise Redis maxmemory above {limit_text} (e.g. to {_mib_text(_raised(limit))}); eviction "

@@ -59,20 +59,38 @@ def helper_binary() -> Path:
     env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod -buildvcs=false"}
     log = work / "build.log"
     with log.open("w") as out:
-        for command in ([go, "get", f"sigs.k8s.io/cli-utils@{version}"], [go, "build", "-o", "kstatus-check.new", "."]):
-            done = subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=BUILD_TIMEOUT_S, check=False)
+        for command in (
+            [go, "get", f"sigs.k8s.io/cli-utils@{version}"],
+            [go, "build", "-o", "kstatus-check.new", "."],
+        ):
+            done = subprocess.run(
+                command,
+                cwd=work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=BUILD_TIMEOUT_S,
+                check=False,
+            )
             if done.returncode != 0:
                 tail = "\n".join(log.read_text().splitlines()[-20:])
-                raise RuntimeError(f"building the kstatus helper failed ({' '.join(command[1:3])}); {log}:\n{tail}")
+                raise RuntimeError(
+                    f"building the kstatus helper failed ({' '.join(command[1:3])}); {log}:\n{tail}"
+                )
     (work / "kstatus-check.new").rename(binary)
     return binary
 
 
 def kstatus_read(objects: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """kstatus' ``{"status", "message"}`` for each object, in order."""
-    done = subprocess.run([str(helper_binary())], input=json.dumps(list(objects)), capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(helper_binary())],
+        input=json.dumps(list(objects)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"kstatus helper exited {done.returncode}: {done.stderr[-2000:]}")
     results: list[dict[str, str]] = json.loads(done.stdout)

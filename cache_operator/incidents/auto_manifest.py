@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from cache_operator.api.cacheincident import CacheIncidentSpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents.detection import CONFIG_DRIFT, SymptomEvent
-from cache_operator.incidents.redis_cluster import LAYER
 from cache_operator.incidents.naming import DEFAULT_WINDOW_SECONDS, auto_incident_labels, auto_incident_name
+from cache_operator.incidents.redis_cluster import LAYER
 from cache_runtime.actions import INCIDENT_ACTIONS
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
@@ -172,14 +172,14 @@ def auto_incident_status(
             None,
         )
         first = runnable[0] if runnable else next(iter(cause.get("recommendations") or []), None)
-        evidence = {**(cause.get("evidence") or {}), "score": cause.get("score")}
+        cause_evidence: dict[str, Any] = {**(cause.get("evidence") or {}), "score": cause.get("score")}
         if cause.get("layer") == LAYER:
-            evidence["layer"] = LAYER
+            cause_evidence["layer"] = LAYER
         else:
-            evidence["pods"] = cause.get("pods", [])
+            cause_evidence["pods"] = cause.get("pods", [])
         entry: dict[str, Any] = {
             "name": str(cause.get("name")),
-            "evidence": evidence,
+            "evidence": cause_evidence,
             "recommendation": "; ".join(
                 part for part in (cause.get("summary"), (first or {}).get("description")) if part
             )[:4096]

@@ -191,7 +191,10 @@ def _open_order(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     """Redis symptoms first (the one nearest a shared cause names the incident), then SYMPTOMS order."""
     return sorted(
         entries,
-        key=lambda e: (e["name"] not in REDIS_SYMPTOMS, SYMPTOMS.index(e["name"]) if e["name"] in SYMPTOMS else 99),
+        key=lambda e: (
+            e["name"] not in REDIS_SYMPTOMS,
+            SYMPTOMS.index(e["name"]) if e["name"] in SYMPTOMS else len(SYMPTOMS),
+        ),
     )
 
 
@@ -317,7 +320,9 @@ async def _open_resolve_collect(
             continue
         engine_causes = causes_for(reports, symptom)
         held = {
-            str(e["incident"]): str(e["name"]) for e in state["symptoms"] if e.get("active") and e.get("incident")
+            str(e["incident"]): str(e["name"])
+            for e in state["symptoms"]
+            if e.get("active") and e.get("incident")
         }
         target = joinable_incident(incidents, held, symptom, engine_causes)
         if target is not None:
@@ -325,7 +330,9 @@ async def _open_resolve_collect(
             symptoms = [*incident_symptoms(target), symptom]
             if await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, {"symptoms": symptoms}):
                 incidents = [
-                    {**i, "status": {**(i.get("status") or {}), "symptoms": symptoms}} if _name(i) == name else i
+                    {**i, "status": {**(i.get("status") or {}), "symptoms": symptoms}}
+                    if _name(i) == name
+                    else i
                     for i in incidents
                 ]
                 out.joined.append(f"{symptom} -> {name}")
@@ -411,10 +418,10 @@ async def _open_resolve_collect(
         state = with_incident(state, symptom, name)
 
     # 3. resolve automatic incidents that no active symptom holds any more
-    held = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
+    holding = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
     for position, incident in enumerate(incidents):
         name = _name(incident)
-        if not lifecycle.is_automatic(incident) or name in held:
+        if not lifecycle.is_automatic(incident) or name in holding:
             continue
         incident_status = incident.get("status") or {}
         generation = (incident.get("metadata") or {}).get("generation")

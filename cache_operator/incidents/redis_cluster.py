@@ -51,7 +51,7 @@ CAUSE_NAMES = (
     "RedisCrashLooping",
     "RedisServiceNoReadyPod",
 )
-_CLUSTER_DOMAINS = ([], ["svc"], ["svc", "cluster", "local"])
+_CLUSTER_DOMAINS: tuple[list[str], ...] = ([], ["svc"], ["svc", "cluster", "local"])
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,9 @@ def redis_target(spec: CachePolicySpec, namespace: str) -> RedisTarget:
     if spec.redis is None:
         return RedisTarget(namespace, None, why="the policy has no spec.redis (memory only)")
     if spec.redis.url is None:
-        return RedisTarget(namespace, None, why="spec.redis.secretRef: the URL is in a Secret only the pods read")
+        return RedisTarget(
+            namespace, None, why="spec.redis.secretRef: the URL is in a Secret only the pods read"
+        )
     parts = urlsplit(spec.redis.url)
     if parts.scheme == "unix":
         return RedisTarget(namespace, None, why="a unix socket names no Service")
@@ -133,7 +135,9 @@ def selected_workloads(
     return [
         w
         for w in workloads
-        if selects(selector, ((((w.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels")))
+        if selects(
+            selector, ((((w.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels"))
+        )
     ]
 
 
@@ -156,7 +160,9 @@ def _pod_facts(pod: Mapping[str, Any]) -> dict[str, Any]:
         waiting = ((container.get("state") or {}).get("waiting") or {}).get("reason")
         last = (container.get("lastState") or {}).get("terminated") or {}
         if restarts >= facts["restarts"]:
-            facts.update(container=container.get("name"), restarts=restarts, ready=bool(container.get("ready")))
+            facts.update(
+                container=container.get("name"), restarts=restarts, ready=bool(container.get("ready"))
+            )
             if waiting:
                 facts["waiting"] = waiting
             if last:
@@ -314,7 +320,8 @@ def diagnose_cluster(
                 symptoms,
                 f"Redis pod {worst['pod']} was OOMKilled (restarts {worst['restarts']}"
                 f"{', limit ' + str(limit) if limit else ''}"
-                f"{', now ' + worst['waiting'] if worst.get('waiting') else ''}): it loses its data each time",
+                f"{', now ' + worst['waiting'] if worst.get('waiting') else ''}): "
+                "it loses its data each time",
                 observed,
                 "set Redis maxmemory below the container's memory limit (with an eviction policy such as "
                 "allkeys-lru), or raise the limit",
@@ -346,6 +353,9 @@ def diagnose_cluster(
                 f"Service {target.namespace}/{target.service} selects {len(pods)} pod(s), none ready "
                 f"({', '.join(f['pod'] + ' ' + str(f.get('phase')) for f in facts[:3])})"
             )
-            fix = f"see why the pods are not Ready: kubectl -n {target.namespace} describe pod " + facts[0]["pod"]
+            fix = (
+                f"see why the pods are not Ready: kubectl -n {target.namespace} describe pod "
+                + facts[0]["pod"]
+            )
         causes.append(_cause("RedisServiceNoReadyPod", symptoms, summary, observed, fix))
     return causes, observed

@@ -49,11 +49,14 @@ async def read_redis_cluster(kube: KubeIO, spec: CachePolicySpec, namespace: str
     for kind in ("Deployment", "StatefulSet"):
         found = await attempt(f"{kind.lower()}s", kube.list_objects("apps/v1", kind, ns))
         workloads.extend({**w, "kind": kind} for w in found or [])
-    pods = []
+    pods: list[dict[str, Any]] = []
     if selector:
-        pods = await attempt(
-            "pods", kube.list_pods(ns, selectors.label_selector_string({"matchLabels": selector}))
-        ) or []
+        pods = (
+            await attempt(
+                "pods", kube.list_pods(ns, selectors.label_selector_string({"matchLabels": selector}))
+            )
+            or []
+        )
     events = await attempt("events", kube.list_objects("v1", "Event", ns)) or []
     return RedisClusterState(
         target,

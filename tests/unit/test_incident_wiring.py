@@ -200,7 +200,9 @@ def add_redis(cluster: FakeCluster, replicas: int = 1) -> None:
     }
     cluster.objects[("EndpointSlice", "redis-x1")] = {
         "metadata": {"name": "redis-x1", "labels": {"kubernetes.io/service-name": "redis"}},
-        "endpoints": [{"addresses": [f"10.0.1.{i + 1}"], "conditions": {"ready": True}} for i in range(replicas)],
+        "endpoints": [
+            {"addresses": [f"10.0.1.{i + 1}"], "conditions": {"ready": True}} for i in range(replicas)
+        ],
     }
     cluster.pods = [p for p in cluster.pods if (p["metadata"].get("labels") or {}).get("app") != "redis"]
     cluster.pods.extend(
@@ -211,7 +213,9 @@ def add_redis(cluster: FakeCluster, replicas: int = 1) -> None:
                 "phase": "Running",
                 "podIP": f"10.0.1.{i + 1}",
                 "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "redis", "ready": True, "restartCount": 0, "state": {"running": {}}}],
+                "containerStatuses": [
+                    {"name": "redis", "ready": True, "restartCount": 0, "state": {"running": {}}}
+                ],
             },
         }
         for i in range(replicas)
@@ -835,9 +839,12 @@ async def test_redis_scaled_to_zero_is_the_diagnosed_cause_with_the_cluster_evid
     assert top["name"] == "RedisScaledToZero" and "scaled to 0 replicas" in top["recommendation"]
     assert f"kubectl -n {NS} scale deployment/redis --replicas=1" in top["recommendation"]
     evidence = top["evidence"]
-    assert evidence["workloads"] == [{"kind": "Deployment", "name": "redis", "replicas": 0, "readyReplicas": 0}]
+    assert evidence["workloads"] == [
+        {"kind": "Deployment", "name": "redis", "replicas": 0, "readyReplicas": 0}
+    ]
     assert evidence["readyEndpoints"] == 0 and evidence["layer"] == "kubernetes"
-    assert evidence["events"][0]["reason"] == "ScalingReplicaSet" and evidence["events"][0]["ageSeconds"] >= 20
+    first_event = evidence["events"][0]
+    assert first_event["reason"] == "ScalingReplicaSet" and first_event["ageSeconds"] >= 20
     # the pods' own view follows (the engine's RedisUnreachable), and the detection carries the cluster read
     assert [c["name"] for c in status["diagnosis"]["causes"]][1:] == ["RedisUnreachable"]
     assert status["detection"]["evidence"]["redisCluster"]["service"] == f"{NS}/redis"
@@ -873,7 +880,9 @@ async def test_an_outage_opens_one_incident_for_both_symptoms() -> None:
     second one; the incident is resolved only when both cleared."""
     cluster = make_cluster({"mode": "Recommend"})
     add_redis(cluster, replicas=0)
-    scenario: dict[str, Callable[[], Scenario]] = {"now": lambda: with_low_hit_rate(with_redis_down(healthy()))}
+    scenario: dict[str, Callable[[], Scenario]] = {
+        "now": lambda: with_low_hit_rate(with_redis_down(healthy()))
+    }
     pods = FakePods(lambda: scenario["now"]())
     now = await probes(cluster, pods, T0, 3)
     incidents = cluster.incidents()

@@ -51,8 +51,10 @@ def test_every_fixture_reads_in_kstatus_as_in_flux(kstatus_ready: None) -> None:
     results = kstatus.kstatus_read(objects)
     table, disagree = [], []
     for (kind, path), obj, result in zip(cases, objects, results, strict=True):
-        table.append(f"{kind:13} {path:42} argo={argo_health(kind, obj)[0]:11} "
-                     f"flux={flux_health(kind, obj):10} kstatus={result['status']} ({result['message']})")
+        table.append(
+            f"{kind:13} {path:42} argo={argo_health(kind, obj)[0]:11} "
+            f"flux={flux_health(kind, obj):10} kstatus={result['status']} ({result['message']})"
+        )
         if result["status"] != _expected(kind, obj):
             disagree.append((kind, path))
     print("\n".join(table))
@@ -69,10 +71,18 @@ def test_every_fixture_reads_in_kstatus_as_in_flux(kstatus_ready: None) -> None:
 
 
 def _incident(status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "cachewarden.io/v1alpha1", "kind": "CacheIncident",
-            "metadata": {"name": "i", "namespace": "ns", "generation": generation,
-                         "labels": {"cachewarden.io/incident-source": "auto"}},
-            "spec": {"policyRef": {"name": "p"}, "action": "gc"}, "status": status}
+    return {
+        "apiVersion": "cachewarden.io/v1alpha1",
+        "kind": "CacheIncident",
+        "metadata": {
+            "name": "i",
+            "namespace": "ns",
+            "generation": generation,
+            "labels": {"cachewarden.io/incident-source": "auto"},
+        },
+        "spec": {"policyRef": {"name": "p"}, "action": "gc"},
+        "status": status,
+    }
 
 
 def test_every_phase_the_operator_writes_reads_in_kstatus_as_in_flux(kstatus_ready: None) -> None:

@@ -30,16 +30,19 @@ def spec(url: str | None) -> CachePolicySpec:
     )
 
 
-@pytest.mark.parametrize(("url", "namespace", "service"), [
-    ("redis://redis:6379/0", "shop", "redis"),
-    ("redis://redis.data:6379/0", "data", "redis"),
-    ("rediss://cache-redis.data.svc:6380", "data", "cache-redis"),
-    ("redis://r.data.svc.cluster.local:6379/1", "data", "r"),
-    ("redis+sentinel://sentinel:26379/mymaster", "shop", "sentinel"),
-    ("redis://10.0.0.7:6379/0", "shop", None),
-    ("redis://redis.example.com:6379/0", "shop", None),
-    ("unix:///var/run/redis.sock", "shop", None),
-])
+@pytest.mark.parametrize(
+    ("url", "namespace", "service"),
+    [
+        ("redis://redis:6379/0", "shop", "redis"),
+        ("redis://redis.data:6379/0", "data", "redis"),
+        ("rediss://cache-redis.data.svc:6380", "data", "cache-redis"),
+        ("redis://r.data.svc.cluster.local:6379/1", "data", "r"),
+        ("redis+sentinel://sentinel:26379/mymaster", "shop", "sentinel"),
+        ("redis://10.0.0.7:6379/0", "shop", None),
+        ("redis://redis.example.com:6379/0", "shop", None),
+        ("unix:///var/run/redis.sock", "shop", None),
+    ],
+)
 def test_redis_target_names_the_service(url: str, namespace: str, service: str | None) -> None:
     target = redis_target(spec(url), "shop")
     assert (target.namespace, target.service) == (namespace, service)
@@ -56,16 +59,24 @@ def service() -> dict[str, Any]:
 
 
 def deployment(replicas: int) -> dict[str, Any]:
-    return {"kind": "Deployment", "metadata": {"name": "redis"},
-            "spec": {"replicas": replicas, "template": {"metadata": {"labels": dict(LABELS)}}},
-            "status": {"readyReplicas": replicas}}
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": "redis"},
+        "spec": {"replicas": replicas, "template": {"metadata": {"labels": dict(LABELS)}}},
+        "status": {"readyReplicas": replicas},
+    }
 
 
 def pod(name: str, ready: bool = True, restarts: int = 0, **container: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": dict(LABELS)}, "spec": {"containers": [{"name": "redis"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}],
-                       "containerStatuses": [{"name": "redis", "ready": ready, "restartCount": restarts,
-                                              **container}]}}
+    return {
+        "metadata": {"name": name, "labels": dict(LABELS)},
+        "spec": {"containers": [{"name": "redis"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": str(ready)}],
+            "containerStatuses": [{"name": "redis", "ready": ready, "restartCount": restarts, **container}],
+        },
+    }
 
 
 def slices(*ready: bool) -> list[dict[str, Any]]:
@@ -82,7 +93,8 @@ def names(causes: list[dict[str, Any]]) -> list[str]:
 
 def test_a_running_redis_gives_no_cluster_cause() -> None:
     causes, observed = diagnose_cluster(
-        state(service=service(), endpoint_slices=slices(True), workloads=[deployment(1)], pods=[pod("r-0")]), NOW
+        state(service=service(), endpoint_slices=slices(True), workloads=[deployment(1)], pods=[pod("r-0")]),
+        NOW,
     )
     assert causes == [] and observed["readyEndpoints"] == 1 and observed["pods"][0]["restarts"] == 0
 
@@ -99,25 +111,45 @@ def test_unreadable_service_is_evidence_not_a_cause() -> None:
 
 
 def test_scaled_to_zero_with_its_event() -> None:
-    event = {"involvedObject": {"kind": "ReplicaSet", "name": "redis-5d8f"}, "reason": "SuccessfulDelete",
-             "message": "Deleted pod: redis-5d8f-abc", "lastTimestamp": rfc3339(NOW - 30), "type": "Normal"}
+    event = {
+        "involvedObject": {"kind": "ReplicaSet", "name": "redis-5d8f"},
+        "reason": "SuccessfulDelete",
+        "message": "Deleted pod: redis-5d8f-abc",
+        "lastTimestamp": rfc3339(NOW - 30),
+        "type": "Normal",
+    }
     old = {**event, "lastTimestamp": rfc3339(NOW - 3600)}
     other = {**event, "involvedObject": {"kind": "Pod", "name": "web-0"}}
     causes, observed = diagnose_cluster(
-        state(service=service(), workloads=[deployment(0)], events=[event, old, other]), NOW,
+        state(service=service(), workloads=[deployment(0)], events=[event, old, other]),
+        NOW,
         ["LowHitRate"],
     )
     assert names(causes) == ["RedisScaledToZero"]
     assert causes[0]["symptoms"] == ["LowHitRate", "RedisUnavailable"]
-    assert observed["events"] == [{"object": "ReplicaSet/redis-5d8f", "type": "Normal", "reason": "SuccessfulDelete",
-                                   "message": "Deleted pod: redis-5d8f-abc", "count": 1, "ageSeconds": 30}]
+    assert observed["events"] == [
+        {
+            "object": "ReplicaSet/redis-5d8f",
+            "type": "Normal",
+            "reason": "SuccessfulDelete",
+            "message": "Deleted pod: redis-5d8f-abc",
+            "count": 1,
+            "ageSeconds": 30,
+        }
+    ]
 
 
 def test_crash_looping_without_oom() -> None:
-    looping = pod("r-0", ready=False, restarts=4, state={"waiting": {"reason": "CrashLoopBackOff"}},
-                  lastState={"terminated": {"reason": "Error", "exitCode": 1}})
+    looping = pod(
+        "r-0",
+        ready=False,
+        restarts=4,
+        state={"waiting": {"reason": "CrashLoopBackOff"}},
+        lastState={"terminated": {"reason": "Error", "exitCode": 1}},
+    )
     causes, _ = diagnose_cluster(
-        state(service=service(), endpoint_slices=slices(False), workloads=[deployment(1)], pods=[looping]), NOW
+        state(service=service(), endpoint_slices=slices(False), workloads=[deployment(1)], pods=[looping]),
+        NOW,
     )
     assert names(causes) == ["RedisCrashLooping"] and "last exit Error" in causes[0]["summary"]
 
@@ -133,20 +165,34 @@ def test_oomkilled_once_is_already_a_cause() -> None:
 def test_selector_matching_nothing() -> None:
     causes, _ = diagnose_cluster(state(service=service(), endpoint_slices=[], workloads=[]), NOW)
     assert names(causes) == ["RedisServiceNoReadyPod"]
-    assert "selects no pod at all" in causes[0]["summary"] and "no Deployment/StatefulSet" in causes[0]["summary"]
+    assert (
+        "selects no pod at all" in causes[0]["summary"]
+        and "no Deployment/StatefulSet" in causes[0]["summary"]
+    )
 
 
 def test_pods_not_ready() -> None:
     causes, _ = diagnose_cluster(
-        state(service=service(), endpoint_slices=slices(False), workloads=[deployment(1)],
-              pods=[pod("r-0", ready=False)]), NOW
+        state(
+            service=service(),
+            endpoint_slices=slices(False),
+            workloads=[deployment(1)],
+            pods=[pod("r-0", ready=False)],
+        ),
+        NOW,
     )
     assert names(causes) == ["RedisServiceNoReadyPod"] and "none ready" in causes[0]["summary"]
 
 
 def test_recent_events_newest_first_and_bounded() -> None:
-    events = [{"involvedObject": {"kind": "Pod", "name": "r-0"}, "reason": f"R{i}",
-               "eventTime": rfc3339(NOW - i) .replace("Z", ".123456Z")} for i in range(10)]
+    events = [
+        {
+            "involvedObject": {"kind": "Pod", "name": "r-0"},
+            "reason": f"R{i}",
+            "eventTime": rfc3339(NOW - i).replace("Z", ".123456Z"),
+        }
+        for i in range(10)
+    ]
     picked = recent_events(events, {"Pod": {"r-0"}}, NOW)
     assert [e["reason"] for e in picked] == ["R0", "R1", "R2", "R3", "R4", "R5"]
 
@@ -161,9 +207,14 @@ def incident(name: str, symptom: str, causes: list[str], resolved: bool = False)
     status: dict[str, Any] = {"diagnosis": {"causes": [{"name": c} for c in causes]}}
     if resolved:
         status["resolvedAt"] = rfc3339(NOW)
-    return {"metadata": {"name": name, "labels": {"cachewarden.io/incident-source": "auto",
-                                                   "cachewarden.io/symptom": symptom}},
-            "spec": {"policyRef": {"name": "web"}}, "status": status}
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"cachewarden.io/incident-source": "auto", "cachewarden.io/symptom": symptom},
+        },
+        "spec": {"policyRef": {"name": "web"}},
+        "status": status,
+    }
 
 
 def test_joinable_incident_by_shared_cause() -> None:
@@ -172,10 +223,21 @@ def test_joinable_incident_by_shared_cause() -> None:
     unreachable = {"name": "RedisUnreachable", "symptoms": ["LowHitRate", "RedisUnavailable"]}
     assert joinable_incident([outage], held, "LowHitRate", [unreachable]) is outage
     # by cause name alone, too
-    assert joinable_incident([outage], held, "LowHitRate", [{"name": "RedisUnreachable", "symptoms": []}]) is outage
+    assert (
+        joinable_incident([outage], held, "LowHitRate", [{"name": "RedisUnreachable", "symptoms": []}])
+        is outage
+    )
     # a different cause, a generic one, a resolved incident, an incident no active symptom holds: no
-    assert joinable_incident([outage], held, "LowHitRate", [{"name": "TtlTooShort", "symptoms": ["LowHitRate"]}]) is None
-    assert joinable_incident([outage], held, "LowHitRate", [{"name": "Undetermined", "symptoms": ["RedisUnavailable"]}]) is None
+    assert (
+        joinable_incident([outage], held, "LowHitRate", [{"name": "TtlTooShort", "symptoms": ["LowHitRate"]}])
+        is None
+    )
+    assert (
+        joinable_incident(
+            [outage], held, "LowHitRate", [{"name": "Undetermined", "symptoms": ["RedisUnavailable"]}]
+        )
+        is None
+    )
     gone = incident("web-redisunavailable-1", "RedisUnavailable", ["RedisUnreachable"], resolved=True)
     assert joinable_incident([gone], held, "LowHitRate", [unreachable]) is None
     assert joinable_incident([outage], {}, "LowHitRate", [unreachable]) is None
