@@ -241,6 +241,18 @@ def _cause(
     }
 
 
+def crd_cause(cause: Mapping[str, Any]) -> dict[str, Any]:
+    """A cluster cause in the CacheIncident's ``status.diagnosis.causes`` shape (evidence marked
+    ``layer: kubernetes``; no action: the fix is a person's)."""
+    recommendations = list(cause.get("recommendations") or [])
+    fix = recommendations[0].get("description") if recommendations else None
+    return {
+        "name": str(cause["name"]),
+        "evidence": {**(cause.get("evidence") or {}), "score": cause.get("score"), "layer": LAYER},
+        "recommendation": "; ".join(part for part in (cause.get("summary"), fix) if part)[:4096],
+    }
+
+
 def diagnose_cluster(
     state: RedisClusterState, now: float, symptoms: Sequence[str] = ("RedisUnavailable",)
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -831,7 +831,7 @@ async def test_redis_scaled_to_zero_is_the_diagnosed_cause_with_the_cluster_evid
     add_redis(cluster, replicas=0)
     cluster.objects[("Event", "redis.17e0")] = scaled_down_event(T0 - 20)
     pods = FakePods(lambda: with_redis_down(healthy()))
-    await probes(cluster, pods, T0, 3)
+    now = await probes(cluster, pods, T0, 3)
     incident = cluster.incidents()[redis_down_name()]
     status = incident["status"]
     assert status["cause"] == "RedisScaledToZero" and incident["spec"]["action"] == "diagnose"
@@ -848,6 +848,11 @@ async def test_redis_scaled_to_zero_is_the_diagnosed_cause_with_the_cluster_evid
     # the pods' own view follows (the engine's RedisUnreachable), and the detection carries the cluster read
     assert [c["name"] for c in status["diagnosis"]["causes"]][1:] == ["RedisUnreachable"]
     assert status["detection"]["evidence"]["redisCluster"]["service"] == f"{NS}/redis"
+    # the diagnose action (run in Auto) reads the cluster again: its diagnosis keeps the cause first
+    assert await execute(cluster, pods, redis_down_name(), now) == "Succeeded"
+    status = cluster.incidents()[redis_down_name()]["status"]
+    assert status["cause"] == "RedisScaledToZero" and status.get("recommendedAction") is None
+    assert status["diagnosis"]["causes"][0]["evidence"]["workloads"][0]["replicas"] == 0
 
 
 async def test_oomkilled_crash_looping_redis_is_diagnosed() -> None:
