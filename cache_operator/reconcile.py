@@ -112,6 +112,8 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
         "lastProbeTime": now,
         "hitRate": None,
         "hitRatePercent": None,
+        "lifetimeHitRate": None,
+        "windowSeconds": None,
         "l1HitRate": None,
         "memoryBytes": None,
         "p95LatencyMs": None,
@@ -123,10 +125,13 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     lookups = [max(int((r.get("hit_rates") or {}).get("lookups") or 0), 0) for r in reports]
     total = sum(lookups)
 
-    def weighted(key: str) -> float | None:
+    def weighted(key: str, group: str = "hit_rates") -> float | None:
+        counts = lookups if group == "hit_rates" else [
+            max(int((r.get(group) or {}).get("lookups") or 0), 0) for r in reports
+        ]
         pairs: list[tuple[float, int]] = []
-        for report, n in zip(reports, lookups, strict=False):
-            rate = (report.get("hit_rates") or {}).get(key)
+        for report, n in zip(reports, counts, strict=False):
+            rate = (report.get(group) or {}).get(key)
             if rate is not None:
                 pairs.append((float(rate), n))
         if not pairs:
@@ -136,8 +141,14 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
             return None
         return round(sum(rate * n for rate, n in pairs) / weight, 4)
 
+    # The detector's window (the pods' health window), so the column and an open LowHitRate agree;
+    # the lifetime figure apart.
     hit_rate = weighted("overall") if total else None
     l1_rate = weighted("l1") if total else None
+    lifetime = weighted("overall", "lifetime_hit_rates")
+    windows = [
+        float(w) for r in reports if (w := (r.get("hit_rates") or {}).get("window_seconds")) is not None
+    ]
     memory = sum(int((r.get("memory") or {}).get("bytes") or 0) for r in reports)
     p95s = [
         lat.get("p95_ms")
@@ -161,6 +172,10 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
         out["hitRatePercent"] = f"{hit_rate * 100:.1f}%"
     if l1_rate is not None:
         out["l1HitRate"] = l1_rate
+    if lifetime is not None:
+        out["lifetimeHitRate"] = lifetime
+    if windows:
+        out["windowSeconds"] = round(max(windows), 1)
     if p95s:
         out["p95LatencyMs"] = round(max(float(p) for p in p95s if p is not None), 3)
     if worst != "Healthy":
