@@ -35,6 +35,7 @@ from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
 from cache_operator.incidents.automatic_io import detection_due, run_detection
+from cache_operator.incidents.detection import probe_interval
 from cache_operator.incidents.executor_io import PodActionCaller
 from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.k8s import KubeError
@@ -676,7 +677,8 @@ async def _detect(
     anyway): a malformed health answer or ``status.symptoms`` is logged as a warning, anything else
     as an error, and the next probe pass tries again."""
     now_s = parse_rfc3339(now, "now")
-    if not detection_due(status, now_s, float(model.health.probe_interval_seconds)):
+    interval = probe_interval(status.get("symptoms"), float(model.health.probe_interval_seconds))
+    if not detection_due(status, now_s, interval):
         return None
     try:
         detection = await run_detection(

@@ -369,13 +369,19 @@ async def test_incident_opens_after_n_probes_with_detection_and_diagnosis() -> N
 
 
 async def test_passes_closer_than_the_probe_interval_count_once() -> None:
+    """A healthy policy counts one probe per interval; a pending symptom is confirmed by probes every
+    5 s (detection.probe_interval), and passes closer than that still count once."""
+    healthy_cluster, healthy_pods = make_cluster(), FakePods(healthy)
+    for offset in (0.0, 1.0, 5.0, 11.0):  # converge passes and spec-change wake-ups
+        await probe(healthy_cluster, healthy_pods, T0 + offset)
+    assert healthy_cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0)
     cluster, pods = make_cluster(), FakePods(lambda: with_redis_down(healthy()))
-    for offset in (0.0, 1.0, 2.0, 5.0, 11.0):  # converge passes and spec-change wake-ups
+    for offset in (0.0, 1.0, 2.0, 3.5):
         await probe(cluster, pods, T0 + offset)
     assert symptom_entry(cluster, "RedisUnavailable")["consecutive"] == 1
-    await probe(cluster, pods, T0 + PROBE_S)
+    await probe(cluster, pods, T0 + 5.0)  # a confirming probe: the symptom is pending
     assert symptom_entry(cluster, "RedisUnavailable")["consecutive"] == 2
-    assert cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0 + PROBE_S)
+    assert cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0 + 5.0)
 
 
 async def test_redetection_finds_the_incident_by_its_name() -> None:
