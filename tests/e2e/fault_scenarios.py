@@ -21,7 +21,7 @@ scenario                     symptom            fault / repair
 ``uncompressed-memory``      HighMemory         64 KiB values, compression off / threshold lowered
 ============================ ================== ======================================================
 
-The health window of the runtime is 5 minutes (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
+The health window of the runtime is one minute (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
 symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
 traffic is sized for that, and bounded.
 """
@@ -504,7 +504,7 @@ def _recover_hits(lab: Lab) -> Any:
 
 def _recover_traffic(lab: Lab) -> Any:
     """Healthy traffic in bulk: fast hits, and Redis calls that now succeed, so the fault's share of
-    the 5-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
+    the one-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
     for _ in range(3):
         _hot_reads(lab)
     _absent_reads(lab, 3 * MISSES_PER_BURST)
