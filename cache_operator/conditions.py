@@ -29,6 +29,10 @@ POLICY_CONDITION_TYPES = (READY, RECONCILING, STALLED, CONFIG_APPLIED, HEALTHY, 
 # carried over unchanged by policy_conditions on the others.
 DETECTION_CONDITION_TYPES = (SYMPTOMS_TRACKED,)
 INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED)
+# kstatus (sigs.k8s.io/cli-utils: Helm 4 --wait, Flux without healthCheckExprs, kpt) reads only these
+# two "abnormal-true" conditions and status.observedGeneration: CacheIncidents carry them too, derived
+# from the phase by incident_kstatus_conditions.
+INCIDENT_KSTATUS_TYPES = (RECONCILING, STALLED)
 STATUSES = ("True", "False", "Unknown")
 
 
@@ -238,14 +242,17 @@ def percent(rate: float | None) -> str | None:
 
 def incident_conditions(phase: str, message: str, previous: Sequence[Mapping[str, Any]] | None, now: str,
                         generation: int | None = None, reason: str | None = None) -> list[dict[str, Any]]:
-    """``Succeeded`` and ``Running`` for an incident in ``phase``: the one mapping every writer uses.
+    """``Succeeded``, ``Running``, ``Reconciling`` and ``Stalled`` for an incident in ``phase``: the one
+    mapping every writer uses.
 
     Succeeded: True for Succeeded/Resolved, False for Failed (reason Failed) and Skipped, Unknown while
     Pending/Running/Recommended (a recommendation awaits a person: not finished, not failed).
     Running: True only while Running. ``reason`` (the executor's, e.g. ``CooldownActive``) replaces
-    the phase's default reason on both conditions.
+    the phase's default reason on both conditions. Reconciling and Stalled: see
+    :func:`incident_kstatus_conditions`.
     """
-    conditions = [dict(c) for c in previous or () if c.get("type") in INCIDENT_CONDITION_TYPES]
+    kept = INCIDENT_CONDITION_TYPES + INCIDENT_KSTATUS_TYPES
+    conditions = [dict(c) for c in previous or () if c.get("type") in kept]
     succeeded = {
         "Succeeded": ("True", "Succeeded"),
         "Resolved": ("True", "Resolved"),
@@ -263,4 +270,28 @@ def incident_conditions(phase: str, message: str, previous: Sequence[Mapping[str
     running = ("True", reason or "Running") if phase == "Running" else ("False", reason or phase)
     conditions = set_condition(conditions, RUNNING, *running, message if phase == "Running" else "", now,
                                generation)
+    conditions = incident_kstatus_conditions(conditions, phase, message, now, generation, reason)
     return _ordered(conditions)
+
+
+def incident_kstatus_conditions(conditions: Sequence[Mapping[str, Any]] | None, phase: str, message: str,
+                                now: str, generation: int | None = None,
+                                reason: str | None = None) -> list[dict[str, Any]]:
+    """``conditions`` with the incident's ``Reconciling`` and ``Stalled`` set from ``phase``, so that
+    kstatus reads what the Argo CD health.lua and the Flux healthCheckExprs read:
+
+    - Pending, Running (the action waits or runs): Reconciling=True -> kstatus InProgress;
+    - Failed, Skipped (the action did not do its work): Stalled=True -> kstatus Failed;
+    - Succeeded, Resolved, Recommended (done, or waiting for a person, not failing a sync): both
+      False -> kstatus Current.
+    """
+    if phase in ("Pending", "Running"):
+        reconciling, stalled = ("True", reason or phase), ("False", phase)
+    elif phase in ("Failed", "Skipped"):
+        reconciling, stalled = ("False", phase), ("True", reason or phase)
+    else:
+        reconciling, stalled = ("False", phase), ("False", phase)
+    out = set_condition(conditions, RECONCILING, reconciling[0], reconciling[1],
+                        message if reconciling[0] == "True" else "", now, generation)
+    return set_condition(out, STALLED, stalled[0], stalled[1], message if stalled[0] == "True" else "", now,
+                         generation)

@@ -185,7 +185,11 @@ POLICY_COLUMNS = [
     _printer_column("Pods", ".status.pods.summary", description="Ready/desired target pods"),
     _printer_column("Configured", ".status.pods.configured", "integer",
                     description="Pods running the desired config hash"),
-    _printer_column("Hit Rate", ".status.health.hitRatePercent", description="Overall hit rate"),
+    _printer_column(
+        "Hit Rate",
+        ".status.health.hitRatePercent",
+        description="Hit rate over the detection window (the last minute)",
+    ),
     _printer_column("Redis", ".status.health.redis", description="Redis state"),
     _printer_column("Age", ".metadata.creationTimestamp", "date"),
     _printer_column("Paused", ".spec.paused", "boolean", priority=1),

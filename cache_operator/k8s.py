@@ -30,6 +30,10 @@ _RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Service"): ("/api/v1", "services"),
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    # Read only, for the cross-layer diagnosis of a policy's Redis (incidents.redis_cluster_io).
+    ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets"),
+    ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    ("v1", "Event"): ("/api/v1", "events"),
     ("cachewarden.io/v1alpha1", "CachePolicy"): ("/apis/cachewarden.io/v1alpha1", "cachepolicies"),
     ("cachewarden.io/v1alpha1", "CacheIncident"): ("/apis/cachewarden.io/v1alpha1", "cacheincidents"),
 }

@@ -101,7 +101,8 @@ class OperatorMetrics:
         )
         self.auto_incidents = Counter(
             "cachewarden_operator_auto_incidents",
-            "Automatic incident events by kind (opened, found, reopened, resolved, blocked) and symptom.",
+            "Automatic incident events by kind (opened, found, reopened, joined, resolved, blocked) "
+            "and symptom.",
             ["event", "symptom"],
             registry=self.registry,
         )

@@ -35,6 +35,7 @@ from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
 from cache_operator.incidents.automatic_io import detection_due, run_detection
+from cache_operator.incidents.detection import probe_interval
 from cache_operator.incidents.executor_io import PodActionCaller
 from cache_operator.incidents.plan import isolation_expired, restore_request
 from cache_operator.k8s import KubeError
@@ -112,6 +113,8 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
         "lastProbeTime": now,
         "hitRate": None,
         "hitRatePercent": None,
+        "lifetimeHitRate": None,
+        "windowSeconds": None,
         "l1HitRate": None,
         "memoryBytes": None,
         "p95LatencyMs": None,
@@ -123,10 +126,13 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
     lookups = [max(int((r.get("hit_rates") or {}).get("lookups") or 0), 0) for r in reports]
     total = sum(lookups)
 
-    def weighted(key: str) -> float | None:
+    def weighted(key: str, group: str = "hit_rates") -> float | None:
+        counts = lookups if group == "hit_rates" else [
+            max(int((r.get(group) or {}).get("lookups") or 0), 0) for r in reports
+        ]
         pairs: list[tuple[float, int]] = []
-        for report, n in zip(reports, lookups, strict=False):
-            rate = (report.get("hit_rates") or {}).get(key)
+        for report, n in zip(reports, counts, strict=False):
+            rate = (report.get(group) or {}).get(key)
             if rate is not None:
                 pairs.append((float(rate), n))
         if not pairs:
@@ -136,8 +142,14 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
             return None
         return round(sum(rate * n for rate, n in pairs) / weight, 4)
 
+    # The detector's window (the pods' health window), so the column and an open LowHitRate agree;
+    # the lifetime figure apart.
     hit_rate = weighted("overall") if total else None
     l1_rate = weighted("l1") if total else None
+    lifetime = weighted("overall", "lifetime_hit_rates")
+    windows = [
+        float(w) for r in reports if (w := (r.get("hit_rates") or {}).get("window_seconds")) is not None
+    ]
     memory = sum(int((r.get("memory") or {}).get("bytes") or 0) for r in reports)
     p95s = [
         lat.get("p95_ms")
@@ -161,6 +173,10 @@ def aggregate_health(views: Sequence[PodView], now: str) -> dict[str, Any]:
         out["hitRatePercent"] = f"{hit_rate * 100:.1f}%"
     if l1_rate is not None:
         out["l1HitRate"] = l1_rate
+    if lifetime is not None:
+        out["lifetimeHitRate"] = lifetime
+    if windows:
+        out["windowSeconds"] = round(max(windows), 1)
     if p95s:
         out["p95LatencyMs"] = round(max(float(p) for p in p95s if p is not None), 3)
     if worst != "Healthy":
@@ -661,7 +677,8 @@ async def _detect(
     anyway): a malformed health answer or ``status.symptoms`` is logged as a warning, anything else
     as an error, and the next probe pass tries again."""
     now_s = parse_rfc3339(now, "now")
-    if not detection_due(status, now_s, float(model.health.probe_interval_seconds)):
+    interval = probe_interval(status.get("symptoms"), float(model.health.probe_interval_seconds))
+    if not detection_due(status, now_s, interval):
         return None
     try:
         detection = await run_detection(

@@ -63,9 +63,12 @@ Loader = Callable[[], "Awaitable[T] | T"]
 
 _MAX_TTL_S = 7 * 86_400
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# Health judges a window: the newest kept snapshot at least this old is the window's start.
-_HEALTH_WINDOW_S = 300.0
-_SNAPSHOT_SPACING_S = 10.0
+# Health judges a window: the newest kept snapshot at least this old is the window's start. One
+# minute (it was 5): the operator's detection reads this window, and a workload fault must show in it
+# within seconds, not after minutes of healthy history are diluted; the operator's hysteresis over
+# consecutive probes keeps a short window from flapping. Snapshots are kept every 5 s (64: 5 minutes).
+_HEALTH_WINDOW_S = 60.0
+_SNAPSHOT_SPACING_S = 5.0
 _SNAPSHOT_HISTORY = 64
 # Background upkeep: re-read an unknown namespace version, refresh Redis memory facts and RTT.
 _MAINTENANCE_INTERVAL_S = 10.0

@@ -724,6 +724,20 @@ def redis_unreachable(snapshot: Snapshot, symptoms: tuple[str, ...]) -> Cause | 
     )
 
 
+def _mib_text(value: Any) -> str:
+    """Bytes as ``12.5 MiB`` (``unknown`` when INFO did not give it)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        return "unknown"
+    return f"{value / MIB:.1f} MiB"
+
+
+def _raised(limit: Any) -> int | None:
+    """A maxmemory twice ``limit`` (bytes, at least 64 MiB), or None without a limit."""
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0:
+        return None
+    return int(max(limit * 2, 64 * MIB))
+
+
 def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
     """Redis refuses writes: it reached maxmemory, and with ``noeviction`` it never frees room."""
     l2 = snapshot.get("l2")
@@ -732,16 +746,32 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
     memory = l2.get("memory") or {}
     policy = memory.get("maxmemory_policy")
     used, limit = memory.get("used_memory"), memory.get("maxmemory")
+    used_text = _mib_text(used)
+    limit_text = _mib_text(limit)
+    figures = f"used_memory {used_text} of maxmemory {limit_text}"
     if policy == "noeviction":
-        summary = "Redis is full and its maxmemory-policy is noeviction, so it refuses every write"
+        summary = (
+            f"Redis is full ({figures}) and its maxmemory-policy is noeviction, so it refuses every write"
+        )
         first = Recommendation(
             None,
-            "set Redis maxmemory-policy to volatile-lru (every cache key has a TTL) or allkeys-lru, "
-            "or raise maxmemory",
+            f"set Redis maxmemory-policy to volatile-lru (every cache key has a TTL) or allkeys-lru "
+            f"(CONFIG SET maxmemory-policy volatile-lru), or raise maxmemory above {limit_text} "
+            f"(e.g. to {_mib_text(_raised(limit))}) within the Redis container's memory limit",
+            {"maxmemory_policy": "volatile-lru", "maxmemory": _raised(limit)},
         )
     else:
-        summary = f"Redis refused writes at maxmemory although its policy is {policy or 'unknown'}"
-        first = Recommendation(None, "raise Redis maxmemory; eviction cannot keep up with the write rate")
+        summary = (
+            f"Redis refused writes at maxmemory ({figures}) although its policy is {policy or 'unknown'}"
+        )
+        first = Recommendation(
+            None,
+            f"raise Redis maxmemory above {limit_text} (e.g. to {_mib_text(_raised(limit))}); eviction "
+            "cannot keep up with the write rate",
+            {"maxmemory": _raised(limit)},
+        )
+    # Never clear: dropping every client's data frees room for a moment and the next writes fill it
+    # again; the fix is Redis's eviction policy or memory.
     return Cause(
         name="RedisOutOfMemory",
         symptoms=("RedisOutOfMemory",),
@@ -757,9 +787,6 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
         recommendations=(
             first,
             Recommendation("invalidate", "free room now: invalidate a namespace that is no longer needed"),
-            Recommendation(
-                "clear", "free room now by clearing this cache's keys (everyone misses until refilled)"
-            ),
         ),
         score=1.0,
     )

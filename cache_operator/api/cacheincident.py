@@ -259,13 +259,22 @@ class CacheIncidentStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Succeeded (True/False when finished), Running, and for automatic incidents "
-        "Resolved (True once the symptom cleared).",
+        "Resolved (True once the symptom cleared). Reconciling (True while Pending or Running) and "
+        "Stalled (True when Failed or Skipped) are the abnormal-true conditions kstatus reads (Helm 4 "
+        "--wait, Flux without healthCheckExprs, kpt).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     phase: IncidentPhase = Field(
         default="Pending", description="Informational phase; conditions are authoritative."
     )
     cause: str | None = Field(default=None, description="The top diagnosed cause, for `kubectl get`.")
+    symptoms: list[Symptom] | None = Field(
+        default=None,
+        max_length=20,
+        description="Auto incidents: every symptom this incident stands for. Symptoms of one episode that "
+        "share a diagnosed cause (LowHitRate and RedisUnavailable during a Redis outage) join one "
+        "incident instead of opening one each.",
+    )
     recommended_action: IncidentAction | None = Field(
         default=None,
         description="Action recommended by the diagnosis (Recommend mode records it without running it).",

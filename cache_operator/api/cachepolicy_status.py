@@ -54,10 +54,22 @@ class HealthSummary(ApiModel):
 
     status: HealthVerdict = Field(default="Unknown", description="Worst verdict over the pods.")
     hit_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Overall hit rate (0..1) over all tiers."
+        default=None,
+        ge=0,
+        le=1,
+        description="Overall hit rate (0..1) over all tiers, over the pods' health window (the last "
+        "minute, windowSeconds): the figure automatic detection judges (LowHitRate).",
     )
     hit_rate_percent: str | None = Field(
         default=None, description="hitRate as a percentage, for `kubectl get`."
+    )
+    lifetime_hit_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Overall hit rate (0..1) since the pods started."
+    )
+    window_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="Length of the window hitRate covers (seconds; the longest over the pods).",
     )
     l1_hit_rate: float | None = Field(
         default=None, ge=0, le=1, description="Hit rate of the in-memory tier (0..1)."

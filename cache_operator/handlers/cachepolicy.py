@@ -22,6 +22,7 @@ import kopf
 
 from cache_operator.api.cachepolicy import PLURAL
 from cache_operator.api.common import API_VERSION, GROUP, VERSION
+from cache_operator.incidents.detection import probe_interval
 from cache_operator.k8s import KubeError
 from cache_operator.ports import PolicyRef
 from cache_operator.reconcile import ReconcileOutcome, handle_delete, handle_reconcile
@@ -131,7 +132,11 @@ async def policy_reconciler(
             interval = converge_interval
         else:
             probe = ((body.get("spec") or {}).get("health") or {}).get("probeIntervalSeconds")
-            interval = float(probe or DEFAULT_PROBE_INTERVAL_S)
+            # A pending symptom is confirmed by sooner probes (same count, detection.probe_interval),
+            # judged from the symptoms this pass wrote (the body's status may not show them yet).
+            detected = getattr(outcome.detection, "status", None) or {}
+            symptoms = detected.get("symptoms", (body.get("status") or {}).get("symptoms"))
+            interval = probe_interval(symptoms, float(probe or DEFAULT_PROBE_INTERVAL_S))
         interval = min(interval, _until_expiry(body.get("status") or {}, time.time()))
         trigger = await _wait(wake, stopped, interval)
 

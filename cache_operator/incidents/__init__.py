@@ -21,6 +21,9 @@ Talk to the cluster:
 - :mod:`.automatic_io`: automatic incidents in the policy's probe pass (``run_detection``: detect,
   open, resolve, collect garbage).
 - :mod:`.executor_io`: running one CacheIncident (``handle_incident``), at most once per pod.
+- :mod:`.redis_cluster_io`: reading the Kubernetes state of a policy's Redis (read-only) for the pure
+  :mod:`.redis_cluster` (``diagnose_cluster``: Redis scaled to 0, OOMKilled, crash-looping, no ready
+  endpoint), the cross-layer part of an incident's diagnosis.
 """
 
 from __future__ import annotations

@@ -4,11 +4,16 @@ The pods' health answers already carry the engine's diagnosis (causes per sympto
 and recommendations), so the incident is created knowing its cause: ``spec.action`` is the top
 cause's first recommendation that is a runbook action with valid parameters, else ``diagnose``
 (always safe: it only reads). Whether that action then runs is :func:`safety.may_run`'s call.
+
+The operator's cross-layer view of Redis (:mod:`.redis_cluster`: Redis scaled to 0, OOMKilled,
+crash-looping, a Service without a ready pod) comes in as ``cluster_causes``, ahead of the pods'
+causes; when one of them is the top cause the incident carries ``diagnose``: no runbook action on the
+cache pods fixes a Redis that is not running.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +22,7 @@ from cache_operator.api.cacheincident import CacheIncidentSpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents.detection import CONFIG_DRIFT, SymptomEvent
 from cache_operator.incidents.naming import DEFAULT_WINDOW_SECONDS, auto_incident_labels, auto_incident_name
+from cache_operator.incidents.redis_cluster import LAYER
 from cache_runtime.actions import INCIDENT_ACTIONS
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
@@ -25,10 +31,15 @@ _CAMEL = {"duration_seconds": "durationSeconds", "max_entries": "maxEntries"}
 _REDIS_SYMPTOMS = frozenset({"RedisUnavailable", "RedisAuthFailure", "RedisOutOfMemory"})
 
 
-def causes_for(reports: Mapping[str, Mapping[str, Any] | None], symptom: str) -> list[dict[str, Any]]:
+def causes_for(
+    reports: Mapping[str, Mapping[str, Any] | None],
+    symptom: str,
+    cluster_causes: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
     """The engine's causes of ``symptom`` over every pod's health answer, merged by name (highest
-    score kept, pods listed), most likely first."""
-    merged: dict[str, dict[str, Any]] = {}
+    score kept, pods listed), most likely first; ``cluster_causes`` (the operator's view of Redis in
+    the cluster, :func:`.redis_cluster.diagnose_cluster`) ahead of them."""
+    merged: dict[str, dict[str, Any]] = {str(c["name"]): {**c, "pods": []} for c in cluster_causes}
     for pod in sorted(reports):
         report = reports[pod]
         diagnosis = (report or {}).get("diagnosis") or {}
@@ -51,7 +62,10 @@ def causes_for(reports: Mapping[str, Mapping[str, Any] | None], symptom: str) ->
             "evidence": {},
             "recommendations": [],
         }
-    return sorted(merged.values(), key=lambda c: (-float(c.get("score") or 0), str(c.get("name"))))
+    return sorted(
+        merged.values(),
+        key=lambda c: (c.get("layer") != LAYER, -float(c.get("score") or 0), str(c.get("name"))),
+    )
 
 
 def _incident_action(recommendation: Mapping[str, Any], policy: str) -> tuple[str, dict[str, Any]] | None:
@@ -74,7 +88,10 @@ def _incident_action(recommendation: Mapping[str, Any], policy: str) -> tuple[st
 
 def choose_action(causes: list[dict[str, Any]], policy: str) -> tuple[str, dict[str, Any], str | None]:
     """(action, parameters, cause name) the incident carries: the first runnable recommendation of the
-    most likely cause that has one, else ``diagnose``."""
+    most likely cause that has one, else ``diagnose``; ``diagnose`` too when the most likely cause is
+    in the cluster (Redis scaled to 0...): a person's fix, nothing to run on the cache pods."""
+    if causes and causes[0].get("layer") == LAYER:
+        return FALLBACK_ACTION, {}, str(causes[0].get("name"))
     for cause in causes:
         for recommendation in cause.get("recommendations") or []:
             chosen = _incident_action(recommendation, policy)
@@ -99,6 +116,7 @@ def render_auto_incident(
     now: float,
     policy_uid: str | None = None,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    cluster_causes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The CacheIncident manifest for an opened symptom (create it; a 409 means it exists already).
 
@@ -106,7 +124,7 @@ def render_auto_incident(
     yields the same name. Owned by the policy (when ``policy_uid`` is given) so it goes with it.
     """
     opened_at = parse_rfc3339(event.since, "event.since") if event.since is not None else now
-    causes = causes_for(reports, event.name)
+    causes = causes_for(reports, event.name, cluster_causes)
     action, parameters, _ = choose_action(causes, policy)
     message = event.evidence.get("message") or f"{event.name} held over consecutive probes"
     spec: dict[str, Any] = {
@@ -130,11 +148,18 @@ def render_auto_incident(
 
 
 def auto_incident_status(
-    event: SymptomEvent, reports: Mapping[str, Mapping[str, Any] | None], now: float, policy: str
+    event: SymptomEvent,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    now: float,
+    policy: str,
+    cluster_causes: Sequence[Mapping[str, Any]] = (),
+    cluster_view: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status to write right after creating an automatic incident: detection (symptom, when,
-    evidence), diagnosis (causes in the CRD's shape), the top cause and the recommended action."""
-    causes = causes_for(reports, event.name)
+    evidence), diagnosis (causes in the CRD's shape, ``cluster_causes`` first), the top cause, the
+    recommended action and ``symptoms``; ``cluster_view`` (what the operator read about Redis in the
+    cluster) goes into the detection evidence as ``redisCluster``."""
+    causes = causes_for(reports, event.name, cluster_causes)
     action, _, chosen_cause = choose_action(causes, policy)
     crd_causes = []
     for cause in causes[:10]:
@@ -147,13 +172,14 @@ def auto_incident_status(
             None,
         )
         first = runnable[0] if runnable else next(iter(cause.get("recommendations") or []), None)
+        cause_evidence: dict[str, Any] = {**(cause.get("evidence") or {}), "score": cause.get("score")}
+        if cause.get("layer") == LAYER:
+            cause_evidence["layer"] = LAYER
+        else:
+            cause_evidence["pods"] = cause.get("pods", [])
         entry: dict[str, Any] = {
             "name": str(cause.get("name")),
-            "evidence": {
-                **(cause.get("evidence") or {}),
-                "pods": cause.get("pods", []),
-                "score": cause.get("score"),
-            },
+            "evidence": cause_evidence,
             "recommendation": "; ".join(
                 part for part in (cause.get("summary"), (first or {}).get("description")) if part
             )[:4096]
@@ -171,13 +197,17 @@ def auto_incident_status(
                 entry["parameters"] = runnable[1][1]
         crd_causes.append(entry)
     stamp = rfc3339(now)
+    evidence: dict[str, Any] = {**dict(event.evidence), "since": event.since}
+    if cluster_view:
+        evidence["redisCluster"] = dict(cluster_view)
     return {
         "phase": "Pending",
+        "symptoms": [event.name],
         "detection": {
             "source": "Auto",
             "symptom": event.name,
             "detectedAt": stamp,
-            "evidence": {**dict(event.evidence), "since": event.since},
+            "evidence": evidence,
         },
         "diagnosis": {"causes": crd_causes, "diagnosedAt": stamp},
         "cause": chosen_cause or (crd_causes[0]["name"] if crd_causes else None),

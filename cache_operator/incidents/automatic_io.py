@@ -14,7 +14,14 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
    is paused or the storm limit is reached (:func:`~cache_operator.incidents.safety.may_open`): the
    ``SymptomsTracked`` condition says why and an Event is posted when that reason appears; the
    next pass tries again. The incident's name is then recorded on the symptom's entry in
-   ``status.symptoms`` so the episode never gets a second one (not even after a person deleted it);
+   ``status.symptoms`` so the episode never gets a second one (not even after a person deleted it).
+   A symptom that shares a diagnosed cause with an open incident of the policy **joins** it instead
+   (:func:`joinable_incident`: LowHitRate and RedisUnavailable during a Redis outage are one incident,
+   listed in its ``status.symptoms``), so one cause never gets two incidents racing for one action.
+   Redis symptoms open first, so the incident is named after the one nearest the cause. When the
+   symptom points at Redis, the operator first reads Redis's Kubernetes state
+   (:mod:`~cache_operator.incidents.redis_cluster_io`: Service, EndpointSlices, Deployment/StatefulSet,
+   pods, Events) and puts the cluster-level cause (Redis scaled to 0, OOMKilled...) ahead of the pods';
 3. **resolve**: every automatic incident of the policy that no active symptom holds is resolved
    (:mod:`~cache_operator.incidents.lifecycle`), a Running one on a later pass;
 4. **collect garbage**: finished incidents beyond ``spec.remediation.incidentTtlSeconds`` or the
@@ -36,7 +43,7 @@ from cache_operator import conditions as conds
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
-from cache_operator.incidents.auto_manifest import auto_incident_status, render_auto_incident
+from cache_operator.incidents.auto_manifest import auto_incident_status, causes_for, render_auto_incident
 from cache_operator.incidents.detection import (
     DetectionSettings,
     SymptomEvent,
@@ -44,6 +51,9 @@ from cache_operator.incidents.detection import (
     summarize_probe,
     with_incident,
 )
+from cache_operator.incidents.naming import SYMPTOMS
+from cache_operator.incidents.redis_cluster import REDIS_SYMPTOMS, wants_cluster_view
+from cache_operator.incidents.redis_cluster_io import cluster_causes
 from cache_operator.k8s import KubeError
 from cache_operator.ports import KubeIO
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
@@ -58,6 +68,9 @@ HISTORY_GRACE_S = 300.0
 CREATE_FAILED = "CreateFailed"
 NAME_TAKEN = "NameTaken"
 NO_SYMPTOMS = "NoSymptoms"
+SYMPTOM_JOINED = "SymptomJoined"
+# Causes that say nothing about what went wrong: sharing one of them is no reason to join incidents.
+GENERIC_CAUSES = frozenset({"Undetermined", "LowReuseWorkload"})
 TRACKED = "Tracked"
 
 EventSink = Callable[[str, str, str], Awaitable[None] | None]  # (Normal/Warning, reason, message)
@@ -71,6 +84,7 @@ class DetectionOutcome:
     opened: list[str] = field(default_factory=list)
     found: list[str] = field(default_factory=list)
     reopened: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)  # "symptom -> incident"
     resolved: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)  # symptom -> reason
@@ -131,6 +145,57 @@ async def _post(events: EventSink | None, type_: str, reason: str, message: str)
     outcome = events(type_, reason, message[:1000])
     if outcome is not None:
         await outcome
+
+
+def incident_symptoms(incident: Mapping[str, Any]) -> list[str]:
+    """The symptoms an automatic incident stands for: ``status.symptoms``, else its own symptom."""
+    listed = (incident.get("status") or {}).get("symptoms")
+    if isinstance(listed, list) and listed:
+        return [str(s) for s in listed]
+    own = lifecycle.symptom_of(incident)
+    return [own] if own else []
+
+
+def joinable_incident(
+    incidents: Sequence[Mapping[str, Any]],
+    held: Mapping[str, str],
+    symptom: str,
+    causes: Sequence[Mapping[str, Any]],
+) -> Mapping[str, Any] | None:
+    """The open automatic incident ``symptom`` should join, or None: one held by an active symptom of
+    this episode (``held``: incident name -> symptom) that one of ``symptom``'s diagnosed ``causes``
+    also explains: the cause lists that incident's symptom, or the incident's diagnosis names the same
+    cause. Generic causes (Undetermined, LowReuseWorkload) join nothing."""
+    specific = [c for c in causes if c.get("name") not in GENERIC_CAUSES]
+    if not specific:
+        return None
+    for incident in incidents:
+        name = _name(incident)
+        if name not in held or not lifecycle.is_automatic(incident) or lifecycle.is_resolved(incident):
+            continue
+        theirs = set(incident_symptoms(incident))
+        if symptom in theirs:
+            continue
+        diagnosed = {
+            str(c.get("name"))
+            for c in ((incident.get("status") or {}).get("diagnosis") or {}).get("causes") or []
+            if isinstance(c, Mapping)
+        } - GENERIC_CAUSES
+        for cause in specific:
+            if theirs & set(cause.get("symptoms") or []) or cause.get("name") in diagnosed:
+                return incident
+    return None
+
+
+def _open_order(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Redis symptoms first (the one nearest a shared cause names the incident), then SYMPTOMS order."""
+    return sorted(
+        entries,
+        key=lambda e: (
+            e["name"] not in REDIS_SYMPTOMS,
+            SYMPTOMS.index(e["name"]) if e["name"] in SYMPTOMS else len(SYMPTOMS),
+        ),
+    )
 
 
 def tracked_condition(
@@ -246,17 +311,52 @@ async def _open_resolve_collect(
     out.listed = True
     policy_state = safety.PolicyState(name=policy.name, paused=model.paused)
 
-    # 2. open (or find) the incident of every active symptom that has none
-    for entry in untracked:
+    # 2. join, open (or find) the incident of every active symptom that has none
+    for entry in _open_order(untracked):
         symptom = str(entry["name"])
         event = SymptomEvent(symptom, entry.get("since"), dict(summary.symptoms.get(symptom) or {}))
         if model.paused:
             blocked[symptom] = (safety.PAUSED, "spec.paused is true")
             continue
+        engine_causes = causes_for(reports, symptom)
+        held = {
+            str(e["incident"]): str(e["name"])
+            for e in state["symptoms"]
+            if e.get("active") and e.get("incident")
+        }
+        target = joinable_incident(incidents, held, symptom, engine_causes)
+        if target is not None:
+            name = _name(target)
+            symptoms = [*incident_symptoms(target), symptom]
+            if await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, {"symptoms": symptoms}):
+                incidents = [
+                    {**i, "status": {**(i.get("status") or {}), "symptoms": symptoms}}
+                    if _name(i) == name
+                    else i
+                    for i in incidents
+                ]
+                out.joined.append(f"{symptom} -> {name}")
+                out.transitions.append(("joined", symptom))
+                await _post(
+                    events,
+                    "Normal",
+                    SYMPTOM_JOINED,
+                    f"{symptom} held over {model.health.consecutive_probes} probes and shares its cause with "
+                    f"CacheIncident {name} ({', '.join(symptoms)}): joined it, no second incident",
+                )
+                state = with_incident(state, symptom, name)
+                continue
         decision = safety.may_open(policy_state, incidents, model.remediation)
         if not decision.allowed:
             blocked[symptom] = (decision.reason, decision.message)
             continue
+        cluster: list[dict[str, Any]] = []
+        view: dict[str, Any] | None = None
+        if wants_cluster_view(symptom, engine_causes):
+            try:
+                cluster, view = await cluster_causes(kube, model, namespace, now_s, [symptom])
+            except (KubeError, ValueError) as exc:
+                view = {"error": str(exc)[:300]}
         manifest = render_auto_incident(
             policy=policy.name,
             namespace=namespace,
@@ -264,9 +364,10 @@ async def _open_resolve_collect(
             reports=reports,
             now=now_s,
             policy_uid=policy.uid or None,
+            cluster_causes=cluster,
         )
         name = _name(manifest)
-        initial = auto_incident_status(event, reports, now_s, policy.name)
+        initial = auto_incident_status(event, reports, now_s, policy.name, cluster, view)
         # The executor (started by the create) owns the phase: writing Pending here could overwrite
         # a phase it already wrote. Detection and diagnosis are ours alone.
         initial.pop("phase", None)
@@ -317,10 +418,10 @@ async def _open_resolve_collect(
         state = with_incident(state, symptom, name)
 
     # 3. resolve automatic incidents that no active symptom holds any more
-    held = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
+    holding = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
     for position, incident in enumerate(incidents):
         name = _name(incident)
-        if not lifecycle.is_automatic(incident) or name in held:
+        if not lifecycle.is_automatic(incident) or name in holding:
             continue
         incident_status = incident.get("status") or {}
         generation = (incident.get("metadata") or {}).get("generation")

@@ -29,6 +29,8 @@ CONFIG_DRIFT = "ConfigDrift"
 # which the operator judges from hashes). RedisOutOfMemory is one of them, recommend-only (see
 # cache_operator.api.cacheincident.RECOMMEND_ONLY_SYMPTOMS).
 REPORTED_SYMPTOMS: tuple[str, ...] = tuple(name for name in SYMPTOMS if name != CONFIG_DRIFT)
+# While a symptom is pending (shown by a probe, not open yet) the confirming probes come this often.
+CONFIRM_INTERVAL_S = 5.0
 _SEVERITY_ORDER = {"warning": 1, "critical": 2}
 
 
@@ -249,6 +251,21 @@ def with_incident(state: Mapping[str, Any], symptom: str, incident: str) -> dict
             entry["incident"] = incident
         entries.append(entry)
     return {"symptoms": entries}
+
+
+def probe_interval(symptoms: Any, interval_s: float) -> float:
+    """Seconds until the next probe: the policy's ``interval_s``, or :data:`CONFIRM_INTERVAL_S` while a
+    symptom is pending in ``symptoms`` (``status.symptoms``: an entry not active with a consecutive
+    count). Hysteresis is unchanged (the same number of consecutive probes opens a symptom); the
+    confirming probes only come sooner, so a fault seen once is confirmed in seconds, not in
+    ``consecutiveProbes`` x ``probeIntervalSeconds``. A malformed list counts as nothing pending."""
+    if not isinstance(symptoms, list):
+        return interval_s
+    pending = any(
+        isinstance(entry, Mapping) and not entry.get("active") and (entry.get("consecutive") or 0) > 0
+        for entry in symptoms
+    )
+    return min(interval_s, CONFIRM_INTERVAL_S) if pending else interval_s
 
 
 def active_symptoms(state: Mapping[str, Any] | None) -> list[str]:

@@ -43,6 +43,9 @@ from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents import lifecycle, safety
 from cache_operator.incidents import plan as plans
+from cache_operator.incidents.redis_cluster import crd_cause, wants_cluster_view
+from cache_operator.incidents.redis_cluster_io import cluster_causes
+from cache_operator.k8s import KubeError
 from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.policy_inputs import current_tokens, parse_spec, resolve_redis_url
 from cache_operator.ports import KubeIO, PolicyRef
@@ -289,7 +292,7 @@ async def handle_incident(
     health = await _execute(run, plan, targets, token, caller, logger)
 
     if spec.action == "diagnose":
-        await _record_diagnosis(run, plan, health, targets, token, caller)
+        await _record_diagnosis(run, plan, health, targets, token, caller, model)
     phase = plans.outcome(plan, run.results)
     failed = sorted({r["pod"] for r in run.results if r.get("result") == "Failed"})
     if spec.action == "restore" and not spec.dry_run:
@@ -516,8 +519,11 @@ async def _record_diagnosis(
     targets: Mapping[str, PodTarget | None],
     token: str,
     caller: ActionCaller,
+    model: CachePolicySpec | None = None,
 ) -> None:
-    """status.diagnosis from every pod's health report (read again for pods an earlier run read)."""
+    """status.diagnosis from every pod's health report (read again for pods an earlier run read),
+    behind the cross-layer causes of the policy's Redis when the symptom or the pods point at Redis
+    (:mod:`.redis_cluster_io`)."""
     for pod in sorted({s.pod for s in plan.steps} - set(health)):
         target = targets.get(pod)
         if target is None:
@@ -526,6 +532,13 @@ async def _record_diagnosis(
         if reply.ok and isinstance(reply.body, Mapping):
             health[pod] = reply.body
     diagnosis = diagnosis_from_health(health, run.now())
+    symptom = str((run.status.get("detection") or {}).get("symptom") or "")
+    if model is not None and wants_cluster_view(symptom, diagnosis["causes"]):
+        try:
+            found, _ = await cluster_causes(run.kube, model, run.incident.namespace, run.clock(), [symptom])
+        except (KubeError, ValueError):
+            found = []  # the pods' diagnosis stands alone; the cluster view is an addition
+        diagnosis["causes"] = [crd_cause(c) for c in found] + diagnosis["causes"]
     top = diagnosis["causes"][0] if diagnosis["causes"] else None
     await run.write(
         diagnosis=diagnosis,

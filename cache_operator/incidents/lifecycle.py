@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cache_operator.api.cacheincident import TERMINAL_PHASES
-from cache_operator.conditions import RESOLVED, RUNNING, SUCCEEDED, set_condition
+from cache_operator.conditions import RESOLVED, RUNNING, SUCCEEDED, incident_kstatus_conditions, set_condition
 from cache_operator.incidents.naming import LABEL_SOURCE, LABEL_SYMPTOM, SOURCE_AUTO
 
 SYMPTOM_CLEARED = "SymptomCleared"
@@ -74,6 +74,7 @@ def resolution_status(
     if succeeded is None or succeeded.get("status") == "Unknown":
         # The action never ran to an end (waiting, recommended, detect-only): the episode is over.
         conditions = set_condition(conditions, SUCCEEDED, "True", SYMPTOM_CLEARED, message, now, generation)
+    conditions = incident_kstatus_conditions(conditions, "Resolved", message, now, generation)
     return {
         "phase": "Resolved",
         "resolvedAt": now,
@@ -112,6 +113,8 @@ def recurrence_status(
         conditions = set_condition(
             conditions, SUCCEEDED, "Unknown", SYMPTOM_RECURRED, message, now, generation
         )
+    conditions = incident_kstatus_conditions(conditions, phase if phase in _PHASES else "Pending", message,
+                                             now, generation)
     return {
         "phase": phase,
         "resolvedAt": None,

@@ -32,6 +32,7 @@ COOLDOWN = "CooldownActive"
 DISRUPTIVE_RUNNING = "DisruptiveActionRunning"
 STORM_LIMIT = "StormLimitReached"
 UNKNOWN_ACTION = "UnknownAction"
+SAME_ACTION_RUNNING = "SameActionRunning"
 
 Source = Literal["Manual", "Auto"]
 
@@ -121,6 +122,18 @@ def _running_disruptive(incidents: Sequence[Mapping[str, Any]], exclude: str | N
     return sorted(names)
 
 
+def _running_same(incidents: Sequence[Mapping[str, Any]], exclude: str | None, action: str) -> list[str]:
+    """Other incidents of the policy running ``action`` now (dry runs aside)."""
+    return sorted(
+        _name(i)
+        for i in incidents
+        if _name(i) != exclude
+        and _phase(i) == "Running"
+        and (i.get("spec") or {}).get("action") == action
+        and not (i.get("spec") or {}).get("dryRun", False)
+    )
+
+
 def may_run(
     action: str,
     policy_state: PolicyState,
@@ -183,6 +196,16 @@ def may_run(
                     f"cooldown {remediation.cooldown_seconds}s",
                     retry_after_s=remaining,
                 )
+        # Two automatic incidents never run the same action on one policy at once (the cooldown
+        # covers the time after; with cooldownSeconds 0 this is what still holds).
+        same = _running_same(incidents, incident, action)
+        if same:
+            return Decision(
+                False,
+                SAME_ACTION_RUNNING,
+                f"{action} is already running on this policy: {', '.join(same)}",
+                retry_after_s=RECHECK_SECONDS,
+            )
     if action in DISRUPTIVE_ACTIONS:
         running = _running_disruptive(incidents, incident)
         if len(running) >= remediation.max_concurrent:

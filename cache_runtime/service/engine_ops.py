@@ -285,12 +285,24 @@ class EngineOps:
             if h.get("count")
         }
         requests = snapshot["requests"]
+        # The hit rates the health verdict (and the operator's detection) judged: the report's window.
+        # The lifetime figures since the engine started are reported apart.
+        window = (report or {}).get("summary") or {}
         return {
             "status": status,
             "config_hash": config_hash,
             "preset": self.config.preset,
             "isolated": bool(snapshot.get("isolated")),
             "hit_rates": {
+                "overall": _rate(window.get("hit_rate") if report else requests.get("hit_rate")),
+                "l1": _rate(window.get("l1_hit_rate") if report else requests.get("l1_hit_rate")),
+                "l2": _rate(window.get("l2_hit_rate") if report else requests.get("l2_hit_rate")),
+                "lookups": int(window.get("lookups") or 0) if report else requests["lookups"],
+                "window_seconds": round(float((report or {}).get("window_seconds") or 0.0), 1)
+                if report
+                else None,
+            },
+            "lifetime_hit_rates": {
                 "overall": _rate(requests.get("hit_rate")),
                 "l1": _rate(requests.get("l1_hit_rate")),
                 "l2": _rate(requests.get("l2_hit_rate")),

@@ -21,7 +21,7 @@ scenario                     symptom            fault / repair
 ``uncompressed-memory``      HighMemory         64 KiB values, compression off / threshold lowered
 ============================ ================== ======================================================
 
-The health window of the runtime is 5 minutes (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
+The health window of the runtime is one minute (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
 symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
 traffic is sized for that, and bounded.
 """
@@ -504,7 +504,7 @@ def _recover_hits(lab: Lab) -> Any:
 
 def _recover_traffic(lab: Lab) -> Any:
     """Healthy traffic in bulk: fast hits, and Redis calls that now succeed, so the fault's share of
-    the 5-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
+    the one-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
     for _ in range(3):
         _hot_reads(lab)
     _absent_reads(lab, 3 * MISSES_PER_BURST)
@@ -759,6 +759,51 @@ UNCOMPRESSED_MEMORY = Scenario(
     allowed_actions=("gc", "reconnect-redis", "diagnose", "compress-existing"),
 )
 
+# (f) Redis's Deployment scaled to 0, the policy naming its Service -------------------------------------
+#
+# The cross-layer diagnosis (cache_operator.incidents.redis_cluster): the policy names the Service
+# (resolved to the pod IP by --resolve-service-hosts); the Deployment is scaled to 0, so the pods keep the
+# old address (connections refused) and the operator, which can no longer resolve the Service, keeps
+# probing them. The incident must say RedisScaledToZero with the Deployment, the endpoints and the
+# Events as evidence. The traffic misses much (absent keys) so that LowHitRate shows too: it shares the
+# outage's cause and must join the same incident. Not in SCENARIOS (bench/incidents.py times those).
+
+OUTAGE_MISSES_PER_BURST = 60
+
+
+def _scaled_setup(lab: Lab) -> dict[str, Any]:
+    lab.apply(redis_manifest())
+    lab.redis_pod_ip()
+    return base_spec(lab, "Auto")
+
+
+def _scale_redis_to_zero(lab: Lab) -> None:
+    _hot_reads(lab)
+    lab.scale_redis(0)
+
+
+def _outage_traffic(lab: Lab) -> Any:
+    """Hot L1 hits plus many GETs of absent keys: Redis errors, and a hit rate below 60%."""
+    hot = _hot_reads(lab)
+    _absent_reads(lab, OUTAGE_MISSES_PER_BURST)
+    return hot
+
+
+REDIS_SCALED_TO_ZERO = Scenario(
+    name="redis-scaled-to-zero",
+    symptom="RedisUnavailable",
+    causes=("RedisScaledToZero",),
+    mode="Auto",
+    description="the Redis Deployment scaled to 0, the policy naming its Service",
+    setup=_scaled_setup,
+    inject=_scale_redis_to_zero,
+    fault_traffic=_outage_traffic,
+    repair=lambda lab: lab.scale_redis(1),
+    recover_traffic=_recover_traffic,
+    action="diagnose",
+    action_applies=False,
+)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in (REDIS_STOPPED, REDIS_SLOW, AUTH_FAILURE, SHORT_TTL, UNCOMPRESSED_MEMORY)
 }
@@ -787,11 +832,20 @@ class Timeline:
     notes: list[str] = field(default_factory=list)
 
 
-def auto_incidents(lab: Lab, symptom: str) -> list[dict[str, Any]]:
-    """The policy's automatic incidents for ``symptom`` (by the labels the operator sets)."""
-    selector = f"cachewarden.io/incident-source=auto,cachewarden.io/symptom={symptom}"
-    items: list[dict[str, Any]] = lab.json("get", INCIDENTS, "-l", selector)["items"]
-    return items
+def auto_incidents(lab: Lab, symptom: str | None = None) -> list[dict[str, Any]]:
+    """The policy's automatic incidents for ``symptom`` (None: all of them): by the labels the operator
+    sets, or ``status.symptoms`` for a symptom that joined another symptom's incident (shared cause)."""
+    items: list[dict[str, Any]] = lab.json("get", INCIDENTS, "-l", "cachewarden.io/incident-source=auto")[
+        "items"
+    ]
+    if symptom is None:
+        return items
+    return [
+        i
+        for i in items
+        if (i["metadata"].get("labels") or {}).get("cachewarden.io/symptom") == symptom
+        or symptom in ((i.get("status") or {}).get("symptoms") or [])
+    ]
 
 
 @contextmanager

@@ -302,6 +302,9 @@ OPERATOR_NEEDS = [
     ("create", "deployments.apps", ""), ("patch", "deployments.apps", ""),
     ("delete", "deployments.apps", ""),
     ("list", "pods", ""), ("watch", "pods", ""), ("create", "events", ""),
+    # read-only, the cross-layer diagnosis of a policy's Redis
+    ("get", "services", ""), ("list", "endpointslices.discovery.k8s.io", ""),
+    ("list", "deployments.apps", ""), ("list", "statefulsets.apps", ""), ("list", "events", ""),
 ]
 FORBIDDEN_IN_SCOPE = [
     ("list", "secrets", ""), ("watch", "secrets", ""), ("delete", "pods", ""), ("create", "pods", ""),
@@ -311,6 +314,8 @@ FORBIDDEN_IN_SCOPE = [
     ("create", "serviceaccounts", ""), ("create", "serviceaccounts", "token"),
     ("get", "pods", "exec"), ("create", "pods", "exec"),
     ("delete", "persistentvolumeclaims", ""), ("patch", "daemonsets.apps", ""),
+    ("patch", "statefulsets.apps", ""), ("delete", "statefulsets.apps", ""),
+    ("create", "endpointslices.discovery.k8s.io", ""), ("delete", "events", ""),
 ]
 
 

@@ -332,6 +332,9 @@ async def test_health_reports_everything_the_operator_reads(runtime: Runtime) ->
     assert len(health["config_hash"]) == 64
     assert set(health["hit_rates"]) >= {"overall", "l1", "l2"}
     assert health["hit_rates"]["overall"] == 1.0
+    # the window the verdict judged (the whole short life here) and the lifetime figure, apart
+    assert health["hit_rates"]["window_seconds"] is not None and health["hit_rates"]["lookups"] == 20
+    assert health["lifetime_hit_rates"]["overall"] == 1.0 and health["lifetime_hit_rates"]["lookups"] == 20
     assert health["memory"]["entries"] == 20
     assert health["latency"]["get"]["p95_ms"] is not None
     assert health["redis"]["breaker_state"] == "closed"

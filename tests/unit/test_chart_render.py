@@ -45,6 +45,11 @@ OPERATOR_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # read-only: cross-layer diagnosis of the policy's Redis (and the Redis Service lookup)
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
 ]
 CRD_OBSERVATION = {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                    "verbs": ["list", "watch"]}
@@ -183,9 +188,9 @@ def test_image_tag_digest_args_and_devcluster_flag(helm: Path) -> None:
     assert container["image"] == "ghcr.io/cachewarden/cachewarden:9.9.9"
     assert "--log-level=DEBUG" in container["args"] and "--resolve-service-hosts" in container["args"]
     assert container["args"][-1] == "--pod-timeout=7"
-    services_rule = next(r for r in one(docs, "ClusterRole", "cw-cachewarden")["rules"]
-                         if r["resources"] == ["services"])
-    assert services_rule["verbs"] == ["get", "create", "patch", "delete"]  # get: the Redis Service lookup
+    services_verbs = {v for r in one(docs, "ClusterRole", "cw-cachewarden")["rules"]
+                      if r["resources"] == ["services"] for v in r["verbs"]}
+    assert services_verbs == {"get", "create", "patch", "delete"}  # get: the Redis Service lookup
     digest = "sha256:" + "a" * 64
     assert operator_container(render(helm, f"image.digest={digest}"))["image"] == (
         f"ghcr.io/cachewarden/cachewarden@{digest}")
@@ -207,6 +212,8 @@ def test_cluster_scope_rbac_is_exactly_what_the_operator_uses(helm: Path) -> Non
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], doc["metadata"]["name"]
             if "secrets" in rule["resources"]:
                 assert not {"list", "watch"} & set(rule["verbs"]), "Secrets are read by name only"
+            if {"endpointslices", "statefulsets"} & set(rule["resources"]):
+                assert set(rule["verbs"]) <= {"get", "list"}, "the Redis diagnosis only reads"
 
 
 def test_namespace_scope_rbac_is_a_role_per_watched_namespace(helm: Path) -> None:

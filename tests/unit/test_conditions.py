@@ -149,3 +149,18 @@ def test_incident_conditions(phase: str, succeeded: tuple[str, str], running: tu
 def test_incident_conditions_reject_unknown_phase() -> None:
     with pytest.raises(ValueError, match="phase 'Exploded': accepted: Succeeded"):
         c.incident_conditions("Exploded", "", [], T0)
+
+
+@pytest.mark.parametrize(("phase", "reconciling", "stalled"), [
+    ("Pending", "True", "False"), ("Running", "True", "False"), ("Failed", "False", "True"),
+    ("Skipped", "False", "True"), ("Succeeded", "False", "False"), ("Resolved", "False", "False"),
+    ("Recommended", "False", "False"),
+])
+def test_incident_kstatus_conditions(phase: str, reconciling: str, stalled: str) -> None:
+    """kstatus reads Reconciling (InProgress) and Stalled (Failed): every phase sets both."""
+    result = by_type(c.incident_conditions(phase, "msg", [], T0, 4))
+    assert result["Reconciling"]["status"] == reconciling and result["Stalled"]["status"] == stalled
+    assert result["Reconciling"]["observedGeneration"] == result["Stalled"]["observedGeneration"] == 4
+    if "True" in (reconciling, stalled):
+        true_one = result["Reconciling"] if reconciling == "True" else result["Stalled"]
+        assert true_one["message"] == "msg"

@@ -206,3 +206,15 @@ def test_probe_summary_with_no_answer_tells_nothing() -> None:
     assert ProbeSummary(answered=0).symptoms == {}
     state = {"symptoms": [{"name": "LowHitRate", "active": True, "consecutive": 1, "since": "s"}]}
     assert observe(state, NOTHING, 0, DetectionSettings())[0] == state
+
+
+def test_probe_interval_is_shorter_only_while_a_symptom_is_pending() -> None:
+    """Confirming probes every 5 s while a symptom is pending; the policy's interval otherwise (nothing
+    seen, or the symptom already open); never longer than the policy's own interval."""
+    from cache_operator.incidents.detection import CONFIRM_INTERVAL_S, probe_interval
+
+    pending = [{"name": "LowHitRate", "active": False, "consecutive": 1, "since": "2026-01-01T00:00:00Z"}]
+    active = [{"name": "LowHitRate", "active": True, "consecutive": 0, "since": "2026-01-01T00:00:00Z"}]
+    assert probe_interval(pending, 15.0) == CONFIRM_INTERVAL_S == 5.0
+    assert probe_interval(pending, 3.0) == 3.0
+    assert probe_interval(active, 15.0) == probe_interval([], 15.0) == probe_interval(None, 15.0) == 15.0

@@ -248,7 +248,7 @@ async def test_target_pods_subset_and_unknown_pod() -> None:
     kube = cluster({"policyRef": {"name": "web"}, "action": "gc", "targetPods": ["nope"]})
     phase, _ = await run(kube, FakePods())
     assert phase == "Failed"
-    assert status(kube)["conditions"][0]["reason"] == "UnknownTargetPods"
+    assert condition(status(kube), "Succeeded")["reason"] == "UnknownTargetPods"
     assert "spec.targetPods: nope" in status(kube)["message"]
 
 
@@ -327,11 +327,14 @@ def test_pure_helpers() -> None:
     assert diagnosis_from_health({}, "t") == {"causes": [], "diagnosedAt": "t"}
     running = incident_conditions("Running", "m", [], "2026-01-01T00:00:00Z", 1, "Executing")
     assert {c["type"]: (c["status"], c["reason"]) for c in running} == {
-        "Running": ("True", "Executing"), "Succeeded": ("Unknown", "Executing")}
+        "Running": ("True", "Executing"), "Succeeded": ("Unknown", "Executing"),
+        "Reconciling": ("True", "Executing"), "Stalled": ("False", "Running")}
     failed = incident_conditions("Failed", "m", running, "2026-01-01T00:00:01Z", 1, "StepsFailed")
-    assert {c["type"]: c["status"] for c in failed} == {"Running": "False", "Succeeded": "False"}
+    assert {c["type"]: c["status"] for c in failed} == {
+        "Running": "False", "Succeeded": "False", "Reconciling": "False", "Stalled": "True"}
     recommended = incident_conditions("Recommended", "m", [], "2026-01-01T00:00:02Z", 1, "RecommendOnly")
-    assert {c["type"]: c["status"] for c in recommended} == {"Running": "False", "Succeeded": "Unknown"}
+    assert {c["type"]: c["status"] for c in recommended} == {
+        "Running": "False", "Succeeded": "Unknown", "Reconciling": "False", "Stalled": "False"}
 
 
 async def test_paused_policy_skips_with_the_reason() -> None:

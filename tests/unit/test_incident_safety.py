@@ -356,3 +356,19 @@ def test_recommend_only_symptom_is_never_run_automatically() -> None:
     manual = may_run("clear", policy(), [], NOW, spec, source="Manual", symptom="RedisOutOfMemory")
     assert manual.allowed  # a person's incident runs
     assert may_run("clear", policy(), [], NOW, spec, symptom="HighMemory").allowed
+
+
+def test_two_automatic_incidents_never_run_the_same_action_at_once() -> None:
+    """Even a non-disruptive action, with cooldown 0: an automatic incident waits while another
+    incident of the policy runs the same action; another action, a dry run or a person's incident
+    is not held back by it."""
+    spec = remediation(cooldownSeconds=0)
+    running = [incident("web-a", "gc", "Running", auto=True)]
+    held = may_run("gc", policy(), running, NOW, spec, incident="web-b")
+    assert (held.allowed, held.reason) == (False, "SameActionRunning") and "web-a" in held.message
+    assert may_run("gc", policy(), running, NOW, spec, incident="web-a").allowed  # itself
+    assert may_run("clear", policy(), running, NOW, spec, incident="web-b").allowed
+    assert may_run("gc", policy(), running, NOW, spec, incident="web-b", dry_run=True).allowed
+    assert may_run("gc", policy(), running, NOW, spec, incident="web-b", source="Manual").allowed
+    finished = [incident("web-a", "gc", "Succeeded", auto=True)]
+    assert may_run("gc", policy(), finished, NOW, spec, incident="web-b").allowed

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
-from health_scenarios import Scenario, healthy, with_large_uncompressed_values, with_redis_down
+from health_scenarios import (
+    Scenario,
+    healthy,
+    with_large_uncompressed_values,
+    with_low_hit_rate,
+    with_redis_down,
+)
 
 from cache_operator import render
 from cache_operator.api.cacheincident import CacheIncidentStatus
@@ -182,9 +188,45 @@ class FakePods:
         return PodReply(pod.name, True, 200, answer)
 
 
+def add_redis(cluster: FakeCluster, replicas: int = 1) -> None:
+    """The Redis the policy's URL names, as the cluster shows it: Service ``redis``, a Deployment with
+    ``replicas`` (its ready pods and EndpointSlice follow)."""
+    labels = {"app": "redis"}
+    cluster.objects[("Service", "redis")] = {"metadata": {"name": "redis"}, "spec": {"selector": labels}}
+    cluster.objects[("Deployment", "redis")] = {
+        "metadata": {"name": "redis"},
+        "spec": {"replicas": replicas, "template": {"metadata": {"labels": labels}}},
+        "status": {"readyReplicas": replicas} if replicas else {},
+    }
+    cluster.objects[("EndpointSlice", "redis-x1")] = {
+        "metadata": {"name": "redis-x1", "labels": {"kubernetes.io/service-name": "redis"}},
+        "endpoints": [
+            {"addresses": [f"10.0.1.{i + 1}"], "conditions": {"ready": True}} for i in range(replicas)
+        ],
+    }
+    cluster.pods = [p for p in cluster.pods if (p["metadata"].get("labels") or {}).get("app") != "redis"]
+    cluster.pods.extend(
+        {
+            "metadata": {"name": f"redis-5d8f-{i}", "labels": dict(labels)},
+            "spec": {"containers": [{"name": "redis"}]},
+            "status": {
+                "phase": "Running",
+                "podIP": f"10.0.1.{i + 1}",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "redis", "ready": True, "restartCount": 0, "state": {"running": {}}}
+                ],
+            },
+        }
+        for i in range(replicas)
+    )
+
+
 def make_cluster(
-    remediation: dict[str, Any] | None = None, probes: int = 3, replicas: int = 2
+    remediation: dict[str, Any] | None = None, probes: int = 3, replicas: int = 2, redis: bool = True
 ) -> FakeCluster:
+    """The fake cluster with policy ``web`` (``replicas`` runtime pods) and, with ``redis``, a running
+    Redis behind Service ``redis``."""
     cluster = FakeCluster()
     spec: dict[str, Any] = {
         "preset": "development",
@@ -213,6 +255,8 @@ def make_cluster(
         }
         for i in range(replicas)
     ]
+    if redis:
+        add_redis(cluster)
     return cluster
 
 
@@ -325,13 +369,19 @@ async def test_incident_opens_after_n_probes_with_detection_and_diagnosis() -> N
 
 
 async def test_passes_closer_than_the_probe_interval_count_once() -> None:
+    """A healthy policy counts one probe per interval; a pending symptom is confirmed by probes every
+    5 s (detection.probe_interval), and passes closer than that still count once."""
+    healthy_cluster, healthy_pods = make_cluster(), FakePods(healthy)
+    for offset in (0.0, 1.0, 5.0, 11.0):  # converge passes and spec-change wake-ups
+        await probe(healthy_cluster, healthy_pods, T0 + offset)
+    assert healthy_cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0)
     cluster, pods = make_cluster(), FakePods(lambda: with_redis_down(healthy()))
-    for offset in (0.0, 1.0, 2.0, 5.0, 11.0):  # converge passes and spec-change wake-ups
+    for offset in (0.0, 1.0, 2.0, 3.5):
         await probe(cluster, pods, T0 + offset)
     assert symptom_entry(cluster, "RedisUnavailable")["consecutive"] == 1
-    await probe(cluster, pods, T0 + PROBE_S)
+    await probe(cluster, pods, T0 + 5.0)  # a confirming probe: the symptom is pending
     assert symptom_entry(cluster, "RedisUnavailable")["consecutive"] == 2
-    assert cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0 + PROBE_S)
+    assert cluster.policy()["status"]["lastDetectionTime"] == rfc3339(T0 + 5.0)
 
 
 async def test_redetection_finds_the_incident_by_its_name() -> None:
@@ -603,7 +653,7 @@ async def test_config_drift_is_judged_after_the_push() -> None:
 async def test_a_stopped_redis_service_still_probes_and_detects() -> None:
     """devcluster's --resolve-service-hosts: with no Ready pod behind the Redis Service the policy waits
     (nothing pushed) but its pods are still probed, so the stopped Redis becomes an incident."""
-    cluster = make_cluster({"mode": "Recommend"})
+    cluster = make_cluster({"mode": "Recommend"}, redis=False)
     cluster.objects[("Service", "redis")] = {"spec": {"selector": {"app": "redis"}}}
     redis_pod = {
         "metadata": {"name": "redis-0", "labels": {"app": "redis"}},
@@ -662,7 +712,10 @@ async def test_redis_out_of_memory_is_recommended_only_even_in_auto_mode() -> No
     assert "maxmemory-policy" in top["recommendation"] and top["evidence"]["maxmemory_policy"] == "noeviction"
     assert await execute(cluster, pods, name, now) == "Recommended"
     status = cluster.incidents()[name]["status"]
-    assert status["recommendedAction"] == incident["spec"]["action"] == "clear"
+    # Never clear (everyone's data) for a full Redis: the fix is its eviction policy or memory.
+    assert status["recommendedAction"] == incident["spec"]["action"] == "diagnose"
+    assert all(c.get("action") != "clear" for c in status["diagnosis"]["causes"])
+    assert "maxmemory 1024.0 MiB" in top["recommendation"]
     assert "never remediated automatically" in status["message"]
     assert pods.executed == [] and "lastActions" not in cluster.policy()["status"]
 
@@ -757,3 +810,102 @@ async def test_isolation_is_time_boxed_restored_once_and_lifted_by_restore_or_de
     await probe(cluster, pods, T0 + 121)
     assert pods.executed[before:] == [("web-0", "/emergency/restore")]
     assert "isolation" not in cluster.policy()["status"]
+
+
+# ------------------------------------------------------------------------------------------------
+# cross-layer diagnosis and one incident per cause
+
+
+def scaled_down_event(at: float) -> dict[str, Any]:
+    """The Event the Deployment controller posts when a person scales Redis to 0."""
+    return {
+        "metadata": {"name": "redis.17e0", "creationTimestamp": rfc3339(at)},
+        "involvedObject": {"kind": "Deployment", "name": "redis"},
+        "type": "Normal",
+        "reason": "ScalingReplicaSet",
+        "message": "Scaled down replica set redis-5d8f to 0 from 1",
+        "count": 1,
+        "lastTimestamp": rfc3339(at),
+    }
+
+
+async def test_redis_scaled_to_zero_is_the_diagnosed_cause_with_the_cluster_evidence() -> None:
+    """Redis's Deployment at 0 replicas: the incident's top cause is RedisScaledToZero with the
+    Deployment, the empty endpoints and the scaling Event as evidence; the action is diagnose (no
+    reconnect-redis: nothing to reconnect to), even in Auto mode with reconnect-redis allowed."""
+    cluster = make_cluster({"mode": "Auto", "allowedActions": ["reconnect-redis", "diagnose"]})
+    add_redis(cluster, replicas=0)
+    cluster.objects[("Event", "redis.17e0")] = scaled_down_event(T0 - 20)
+    pods = FakePods(lambda: with_redis_down(healthy()))
+    now = await probes(cluster, pods, T0, 3)
+    incident = cluster.incidents()[redis_down_name()]
+    status = incident["status"]
+    assert status["cause"] == "RedisScaledToZero" and incident["spec"]["action"] == "diagnose"
+    top = status["diagnosis"]["causes"][0]
+    assert top["name"] == "RedisScaledToZero" and "scaled to 0 replicas" in top["recommendation"]
+    assert f"kubectl -n {NS} scale deployment/redis --replicas=1" in top["recommendation"]
+    evidence = top["evidence"]
+    assert evidence["workloads"] == [
+        {"kind": "Deployment", "name": "redis", "replicas": 0, "readyReplicas": 0}
+    ]
+    assert evidence["readyEndpoints"] == 0 and evidence["layer"] == "kubernetes"
+    first_event = evidence["events"][0]
+    assert first_event["reason"] == "ScalingReplicaSet" and first_event["ageSeconds"] >= 20
+    # the pods' own view follows (the engine's RedisUnreachable), and the detection carries the cluster read
+    assert [c["name"] for c in status["diagnosis"]["causes"]][1:] == ["RedisUnreachable"]
+    assert status["detection"]["evidence"]["redisCluster"]["service"] == f"{NS}/redis"
+    # the diagnose action (run in Auto) reads the cluster again: its diagnosis keeps the cause first
+    assert await execute(cluster, pods, redis_down_name(), now) == "Succeeded"
+    status = cluster.incidents()[redis_down_name()]["status"]
+    assert status["cause"] == "RedisScaledToZero" and status.get("recommendedAction") is None
+    assert status["diagnosis"]["causes"][0]["evidence"]["workloads"][0]["replicas"] == 0
+
+
+async def test_oomkilled_crash_looping_redis_is_diagnosed() -> None:
+    """Redis's pod OOMKilled and in CrashLoopBackOff: cause RedisPodOOMKilled with restarts, the last
+    termination and the memory limit."""
+    cluster = make_cluster({"mode": "Recommend"})
+    redis_pod = next(p for p in cluster.pods if p["metadata"]["labels"].get("app") == "redis")
+    redis_pod["spec"]["containers"][0]["resources"] = {"limits": {"memory": "64Mi"}}
+    redis_pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    redis_pod["status"]["containerStatuses"] = [{
+        "name": "redis", "ready": False, "restartCount": 5,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": rfc3339(T0 - 5)}},
+    }]
+    cluster.objects[("EndpointSlice", "redis-x1")]["endpoints"][0]["conditions"]["ready"] = False
+    pods = FakePods(lambda: with_redis_down(healthy()))
+    await probes(cluster, pods, T0, 3)
+    status = cluster.incidents()[redis_down_name()]["status"]
+    assert status["cause"] == "RedisPodOOMKilled"
+    top = status["diagnosis"]["causes"][0]
+    assert "OOMKilled" in top["recommendation"] and "limit 64Mi" in top["recommendation"]
+    pod = top["evidence"]["pods"][0]
+    assert pod["restarts"] == 5 and pod["waiting"] == "CrashLoopBackOff"
+    assert pod["lastTermination"]["reason"] == "OOMKilled" and pod["memoryLimit"] == "64Mi"
+
+
+async def test_an_outage_opens_one_incident_for_both_symptoms() -> None:
+    """Redis down and the hit rate low because of it: the engine explains both by RedisUnreachable, so
+    LowHitRate joins the RedisUnavailable incident (status.symptoms lists both) instead of opening a
+    second one; the incident is resolved only when both cleared."""
+    cluster = make_cluster({"mode": "Recommend"})
+    add_redis(cluster, replicas=0)
+    scenario: dict[str, Callable[[], Scenario]] = {
+        "now": lambda: with_low_hit_rate(with_redis_down(healthy()))
+    }
+    pods = FakePods(lambda: scenario["now"]())
+    now = await probes(cluster, pods, T0, 3)
+    incidents = cluster.incidents()
+    assert list(incidents) == [redis_down_name()], list(incidents)
+    status = incidents[redis_down_name()]["status"]
+    assert status["symptoms"] == ["RedisUnavailable", "LowHitRate"]
+    assert status["cause"] == "RedisScaledToZero"
+    assert symptom_entry(cluster, "LowHitRate")["incident"] == redis_down_name()
+    assert "SymptomJoined" in cluster.reasons()
+    await probes(cluster, pods, now, 3)
+    assert list(cluster.incidents()) == [redis_down_name()]
+    scenario["now"] = healthy
+    add_redis(cluster, replicas=1)
+    await probes(cluster, pods, now + 3 * PROBE_S, 4)
+    assert cluster.incidents()[redis_down_name()]["status"]["phase"] == "Resolved"

@@ -425,3 +425,26 @@ async def test_a_token_secret_holding_no_token_list_stalls_the_policy_and_is_lef
     kube.objects[key] = {**kube.objects[key], "data": good}
     fixed, patch = await reconcile(RUNTIME_SPEC, kube, pods, status=status)
     assert fixed.outcome == "ready" and conditions_by_type(patch.status)["Stalled"]["status"] == "False"
+
+
+def test_aggregate_health_shows_the_detection_window_and_the_lifetime_apart() -> None:
+    """hitRate (the printer column) is the pods' health window, the one detection judges: a fresh
+    LowHitRate shows there while the lifetime figure is still high."""
+
+    def view(name: str, window: float, lifetime: float) -> PodView:
+        return PodView(
+            name,
+            "ip",
+            True,
+            health={
+                "status": "degraded",
+                "hit_rates": {"overall": window, "l1": window, "lookups": 200, "window_seconds": 61.2},
+                "lifetime_hit_rates": {"overall": lifetime, "lookups": 5000},
+                "memory": {"bytes": 1},
+                "redis": {"status": "connected", "breaker_state": "closed"},
+            },
+        )
+
+    health = aggregate_health([view("a", 0.3, 0.9), view("b", 0.2, 0.95)], NOW)
+    assert health["hitRatePercent"] == "25.0%" and health["hitRate"] == 0.25
+    assert health["lifetimeHitRate"] == 0.925 and health["windowSeconds"] == 61.2

@@ -140,7 +140,7 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [{{ if .Values.operator.resolveServiceHosts }}get, {{ end }}create, patch, delete]
+  verbs: [create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [create, patch, delete]
@@ -152,6 +152,22 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Read only, for the cross-layer diagnosis of a policy's Redis (incidents/redis_cluster_io.py) and the
+# Redis Service lookup (operator.resolveServiceHosts): the Service its URL names (by name), that
+# Service's EndpointSlices, the Deployments/StatefulSets behind it (their replicas) and recent Events.
+# Its pods (restarts, OOMKilled) are listed by the pods rule above.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
 {{- end -}}
 
 {{- define "cachewarden.observationRules" -}}
