@@ -11,6 +11,7 @@ client (or the operator) reads one format whatever rejected the request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,18 +27,49 @@ MAX_ECHO_CHARS = 200
 
 
 def echo(value: Any) -> Any:
-    """A value safe to send back: JSON-serialisable and short (never a whole document or text)."""
-    if isinstance(value, str):
-        return value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + "..."
-    if isinstance(value, (int, float, bool)) or value is None:
-        return value
+    """A value safe to send back: strict JSON (no NaN/Infinity, no number JSON cannot carry) and short.
+
+    A JSON body may hold numbers Python reads as ``inf`` (``1e999``) or integers of thousands of
+    digits; echoing those raw made the 422 itself unencodable (a 500). They come back as strings.
+    """
+    safe = _json_safe(value, 0)
+    if isinstance(safe, str):
+        return safe if len(safe) <= MAX_ECHO_CHARS else safe[:MAX_ECHO_CHARS] + "..."
+    if isinstance(safe, (int, float, bool)) or safe is None:
+        return safe
     try:
-        encoded = orjson.dumps(value)
-    except TypeError:
-        return repr(value)[:MAX_ECHO_CHARS]
+        encoded = orjson.dumps(safe)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(safe)[:MAX_ECHO_CHARS]
     if len(encoded) > MAX_ECHO_CHARS:
         return f"<{type(value).__name__} of {len(encoded)} bytes>"
-    return value
+    return safe
+
+
+MAX_ECHO_DEPTH = 8
+MAX_ECHO_DIGITS = 30
+
+
+def _json_safe(value: Any, depth: int) -> Any:
+    """``value`` with every part strict JSON can carry: non-finite floats, huge ints, odd types
+    and too-deep nesting become short strings."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if abs(value) < 10**MAX_ECHO_DIGITS:
+            return value
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth >= MAX_ECHO_DEPTH:
+        return f"<{type(value).__name__} nested deeper than {MAX_ECHO_DEPTH}>"
+    if isinstance(value, Mapping):
+        return {str(key)[:MAX_ECHO_CHARS]: _json_safe(item, depth + 1) for key, item in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item, depth + 1) for item in list(value)[:50]]
+    if isinstance(value, bytes):
+        return value[:MAX_ECHO_CHARS].decode("utf-8", "replace")
+    return repr(value)[:MAX_ECHO_CHARS]
 
 
 def problem(field: str, value: Any, accepted: str, message: str | None = None) -> dict[str, Any]:
