@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cache_runtime.config import PRESET_NAMES, ConfigError
 from cache_runtime.service.auth import Authenticator, Role
@@ -29,7 +29,7 @@ from cache_runtime.service.config_source import (
     ConfigSource,
 )
 from cache_runtime.service.engine_ops import EngineOps, EngineUnavailable
-from cache_runtime.service.errors import InvalidRequest, problem
+from cache_runtime.service.errors import InvalidRequest, problem, reject_non_finite
 from cache_runtime.service.idempotency import (
     HEADER,
     IdempotencyConflict,
@@ -79,6 +79,8 @@ class KeyGenerationBody(_Body):
     text: str = Field(max_length=10_000_000)
     options: dict[str, Any] | None = None
     question: str | None = Field(default=None, max_length=1_000_000)
+
+    _finite_options = field_validator("options")(reject_non_finite)
 
 
 DryRun = Annotated[bool, Query(description="Report what would change, change nothing.")]

@@ -405,7 +405,7 @@ def compression_effectiveness(facts: Facts) -> dict[str, Any]:
     current_ratio = compression_ratio(compression)
     uncompressed = max(0, compression["stored_values"] - compression["compressed"])
     candidates = compression["large_values_uncompressed"]
-    potential = candidates * compression["avg_stored_bytes"] * (1 - (current_ratio or 1.0))
+    potential = candidates * (compression["avg_stored_bytes"] or 0) * (1 - (current_ratio or 1.0))
     return {
         "avg_compression_ratio": current_ratio,
         "uncompressed_count": uncompressed,
