@@ -30,6 +30,10 @@ from cache_runtime.service.config_source import (
 )
 from cache_runtime.service.engine_ops import EngineOps, EngineUnavailable
 from cache_runtime.service.errors import InvalidRequest, problem, reject_non_finite
+from cache_runtime.service.guide import analyses as guide
+from cache_runtime.service.guide.facts import redis_info, scan_l1
+from cache_runtime.service.guide.flat_config import rename_problems, translate
+from cache_runtime.service.guide.process import Sample, rss_bytes
 from cache_runtime.service.idempotency import (
     HEADER,
     IdempotencyConflict,
@@ -38,10 +42,6 @@ from cache_runtime.service.idempotency import (
     request_fingerprint,
     validate_key,
 )
-from cache_runtime.service.guide import analyses as guide
-from cache_runtime.service.guide.facts import redis_info, scan_l1
-from cache_runtime.service.guide.flat_config import rename_problems, translate
-from cache_runtime.service.guide.process import Sample, rss_bytes
 from cache_runtime.service.journal import ActionJournal, RecentErrors
 
 log = logging.getLogger("cachewarden.runtime.admin")
@@ -261,7 +261,8 @@ def build_admin_router(
         body = ops.metrics_json()
         try:
             snapshot = ops.snapshot()
-            body.update(guide.metrics_fields(snapshot, Sample(time.time(), rss_bytes(), snapshot["l1"]["bytes"])))
+            sample = Sample(time.time(), rss_bytes(), snapshot["l1"]["bytes"])
+            body.update(guide.metrics_fields(snapshot, sample))
         except Exception:
             log.exception("guide metrics fields failed")
         return body
@@ -300,7 +301,9 @@ def build_admin_router(
         ops = ctx.engine()
         body = ops.operation_stats()
         added = guide.operation_stats_fields(ops.snapshot(), ops.config.ttl.for_operation)["operations"]
-        body["operations"] = {name: {**body["operations"].get(name, {}), **fields} for name, fields in added.items()}
+        body["operations"] = {
+            name: {**body["operations"].get(name, {}), **fields} for name, fields in added.items()
+        }
         return body
 
     @router.get("/config/current", dependencies=read, summary="The config in force and where it came from")
@@ -344,7 +347,12 @@ def build_admin_router(
         logged = ctx.recent_errors.describe(limit) if ctx.recent_errors else {"total": 0, "errors": []}
         snapshot = ops.snapshot()
         entries = guide.error_entries(snapshot, logged, None, limit)
-        return {"redis": ops.redis_errors(), **logged, "errors": entries, "log_entries": logged.get("errors", [])}
+        return {
+            "redis": ops.redis_errors(),
+            **logged,
+            "errors": entries,
+            "log_entries": logged.get("errors", []),
+        }
 
     @router.post(
         "/debug/key-generation",

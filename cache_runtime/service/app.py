@@ -111,7 +111,8 @@ class RuntimeState:
             except TimeoutError:
                 log.error("old engine did not close in time after restart")
             log.info("engine restarted", extra={"fields": {"l1_entries_dropped": dropped}})
-            return {"l1_entries_dropped": dropped, "restart_ms": round((time.perf_counter() - started) * 1000, 3)}
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            return {"l1_entries_dropped": dropped, "restart_ms": elapsed_ms}
 
     def get_cache(self) -> TieredCache:
         """The engine; raises EngineUnavailable (-> 503) until a config has started it."""

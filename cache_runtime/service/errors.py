@@ -67,7 +67,8 @@ def _json_safe(value: Any, depth: int) -> Any:
         return f"<{type(value).__name__} nested deeper than {MAX_ECHO_DEPTH}>"
     if isinstance(value, Mapping):
         return {
-            _utf8_safe(str(key)[:MAX_ECHO_CHARS]): _json_safe(item, depth + 1) for key, item in list(value.items())[:50]
+            _utf8_safe(str(key)[:MAX_ECHO_CHARS]): _json_safe(item, depth + 1)
+            for key, item in list(value.items())[:50]
         }
     if isinstance(value, (list, tuple)):
         return [_json_safe(item, depth + 1) for item in list(value)[:50]]
@@ -119,7 +120,9 @@ def reject_non_finite(value: Any) -> Any:
     """A pydantic validator body: refuse NaN/Infinity anywhere in ``value`` (JSON has neither)."""
     found = non_finite_path(value)
     if found is not None:
-        raise ValueError(f"{found} is not a finite number; accepted: finite numbers (JSON has no NaN or Infinity)")
+        raise ValueError(
+            f"{found} is not a finite number; accepted: finite numbers (JSON has no NaN or Infinity)"
+        )
     return value
 
 
@@ -218,7 +221,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidRequest)
-        return JSONResponse(status_code=exc.status_code, content=strict(body(exc.error, str(exc), exc.problems)))
+        content = strict(body(exc.error, str(exc), exc.problems))
+        return JSONResponse(status_code=exc.status_code, content=content)
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -232,7 +236,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 "JSON with integers of at most 4300 digits and nesting less than ~1000 levels deep",
                 f"body: {type(cause).__name__}: {str(cause)[:200]}",
             )
-            return JSONResponse(status_code=422, content=strict(body("invalid_request", item["message"], [item])))
+            content = strict(body("invalid_request", item["message"], [item]))
+            return JSONResponse(status_code=422, content=content)
         if isinstance(detail, Mapping):
             content = strict({"problems": [], **detail})
         else:

@@ -56,17 +56,32 @@ class RuntimeProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         for name, token in (("admin", ADMIN), ("read", READ), ("write", WRITE)):
             (self.directory / name).write_text(token + "\n")
-        (self.directory / "config.json").write_text(json.dumps({"preset": self.preset, "redis_url": self.redis_url}))
+        (self.directory / "config.json").write_text(
+            json.dumps({"preset": self.preset, "redis_url": self.redis_url})
+        )
         self.port = self.port or free_port()
         argv = [
-            sys.executable, "-c", "from cachewarden.cli import main; raise SystemExit(main())", "runtime",
-            "--port", str(self.port), "--config-path", str(self.directory / "config.json"),
-            "--admin-token-file", str(self.directory / "admin"), "--read-token-file", str(self.directory / "read"),
-            "--write-token-file", str(self.directory / "write"), "--log-level", "WARNING",
+            sys.executable,
+            "-c",
+            "from cachewarden.cli import main; raise SystemExit(main())",
+            "runtime",
+            "--port",
+            str(self.port),
+            "--config-path",
+            str(self.directory / "config.json"),
+            "--admin-token-file",
+            str(self.directory / "admin"),
+            "--read-token-file",
+            str(self.directory / "read"),
+            "--write-token-file",
+            str(self.directory / "write"),
+            "--log-level",
+            "WARNING",
         ]
         log = open(self.directory / "runtime.log", "ab")  # noqa: SIM115 - kept open for the process's life
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -100,8 +115,16 @@ def text_of(index: int, size: int) -> str:
     return (words * (size // len(words) + 1))[:size]
 
 
-def drive(client: httpx.Client, other: httpx.Client | None = None, *, texts: int = 40, rounds: int = 2,
-          misses: int = 10, large_values: int = 3, tag: str = "") -> dict[str, int]:
+def drive(
+    client: httpx.Client,
+    other: httpx.Client | None = None,
+    *,
+    texts: int = 40,
+    rounds: int = 2,
+    misses: int = 10,
+    large_values: int = 3,
+    tag: str = "",
+) -> dict[str, int]:
     """Known traffic, as two pods of one policy see it: ``other`` (a second runtime on the same
     Redis) stores ``texts`` AI responses, ``client`` looks each up ``rounds`` times (the first round
     hits Redis, later ones L1), then ``misses`` unknown lookups and ``large_values`` data-API values
@@ -112,9 +135,15 @@ def drive(client: httpx.Client, other: httpx.Client | None = None, *, texts: int
     for index in range(texts):
         operation = OPERATIONS[index % len(OPERATIONS)]
         size = (200, 3000, 12000, 40000)[index % 4]
-        response = writer.post("/data/v1/ai/store", json={
-            "operation": operation, "text": tag + text_of(index, size), "options": {"max_length": 100},
-            "value": {"answer": text_of(index + 1000, 800)}})
+        response = writer.post(
+            "/data/v1/ai/store",
+            json={
+                "operation": operation,
+                "text": tag + text_of(index, size),
+                "options": {"max_length": 100},
+                "value": {"answer": text_of(index + 1000, 800)},
+            },
+        )
         if response.status_code == 409:
             refused += 1
             continue
@@ -124,14 +153,24 @@ def drive(client: httpx.Client, other: httpx.Client | None = None, *, texts: int
         for index in range(texts):
             operation = OPERATIONS[index % len(OPERATIONS)]
             size = (200, 3000, 12000, 40000)[index % 4]
-            body = client.post("/data/v1/ai/lookup", json={
-                "operation": operation, "text": tag + text_of(index, size), "options": {"max_length": 100}}).json()
+            body = client.post(
+                "/data/v1/ai/lookup",
+                json={
+                    "operation": operation,
+                    "text": tag + text_of(index, size),
+                    "options": {"max_length": 100},
+                },
+            ).json()
             hits += bool(body.get("hit"))
     for index in range(misses):
-        body = client.post("/data/v1/ai/lookup", json={"operation": "qa", "text": f"never stored {index} {time.time()}"}).json()
+        body = client.post(
+            "/data/v1/ai/lookup", json={"operation": "qa", "text": f"never stored {index} {time.time()}"}
+        ).json()
         missed += not body.get("hit")
     for index in range(large_values):
-        response = client.put(f"/data/v1/keys/guide/large-{index}", json={"value": {"blob": text_of(index, 600_000)}})
+        response = client.put(
+            f"/data/v1/keys/guide/large-{index}", json={"value": {"blob": text_of(index, 600_000)}}
+        )
         if response.status_code == 409:
             refused += 1
             continue
@@ -157,8 +196,9 @@ def run_guide_curl(command_text: str, base: str, token: str, output: Path) -> in
 
 def jq(filter_text: str, document: Path) -> list[Any]:
     """The values the jq binary outputs for ``filter_text`` on ``document`` (one per output)."""
-    done = subprocess.run(["jq", "-c", filter_text, str(document)], capture_output=True, text=True, timeout=30,
-                          check=False)
+    done = subprocess.run(
+        ["jq", "-c", filter_text, str(document)], capture_output=True, text=True, timeout=30, check=False
+    )
     if done.returncode != 0:
         raise AssertionError(f"jq {filter_text!r} failed: {done.stderr}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -48,7 +48,9 @@ COMMANDS = parse_guide()
 
 
 @pytest.fixture(scope="module")
-def pods(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RuntimeProcess, RuntimeProcess]]:
+def pods(
+    redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RuntimeProcess, RuntimeProcess]]:
     """Two runtime processes on the shared redis-server (flushed first)."""
     redis_server.command("FLUSHALL")
     base = tmp_path_factory.mktemp("guide-pods")
@@ -67,8 +69,12 @@ def test_the_guide_is_what_the_issue_counted() -> None:
     assert len(COMMANDS) == 91
     assert len({command.pair for command in COMMANDS}) == 73
     # The variable-captured answers get their filters too (monitoring script, phase 1 baseline).
-    monitor = [command for command in COMMANDS if command.line == 141][0]
-    assert monitor.filters == [".cache_hit_rate // 0", ".total_operations // 0", ".memory_usage.total_mb // 0"]
+    monitor = next(command for command in COMMANDS if command.line == 141)
+    assert monitor.filters == [
+        ".cache_hit_rate // 0",
+        ".total_operations // 0",
+        ".memory_usage.total_mb // 0",
+    ]
 
 
 def _iterated_array(filter_text: str) -> str | None:
@@ -99,7 +105,9 @@ def check_filters(command: GuideCommand, answer: Path) -> list[str]:
     return problems
 
 
-def test_every_guide_command_answers_with_data(pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path) -> None:
+def test_every_guide_command_answers_with_data(
+    pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path
+) -> None:
     guide_pod, other_pod = pods
     answer = tmp_path / "answer"
     failures: dict[str, Any] = {}
@@ -110,7 +118,10 @@ def test_every_guide_command_answers_with_data(pods: tuple[RuntimeProcess, Runti
             status = run_guide_curl(command.text, guide_pod.base, ADMIN, answer)
             statuses[command.pair] = status
             if not 200 <= status < 300:
-                failures[f"{command.line} {command.method} {command.path}"] = (status, answer.read_text()[:300])
+                failures[f"{command.line} {command.method} {command.path}"] = (
+                    status,
+                    answer.read_text()[:300],
+                )
                 continue
             if command.path.endswith("/metrics/prometheus"):
                 assert "cachewarden_" in answer.read_text()
@@ -126,29 +137,48 @@ def test_every_guide_command_answers_with_data(pods: tuple[RuntimeProcess, Runti
     assert len(statuses) == 73
 
 
-def test_the_guide_actions_are_recorded_and_need_the_admin_token(pods: tuple[RuntimeProcess, RuntimeProcess]) -> None:
+def test_the_guide_actions_are_recorded_and_need_the_admin_token(
+    pods: tuple[RuntimeProcess, RuntimeProcess],
+) -> None:
     guide_pod, _ = pods
-    actions = sorted({command.path for command in COMMANDS if command.method == "POST"
-                      and not command.path.endswith(("debug/key-generation", "test-consistency", "leak-analysis",
-                                                     "post-incident"))})
+    actions = sorted(
+        {
+            command.path
+            for command in COMMANDS
+            if command.method == "POST"
+            and not command.path.endswith(
+                ("debug/key-generation", "test-consistency", "leak-analysis", "post-incident")
+            )
+        }
+    )
     with httpx.Client(base_url=guide_pod.base, headers={"Authorization": f"Bearer {READ}"}) as client:
         for path in actions:
             assert client.post(path, json={}).status_code == 403, path
     with guide_pod.client() as client:
         journal = client.get("/internal/cache/actions").json()
         recorded = set(journal["executed"]) | set(journal["dry_runs"])
-        for path in ("restart", "emergency/clear-all", "memory/aggressive-cleanup", "optimize/ttl-strategy",
-                     "recovery/restore-service"):
+        for path in (
+            "restart",
+            "emergency/clear-all",
+            "memory/aggressive-cleanup",
+            "optimize/ttl-strategy",
+            "recovery/restore-service",
+        ):
             assert path in recorded, path
         # dry_run changes nothing and says so; Idempotency-Key replays the first answer.
         entries = client.get("/internal/cache/status").json()["memory"]["entries"]
         dry = client.post("/internal/cache/emergency/clear-all?dry_run=true").json()
-        assert dry["dry_run"] is True and client.get("/internal/cache/status").json()["memory"]["entries"] == entries
+        assert (
+            dry["dry_run"] is True
+            and client.get("/internal/cache/status").json()["memory"]["entries"] == entries
+        )
         first = client.post("/internal/cache/memory-cleanup", headers={"Idempotency-Key": "guide-cleanup-1"})
         again = client.post("/internal/cache/memory-cleanup", headers={"Idempotency-Key": "guide-cleanup-1"})
         assert again.headers.get("idempotent-replayed") == "true" and again.json() == first.json()
         # Redis server config is only read unless the runtime was started with the opt-in.
-        server = client.post("/internal/cache/redis/optimize-server", json={"memory_policy": "allkeys-lru"}).json()
+        server = client.post(
+            "/internal/cache/redis/optimize-server", json={"memory_policy": "allkeys-lru"}
+        ).json()
         assert server["applied"] is False and "CACHEWARDEN_ALLOW_REDIS_CONFIG_SET" in server["reason"]
         assert server["before"]["maxmemory-policy"] == "noeviction"
 
@@ -158,10 +188,18 @@ def test_the_guide_actions_are_recorded_and_need_the_admin_token(pods: tuple[Run
     [
         ("/internal/cache/config/update", {"default_ttl": "an hour"}, "body.default_ttl"),
         ("/internal/cache/config/update", {"defualt_ttl": 3600}, "body.defualt_ttl"),
-        ("/internal/cache/config/update", {"operation_ttls": {"translate": 60}}, "body.operation_ttls.translate"),
+        (
+            "/internal/cache/config/update",
+            {"operation_ttls": {"translate": 60}},
+            "body.operation_ttls.translate",
+        ),
         ("/internal/cache/config/update", {"compression_level": 42}, "body.compression_level"),
         ("/internal/cache/config/update", {"default_ttl": 1e999}, "body.default_ttl"),
-        ("/internal/cache/text-processor/configure", {"remove_special_chars": True}, "body.remove_special_chars"),
+        (
+            "/internal/cache/text-processor/configure",
+            {"remove_special_chars": True},
+            "body.remove_special_chars",
+        ),
         ("/internal/cache/optimize/ttl-strategy", {"min_ttl": -5}, "body.min_ttl"),
         ("/internal/cache/config/apply-preset", {"preset": "fastest"}, "body.preset"),
         ("/internal/cache/redis/optimize-server", {"max_memory": "lots"}, "body.max_memory"),
@@ -171,8 +209,11 @@ def test_bad_guide_bodies_get_a_422_naming_the_field(
     pods: tuple[RuntimeProcess, RuntimeProcess], path: str, body: Any, field: str
 ) -> None:
     with pods[0].client() as client:
-        response = client.post(path, content=json.dumps(body).replace("Infinity", "1e999"),
-                               headers={"Content-Type": "application/json"})
+        response = client.post(
+            path,
+            content=json.dumps(body).replace("Infinity", "1e999"),
+            headers={"Content-Type": "application/json"},
+        )
     assert response.status_code == 422, response.text
     assert field in [item["field"] for item in response.json()["problems"]], response.text
 
@@ -194,7 +235,9 @@ def test_figures_match_known_traffic(redis_factory: RedisFactory, tmp_path: Path
             assert metrics["redis_cache_hit_rate"] == pytest.approx(40 / (40 + 10), abs=1e-4)
             assert metrics["total_operations"] == lookups + 3
             status = reader.get("/internal/cache/status").json()
-            assert metrics["memory_usage"]["total_mb"] == pytest.approx(status["memory"]["bytes"] / MIB, abs=1e-4)
+            assert metrics["memory_usage"]["total_mb"] == pytest.approx(
+                status["memory"]["bytes"] / MIB, abs=1e-4
+            )
 
             operations = reader.get("/internal/cache/operation-stats").json()["operations"]
             for name in ("summarize", "sentiment", "key_points", "questions"):
@@ -207,7 +250,10 @@ def test_figures_match_known_traffic(redis_factory: RedisFactory, tmp_path: Path
             assert keys["total_keys"] == 43
             assert keys["text_tier_stats"] == {"s": 10, "m": 10, "l": 10, "x": 10}
             assert keys["patterns"]["d:guide/*"] == 3
-            assert sum(count for pattern, count in keys["patterns"].items() if pattern.startswith("ai1:qa:")) == 8
+            assert (
+                sum(count for pattern, count in keys["patterns"].items() if pattern.startswith("ai1:qa:"))
+                == 8
+            )
 
             memory = reader.get("/internal/cache/memory-stats").json()
             assert memory["total_cache_size_mb"] == pytest.approx(memory["l1"]["bytes"] / MIB, abs=1e-4)
@@ -217,16 +263,24 @@ def test_figures_match_known_traffic(redis_factory: RedisFactory, tmp_path: Path
             compression = reader.get("/internal/cache/compression-stats").json()
             raw = compression["compression"]
             assert compression["total_bytes_saved"] == raw["bytes_in"] - raw["bytes_out"] > 1_500_000
-            assert compression["avg_compression_ratio"] == pytest.approx(raw["bytes_out"] / raw["bytes_in"], abs=1e-4)
+            assert compression["avg_compression_ratio"] == pytest.approx(
+                raw["bytes_out"] / raw["bytes_in"], abs=1e-4
+            )
             assert compression["avg_decompression_time"] is not None  # 40 Redis hits were decoded
 
-            lookup = reader.post("/data/v1/ai/lookup", json={"operation": "summarize", "text": text_of(0, 200),
-                                                             "options": {"max_length": 100}}).json()
-            described = reader.post("/internal/cache/debug/key-generation", json={
-                "operation": "summarize", "text": text_of(0, 200), "options": {"max_length": 100}}).json()
+            lookup = reader.post(
+                "/data/v1/ai/lookup",
+                json={"operation": "summarize", "text": text_of(0, 200), "options": {"max_length": 100}},
+            ).json()
+            described = reader.post(
+                "/internal/cache/debug/key-generation",
+                json={"operation": "summarize", "text": text_of(0, 200), "options": {"max_length": 100}},
+            ).json()
             assert described["cache_key"] == lookup["key"] and described["consistency_verified"] is True
 
-            assert reader.post("/internal/cache/invalidate", params={"pattern": "ai1:qa:*"}).status_code == 200
+            assert (
+                reader.post("/internal/cache/invalidate", params={"pattern": "ai1:qa:*"}).status_code == 200
+            )
             reader.post("/internal/cache/clear")
             reader.post("/internal/cache/emergency/clear-all")
             invalidation = reader.get("/internal/cache/invalidation-stats").json()
@@ -263,12 +317,21 @@ def _block(heading: str) -> str:
 
 
 def _run(script: str, base: str, *, timeout: float, stdin: str = "", cwd: Path | None = None) -> str:
-    done = subprocess.run(["bash", "-c", guide_shell(script, base, ADMIN)], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=cwd)
+    done = subprocess.run(
+        ["bash", "-c", guide_shell(script, base, ADMIN)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
     return done.stdout + done.stderr
 
 
-def test_the_monitoring_script_prints_real_figures(pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path) -> None:
+def test_the_monitoring_script_prints_real_figures(
+    pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path
+) -> None:
     guide_pod, other_pod = pods
     with guide_pod.client() as reader, other_pod.client() as writer:
         drive(reader, writer, texts=20, rounds=2, misses=5, large_values=1, tag="monitor-")
@@ -277,11 +340,19 @@ def test_the_monitoring_script_prints_real_figures(pods: tuple[RuntimeProcess, R
     # The block writes monitor_cache.sh and runs it (an endless loop, 10 s apart): stop it after the
     # first line, as a person would with Ctrl-C.
     try:
-        subprocess.run(["bash", "-c", guide_shell(block, guide_pod.base, ADMIN)], capture_output=True,
-                       text=True, timeout=4, cwd=tmp_path, check=False)
+        subprocess.run(
+            ["bash", "-c", guide_shell(block, guide_pod.base, ADMIN)],
+            capture_output=True,
+            text=True,
+            timeout=4,
+            cwd=tmp_path,
+            check=False,
+        )
         raise AssertionError("the monitoring loop ended by itself")
     except subprocess.TimeoutExpired as stopped:
-        output = (stopped.stdout or b"").decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
+        output = (
+            (stopped.stdout or b"").decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
+        )
     assert (tmp_path / "monitor_cache.sh").exists()
     line = re.search(r"Hit Rate:\s*([0-9.]+)% \| Operations:\s*(\d+) \| Memory:\s*([0-9.]+) MB", output)
     assert line is not None, output
@@ -296,14 +367,18 @@ def test_the_other_snippets_run(pods: tuple[RuntimeProcess, RuntimeProcess], tmp
         drive(reader, writer, texts=10, rounds=2, misses=2, large_values=0, tag="snippets-")
     phase1 = _run(_block("#### Phase 1: System Health Assessment"), guide_pod.base, timeout=60)
     assert "Cache unreachable" not in phase1
-    baseline = re.search(r'\{"hit_rate":([0-9.]+),"operations":(\d+),"memory_mb":([0-9.]+)\}',
-                         phase1.replace(" ", "").replace("\n", ""))
+    baseline = re.search(
+        r'\{"hit_rate":([0-9.]+),"operations":(\d+),"memory_mb":([0-9.]+)\}',
+        phase1.replace(" ", "").replace("\n", ""),
+    )
     assert baseline is not None, phase1
 
     connectivity = _run(_block("#### Network Connectivity Testing"), guide_pod.base, timeout=60)
     assert "PONG" in connectivity and "Redis not responding" not in connectivity, connectivity
 
-    reset = _run(_block("#### Complete Cache System Reset"), guide_pod.base, timeout=60, stdin="y\n", cwd=tmp_path)
+    reset = _run(
+        _block("#### Complete Cache System Reset"), guide_pod.base, timeout=60, stdin="y\n", cwd=tmp_path
+    )
     assert "Emergency reset completed" in reset and '"' in reset.split("Verifying system recovery...")[1]
     assert list(tmp_path.glob("emergency_backup_*.json"))
     backup = json.loads(next(tmp_path.glob("emergency_backup_*.json")).read_text())

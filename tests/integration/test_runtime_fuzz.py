@@ -190,7 +190,8 @@ class Fuzzer:
         if body is not None or draw(st.integers(0, 19)) == 0:
             choice = draw(st.integers(0, 9))
             if choice == 0:
-                content = draw(st.sampled_from([b"{", b"[1,", b"null", b"\xff\xfe", b"", b'{"a":1}{"b":2}', *ODD_BODIES]))
+                junk = [b"{", b"[1,", b"null", b"\xff\xfe", b"", b'{"a":1}{"b":2}', *ODD_BODIES]
+                content = draw(st.sampled_from(junk))
             elif choice == 1 or body is None:
                 content = json.dumps(draw(JSON_VALUES)).encode()
             else:

@@ -51,13 +51,19 @@ async def compressed_flags(cache: Any, keys: list[str]) -> dict[str, bool | None
     return flags
 
 
-async def memory_cleanup(cache: Any, *, dry_run: bool, compress: Any = None,
-                         collect: bool = True) -> dict[str, Any]:
+async def memory_cleanup(
+    cache: Any, *, dry_run: bool, compress: Any = None, collect: bool = True
+) -> dict[str, Any]:
     """Drop expired L1 entries, optionally re-encode large ones, run Python's GC; before/after."""
     before = l1_figures(cache)
     if dry_run:
-        return {"before": before, "after": before, "entries_removed": 0, "memory_freed_mb": 0.0,
-                "note": "dry run: nothing removed"}
+        return {
+            "before": before,
+            "after": before,
+            "entries_removed": 0,
+            "memory_freed_mb": 0.0,
+            "note": "dry run: nothing removed",
+        }
     removed = cache.gc().get("l1_expired_removed", 0)
     compressed: dict[str, Any] | None = None
     if compress is not None:
@@ -97,12 +103,15 @@ def ttl_strategy(snapshot: Mapping[str, Any], config: Any, body: Mapping[str, An
             reasons[name] = "evidence does not call for a change (kept, clamped to min/max)"
         target = int(min(high, max(low, target)))
         path = "ttl.default_s" if name == "default" else f"ttl.{name}_s"
-        if target != int(current) or not body.get("operation_specific_ttls", True) is False:
+        if target != int(current) or body.get("operation_specific_ttls", True) is not False:
             overrides[path] = target
     if body.get("operation_specific_ttls") is False:
         overrides = {"ttl.default_s": overrides.get("ttl.default_s", config.ttl.default_s)}
-    return {"overrides": overrides, "reasons": reasons,
-            "evidence": {"sampled_misses": sampled, "expired_share": expired_share, "reuse_gap_p95_s": gap}}
+    return {
+        "overrides": overrides,
+        "reasons": reasons,
+        "evidence": {"sampled_misses": sampled, "expired_share": expired_share, "reuse_gap_p95_s": gap},
+    }
 
 
 def compression_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,7 +135,9 @@ def compression_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
     if body.get("balance_ratio_vs_speed", True) and achieved is not None and isinstance(target, (int, float)):
         if achieved <= target and level > 6:
             new_level = 6
-            reasons.append(f"ratio {achieved} already meets the target {target}: level lowered to 6 for speed")
+            reasons.append(
+                f"ratio {achieved} already meets the target {target}: level lowered to 6 for speed"
+            )
         elif achieved > target and level < 9:
             new_level = 9
             reasons.append(f"ratio {achieved} misses the target {target}: level raised to 9")
@@ -135,9 +146,16 @@ def compression_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
         overrides["compression.threshold_bytes"] = new_threshold
     if new_level != level:
         overrides["compression.level"] = new_level
-    return {"overrides": overrides, "reasons": reasons or ["no change called for by the figures"],
-            "evidence": {"attempts": attempts, "kept_share": kept_share, "achieved_ratio": achieved,
-                         "large_values_uncompressed": compression["large_values_uncompressed"]}}
+    return {
+        "overrides": overrides,
+        "reasons": reasons or ["no change called for by the figures"],
+        "evidence": {
+            "attempts": attempts,
+            "kept_share": kept_share,
+            "achieved_ratio": achieved,
+            "large_values_uncompressed": compression["large_values_uncompressed"],
+        },
+    }
 
 
 def memory_tier_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,8 +167,10 @@ def memory_tier_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
     if body.get("optimize_l1_size", True):
         if l1["evictions"] > 0 and (requests.get("l2_hit_rate") or 0) > 0.05:
             overrides["l1.max_entries"] = min(int(l1["max_entries"] * 1.5), 10_000_000)
-            reasons.append(f"{l1['evictions']} evictions while {requests.get('l2_hit_rate')} of lookups "
-                           "hit Redis: L1 entries +50%")
+            reasons.append(
+                f"{l1['evictions']} evictions while {requests.get('l2_hit_rate')} of lookups "
+                "hit Redis: L1 entries +50%"
+            )
         elif l1["max_entries"] and l1["entries"] / l1["max_entries"] < 0.1 and requests["lookups"] > 1000:
             overrides["l1.max_entries"] = max(100, l1["entries"] * 4)
             reasons.append("L1 is under 10% used: shrunk to 4x what it holds")
@@ -158,13 +178,25 @@ def memory_tier_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
     if body.get("tune_promotion_strategy"):
         notes["tune_promotion_strategy"] = "every Redis hit is promoted into L1 (no other strategy)"
     if body.get("enable_predictive_loading"):
-        notes["enable_predictive_loading"] = "not done: the engine refreshes entries near expiry (stampede.early_refresh_fraction) instead"
-    return {"overrides": overrides, "reasons": reasons or ["no change called for by the figures"], "notes": notes,
-            "evidence": {"evictions": l1["evictions"], "entries": l1["entries"], "max_entries": l1["max_entries"],
-                         "l2_hit_rate": requests.get("l2_hit_rate")}}
+        notes["enable_predictive_loading"] = (
+            "not done: the engine refreshes entries near expiry (stampede.early_refresh_fraction) instead"
+        )
+    return {
+        "overrides": overrides,
+        "reasons": reasons or ["no change called for by the figures"],
+        "notes": notes,
+        "evidence": {
+            "evictions": l1["evictions"],
+            "entries": l1["entries"],
+            "max_entries": l1["max_entries"],
+            "l2_hit_rate": requests.get("l2_hit_rate"),
+        },
+    }
 
 
-def redis_connection_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+def redis_connection_tuning(
+    snapshot: Mapping[str, Any], config: Any, body: Mapping[str, Any]
+) -> dict[str, Any]:
     """Pool size from pool waits, command timeout from observed round trips."""
     l2 = snapshot.get("l2") or {}
     overrides: dict[str, Any] = {}
@@ -183,9 +215,16 @@ def redis_connection_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapp
         notes["enable_pipelining"] = "already on: concurrent reads and writes are coalesced into pipelines"
     if body.get("connection_health_monitoring"):
         notes["connection_health_monitoring"] = "always on: the circuit breaker and PING in status/health"
-    return {"overrides": overrides, "reasons": reasons or ["no change called for by the figures"], "notes": notes,
-            "evidence": {"pool_waits": l2.get("pool_waits"), "round_trip_max_ms": ms(worst),
-                         "socket_timeout_s": config.redis.socket_timeout_s}}
+    return {
+        "overrides": overrides,
+        "reasons": reasons or ["no change called for by the figures"],
+        "notes": notes,
+        "evidence": {
+            "pool_waits": l2.get("pool_waits"),
+            "round_trip_max_ms": ms(worst),
+            "socket_timeout_s": config.redis.socket_timeout_s,
+        },
+    }
 
 
 async def probe_operations(cache: Any, operations: list[str], size: str) -> dict[str, Any]:
@@ -215,8 +254,13 @@ async def recover_from_redis(cache: Any, body: Mapping[str, Any]) -> dict[str, A
     """SCAN this namespace's keys in Redis, check each value decodes, warm L1 with the good ones."""
     l2 = getattr(cache, "l2", None)
     if l2 is None:
-        return {"recovery_completed": False, "entries_recovered": 0, "recovery_failures": 0,
-                "integrity_check_result": "not_applicable", "note": "memory-only: no Redis to recover from"}
+        return {
+            "recovery_completed": False,
+            "entries_recovered": 0,
+            "recovery_failures": 0,
+            "integrity_check_result": "not_applicable",
+            "note": "memory-only: no Redis to recover from",
+        }
     batch = int(body.get("recovery_batch_size", 100))
     timeout = float(body.get("timeout_seconds", 300))
     validate = bool(body.get("validate_data_integrity", True))
@@ -238,7 +282,9 @@ async def recover_from_redis(cache: Any, body: Mapping[str, Any]) -> dict[str, A
         if time.monotonic() > deadline:
             truncated = True
             break
-        chunk = [name.decode() if isinstance(name, bytes) else str(name) for name in names[start:start + batch]]
+        chunk = [
+            name.decode() if isinstance(name, bytes) else str(name) for name in names[start : start + batch]
+        ]
         values = await l2.mget(chunk) or []
         for name, raw in zip(chunk, values, strict=False):
             scanned += 1
@@ -250,7 +296,7 @@ async def recover_from_redis(cache: Any, body: Mapping[str, Any]) -> dict[str, A
                 except Exception:
                     failures += 1
                     continue
-            logical = name[len(prefix):]
+            logical = name[len(prefix) :]
             if await cache.get(logical) is not None:
                 recovered += 1
             else:
@@ -263,14 +309,20 @@ async def recover_from_redis(cache: Any, body: Mapping[str, Any]) -> dict[str, A
         "integrity_check_result": "passed" if failures == 0 else "failed",
         "strategy": body.get("recovery_strategy", "conservative"),
         "note": "Redis data is not restored (that is a Redis backup's job): values this namespace still "
-                "holds in Redis are checked and loaded into this pod's L1",
+        "holds in Redis are checked and loaded into this pod's L1",
     }
 
 
-async def redis_server_config(l2: Any, wanted: Mapping[str, Any], *, allowed: bool, dry_run: bool) -> dict[str, Any]:
+async def redis_server_config(
+    l2: Any, wanted: Mapping[str, Any], *, allowed: bool, dry_run: bool
+) -> dict[str, Any]:
     """CONFIG GET (and, only when allowed, CONFIG SET) of the guide's Redis server settings."""
-    names = {"memory_policy": "maxmemory-policy", "max_memory": "maxmemory", "timeout": "timeout",
-             "tcp_keepalive": "tcp-keepalive"}
+    names = {
+        "memory_policy": "maxmemory-policy",
+        "max_memory": "maxmemory",
+        "timeout": "timeout",
+        "tcp_keepalive": "tcp-keepalive",
+    }
     if l2 is None:
         return {"applied": False, "reason": "memory-only: no Redis configured"}
 
@@ -287,9 +339,13 @@ async def redis_server_config(l2: Any, wanted: Mapping[str, Any], *, allowed: bo
             "applied": False,
             "before": before,
             "would_set": changes,
-            "reason": "dry run" if dry_run else (
+            "reason": "dry run"
+            if dry_run
+            else (
                 "CONFIG SET is off: a cache client does not own its Redis server. Set the server's "
-                "config in its chart/operator, or start the runtime with CACHEWARDEN_ALLOW_REDIS_CONFIG_SET=true"),
+                "config in its chart/operator, or start the runtime with "
+                "CACHEWARDEN_ALLOW_REDIS_CONFIG_SET=true"
+            ),
         }
 
     async def write(client: Any) -> bool:

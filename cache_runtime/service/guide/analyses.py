@@ -98,7 +98,9 @@ def metrics_fields(snapshot: Mapping[str, Any], memory: Sample) -> dict[str, Any
     }
 
 
-def memory_stats_fields(snapshot: Mapping[str, Any], redis_memory: Mapping[str, Any] | None) -> dict[str, Any]:
+def memory_stats_fields(
+    snapshot: Mapping[str, Any], redis_memory: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """``GET memory-stats``: total_cache_size_mb, utilization %, Redis used memory, compression savings."""
     l1 = snapshot["l1"]
     compression = snapshot["compression"]
@@ -120,8 +122,9 @@ def memory_stats_fields(snapshot: Mapping[str, Any], redis_memory: Mapping[str, 
     }
 
 
-def error_entries(snapshot: Mapping[str, Any], logged: Mapping[str, Any], report: Mapping[str, Any] | None,
-                  limit: int = 50) -> list[dict[str, Any]]:
+def error_entries(
+    snapshot: Mapping[str, Any], logged: Mapping[str, Any], report: Mapping[str, Any] | None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Recent errors as the guide reads them: ``{timestamp, error_type, message}`` newest first.
 
     From Redis (the last error of every kind seen), the warning/error log ring, and the symptoms
@@ -130,28 +133,34 @@ def error_entries(snapshot: Mapping[str, Any], logged: Mapping[str, Any], report
     entries: list[dict[str, Any]] = []
     for kind, last in ((snapshot.get("l2_detail") or {}).get("last_errors") or {}).items():
         if isinstance(last, Mapping):
-            entries.append({
-                "timestamp": last.get("at"),
-                "error_type": f"redis_{kind}",
-                "message": str(last.get("message")),
-                "source": "redis",
-                "operation": last.get("op"),
-            })
+            entries.append(
+                {
+                    "timestamp": last.get("at"),
+                    "error_type": f"redis_{kind}",
+                    "message": str(last.get("message")),
+                    "source": "redis",
+                    "operation": last.get("op"),
+                }
+            )
     for item in logged.get("errors") or []:
-        entries.append({
-            "timestamp": item.get("at"),
-            "error_type": item.get("exception") or item.get("level"),
-            "message": item.get("message"),
-            "source": item.get("logger"),
-        })
+        entries.append(
+            {
+                "timestamp": item.get("at"),
+                "error_type": item.get("exception") or item.get("level"),
+                "message": item.get("message"),
+                "source": item.get("logger"),
+            }
+        )
     for symptom in (report or {}).get("symptoms") or []:
-        entries.append({
-            "timestamp": (report or {}).get("evaluated_at"),
-            "error_type": symptom.get("name"),
-            "message": symptom.get("message"),
-            "source": "health",
-            "severity": symptom.get("severity"),
-        })
+        entries.append(
+            {
+                "timestamp": (report or {}).get("evaluated_at"),
+                "error_type": symptom.get("name"),
+                "message": symptom.get("message"),
+                "source": "health",
+                "severity": symptom.get("severity"),
+            }
+        )
     entries.sort(key=lambda item: item.get("timestamp") or 0, reverse=True)
     return entries[:limit]
 
@@ -163,13 +172,18 @@ def compression_stats_fields(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "avg_compression_ratio": compression_ratio(compression),
         "total_bytes_saved": bytes_saved(compression),
-        "avg_compression_time": ms(compression.get("seconds_per_attempt")) if compression["attempts"] else None,
+        "avg_compression_time": ms(compression.get("seconds_per_attempt"))
+        if compression["attempts"]
+        else None,
         "avg_decompression_time": ms(compression["decompress_seconds"] / requests["hits_l2"])
-        if requests["hits_l2"] else None,
+        if requests["hits_l2"]
+        else None,
     }
 
 
-def key_analysis_fields(snapshot: Mapping[str, Any], entries: Any, info: Mapping[str, Any] | None) -> dict[str, Any]:
+def key_analysis_fields(
+    snapshot: Mapping[str, Any], entries: Any, info: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """``GET key-analysis``: keys held, patterns, key length, tier distribution, variant evidence."""
     analysis = snapshot["key_analysis"]
     sampled = analysis.get("sampled_requests") or 0
@@ -310,8 +324,9 @@ def ttl_analysis(facts: Facts) -> dict[str, Any]:
         advice = "keep"
         if expired_share is not None and expired_share > 0.25:
             advice = "raise"
-        recommendations.append({"operation": name, "current_ttl_s": current, "advice": advice,
-                                "reuse_gap_p95_s": gap.get("p95")})
+        recommendations.append(
+            {"operation": name, "current_ttl_s": current, "advice": advice, "reuse_gap_p95_s": gap.get("p95")}
+        )
     return {
         "expired_entries_per_hour": round((expired_l1 + (redis_expired or 0)) / hours, 3),
         "l1_expirations": expired_l1,
@@ -329,7 +344,7 @@ def memory_breakdown(facts: Facts) -> dict[str, Any]:
     """Bytes the cache holds and overheads, MiB (shared by memory-analysis and detailed-analysis)."""
     snapshot = facts.snapshot
     growth = facts.history.growth(facts.memory)
-    pool = ((snapshot.get("l2_detail") or {}).get("pool") or {})
+    pool = (snapshot.get("l2_detail") or {}).get("pool") or {}
     connections = int(pool.get("in_use", 0)) + int(pool.get("idle", 0))
     # Each pooled connection holds a 64 KiB read buffer in redis-py (its socket_read_size).
     redis_client = connections * 65536
@@ -376,8 +391,10 @@ def _entry_view(size: int, key: str, ttl: float, remaining: float, compressed: b
 def largest_entries(facts: Facts) -> list[dict[str, Any]]:
     """The largest live L1 entries, with whether their stored form is lz4-compressed."""
     flags = facts.extra.get("compressed_flags") or {}
-    return [_entry_view(size, key, ttl, remaining, flags.get(key))
-            for size, key, ttl, remaining in facts.entries.largest]
+    return [
+        _entry_view(size, key, ttl, remaining, flags.get(key))
+        for size, key, ttl, remaining in facts.entries.largest
+    ]
 
 
 def memory_intensive_ops(facts: Facts) -> dict[str, Any]:
@@ -400,7 +417,7 @@ def memory_intensive_ops(facts: Facts) -> dict[str, Any]:
 
 
 def compression_effectiveness(facts: Facts) -> dict[str, Any]:
-    """``GET compression-effectiveness``: ratio, values stored uncompressed, threshold, what could be saved."""
+    """``GET compression-effectiveness``: ratio, values kept uncompressed, threshold, possible savings."""
     compression = facts.snapshot["compression"]
     current_ratio = compression_ratio(compression)
     uncompressed = max(0, compression["stored_values"] - compression["compressed"])
@@ -444,8 +461,13 @@ def leak_analysis(facts: Facts, last_cleanup: Mapping[str, Any] | None) -> dict[
     engine = facts.snapshot.get("engine") or {}
     indicators = []
     if growth["rss_mb_per_hour"] > 10 and growth["observed_seconds"] > 600:
-        indicators.append({"indicator": "rss_growth", "value_mb_per_hour": growth["rss_mb_per_hour"],
-                           "threshold_mb_per_hour": 10})
+        indicators.append(
+            {
+                "indicator": "rss_growth",
+                "value_mb_per_hour": growth["rss_mb_per_hour"],
+                "threshold_mb_per_hour": 10,
+            }
+        )
     if l1["max_bytes"] and l1["bytes"] > l1["max_bytes"]:
         indicators.append({"indicator": "l1_over_budget", "bytes": l1["bytes"], "max_bytes": l1["max_bytes"]})
     if engine.get("background_tasks", 0) > 1000:
@@ -483,12 +505,19 @@ def timing_analysis(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     get = latency.get("get") or {}
     return {
         "operations": operations,
-        "latency_percentiles": {"p50": ms(get.get("p50")), "p95": ms(get.get("p95")), "p99": ms(get.get("p99")),
-                                "operation": "get", "unit": "ms"},
+        "latency_percentiles": {
+            "p50": ms(get.get("p50")),
+            "p95": ms(get.get("p95")),
+            "p99": ms(get.get("p99")),
+            "operation": "get",
+            "unit": "ms",
+        },
     }
 
 
-def redis_server_stats(info: Mapping[str, Any] | None, uptime_hint: float | None = None) -> dict[str, Any] | None:
+def redis_server_stats(
+    info: Mapping[str, Any] | None, uptime_hint: float | None = None
+) -> dict[str, Any] | None:
     """CPU, clients, memory and throughput from Redis INFO."""
     if not info:
         return None
@@ -528,17 +557,30 @@ def compression_timing(facts: Facts) -> dict[str, Any]:
     requests = facts.snapshot["requests"]
     sets = _latency(facts.snapshot).get("set") or {}
     overhead = ratio(compression["seconds"], sets.get("sum") or 0.0)
-    slow = [item for item in largest_entries(facts) if item["size_bytes"] >= facts.config.compression.offload_threshold_bytes]
+    slow = [
+        item
+        for item in largest_entries(facts)
+        if item["size_bytes"] >= facts.config.compression.offload_threshold_bytes
+    ]
     return {
-        "compression": {"avg_time_ms": ms(compression["seconds_per_attempt"]) if compression["attempts"] else None,
-                        "attempts": compression["attempts"], "total_ms": ms(compression["seconds"])},
-        "decompression": {"avg_time_ms": ms(compression["decompress_seconds"] / requests["hits_l2"])
-                          if requests["hits_l2"] else None,
-                          "total_ms": ms(compression["decompress_seconds"]), "l2_hits": requests["hits_l2"]},
+        "compression": {
+            "avg_time_ms": ms(compression["seconds_per_attempt"]) if compression["attempts"] else None,
+            "attempts": compression["attempts"],
+            "total_ms": ms(compression["seconds"]),
+        },
+        "decompression": {
+            "avg_time_ms": ms(compression["decompress_seconds"] / requests["hits_l2"])
+            if requests["hits_l2"]
+            else None,
+            "total_ms": ms(compression["decompress_seconds"]),
+            "l2_hits": requests["hits_l2"],
+        },
         "compression_cpu_overhead": overhead,
-        "slow_compression_operations": {"offloaded": compression["offloaded"],
-                                        "offload_threshold_bytes": facts.config.compression.offload_threshold_bytes,
-                                        "entries_at_or_above": slow},
+        "slow_compression_operations": {
+            "offloaded": compression["offloaded"],
+            "offload_threshold_bytes": facts.config.compression.offload_threshold_bytes,
+            "entries_at_or_above": slow,
+        },
     }
 
 
@@ -559,21 +601,30 @@ def performance_analysis(facts: Facts) -> dict[str, Any]:
     report = facts.health or {}
     return {
         "l1_cache_stats": {
-            "hits": requests["hits_l1"], "hit_rate": requests.get("l1_hit_rate"),
-            "entries": l1["entries"], "max_entries": l1["max_entries"], "memory_mb": mb(l1["bytes"]),
-            "evictions": l1["evictions"], "get_p95_ms": ms((latency.get("get") or {}).get("p95")),
+            "hits": requests["hits_l1"],
+            "hit_rate": requests.get("l1_hit_rate"),
+            "entries": l1["entries"],
+            "max_entries": l1["max_entries"],
+            "memory_mb": mb(l1["bytes"]),
+            "evictions": l1["evictions"],
+            "get_p95_ms": ms((latency.get("get") or {}).get("p95")),
         },
         "l2_cache_stats": {
-            "hits": requests["hits_l2"], "hit_rate": requests.get("l2_hit_rate"),
-            "get_avg_ms": hist_avg_ms(latency.get("l2_get")), "set_avg_ms": hist_avg_ms(latency.get("l2_set")),
+            "hits": requests["hits_l2"],
+            "hit_rate": requests.get("l2_hit_rate"),
+            "get_avg_ms": hist_avg_ms(latency.get("l2_get")),
+            "set_avg_ms": hist_avg_ms(latency.get("l2_set")),
             "round_trip_mean_ms": ms((snapshot.get("l2") or {}).get("round_trip_mean_seconds")),
             "breaker_state": (snapshot.get("l2") or {}).get("breaker_state"),
         },
         "identified_bottlenecks": [
             {"symptom": item.get("name"), "severity": item.get("severity"), "message": item.get("message")}
             for item in report.get("symptoms") or []
-        ] + [{"cause": item.get("name"), "summary": item.get("summary"), "score": item.get("score")}
-             for item in report.get("causes") or []],
+        ]
+        + [
+            {"cause": item.get("name"), "summary": item.get("summary"), "score": item.get("score")}
+            for item in report.get("causes") or []
+        ],
         "optimization_recommendations": _recommendations(report),
         "status": report.get("status"),
     }
@@ -621,9 +672,17 @@ def resource_usage(facts: Facts) -> dict[str, Any]:
         },
         "network_stats": network_counters(),
         "redis_disk_stats": {
-            key: info.get(key) for key in ("rdb_changes_since_last_save", "rdb_last_save_time", "aof_enabled",
-                                           "rdb_bgsave_in_progress", "aof_rewrite_in_progress")
-        } if info else None,
+            key: info.get(key)
+            for key in (
+                "rdb_changes_since_last_save",
+                "rdb_last_save_time",
+                "aof_enabled",
+                "rdb_bgsave_in_progress",
+                "aof_rewrite_in_progress",
+            )
+        }
+        if info
+        else None,
     }
 
 
@@ -632,8 +691,10 @@ def pattern_analysis(facts: Facts) -> dict[str, Any]:
     snapshot = facts.snapshot
     requests = snapshot["requests"]
     rate = requests["lookups"] / facts.uptime_s
-    anomalies = [{"symptom": item.get("name"), "message": item.get("message")}
-                 for item in (facts.health or {}).get("symptoms") or []]
+    anomalies = [
+        {"symptom": item.get("name"), "message": item.get("message")}
+        for item in (facts.health or {}).get("symptoms") or []
+    ]
     return {
         "access_pattern_analysis": {
             "by_operation": dict(snapshot.get("operations") or {}),
@@ -643,7 +704,9 @@ def pattern_analysis(facts: Facts) -> dict[str, Any]:
         "temporal_access_patterns": {
             "lookups_per_second": round(rate, 3),
             "observed_seconds": round(facts.uptime_s, 1),
-            "reuse_gap_s": {k: (facts.snapshot["ttl"].get("reuse_gap") or {}).get(k) for k in ("count", "p50", "p95")},
+            "reuse_gap_s": {
+                k: (facts.snapshot["ttl"].get("reuse_gap") or {}).get(k) for k in ("count", "p50", "p95")
+            },
         },
         "data_size_patterns": {
             "by_size": dict(facts.entries.size_buckets),
@@ -704,13 +767,19 @@ def comprehensive_health(facts: Facts) -> dict[str, Any]:
         "health_status": report.get("status"),
         "l1_cache_health": health_component(True, snapshot["l1"]["entries"] >= snapshot["l1"]["max_entries"]),
         "redis_health": "disabled" if not l2.get("enabled") else health_component(bool(redis_ok)),
-        "compression_health": health_component(True, bool(compression["attempts"]) and compression["compressed"] == 0),
-        "monitoring_health": health_component(facts.config.monitoring, False) if facts.config.monitoring else "disabled",
+        "compression_health": health_component(
+            True, bool(compression["attempts"]) and compression["compressed"] == 0
+        ),
+        "monitoring_health": health_component(facts.config.monitoring, False)
+        if facts.config.monitoring
+        else "disabled",
         "key_generator_health": health_component(True, requests["decode_failures"] > 0),
         "hit_rate_health": from_symptom("LowHitRate"),
         "latency_health": from_symptom("SlowOperations", "HighLatency"),
         "memory_health": from_symptom("HighMemory", "HighMemoryUsage"),
-        "throughput_health": "healthy" if requests["lookups"] >= thresholds.get("min_requests", 0) else "insufficient_data",
+        "throughput_health": "healthy"
+        if requests["lookups"] >= thresholds.get("min_requests", 0)
+        else "insufficient_data",
         "active_alerts": [dict(item) for item in report.get("symptoms") or []],
         "evaluated_at": report.get("evaluated_at"),
     }
@@ -725,7 +794,8 @@ def emergency_status(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "isolation_active": bool(snapshot.get("isolated")),
         "maintenance_mode": bool(snapshot.get("isolated")),
-        "operations_pending": int(engine.get("background_tasks", 0)) + int(engine.get("single_flight_in_progress", 0)),
+        "operations_pending": int(engine.get("background_tasks", 0))
+        + int(engine.get("single_flight_in_progress", 0)),
         "fallback_mode_active": fallback or not l2.get("enabled"),
         "outage_journal": journal,
         "breaker_state": l2.get("breaker_state"),

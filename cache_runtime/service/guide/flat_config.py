@@ -96,7 +96,9 @@ def _float(key: str, value: Any) -> float:
 
 def _operation_ttls(out: Translation, key: str, value: Any, _: Mapping[str, Any]) -> None:
     if not isinstance(value, Mapping) or not value:
-        raise InvalidRequest.single(f"body.{key}", value, f"an object of operation -> seconds ({', '.join(OPERATIONS)})")
+        raise InvalidRequest.single(
+            f"body.{key}", value, f"an object of operation -> seconds ({', '.join(OPERATIONS)})"
+        )
     for operation, seconds in value.items():
         if operation not in OPERATIONS:
             raise InvalidRequest.single(f"body.{key}.{operation}", seconds, f"one of {', '.join(OPERATIONS)}")
@@ -112,7 +114,8 @@ def _normalize_all(out: Translation, key: str, value: Any, _: Mapping[str, Any])
 def _no_special_chars(out: Translation, key: str, value: Any, _: Mapping[str, Any]) -> None:
     if _flag(key, value):
         raise InvalidRequest.single(
-            f"body.{key}", value,
+            f"body.{key}",
+            value,
             "false (keys never drop visible characters; use remove_invisible_chars / "
             "keys.normalize.invisible_chars for zero-width and control characters)",
         )
@@ -137,15 +140,25 @@ def _mb_to_bytes(path: str) -> Handler:
 
 
 def _thresholds(out: Translation, key: str, value: Any, _: Mapping[str, Any]) -> None:
-    accepted = ("hit_rate_warning", "hit_rate_critical", "memory_warning_mb", "memory_critical_mb",
-                "latency_warning_ms", "latency_critical_ms", "min_requests")
+    accepted = (
+        "hit_rate_warning",
+        "hit_rate_critical",
+        "memory_warning_mb",
+        "memory_critical_mb",
+        "latency_warning_ms",
+        "latency_critical_ms",
+        "min_requests",
+    )
     if not isinstance(value, Mapping):
         raise InvalidRequest.single(f"body.{key}", value, f"an object with {', '.join(accepted)}")
     for name, number in value.items():
         if name not in accepted:
             raise InvalidRequest.single(f"body.{key}.{name}", number, f"one of {', '.join(accepted)}")
-        out.set(f"health.{name}", _number(f"{key}.{name}", number, integer=name == "min_requests"),
-                f"{key}.{name}")
+        out.set(
+            f"health.{name}",
+            _number(f"{key}.{name}", number, integer=name == "min_requests"),
+            f"{key}.{name}",
+        )
 
 
 def _intervals(out: Translation, key: str, value: Any, _: Mapping[str, Any]) -> None:
@@ -153,12 +166,16 @@ def _intervals(out: Translation, key: str, value: Any, _: Mapping[str, Any]) -> 
         raise InvalidRequest.single(f"body.{key}", value, "an object of check name -> seconds")
     for name, seconds in value.items():
         _number(f"{key}.{name}", seconds, integer=False)
-    out.notes[key] = ("health is computed on every read over a sliding window; the operator polls it on "
-                      "CachePolicy spec.observe.intervalSeconds (no in-pod check timers)")
+    out.notes[key] = (
+        "health is computed on every read over a sliding window; the operator polls it on "
+        "CachePolicy spec.observe.intervalSeconds (no in-pod check timers)"
+    )
 
 
-_CLEANUP = ("expired L1 entries are swept on every write (l1.sweep_batch) and L1 evicts beyond "
-            "l1.max_entries / l1.max_bytes; no timer is needed")
+_CLEANUP = (
+    "expired L1 entries are swept on every write (l1.sweep_batch) and L1 evicts beyond "
+    "l1.max_entries / l1.max_bytes; no timer is needed"
+)
 
 #: Every flat key the guide's bodies use, and how it reaches the config.
 FLAT_KEYS: dict[str, Handler] = {
@@ -172,21 +189,27 @@ FLAT_KEYS: dict[str, Handler] = {
     "compression_level": _to("compression.level", _int),
     "force_compression_large_entries": _note(
         "every value at or above compression.threshold_bytes is compressed when lz4 saves "
-        "compression.min_saving_ratio; POST compress-existing re-encodes what L1 holds"),
+        "compression.min_saving_ratio; POST compress-existing re-encodes what L1 holds"
+    ),
     "memory_cache_size": _to("l1.max_entries", _int),
-    "enable_aggressive_eviction": _note("L1 evicts least-recently-used entries as soon as a limit is reached"),
+    "enable_aggressive_eviction": _note(
+        "L1 evicts least-recently-used entries as soon as a limit is reached"
+    ),
     "memory_pressure_threshold": _to("health.memory_warning_mb", _float),
     "enable_automatic_cleanup": _note(_CLEANUP),
     "cleanup_interval_minutes": _note(_CLEANUP, _float),
     "memory_cleanup_threshold_mb": _mb_to_bytes("l1.max_bytes"),
     "streaming_compression": _note(
-        "values above compression.offload_threshold_bytes are compressed in a worker thread"),
+        "values above compression.offload_threshold_bytes are compressed in a worker thread"
+    ),
     # redis-config/update
     "max_connections": _to("redis.max_connections", _int),
     "connection_timeout": _to("redis.connect_timeout_s", _float),
     "socket_timeout": _to("redis.socket_timeout_s", _float),
-    "retry_on_timeout": _note("a timed-out command counts toward the circuit breaker "
-                              "(redis.breaker_failure_threshold); the engine serves from L1 meanwhile"),
+    "retry_on_timeout": _note(
+        "a timed-out command counts toward the circuit breaker "
+        "(redis.breaker_failure_threshold); the engine serves from L1 meanwhile"
+    ),
     "socket_keepalive": _note("TCP keepalive is on for every pooled connection"),
     # text-processor/configure and optimize/text-processing
     "enable_normalization": _normalize_all,
@@ -197,8 +220,10 @@ FLAT_KEYS: dict[str, Handler] = {
     "standardize_line_endings": _to("keys.normalize.line_endings", _flag),
     "remove_special_chars": _no_special_chars,
     # memory/pressure-config (percentages of the L1 byte budget)
-    "cleanup_strategy": _note("L1 is LRU; values above the threshold are lz4-compressed",
-                              lambda key, value: value if isinstance(value, str) else _flag(key, value)),
+    "cleanup_strategy": _note(
+        "L1 is LRU; values above the threshold are lz4-compressed",
+        lambda key, value: value if isinstance(value, str) else _flag(key, value),
+    ),
     "emergency_eviction_threshold": _percent_of_l1("health.memory_critical_mb"),
     "monitoring_interval_seconds": _note("stats are kept continuously; read them any time", _float),
     # health/configure
@@ -222,11 +247,17 @@ def translate(body: Any, current: Mapping[str, Any], *, percent: bool = False) -
     unknown = [key for key in body if key not in FLAT_KEYS]
     if unknown:
         raise InvalidRequest(
-            [problem(f"body.{key}", body[key], "one of " + ", ".join(sorted(FLAT_KEYS)) +
-                     ' (or {"overrides": {...}} with config paths)') for key in unknown]
+            [
+                problem(
+                    f"body.{key}",
+                    body[key],
+                    "one of " + ", ".join(sorted(FLAT_KEYS)) + ' (or {"overrides": {...}} with config paths)',
+                )
+                for key in unknown
+            ]
         )
     for key, value in body.items():
-        handler = PERCENT_KEYS.get(key) if percent and key in PERCENT_KEYS else FLAT_KEYS[key]
+        handler = PERCENT_KEYS[key] if percent and key in PERCENT_KEYS else FLAT_KEYS[key]
         handler(out, key, value, current)
     return out
 
@@ -238,7 +269,11 @@ def rename_problems(problems: list[dict[str, Any]], translation: Translation) ->
         field_name = str(item.get("field", ""))
         for path, key in translation.origin.items():
             if field_name.endswith(path):
-                item = {**item, "field": f"body.{key}", "message": f"body.{key} (config {path}): {item.get('message')}"}
+                item = {
+                    **item,
+                    "field": f"body.{key}",
+                    "message": f"body.{key} (config {path}): {item.get('message')}",
+                }
                 break
         renamed.append(item)
     return renamed

@@ -109,13 +109,10 @@ class MemoryHistory:
         hours = max((current.at - first.at) / 3600.0, 1e-9)
         rss_rate = (current.rss - first.rss) / MIB / hours
         l1_rate = (current.l1_bytes - first.l1_bytes) / MIB / hours
-        # Recent trend: the last quarter of the samples against the quarter before.
-        window = list(self.samples)[-8:] + [current]
+        # Recent trend: over the last eight samples.
+        window = [*list(self.samples)[-8:], current]
         recent = (window[-1].rss - window[0].rss) / MIB / max((window[-1].at - window[0].at) / 3600.0, 1e-9)
-        if abs(recent) < 1.0:
-            trend = "stable"
-        else:
-            trend = "growing" if recent > 0 else "shrinking"
+        trend = "stable" if abs(recent) < 1.0 else ("growing" if recent > 0 else "shrinking")
         return {
             "since": first.at,
             "observed_seconds": round(current.at - first.at, 3),
@@ -126,7 +123,7 @@ class MemoryHistory:
             "trend": trend,
         }
 
-    def cpu_utilization(self) -> dict[str, float]:
+    def cpu_utilization(self) -> dict[str, float | None]:
         """Process CPU share (1.0 = one core) since start and since the previous call."""
         now, cpu = time.monotonic(), cpu_seconds()
         last_at, last_cpu = self._last_cpu
