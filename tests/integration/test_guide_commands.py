@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -386,3 +387,51 @@ def test_the_other_snippets_run(pods: tuple[RuntimeProcess, RuntimeProcess], tmp
     with guide_pod.client() as client:
         executed = client.get("/internal/cache/actions").json()["executed"]
     assert {"emergency/clear-all", "emergency/reset-config", "emergency/restart"} <= set(executed)
+
+
+def test_cachewarden_guide_merges_every_pod(
+    pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path
+) -> None:
+    first, second = pods
+    with first.client() as reader, second.client() as writer:
+        drive(reader, writer, texts=10, rounds=1, misses=4, large_values=0, tag="merge-")
+        drive(writer, reader, texts=10, rounds=2, misses=1, large_values=0, tag="merge-back-")
+        each = [client.get("/internal/cache/metrics").json() for client in (reader, writer)]
+    token = tmp_path / "admin-token"
+    token.write_text(ADMIN + "\n")
+    command = [
+        sys.executable,
+        "-m",
+        "cachewarden.cli",
+        "guide",
+        "--token-file",
+        str(token),
+        "--pod-url",
+        first.base,
+        "--pod-url",
+        second.base,
+    ]
+    done = subprocess.run(
+        [*command, "/internal/cache/metrics"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)
+    assert merged["merged"]["answered"] == 2 and set(merged["pods"]) == {first.base, second.base}
+    assert merged["total_operations"] == sum(item["total_operations"] for item in each)
+    hits = sum(item["cache_metrics"]["hits"] for item in each)
+    lookups = sum(item["cache_metrics"]["total_requests"] for item in each)
+    assert merged["cache_hit_rate"] == pytest.approx(hits / lookups, abs=1e-4)
+    assert merged["memory_usage"]["total_mb"] == pytest.approx(
+        sum(item["memory_usage"]["total_mb"] for item in each), abs=1e-3
+    )
+    action = subprocess.run(
+        [*command, "-X", "POST", "--dry-run", "/internal/cache/memory-cleanup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert action.returncode == 0, action.stderr
+    answer = json.loads(action.stdout)
+    assert answer["dry_run"] is True and answer["action"] == "memory-cleanup"
+    assert all(item["dry_run"] for item in answer["pods"].values())
