@@ -15,7 +15,7 @@ from typing import Any
 
 #: Words of leaf names that are not counts: such leaves are averaged (or recomputed), never summed.
 NOT_SUMMABLE = frozenset(
-    [
+    {
         "rate",
         "ratio",
         "utilization",
@@ -46,7 +46,7 @@ NOT_SUMMABLE = frozenset(
         "limit",
         "trend",
         "factor",
-    ]
+    }
 )
 
 
