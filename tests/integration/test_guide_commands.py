@@ -435,3 +435,47 @@ def test_cachewarden_guide_merges_every_pod(
     answer = json.loads(action.stdout)
     assert answer["dry_run"] is True and answer["action"] == "memory-cleanup"
     assert all(item["dry_run"] for item in answer["pods"].values())
+
+
+def guide_blocks() -> list[tuple[int, str, str]]:
+    """Every ```bash block of the guide: (line, heading, text)."""
+    text = GUIDE.read_text()
+    found = []
+    for match in re.finditer(r"```bash\n(.*?)```", text, re.S):
+        headings = re.findall(r"^#+ (.+)$|^\*\*(.+)\*\*:?$", text[: match.start()], re.M)
+        heading = [a or b for a, b in headings][-1].strip()
+        found.append((text.count("\n", 0, match.start()) + 1, heading, match.group(1)))
+    return found
+
+
+def test_every_snippet_runs_with_every_curl_answered(
+    pods: tuple[RuntimeProcess, RuntimeProcess], tmp_path: Path
+) -> None:
+    """Each bash block, as the guide writes it (host and token changed), under ``set -eo pipefail``
+    with ``curl --fail-with-body``: any HTTP error, jq error or failing command fails the block."""
+    guide_pod, other_pod = pods
+    blocks = guide_blocks()
+    assert len(blocks) == 56
+    failed = {}
+    with guide_pod.client() as reader, other_pod.client() as writer:
+        for line, heading, text in blocks:
+            if heading == "Real-Time Monitoring Dashboard":
+                continue  # an endless loop: test_the_monitoring_script_prints_real_figures
+            drive(reader, writer, texts=10, rounds=1, misses=2, large_values=0, tag=f"block-{line}-")
+            # The guide's own `curl -f` is the same check; curl refuses both flags together.
+            script = "set -eo pipefail\n" + guide_shell(
+                text.replace("curl -f ", "curl "), guide_pod.base, ADMIN
+            )
+            script = script.replace("curl -H", "curl --fail-with-body -H")
+            done = subprocess.run(
+                ["bash", "-c", script],
+                input="y\n",
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+                check=False,
+            )
+            if done.returncode != 0:
+                failed[f"{line} {heading}"] = (done.returncode, (done.stdout + done.stderr)[-600:])
+    assert not failed, json.dumps(failed, indent=1)
