@@ -140,11 +140,15 @@ def error_entries(
                     "message": str(last.get("message")),
                     "source": "redis",
                     "operation": last.get("op"),
+                    "at": last.get("at"),
+                    "level": "error",
+                    "logger": "cache_runtime.l2",
                 }
             )
     for item in logged.get("errors") or []:
         entries.append(
             {
+                **dict(item),  # the log ring's own fields (at, level, logger, message, fields) stay
                 "timestamp": item.get("at"),
                 "error_type": item.get("exception") or item.get("level"),
                 "message": item.get("message"),
@@ -159,6 +163,9 @@ def error_entries(
                 "message": symptom.get("message"),
                 "source": "health",
                 "severity": symptom.get("severity"),
+                "at": (report or {}).get("evaluated_at"),
+                "level": "warning" if symptom.get("severity") == "warning" else "error",
+                "logger": "cache_runtime.health",
             }
         )
     entries.sort(key=lambda item: item.get("timestamp") or 0, reverse=True)
