@@ -589,7 +589,7 @@ def build_guide_router(
         leak = analyses.leak_analysis(found, hooks.last_cleanup)
         advice = []
         if leak["leak_indicators"]:
-            advice.append("RSS keeps growing: POST restart (in-process engine restart) or kubectl rollout restart")
+            advice.append("RSS keeps growing: POST restart (in-process engine) or kubectl rollout restart")
         l1 = found.snapshot["l1"]
         if l1["max_bytes"] and l1["bytes"] / l1["max_bytes"] > 0.9:
             advice.append(
