@@ -585,7 +585,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, dict[str, str], int, str]] = [
         "body.overrides.l1.max_entries",
     ),
     ("POST", "/internal/cache/config/update", {"overrides": {}}, {}, 422, "body.overrides.overrides"),
-    ("POST", "/internal/cache/config/update", {"ttl": 5}, {}, 422, "body.overrides"),
+    # Not {"overrides": ...}: read as the guide's flat keys, and `ttl` is none of them.
+    ("POST", "/internal/cache/config/update", {"ttl": 5}, {}, 422, "body.ttl"),
     (
         "POST",
         "/internal/cache/config/apply",
