@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cache_runtime.config import OPERATIONS
-from cache_runtime.service.guide.facts import Facts, key_pattern
+from cache_runtime.service.guide.facts import Facts, key_digest, key_pattern
 from cache_runtime.service.guide.process import (
     MIB,
     Sample,
@@ -384,9 +384,12 @@ def memory_analysis(facts: Facts) -> dict[str, Any]:
 def _entry_view(size: int, key: str, ttl: float, remaining: float, compressed: bool | None) -> dict[str, Any]:
     parts = key.split(":")
     return {
-        "key": key if len(key) <= 120 else key[:120] + "...",
+        # Keys can carry user text (data-API keys, readable small texts): a digest and the pattern only.
+        "key_digest": key_digest(key),
         "pattern": key_pattern(key),
-        "operation": parts[1] if key.startswith("ai") and len(parts) > 1 else "data",
+        "operation": (parts[1] if parts[1] in OPERATIONS else "other")
+        if key.startswith("ai") and len(parts) > 1
+        else "data",
         "size_bytes": size,
         "size_mb": mb(size),
         "compressed": compressed,

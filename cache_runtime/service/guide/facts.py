@@ -7,14 +7,16 @@ view functions in :mod:`.analyses` are pure functions of the resulting :class:`F
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cache_runtime.config import CacheConfig
+from cache_runtime.config import OPERATIONS, CacheConfig
 from cache_runtime.service.guide.process import MemoryHistory, Sample
 
 log = logging.getLogger("cachewarden.runtime.guide")
@@ -58,18 +60,32 @@ def size_bucket(size: int) -> str:
     return ">=1MB"
 
 
+_WORD = re.compile(r"^[A-Za-z_]{1,32}$")
+
+
 def key_pattern(key: str) -> str:
-    """A key's pattern: ``ai1:summarize:s:*`` for AI keys, ``d:<first segment>*`` for data keys."""
+    """A key's pattern, free of user text: ``ai1:summarize:s:*`` for AI keys (an operation name of the
+    caller's own shows as ``other``), ``d:<first segment>*`` for data keys when that segment is a
+    plain word (no digits: no ids), else ``d:*``."""
     if key.startswith("ai"):
         parts = key.split(":")
-        return ":".join(parts[:3]) + ":*" if len(parts) > 3 else key
+        if len(parts) > 3:
+            operation = parts[1] if parts[1] in OPERATIONS else "other"
+            return f"{parts[0]}:{operation}:{parts[2]}:*"
+        return "ai:*"
     if key.startswith("d:"):
         rest = key[2:]
-        for separator in (":", "/", ".", "-", "_"):
+        for separator in (":", "/", ".", "-"):
             if separator in rest:
-                return "d:" + rest.split(separator, 1)[0] + separator + "*"
+                head = rest.split(separator, 1)[0]
+                return f"d:{head}{separator}*" if _WORD.match(head) else "d:*"
         return "d:*"
-    return key.split(":", 1)[0] + ":*"
+    return "other:*"
+
+
+def key_digest(key: str) -> str:
+    """A short digest that tells keys apart without showing them (keys may carry user text)."""
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def scan_l1(l1: Any, threshold: int) -> EntryFacts:
@@ -97,8 +113,9 @@ def scan_l1(l1: Any, threshold: int) -> EntryFacts:
         parts = key.split(":")
         if key.startswith("ai") and len(parts) >= 4:
             facts.ai_keys += 1
-            facts.by_operation[parts[1]] += 1
-            facts.bytes_by_operation[parts[1]] += size
+            operation = parts[1] if parts[1] in OPERATIONS else "other"
+            facts.by_operation[operation] += 1
+            facts.bytes_by_operation[operation] += size
             facts.by_tier[parts[2]] += 1
             if parts[3].startswith("r"):
                 facts.readable += 1
