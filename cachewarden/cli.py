@@ -54,7 +54,11 @@ def _operator(argv: Sequence[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "dev": _dev, "runtime": _runtime, "crds": _crds, "operator": _operator, "guide": _guide,
+    "dev": _dev,
+    "runtime": _runtime,
+    "crds": _crds,
+    "operator": _operator,
+    "guide": _guide,
 }
 
 
@@ -66,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"cachewarden: unknown command {args[0]!r}; accepted: {', '.join(sorted(COMMANDS))}",
-              file=sys.stderr)
+        print(
+            f"cachewarden: unknown command {args[0]!r}; accepted: {', '.join(sorted(COMMANDS))}",
+            file=sys.stderr,
+        )
         return 2
     return command(args[1:])
 

@@ -34,8 +34,11 @@ class GuideError(RuntimeError):
     """A policy, pod or token that cannot be resolved; the message says which and why."""
 
 
+KUBECTL = ["kubectl"]
+
+
 def _kubectl(args: list[str], kubeconfig: str | None) -> Any:
-    argv = ["kubectl", *(["--kubeconfig", kubeconfig] if kubeconfig else []), *args, "-o", "json"]
+    argv = [*KUBECTL, *(["--kubeconfig", kubeconfig] if kubeconfig else []), *args, "-o", "json"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise GuideError(f"{' '.join(argv)}: {done.stderr.strip()[:300]}")
@@ -91,6 +94,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--policy", help="CachePolicy whose pods to ask")
     parser.add_argument("-n", "--namespace", default="default")
     parser.add_argument("--kubeconfig")
+    parser.add_argument("--kubectl", default="kubectl", help="the kubectl binary (default: on PATH)")
     parser.add_argument("--pod-url", action="append", default=[], help="ask this runtime (repeatable)")
     parser.add_argument("--token-file", help="bearer token file (default with --policy: its token Secret)")
     parser.add_argument("--dry-run", action="store_true", help="add ?dry_run=true (actions)")
@@ -111,6 +115,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         print(f"cachewarden guide: --data is not JSON: {exc}", file=sys.stderr)
         return 2
+    KUBECTL[:] = [args.kubectl]
     path = args.path + (("&" if "?" in args.path else "?") + "dry_run=true" if args.dry_run else "")
     tokens: dict[str, str] = {}
     try:
