@@ -156,6 +156,11 @@ def test_the_guide_actions_are_recorded_and_need_the_admin_token(
         for path in actions:
             assert client.post(path, json={}).status_code == 403, path
     with guide_pod.client() as client:
+        for path in ("restart", "emergency/clear-all", "memory/aggressive-cleanup", "optimize/ttl-strategy"):
+            assert (
+                client.post(f"/internal/cache/{path}", params={"dry_run": "true"}).json()["dry_run"] is True
+            )
+        assert client.post("/internal/cache/recovery/restore-service", json={}).status_code == 200
         journal = client.get("/internal/cache/actions").json()
         recorded = set(journal["executed"]) | set(journal["dry_runs"])
         for path in (
