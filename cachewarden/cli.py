@@ -17,6 +17,7 @@ commands:
   runtime    run the cache runtime service (engine + HTTP admin/data API)
   operator   run the kopf operator
   crds       print the generated CustomResourceDefinitions
+  guide      run one troubleshooting-guide command against every pod of a policy, merged
 
 'cachewarden <command> --help' shows the command's own options.
 """
@@ -40,6 +41,12 @@ def _crds(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _guide(argv: Sequence[str]) -> int:
+    from cachewarden.guide_cmd import main
+
+    return main(argv)
+
+
 def _operator(argv: Sequence[str]) -> int:
     from cache_operator.cli import main
 
@@ -47,7 +54,11 @@ def _operator(argv: Sequence[str]) -> int:
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "dev": _dev, "runtime": _runtime, "crds": _crds, "operator": _operator,
+    "dev": _dev,
+    "runtime": _runtime,
+    "crds": _crds,
+    "operator": _operator,
+    "guide": _guide,
 }
 
 
@@ -59,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"cachewarden: unknown command {args[0]!r}; accepted: {', '.join(sorted(COMMANDS))}",
-              file=sys.stderr)
+        print(
+            f"cachewarden: unknown command {args[0]!r}; accepted: {', '.join(sorted(COMMANDS))}",
+            file=sys.stderr,
+        )
         return 2
     return command(args[1:])
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cache_runtime.config import PRESET_NAMES, ConfigError
 from cache_runtime.service.auth import Authenticator, Role
@@ -29,7 +29,11 @@ from cache_runtime.service.config_source import (
     ConfigSource,
 )
 from cache_runtime.service.engine_ops import EngineOps, EngineUnavailable
-from cache_runtime.service.errors import InvalidRequest, problem
+from cache_runtime.service.errors import InvalidRequest, problem, reject_non_finite
+from cache_runtime.service.guide import analyses as guide
+from cache_runtime.service.guide.facts import redis_info, scan_l1
+from cache_runtime.service.guide.flat_config import rename_problems, translate
+from cache_runtime.service.guide.process import Sample, rss_bytes
 from cache_runtime.service.idempotency import (
     HEADER,
     IdempotencyConflict,
@@ -68,14 +72,6 @@ class ConfigApplyBody(_Body):
     )
 
 
-class ConfigUpdateBody(_Body):
-    """Partial overrides applied on top of the config in force."""
-
-    overrides: dict[str, Any] = Field(
-        description='Nested or dotted parameter paths, e.g. {"ttl.default_s": 600}.'
-    )
-
-
 class KeyGenerationBody(_Body):
     """What an AI response is keyed by."""
 
@@ -83,6 +79,8 @@ class KeyGenerationBody(_Body):
     text: str = Field(max_length=10_000_000)
     options: dict[str, Any] | None = None
     question: str | None = Field(default=None, max_length=1_000_000)
+
+    _finite_options = field_validator("options")(reject_non_finite)
 
 
 DryRun = Annotated[bool, Query(description="Report what would change, change nothing.")]
@@ -107,6 +105,7 @@ class AdminContext:
         self.idempotency = idempotency or IdempotencyStore()
         self.journal = journal or ActionJournal()
         self.recent_errors = recent_errors
+        self.started_at = time.time()
 
     def engine(self) -> EngineOps:
         """The engine, or a 503 when it is not started yet (no valid config loaded)."""
@@ -258,30 +257,54 @@ def build_admin_router(
     @router.get("/metrics", dependencies=read, summary="Cache metrics as JSON (original shape)")
     async def metrics() -> dict[str, Any]:
         # The original returned 500 here; ours degrades field by field instead of failing.
-        return ctx.engine().metrics_json()
+        ops = ctx.engine()
+        body = ops.metrics_json()
+        try:
+            snapshot = ops.snapshot()
+            sample = Sample(time.time(), rss_bytes(), snapshot["l1"]["bytes"])
+            body.update(guide.metrics_fields(snapshot, sample))
+        except Exception:
+            log.exception("guide metrics fields failed")
+        return body
 
     @router.get("/memory-stats", dependencies=read, summary="L1 and Redis memory")
     async def memory_stats() -> dict[str, Any]:
-        return await ctx.engine().memory_stats()
+        ops = ctx.engine()
+        body = await ops.memory_stats()
+        return {**body, **guide.memory_stats_fields(ops.snapshot(), body.get("redis"))}
 
     @router.get("/health", dependencies=read, summary="Health, hit rates, latency, Redis, diagnosis")
     async def health() -> dict[str, Any]:
         ops = ctx.engine()
         controller = ctx.config_if_any()
         provenance = controller.source.describe() if controller else None
-        return ops.health(config_provenance=provenance, config_hash=_config_hash(ctx, ops))
+        body = ops.health(config_provenance=provenance, config_hash=_config_hash(ctx, ops))
+        logged = ctx.recent_errors.describe(50) if ctx.recent_errors else {"errors": []}
+        body["health_status"] = body["status"]
+        body["errors"] = guide.error_entries(ops.snapshot(), logged, body.get("diagnosis"))
+        return body
 
     @router.get("/compression-stats", dependencies=read, summary="Compression attempts, savings, cost")
     async def compression_stats() -> dict[str, Any]:
-        return ctx.engine().compression_stats()
+        ops = ctx.engine()
+        return {**ops.compression_stats(), **guide.compression_stats_fields(ops.snapshot())}
 
     @router.get("/key-analysis", dependencies=read, summary="Key-inconsistency evidence")
     async def key_analysis() -> dict[str, Any]:
-        return ctx.engine().key_analysis()
+        ops = ctx.engine()
+        entries = scan_l1(ops.cache.l1, ops.config.compression.threshold_bytes)
+        return {**ops.key_analysis(),
+                **guide.key_analysis_fields(ops.snapshot(), entries, await redis_info(ops.l2))}
 
     @router.get("/operation-stats", dependencies=read, summary="Hits, misses, TTL and latency per operation")
     async def operation_stats() -> dict[str, Any]:
-        return ctx.engine().operation_stats()
+        ops = ctx.engine()
+        body = ops.operation_stats()
+        added = guide.operation_stats_fields(ops.snapshot(), ops.config.ttl.for_operation)["operations"]
+        body["operations"] = {
+            name: {**body["operations"].get(name, {}), **fields} for name, fields in added.items()
+        }
+        return body
 
     @router.get("/config/current", dependencies=read, summary="The config in force and where it came from")
     async def config_current() -> dict[str, Any]:
@@ -291,6 +314,9 @@ def build_admin_router(
             "hash": _config_hash(ctx, ops),
             "config": ops.config_public(controller),
             "provenance": controller.source.describe(),
+            "ttl_settings": guide.ttl_settings(ops.config),
+            # The engine's URL (pod-local credentials applied; the config model keeps passwords out).
+            "redis_url": ops.config.redis.url,
         }
 
     @router.post("/config/validate", dependencies=read, summary="Validate a config push without applying")
@@ -310,13 +336,23 @@ def build_admin_router(
 
     @router.get("/invalidation-stats", dependencies=read, summary="Invalidations (original shape)")
     async def invalidation_stats() -> dict[str, Any]:
-        return ctx.engine().invalidation_stats(list(ctx.journal.invalidations))
+        ops = ctx.engine()
+        body = ops.invalidation_stats(list(ctx.journal.invalidations))
+        uptime = max(time.time() - ctx.started_at, 1e-9)
+        return {**body, **guide.invalidation_fields(ops.snapshot(), ctx.journal, uptime)}
 
     @router.get("/recent-errors", dependencies=read, summary="Recent warnings and errors")
     async def recent_errors_route(limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
         ops = ctx.engine()
         logged = ctx.recent_errors.describe(limit) if ctx.recent_errors else {"total": 0, "errors": []}
-        return {"redis": ops.redis_errors(), **logged}
+        snapshot = ops.snapshot()
+        entries = guide.error_entries(snapshot, logged, None, limit)
+        return {
+            "redis": ops.redis_errors(),
+            **logged,
+            "errors": entries,
+            "log_entries": logged.get("errors", []),
+        }
 
     @router.post(
         "/debug/key-generation",
@@ -326,7 +362,9 @@ def build_admin_router(
     async def key_generation(payload: KeyGenerationBody) -> dict[str, Any]:
         ops = ctx.engine()
         try:
-            return ops.describe_key(payload.operation, payload.text, payload.options, payload.question)
+            described = ops.describe_key(payload.operation, payload.text, payload.options, payload.question)
+            again = ops.describe_key(payload.operation, payload.text, payload.options, payload.question)
+            return {**described, **guide.key_generation_fields(described, again)}
         except (ValueError, TypeError) as exc:
             raise InvalidRequest.single(
                 "body", "(request)", "an operation, text and options the key builder accepts", str(exc)
@@ -468,21 +506,39 @@ def build_admin_router(
 
     @router.post("/config/update", dependencies=admin, summary="Apply partial overrides live")
     async def config_update(
-        request: Request, payload: ConfigUpdateBody, dry_run: DryRun = False
+        request: Request,
+        payload: Annotated[
+            dict[str, Any],
+            Body(
+                description='{"overrides": {"ttl.default_s": 600}} (config paths), or the guide\'s flat keys '
+                '({"default_ttl": 3600, "normalize_text": true, ...}; see docs/runbook.md)'
+            ),
+        ],
+        dry_run: DryRun = False,
     ) -> JSONResponse:
         controller = ctx.config()
+        translation = None
+        if set(payload) == {"overrides"}:
+            overrides = payload["overrides"]
+        else:
+            translation = translate(payload, ctx.engine().config.model_dump())
+            overrides = translation.overrides
 
         async def act() -> dict[str, Any]:
             try:
-                return (await controller.update(payload.overrides, dry_run=dry_run)).describe()
+                result = (await controller.update(overrides, dry_run=dry_run)).describe()
             except ConfigRejected as exc:
-                raise _config_rejected(exc, "body.overrides.") from None
+                error = _config_rejected(exc, "body.overrides.")
+                if translation is not None:
+                    error.problems = rename_problems(error.problems, translation)
+                raise error from None
+            return {**result, **(translation.describe() if translation else {})}
 
         return await ctx.run_action(
             request,
             "config/update",
             act,
-            params={"overrides": payload.overrides, "dry_run": dry_run},
+            params={"overrides": payload, "dry_run": dry_run},
             dry_run=dry_run,
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from cache_runtime.service.config_source import ConfigController, ConfigSource, 
 from cache_runtime.service.data import build_data_router
 from cache_runtime.service.engine_ops import EngineUnavailable
 from cache_runtime.service.errors import install_error_handlers
+from cache_runtime.service.guide.routes import GuideHooks, build_guide_router
 from cache_runtime.service.idempotency import IdempotencyStore
 from cache_runtime.service.journal import ActionJournal, RecentErrors
 from cache_runtime.service.limits import BodySizeLimitMiddleware
@@ -88,6 +90,29 @@ class RuntimeState:
                 log.info("engine started", extra={"fields": {"preset": config.preset}})
             else:
                 await self.cache.apply_config(config)
+
+    async def restart_engine(self) -> dict[str, Any]:
+        """Graceful in-process restart: a new engine with the config in force, then the old one closed.
+
+        The guide's "restart cache service" inside a pod: L1 starts empty, Redis keeps its entries,
+        pools and the coherence subscription are new. Requests in flight finish on the old engine.
+        """
+        async with self._engine_lock:
+            old = self.cache
+            if old is None:
+                raise EngineUnavailable("no engine to restart")
+            started = time.perf_counter()
+            fresh = TieredCache(old.config)
+            await fresh.start()
+            self.cache = fresh
+            dropped = len(old.l1)
+            try:
+                await asyncio.wait_for(old.close(), timeout=10.0)
+            except TimeoutError:
+                log.error("old engine did not close in time after restart")
+            log.info("engine restarted", extra={"fields": {"l1_entries_dropped": dropped}})
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            return {"l1_entries_dropped": dropped, "restart_ms": elapsed_ms}
 
     def get_cache(self) -> TieredCache:
         """The engine; raises EngineUnavailable (-> 503) until a config has started it."""
@@ -194,14 +219,24 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     PlatformCollector(registry=state.registry)
     GCCollector(registry=state.registry)
 
+    admin_router = build_admin_router(
+        state.get_cache,
+        state.auth,
+        config=state.controller,
+        idempotency=state.idempotency,
+        journal=state.journal,
+        recent_errors=state.recent_errors,
+    )
+    app.include_router(admin_router)
     app.include_router(
-        build_admin_router(
-            state.get_cache,
-            state.auth,
-            config=state.controller,
-            idempotency=state.idempotency,
-            journal=state.journal,
-            recent_errors=state.recent_errors,
+        build_guide_router(
+            admin_router.context,  # type: ignore[attr-defined]
+            GuideHooks(
+                restart=state.restart_engine,
+                metrics_text=lambda: generate_latest(state.registry),
+                allow_redis_config_set=settings.allow_redis_config_set,
+                settings=settings,
+            ),
         )
     )
     app.include_router(build_data_router(state.get_cache, state.auth))

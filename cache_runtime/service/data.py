@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cache_runtime.service.auth import Authenticator, Role
 from cache_runtime.service.engine_ops import EngineUnavailable
-from cache_runtime.service.errors import InvalidRequest
+from cache_runtime.service.errors import InvalidRequest, reject_non_finite
 
 MAX_KEY_CHARS = 1024
 _MISS = object()
@@ -74,6 +74,8 @@ class AIRequestBody(_Body):
     text: str = Field(max_length=100_000_000, description="The input text (never logged).")
     options: dict[str, Any] | None = Field(default=None, description="Model options that change the answer.")
     question: str | None = Field(default=None, max_length=1_000_000, description="For qa.")
+
+    _finite_options = field_validator("options")(reject_non_finite)
 
 
 class AIStoreBody(AIRequestBody):

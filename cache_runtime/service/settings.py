@@ -102,6 +102,9 @@ class ServiceSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 20.0
     log_level: str = "INFO"
+    # The guide's redis/optimize-server may run CONFIG SET on the pod's Redis only with this on
+    # (CACHEWARDEN_ALLOW_REDIS_CONFIG_SET=true); off by default: a cache client does not own the server.
+    allow_redis_config_set: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **explicit: object) -> ServiceSettings:
@@ -144,7 +147,7 @@ class ServiceSettings:
                 "write_token_file",
             }:
                 values[key] = map_mount_path(str(value), environ)
-            elif key in {"auth_disabled", "open_metrics", "open_probes"}:
+            elif key in {"auth_disabled", "open_metrics", "open_probes", "allow_redis_config_set"}:
                 values[key] = _parse_bool(key, text) if text is not None else bool(value)
             elif key == "port":
                 values[key] = _parse_int(key, value, 0, 65535)  # type: ignore[arg-type]
