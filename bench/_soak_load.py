@@ -163,9 +163,9 @@ class LoadGenerator:
         headers: dict[str, str],
         body: Any = None,
         expect: tuple[int, ...] = (200,),
-    ) -> tuple[int, Any, float, float] | None:
-        """(status, JSON body, start of the first attempt, start of the answering attempt), or None
-        after ``ATTEMPTS`` failed attempts (the error is counted)."""
+    ) -> tuple[int, Any, float, float, str] | None:
+        """(status, JSON body, start of the first attempt, start of the answering attempt, the
+        answering pod's IP), or None after ``ATTEMPTS`` failed attempts (the error is counted)."""
         assert self._session is not None
         first = time.monotonic()
         last_problem = "no Ready pod known"
@@ -206,7 +206,7 @@ class LoadGenerator:
                 self.book.record(first, time.monotonic() - first, False, attempt > 0)
                 return None
             self.book.record(first, time.monotonic() - first, True, attempt > 0)
-            return status, payload, first, started
+            return status, payload, first, started, ip
         self.counters.note_error(f"after {ATTEMPTS} attempts: {last_problem}")
         self.book.record(first, time.monotonic() - first, False, True)
         return None
@@ -218,21 +218,21 @@ class LoadGenerator:
         answer = await self._call("GET", f"/data/v1/keys/{quote(key)}", self.read_headers, expect=(200, 404))
         if answer is None:
             return
-        status, body, _, started = answer
-        self._judge(key, started, body.get("value") if status == 200 else None)
+        status, body, _, started, pod = answer
+        self._judge(key, started, body.get("value") if status == 200 else None, pod)
 
     async def read_many(self, keys: list[str]) -> None:
         """mget several keys and judge each."""
         answer = await self._call("POST", "/data/v1/mget", self.read_headers, {"keys": keys})
         if answer is None:
             return
-        _, body, _, started = answer
+        _, body, _, started, pod = answer
         values = body.get("values") or {}
         for key in keys:
-            self._judge(key, started, values.get(key))
+            self._judge(key, started, values.get(key), pod)
 
-    def _judge(self, key: str, started: float, value: Any) -> None:
-        verdict = self.ledger.check_read(key, started, value)
+    def _judge(self, key: str, started: float, value: Any, pod: str) -> None:
+        verdict = self.ledger.check_read(key, started, value, pod)
         if verdict.kind == "degraded-stale":
             self.book.note_degraded_stale(started)
         elif verdict.wrong:
@@ -277,12 +277,15 @@ class LoadGenerator:
                 self.locks[key].release()
 
     def _acknowledge(
-        self, keys: list[str], seqs: list[int], answer: tuple[int, Any, float, float] | None
+        self, keys: list[str], seqs: list[int], answer: tuple[int, Any, float, float, str] | None
     ) -> None:
         acked = time.monotonic() if answer is not None else None
         started = answer[2] if answer is not None else time.monotonic()
+        pod = answer[4] if answer is not None else ""
+        body = answer[1] if answer is not None else None
+        note = "(degraded: Redis did not take it)" if isinstance(body, dict) and body.get("degraded") else ""
         for key, seq in zip(keys, seqs, strict=True):
-            self.ledger.acknowledge(key, seq, started, acked)
+            self.ledger.acknowledge(key, seq, started, acked, pod, note)
 
     # --- the loop -----------------------------------------------------------------------------------
 

@@ -126,6 +126,12 @@ class _KeyHistory:
     # (acknowledged at, sequence) in acknowledgement order; sequences ascend with it.
     coherent_acks: list[tuple[float, int]] = field(default_factory=list)
     all_acks: list[tuple[float, int]] = field(default_factory=list)
+    # sequence -> (pod that answered, sent at, acknowledged at or None, what the pod said): the last
+    # OPS_KEPT operations, so a wrong answer can be traced to the pods and times involved.
+    ops: dict[int, tuple[str, float, float | None, str]] = field(default_factory=dict)
+
+
+OPS_KEPT = 8
 
 
 def _floor(acks: list[tuple[float, int]], until: float) -> int:
@@ -148,6 +154,8 @@ class Verdict:
     floor: int = 0
     detail: str = ""
     started: float = 0.0  # when the read started (the caller's clock)
+    pod: str = ""  # the pod that answered the read
+    history: list[str] = field(default_factory=list)  # the key's last operations, for a wrong answer
 
     @property
     def wrong(self) -> bool:
@@ -170,6 +178,7 @@ class Ledger:
         if not 0 <= coherence_bound_s <= 60:
             raise ValueError(f"coherence bound {coherence_bound_s!r} is not accepted; accepted: 0..60 s")
         self.bound = coherence_bound_s
+        self.origin = 0.0  # subtracted from the times in a wrong answer's history (the run's start)
         self._keys: dict[str, _KeyHistory] = {}
         self.windows: list[list[float | None]] = []  # [start, end or None while open]
         self.counts: dict[str, int] = {}
@@ -221,10 +230,15 @@ class Ledger:
         history.next_seq += 1
         return seq
 
-    def acknowledge(self, key: str, seq: int, started: float, acked: float | None) -> None:
+    def acknowledge(self, key: str, seq: int, started: float, acked: float | None, pod: str = "",
+                    note: str = "") -> None:
         """Operation ``seq`` of ``key`` (sent at ``started``) was acknowledged at ``acked``; None when
-        it failed (its effect is unknown: the value may exist but raises no floor)."""
+        it failed (its effect is unknown: the value may exist but raises no floor). ``pod`` answered
+        it and said ``note`` (e.g. that Redis did not take it): kept for tracing wrong answers."""
         history = self._history(key)
+        history.ops[seq] = (pod, started, acked, note)
+        if len(history.ops) > OPS_KEPT:
+            del history.ops[min(history.ops)]
         if acked is None:
             self.unacknowledged_ops += 1
             return
@@ -236,18 +250,36 @@ class Ledger:
             history.coherent_acks.append((acked, seq))
 
     # reads
-    def check_read(self, key: str, started: float, value: Any) -> Verdict:
-        """Judge a read of ``key`` started at ``started`` that returned ``value`` (None: a miss)."""
-        verdict = replace(self._judge(key, started, value), started=started)
+    def check_read(self, key: str, started: float, value: Any, pod: str = "") -> Verdict:
+        """Judge a read of ``key`` started at ``started`` that returned ``value`` (None: a miss),
+        answered by ``pod``. A wrong verdict carries the key's last operations (``history``)."""
+        verdict = replace(self._judge(key, started, value), started=started, pod=pod)
         self.counts[verdict.kind] = self.counts.get(verdict.kind, 0) + 1
-        if verdict.wrong and len(self.wrong) < 50:
-            self.wrong.append(verdict)
+        if verdict.wrong:
+            verdict = replace(verdict, history=self._trace(key))
+            if len(self.wrong) < 50:
+                self.wrong.append(verdict)
         if verdict.kind == "degraded-stale":
             if self.in_window(started):
                 self.degraded_inside += 1
             else:
                 self.degraded_after += 1
         return verdict
+
+    def _trace(self, key: str) -> list[str]:
+        """The key's last operations, one line each: sequence, pod, sent and acknowledged times."""
+        history = self._keys.get(key)
+        if history is None:
+            return []
+        lines = []
+        origin = self.origin
+        for seq, (pod, sent, acked, note) in sorted(history.ops.items()):
+            kind = "write" if seq in history.writes else "delete"
+            ack = f"acked {acked - origin:.3f}" if acked is not None else "failed"
+            if acked is not None and self._overlaps_window(sent, acked):
+                ack += " in a Redis fault window"
+            lines.append(f"seq {seq} {kind} on {pod or '?'} sent {sent - origin:.3f} {ack} {note}".rstrip())
+        return lines
 
     def _judge(self, key: str, started: float, value: Any) -> Verdict:
         if value is None:

@@ -246,6 +246,7 @@ class Soak:
         await asyncio.to_thread(directory.refresh_once)
         start = time.monotonic()
         self.book = PhaseBook(start)
+        self.ledger.origin = start  # a wrong answer's history in the run's seconds, like at_s
         settings = LoadSettings(rate=self.o.rate, keys=self.o.keys)
         self.generator = LoadGenerator(
             settings, self.ledger, self.book, directory, self.read_token, self.admin_token, self.o.seed

@@ -259,3 +259,20 @@ def test_format_table() -> None:
     )
     assert text.splitlines()[0].split() == ["process", "start_mib", "ratio"]
     assert text.splitlines()[1].split() == ["a", "1.0", "-"]
+
+
+def test_a_wrong_answer_names_the_answering_pod_and_the_keys_last_operations() -> None:
+    """A stale read is traceable: which pod answered, and which pods took the key's writes when."""
+    ledger = Ledger(coherence_bound_s=1.0)
+    ledger.origin = 100.0
+    first = ledger.begin_write("a")
+    ledger.acknowledge("a", first, 101.0, 101.1, pod="10.0.0.1", note="(degraded: Redis did not take it)")
+    second = ledger.begin_write("a")
+    ledger.acknowledge("a", second, 102.0, 102.1, pod="10.0.0.2")
+    verdict = ledger.check_read("a", 110.0, make_value("a", first), pod="10.0.0.1")
+    assert verdict.kind == "stale" and verdict.pod == "10.0.0.1"
+    assert verdict.history == [
+        "seq 1 write on 10.0.0.1 sent 1.000 acked 1.100 (degraded: Redis did not take it)",
+        "seq 2 write on 10.0.0.2 sent 2.000 acked 2.100",
+    ]
+    assert ledger.check_read("a", 110.0, make_value("a", second), pod="10.0.0.3").history == []
