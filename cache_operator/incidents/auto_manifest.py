@@ -3,12 +3,15 @@
 The pods' health answers already carry the engine's diagnosis (causes per symptom with evidence
 and recommendations), so the incident is created knowing its cause: ``spec.action`` is the top
 cause's first recommendation that is a runbook action with valid parameters, else ``diagnose``
-(always safe: it only reads). Whether that action then runs is :func:`safety.may_run`'s call.
+(always safe: it only reads). A ``config-change`` recommendation (the fix is a setting) becomes
+``apply-override`` with the change, bounded by :func:`cache_operator.incidents.remediation.bounded_override`
+(given as ``bound``), so even Recommend mode shows the exact override. Whether that action then runs
+is :func:`safety.may_run`'s call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,12 +20,19 @@ from cache_operator.api.cacheincident import CacheIncidentSpec
 from cache_operator.api.common import API_VERSION
 from cache_operator.incidents.detection import CONFIG_DRIFT, SymptomEvent
 from cache_operator.incidents.naming import DEFAULT_WINDOW_SECONDS, auto_incident_labels, auto_incident_name
+from cache_operator.incidents.remediation import OVERRIDE_ACTION, proposal, symptom_figure
 from cache_runtime.actions import INCIDENT_ACTIONS
 from cache_runtime.timefmt import parse_rfc3339, rfc3339
 
 FALLBACK_ACTION = "diagnose"
 _CAMEL = {"duration_seconds": "durationSeconds", "max_entries": "maxEntries"}
 _REDIS_SYMPTOMS = frozenset({"RedisUnavailable", "RedisAuthFailure", "RedisOutOfMemory"})
+# bound(overrides) -> (bounded overrides or None when it cannot be applied, notes)
+Bound = Callable[[Mapping[str, Any]], tuple[dict[str, Any] | None, list[str]]]
+
+
+def _unbounded(overrides: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    return dict(overrides), []
 
 
 def causes_for(reports: Mapping[str, Mapping[str, Any] | None], symptom: str) -> list[dict[str, Any]]:
@@ -54,10 +64,18 @@ def causes_for(reports: Mapping[str, Mapping[str, Any] | None], symptom: str) ->
     return sorted(merged.values(), key=lambda c: (-float(c.get("score") or 0), str(c.get("name"))))
 
 
-def _incident_action(recommendation: Mapping[str, Any], policy: str) -> tuple[str, dict[str, Any]] | None:
+def _incident_action(
+    recommendation: Mapping[str, Any], policy: str, bound: Bound = _unbounded
+) -> tuple[str, dict[str, Any]] | None:
     action = recommendation.get("action")
+    if action == "config-change":
+        overrides = (recommendation.get("parameters") or {}).get("overrides")
+        if not isinstance(overrides, Mapping) or not overrides:
+            return None
+        bounded, _ = bound(overrides)
+        return (OVERRIDE_ACTION, {"overrides": bounded}) if bounded else None
     if action not in INCIDENT_ACTIONS:
-        return None  # config-change, or a person's job
+        return None  # a person's job
     parameters = {
         _CAMEL.get(str(key), str(key)): value
         for key, value in (recommendation.get("parameters") or {}).items()
@@ -72,12 +90,15 @@ def _incident_action(recommendation: Mapping[str, Any], policy: str) -> tuple[st
     return str(action), parameters
 
 
-def choose_action(causes: list[dict[str, Any]], policy: str) -> tuple[str, dict[str, Any], str | None]:
+def choose_action(
+    causes: list[dict[str, Any]], policy: str, bound: Bound = _unbounded
+) -> tuple[str, dict[str, Any], str | None]:
     """(action, parameters, cause name) the incident carries: the first runnable recommendation of the
-    most likely cause that has one, else ``diagnose``."""
+    most likely cause that has one (a ``config-change`` becomes ``apply-override`` when ``bound``
+    leaves a change to apply), else ``diagnose``."""
     for cause in causes:
         for recommendation in cause.get("recommendations") or []:
-            chosen = _incident_action(recommendation, policy)
+            chosen = _incident_action(recommendation, policy, bound)
             if chosen is not None:
                 return chosen[0], chosen[1], str(cause.get("name"))
     return FALLBACK_ACTION, {}, None
@@ -99,15 +120,17 @@ def render_auto_incident(
     now: float,
     policy_uid: str | None = None,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    bound: Bound = _unbounded,
 ) -> dict[str, Any]:
     """The CacheIncident manifest for an opened symptom (create it; a 409 means it exists already).
 
     Named from the episode's start (``event.since``, else ``now``), so every detection of one episode
     yields the same name. Owned by the policy (when ``policy_uid`` is given) so it goes with it.
+    ``bound`` bounds a setting change for the policy (see :func:`choose_action`).
     """
     opened_at = parse_rfc3339(event.since, "event.since") if event.since is not None else now
     causes = causes_for(reports, event.name)
-    action, parameters, _ = choose_action(causes, policy)
+    action, parameters, _ = choose_action(causes, policy, bound)
     message = event.evidence.get("message") or f"{event.name} held over consecutive probes"
     spec: dict[str, Any] = {
         "policyRef": {"name": policy},
@@ -130,19 +153,29 @@ def render_auto_incident(
 
 
 def auto_incident_status(
-    event: SymptomEvent, reports: Mapping[str, Mapping[str, Any] | None], now: float, policy: str
+    event: SymptomEvent,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    now: float,
+    policy: str,
+    *,
+    namespace: str = "default",
+    spec_overrides: Mapping[str, Any] | None = None,
+    bound: Bound = _unbounded,
 ) -> dict[str, Any]:
     """The status to write right after creating an automatic incident: detection (symptom, when,
-    evidence), diagnosis (causes in the CRD's shape), the top cause and the recommended action."""
+    evidence), diagnosis (causes in the CRD's shape), the top cause, the recommended action and
+    ``remediation`` (Proposed: the action, the exact override for a setting fix with its permanent
+    patch, the symptom's figure now). ``namespace`` and ``spec_overrides`` (the policy's) make the
+    permanent patch; ``bound`` as for :func:`render_auto_incident`."""
     causes = causes_for(reports, event.name)
-    action, _, chosen_cause = choose_action(causes, policy)
+    action, parameters, chosen_cause = choose_action(causes, policy, bound)
     crd_causes = []
     for cause in causes[:10]:
         runnable = next(
             (
                 (rec, picked)
                 for rec in cause.get("recommendations") or []
-                if (picked := _incident_action(rec, policy)) is not None
+                if (picked := _incident_action(rec, policy, bound)) is not None
             ),
             None,
         )
@@ -171,6 +204,16 @@ def auto_incident_status(
                 entry["parameters"] = runnable[1][1]
         crd_causes.append(entry)
     stamp = rfc3339(now)
+    override = parameters.get("overrides") if action == OVERRIDE_ACTION else None
+    remediation = proposal(
+        action,
+        override,
+        symptom=event.name,
+        before=symptom_figure(event.name, reports),
+        policy=policy,
+        namespace=namespace,
+        spec_overrides=spec_overrides,
+    )
     return {
         "phase": "Pending",
         "detection": {
@@ -182,4 +225,5 @@ def auto_incident_status(
         "diagnosis": {"causes": crd_causes, "diagnosedAt": stamp},
         "cause": chosen_cause or (crd_causes[0]["name"] if crd_causes else None),
         "recommendedAction": action,
+        "remediation": remediation,
     }
