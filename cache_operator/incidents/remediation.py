@@ -10,8 +10,8 @@ detect -> diagnose -> act -> **verify** -> keep or roll back -> make permanent.
   in the policy's ``status.override`` (never the spec: GitOps owns it). :func:`bounded_override` clamps
   it to the engine's ranges (:data:`cache_runtime.config.RANGES`), keeps ``l1.max_bytes`` within a share
   of the pod's memory limit, and checks the spec it would make with the spec's own validation.
-* **verify**: :func:`symptom_figure` reads the symptom's own figure (hit rate, memory, p95, evictions
-  per insert; pods affected for Redis symptoms) from every probe; :func:`verify_step` collects
+* **verify**: :func:`symptom_figure` reads the symptom's own figure (hit rate, memory, p95, L1 hit
+  rate; pods affected for Redis symptoms) from every probe; :func:`verify_step` collects
   ``verifyProbes`` of them after the action and decides: improved -> ``Remediated``, not improved or
   worse -> ``Ineffective`` (the caller rolls the override back and escalates).
 * **make permanent**: :func:`permanent_patch` is the same change as a spec edit: a ``kubectl patch``
@@ -72,7 +72,9 @@ FIGURES: dict[str, Figure] = {
     "LowHitRate": Figure("hitRate", "higher", "ratio"),
     "HighMemory": Figure("memoryMiB", "lower", "MiB"),
     "SlowOperations": Figure("p95Ms", "lower", "ms"),
-    "L1Thrashing": Figure("evictionsPerInsert", "lower", "evictions/insert"),
+    # The symptom's own value (evictions per insert) is a ratio of two window counters that both stop
+    # moving once L1 is large enough; the L1 hit rate it also requires low is what recovers.
+    "L1Thrashing": Figure("l1HitRate", "higher", "ratio"),
 }
 PODS_AFFECTED = Figure("podsAffected", "lower", "pods")
 
@@ -98,6 +100,8 @@ def _reported(report: Mapping[str, Any], symptom: str) -> Mapping[str, Any] | No
 def _pod_figure(report: Mapping[str, Any], symptom: str) -> float | None:
     """One pod's figure: the value its own health report gives the symptom, else the same figure read
     from the report's fields (the symptom does not show there)."""
+    if symptom == "L1Thrashing":
+        return _number((report.get("hit_rates") or {}).get("l1"))
     entry = _reported(report, symptom)
     if entry is not None and _number(entry.get("value")) is not None:
         return _number(entry.get("value"))
@@ -114,14 +118,12 @@ def _pod_figure(report: Mapping[str, Any], symptom: str) -> float | None:
         ]
         known = [p for p in p95s if p is not None]
         return max(known) if known else None
-    if symptom == "L1Thrashing":
-        return 0.0 if entry is None else None
     return None
 
 
 def symptom_figure(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]) -> float | None:
     """The symptom's figure over a probe's health answers (pod -> answer, None = not answered): the
-    worst pod's (lowest hit rate, most memory, slowest p95, most evictions per insert), or the number
+    worst pod's (lowest hit rate, most memory, slowest p95, lowest L1 hit rate), or the number
     of pods showing the symptom for symptoms without a figure; None when no pod answered."""
     answered = [report for report in reports.values() if isinstance(report, Mapping)]
     if not answered:
@@ -138,7 +140,7 @@ def symptom_figure(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]
 
 def improved(symptom: str, before: float | None, after: float | None, shown: bool) -> bool:
     """Did the figure get better? Always when the symptom no longer shows on any pod; otherwise by at
-    least the margin (5 points of hit rate, 10% of the other figures, one pod fewer)."""
+    least the margin (5 points of a hit rate, 10% of memory or latency, one pod fewer)."""
     if not shown:
         return True
     if before is None or after is None:

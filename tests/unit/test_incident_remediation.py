@@ -59,6 +59,7 @@ def test_the_figure_is_the_worst_pods_own_value() -> None:
         ("SlowOperations", 100.0, 120.0, True, False),
         ("RedisUnavailable", 3.0, 2.0, True, True),
         ("L1Thrashing", None, 0.9, True, False),
+        ("L1Thrashing", 0.1, 0.5, True, True),
     ],
 )
 def test_improved_by_the_margin_or_the_symptom_gone(
