@@ -884,3 +884,42 @@ async def test_off_and_recommend_change_nothing_and_recommend_shows_the_override
     assert proposed["state"] == "Proposed"
     assert proposed["override"] == {"compression": {"threshold_bytes": 4096}}
     assert proposed["permanentPatch"]["command"].startswith("kubectl -n shop patch cachepolicy web")
+
+
+async def test_a_persons_apply_override_out_of_range_fails_naming_the_parameter() -> None:
+    """A manual apply-override the engine refuses fails before anything is recorded or pushed."""
+    cluster, pods = make_cluster(), FakePods()
+    await probe(cluster, pods, T0)
+    await cluster.create(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": "too-short", "namespace": NS},
+            "spec": {
+                "policyRef": {"name": "web"},
+                "action": "apply-override",
+                "parameters": {"overrides": {"ttl": {"default_s": 0}}},
+            },
+        }
+    )
+    assert await execute(cluster, pods, "too-short", T0 + 1) == "Failed"
+    status = cluster.incidents()["too-short"]["status"]
+    assert "ttl.default_s" in status["message"] and "spec.parameters.overrides" in status["message"]
+    assert "override" not in cluster.policy()["status"] and pods.executed == []
+    # A valid one is recorded in status, pushed, and not verified (a person's incident).
+    await cluster.create(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": "longer", "namespace": NS},
+            "spec": {
+                "policyRef": {"name": "web"},
+                "action": "apply-override",
+                "parameters": {"overrides": {"ttl": {"default_s": 3600}}},
+            },
+        }
+    )
+    assert await execute(cluster, pods, "longer", T0 + 2) == "Succeeded"
+    assert cluster.policy()["status"]["override"]["overrides"] == {"ttl": {"default_s": 3600}}
+    assert "remediation" not in cluster.incidents()["longer"]["status"]
+    assert "OverrideApplied" in cluster.reasons()
