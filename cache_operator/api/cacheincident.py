@@ -331,13 +331,19 @@ class Remediation(ApiModel):
     )
     before: float | None = Field(default=None, description="The figure when the symptom was detected.")
     after: float | None = Field(default=None, description="The figure at the end of verification.")
-    probes: list[float | None] = Field(
+    probes: list[float] = Field(
         default_factory=list,
         max_length=100,
-        description="The figure at each probe since the action (None: no pod answered).",
+        description="The figure at each probe since the action (hit rates: of the lookups since the probe "
+        "before).",
     )
     verify_probes: int | None = Field(
         default=None, ge=1, description="Probes watched before the verdict (spec.remediation.verifyProbes)."
+    )
+    baseline: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Hit-rate figures: per pod [hits, lookups] of its health window at the last probe; the "
+        "next probe's figure is the hit rate of the lookups in between.",
     )
     started_at: str | None = Field(
         default=None,

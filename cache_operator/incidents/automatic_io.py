@@ -427,15 +427,19 @@ async def _verify(
         return None
     name = _name(incident)
     symptom = lifecycle.symptom_of(incident) or ""
-    figure = remediation.symptom_figure(symptom, reports)
+    figure, counts, baseline = remediation.probe_figure(symptom, reports, current.get("baseline"))
     shown = symptom in summary.symptoms
     if name not in held:
         # The symptom cleared over the configured probes: the figure recovered.
-        probes = [*(current.get("probes") or []), figure][-100:]
+        if figure is None:
+            figure = remediation.symptom_figure(symptom, reports)
+        probes = [*(current.get("probes") or []), *([figure] if figure is not None else [])][-100:]
         updated, decided = remediation.conclude({**current, "probes": probes}, symptom, figure, False, now_s)
         verdict: str | None = decided
     else:
-        updated, verdict = remediation.verify_step(current, symptom, figure, shown, now_s)
+        updated, verdict = remediation.verify_step(
+            current, symptom, figure, shown, now_s, counts=counts, baseline=baseline
+        )
     stamp = rfc3339(now_s)
     generation = (incident.get("metadata") or {}).get("generation")
     namespace = policy.namespace

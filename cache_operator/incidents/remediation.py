@@ -138,6 +138,62 @@ def symptom_figure(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]
     return round(worst, 6)
 
 
+# Hit-rate figures are judged between probes during verification: the pods' health window is minutes
+# long, so the hit rate over it moves slowly after a fix; hits and lookups since the previous probe
+# (hit rate x lookups of the window, per pod) show the effect at the next probe.
+RATE_FIGURES = {"LowHitRate": "overall", "L1Thrashing": "l1"}
+
+
+def rate_counts(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[float]]:
+    """Per pod ``[hits, lookups]`` of its health window for a hit-rate symptom ({} for others)."""
+    key = RATE_FIGURES.get(symptom)
+    if key is None:
+        return {}
+    counts: dict[str, list[float]] = {}
+    for pod, report in sorted(reports.items()):
+        if not isinstance(report, Mapping):
+            continue
+        rates = report.get("hit_rates") or {}
+        rate, lookups = _number(rates.get(key)), _number(rates.get("lookups"))
+        if rate is not None and lookups is not None:
+            counts[pod] = [round(rate * lookups, 3), lookups]
+    return counts
+
+
+def rate_between(
+    previous: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]]
+) -> float | None:
+    """The hit rate of the lookups between two probes, over the pods seen at both (None: no lookup).
+    Exact while a pod's window only grows; once it slides, old lookups leave it too, so each pod's
+    share is clamped to what is possible."""
+    hits = lookups = 0.0
+    for pod, (now_hits, now_lookups) in current.items():
+        if pod not in previous:
+            continue
+        delta_lookups = now_lookups - previous[pod][1]
+        if delta_lookups <= 0:
+            continue
+        hits += min(max(now_hits - previous[pod][0], 0.0), delta_lookups)
+        lookups += delta_lookups
+    return round(hits / lookups, 6) if lookups else None
+
+
+def probe_figure(
+    symptom: str,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    baseline: Mapping[str, Sequence[float]] | None,
+) -> tuple[float | None, dict[str, list[float]], bool]:
+    """A verification probe's figure: ``(figure, counts to keep, is_baseline)``. Hit-rate symptoms
+    give the hit rate since the previous probe's ``baseline`` counts (the first probe only records
+    them: ``is_baseline`` True); the others give :func:`symptom_figure`."""
+    if symptom not in RATE_FIGURES:
+        return symptom_figure(symptom, reports), {}, False
+    counts = rate_counts(symptom, reports)
+    if baseline is None:
+        return None, counts, True
+    return rate_between(baseline, counts), counts, False
+
+
 def improved(symptom: str, before: float | None, after: float | None, shown: bool) -> bool:
     """Did the figure get better? Always when the symptom no longer shows on any pod; otherwise by at
     least the margin (5 points of a hit rate, 10% of memory or latency, one pod fewer)."""
@@ -164,6 +220,7 @@ def start_verification(
         "verifyProbes": verify_probes,
         "startedAt": rfc3339(now),
         "probes": [],
+        "baseline": None,
         "after": None,
         "verifiedAt": None,
         "message": f"watching the symptom's figure for {verify_probes} probe(s)",
@@ -209,17 +266,26 @@ def verify_step(
     figure: float | None,
     shown: bool,
     now: float,
+    *,
+    counts: Mapping[str, Sequence[float]] | None = None,
+    baseline: bool = False,
 ) -> tuple[dict[str, Any], str | None]:
     """One probe during verification: (status.remediation, verdict). The verdict is None until
-    ``verifyProbes`` probes are in (a probe where no pod answered does not count), then
-    Remediated or Ineffective from the last probe's figure (:func:`improved`). Anything not
-    Verifying is returned unchanged with no verdict."""
+    ``verifyProbes`` probes are in (a probe where no pod answered, or no lookup happened since the
+    last one, does not count; nor does a ``baseline`` probe, which only keeps ``counts`` for the
+    next one, see :func:`probe_figure`), then Remediated or Ineffective from the last probe's figure
+    (:func:`improved`). Anything not Verifying is returned unchanged with no verdict."""
     if remediation.get("state") != VERIFYING:
         return dict(remediation), None
+    kept = {**dict(remediation)}
+    if counts:
+        kept["baseline"] = {pod: list(pair) for pod, pair in counts.items()}
+    if baseline:
+        return kept, None
     probes = list(remediation.get("probes") or [])
-    if figure is not None or not shown:
+    if figure is not None:
         probes.append(figure)
-    current = {**dict(remediation), "probes": probes[-100:]}
+    current = {**kept, "probes": probes[-100:]}
     wanted = int(remediation.get("verifyProbes") or 1)
     if len(probes) < wanted:
         return current, None

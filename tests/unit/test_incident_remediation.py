@@ -139,3 +139,36 @@ def test_pod_memory_limit_from_the_runtime_spec() -> None:
     selector = {"preset": "development", "selector": {"matchLabels": {"app": "x"}}}
     assert rem.pod_memory_limit(CachePolicySpec.model_validate(selector)) is None
     assert rem.memory_bytes("1G") == 10**9 and rem.memory_bytes("lots") is None
+
+
+def test_hit_rates_are_verified_between_probes() -> None:
+    """The pods' window moves slowly: the figure is the hit rate of the lookups since the last probe."""
+
+    def reports(overall_a: float, lookups_a: int, overall_b: float, lookups_b: int) -> dict[str, Any]:
+        return {
+            "a": {"hit_rates": {"overall": overall_a, "l1": 0.0, "lookups": lookups_a}},
+            "b": {"hit_rates": {"overall": overall_b, "l1": 0.0, "lookups": lookups_b}},
+            "gone": None,
+        }
+
+    state = rem.start_verification({"before": 0.0}, "apply-override", NOW, 2)
+    figure, counts, baseline = rem.probe_figure("LowHitRate", reports(0.0, 1000, 0.0, 500), None)
+    assert (figure, baseline) == (None, True) and counts == {"a": [0.0, 1000], "b": [0.0, 500]}
+    state, verdict = rem.verify_step(state, "LowHitRate", figure, True, NOW + 5, counts=counts, baseline=True)
+    assert verdict is None and state["probes"] == [] and state["baseline"] == counts
+    # 1000 more lookups on a, all hits; 500 more on b, half hits: the window says 33%, the probe 83%.
+    later = reports(0.5, 2000, 0.25, 1000)
+    figure, counts, baseline = rem.probe_figure("LowHitRate", later, state["baseline"])
+    assert figure == pytest.approx(1250 / 1500) and not baseline
+    state, verdict = rem.verify_step(state, "LowHitRate", figure, True, NOW + 10, counts=counts)
+    assert verdict is None
+    # No lookup since: the probe does not count.
+    figure, counts, _ = rem.probe_figure("LowHitRate", later, state["baseline"])
+    assert figure is None
+    state, verdict = rem.verify_step(state, "LowHitRate", figure, True, NOW + 15, counts=counts)
+    assert verdict is None and len(state["probes"]) == 1
+    figure, counts, _ = rem.probe_figure("LowHitRate", reports(0.6, 3000, 0.5, 2000), state["baseline"])
+    state, verdict = rem.verify_step(state, "LowHitRate", figure, True, NOW + 20, counts=counts)
+    assert verdict == "Remediated" and state["after"] == figure
+    # Other symptoms keep their own figure, without a baseline.
+    assert rem.probe_figure("HighMemory", {"a": {"memory": {"bytes": rem.MIB}}}, None) == (1.0, {}, False)
