@@ -211,6 +211,7 @@ def ttl_too_short(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     proposal = _proposed_ttl(snapshot, current)
     gap = ttl.get("reuse_gap") or {}
     l1 = snapshot["l1"]
+    ttl_overrides, changes = _ttl_changes(snapshot, t, current, proposal)
     return Cause(
         name="TtlTooShort",
         symptoms=("LowHitRate",),
@@ -237,13 +238,36 @@ def ttl_too_short(snapshot: Snapshot, t: Thresholds) -> Cause | None:
         recommendations=(
             Recommendation(
                 "config-change",
-                f"raise ttl.default_s to {proposal} s ({TTL_GAPS}x the gap that covers 90% of the "
-                "observed re-requests: a key re-asked at that gap is then a hit 9 times in 10)",
-                {"overrides": {"ttl": {"default_s": proposal}}},
+                f"raise {changes} ({TTL_GAPS}x the gap that covers 90% of the observed re-requests: a key "
+                "re-asked at that gap is then a hit 9 times in 10)",
+                {"overrides": {"ttl": ttl_overrides}},
             ),
         ),
         score=_clip(share),
     )
+
+
+def _ttl_changes(
+    snapshot: Snapshot, t: Thresholds, default: float | None, proposal: int
+) -> tuple[dict[str, int], str]:
+    """The TTLs to raise: each AI operation with traffic and a hit rate below the warning threshold
+    gets its own (``ttl.<operation>_s``), so the other operations keep theirs; ``ttl.default_s`` when
+    the low hit rate is on plain keys (operation "default") or no operation stands out."""
+    operation_ttls = snapshot["config"].get("operation_ttls_s") or {}
+    changes: dict[str, int] = {}
+    for name, op in sorted((snapshot.get("operations") or {}).items()):
+        lookups = op.get("hits", 0) + op.get("misses", 0)
+        rate = op.get("hit_rate")
+        if lookups == 0 or rate is None or rate >= t.hit_rate_warning:
+            continue
+        if name == "default":
+            changes["default_s"] = proposal
+        elif name in operation_ttls:
+            changes[f"{name}_s"] = _proposed_ttl(snapshot, operation_ttls.get(name) or default)
+    if not changes:
+        changes["default_s"] = proposal
+    text = ", ".join(f"ttl.{key} to {value} s" for key, value in sorted(changes.items()))
+    return changes, text
 
 
 def excessive_invalidation(snapshot: Snapshot, t: Thresholds) -> Cause | None:

@@ -400,3 +400,19 @@ def test_disruptive_actions_are_flagged() -> None:
 def test_unknown_action_is_rejected() -> None:
     with pytest.raises(ValueError, match="'reboot' is not one of"):
         Recommendation("reboot", "x")
+
+
+def test_ttl_too_short_raises_the_ttl_of_the_operation_that_misses() -> None:
+    """Only summarize misses (its own 60 s TTL): the fix is ttl.summarize_s, the default stays."""
+    from health_scenarios import healthy, with_expiring_reuse, with_low_hit_rate
+
+    scenario = with_expiring_reuse(with_low_hit_rate(healthy()))
+    scenario.config["operation_ttls_s"] = {"summarize": 60, "qa": 7200}
+    for _ in range(200):
+        scenario.stats.count_operation("summarize", hit=False)
+    for _ in range(200):
+        scenario.stats.count_operation("qa", hit=True)
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "TtlTooShort")
+    overrides = cause.recommendations[0].parameters["overrides"]["ttl"]
+    assert list(overrides) == ["summarize_s"] and overrides["summarize_s"] >= 250
+    assert "ttl.summarize_s" in cause.recommendations[0].description
