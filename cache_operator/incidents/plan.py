@@ -121,9 +121,13 @@ def _action_requests(
         push = PodRequest("POST", path, {}, body)
         steps: list[tuple[str, PodRequest | None, str]] = [("push-override", push, "")]
         assert params is not None and params.overrides is not None  # required by the spec validator
-        keys = [str(key) for key in params.overrides]
-        if any(key == "compression" or key.startswith("compression.") for key in keys):
-            # New compression settings apply to new writes only: recompress what L1 already holds.
+        nested = params.overrides.get("compression")
+        threshold = "compression.threshold_bytes" in params.overrides or (
+            isinstance(nested, Mapping) and "threshold_bytes" in nested
+        )
+        if threshold:
+            # A new threshold applies to new writes only: recompress what L1 already holds (not after
+            # a level change, the fix of compression that costs too much).
             steps.append(("compress-existing", PodRequest("POST", "/compress-existing", dry_query), ""))
         return steps
     if action == "apply-preset":

@@ -145,13 +145,18 @@ def test_apply_override_pushes_the_rendered_config_and_recompresses_after_a_comp
     # The second step waits for the first on each pod (recorded one after the other).
     assert [s.step for s in next_steps(compression, [])] == ["push-override", "push-override"]
     dry = build_plan(
-        incident("apply-override", {"overrides": {"compression": {"level": 1}}}, dryRun=True),
+        incident("apply-override", {"overrides": {"compression": {"threshold_bytes": 4096}}}, dryRun=True),
         ["web-0"],
         config_document=document,
     )
     assert [(s.step, s.request and s.request.target) for s in dry.steps] == [
         ("push-override", "/config/validate"), ("compress-existing", "/compress-existing?dry_run=true")
     ]
+    level = build_plan(
+        incident("apply-override", {"overrides": {"compression": {"level": 1}}}), ["web-0"],
+        config_document=document,
+    )
+    assert [s.step for s in level.steps] == ["push-override"]
     with pytest.raises(ValueError, match="config_document"):
         build_plan(incident("apply-override", {"overrides": {"ttl": {"default_s": 600}}}), ["web-0"])
 
