@@ -107,6 +107,8 @@ def print_table(rows: list[tuple[str, Timeline]]) -> None:
         )
     print()
     for name, t in rows:
+        if t.override:
+            print(f"{name}: override applied: {json.dumps(t.override, sort_keys=True)}")
         if t.action_results:
             shown = "; ".join(
                 f"{r['pod'][-5:]} {r['result']} {json.dumps(r['counts'])}" for r in t.action_results

@@ -911,6 +911,7 @@ class Timeline:
     figure: str | None = None  # the symptom's figure the operator watched, before and after
     before: float | None = None
     after: float | None = None
+    override: dict[str, Any] | None = None  # the settings the operator's apply-override changed
     notes: list[str] = field(default_factory=list)
 
 
@@ -969,6 +970,7 @@ def run_scenario(lab: Lab, scenario: Scenario, log: Callable[[str], None] = prin
             timeline.figure = remediation.get("figure")
             timeline.before = remediation.get("before")
             timeline.after = remediation.get("after")
+            timeline.override = remediation.get("override")
 
     def current() -> dict[str, Any] | None:
         found = auto_incidents(lab, scenario.symptom)
