@@ -47,7 +47,6 @@ from cache_operator.podclient import PodReply, PodTarget
 from cache_operator.policy_inputs import current_tokens, parse_spec, resolve_redis_url
 from cache_operator.ports import KubeIO, PolicyRef
 from cache_operator.targets import pod_selection, pod_target, select_pods
-from cache_runtime.config import ConfigError
 from cache_runtime.timefmt import rfc3339
 
 FINISHED_PHASES = frozenset(TERMINAL_PHASES | {"Recommended"})
@@ -431,7 +430,7 @@ async def _decide_and_start(
     if spec.action in ("apply-preset", "apply-override"):
         try:
             config_document = await _apply_override(run, body, spec, model, policy, resolve_service_hosts)
-        except ConfigError as exc:
+        except ValueError as exc:  # ConfigError, or overrides that do not merge (a dotted key into a value)
             message = f"spec.parameters.overrides: {exc} (the policy's config with the override is invalid)"
             await run.finish("Failed", "InvalidOverride", message)
             return "Failed"
