@@ -146,6 +146,7 @@ def key_inconsistency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     if share < t.key_variant_share:
         return None
     raw, normalized = keys.get("distinct_raw_keys", 0), keys.get("distinct_normalized_keys", 0)
+    needed = _rules_needed(keys, off)
     return Cause(
         name="KeyInconsistency",
         symptoms=("LowHitRate",),
@@ -162,12 +163,14 @@ def key_inconsistency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
             "new_variant_requests": keys.get("new_variant_requests", 0),
             "new_variant_share": share,
             "normalization_off": off,
+            "variants_by_rule": dict(keys.get("flag_variants") or {}),
+            "normalization_needed": needed,
         },
         recommendations=(
             Recommendation(
                 "config-change",
-                "enable text normalization before keying (" + ", ".join(off) + ")",
-                {"overrides": {"keys": {"normalize": dict.fromkeys(off, True)}}},
+                "enable text normalization before keying (" + ", ".join(needed) + ")",
+                {"overrides": {"keys": {"normalize": dict.fromkeys(needed, True)}}},
             ),
         ),
         score=_clip(share),
@@ -177,6 +180,22 @@ def key_inconsistency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
 # A key asked again every `gap` seconds is served from cache k times per write with k = TTL // gap:
 # a TTL of 10 gaps serves about 9 requests in 10, one gap only every other one.
 TTL_GAPS = 10
+
+
+# A rule is needed when at least this share of the new variants have a text it alone would change.
+RULE_VARIANT_SHARE = 0.05
+
+
+def _rules_needed(keys: Mapping[str, Any], off: list[str]) -> list[str]:
+    """The rules (of those ``off``) the evidence shows: each changes the text of at least 5% of the
+    new-variant requests (``flag_variants`` of the key-variant sampler). Without that evidence (an
+    older runtime), every rule that is off."""
+    by_rule = keys.get("flag_variants")
+    variants = keys.get("new_variant_requests", 0)
+    if not isinstance(by_rule, Mapping) or not by_rule or variants <= 0:
+        return list(off)
+    needed = [rule for rule in off if by_rule.get(rule, 0) >= RULE_VARIANT_SHARE * variants]
+    return needed or list(off)
 
 
 def _proposed_ttl(snapshot: Snapshot, current: float | None) -> int:

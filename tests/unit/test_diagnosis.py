@@ -416,3 +416,26 @@ def test_ttl_too_short_raises_the_ttl_of_the_operation_that_misses() -> None:
     overrides = cause.recommendations[0].parameters["overrides"]["ttl"]
     assert list(overrides) == ["summarize_s"] and overrides["summarize_s"] >= 250
     assert "ttl.summarize_s" in cause.recommendations[0].description
+
+
+def test_key_inconsistency_turns_on_only_the_rules_the_variants_need() -> None:
+    """Spellings that differ in whitespace only: the fix is keys.normalize.whitespace, not case folding."""
+    from health_scenarios import healthy, with_low_hit_rate
+
+    from cache_runtime.config import NormalizeConfig
+    from cache_runtime.keys import rules_that_change
+
+    scenario = with_low_hit_rate(healthy())
+    off = NormalizeConfig()
+    for text in range(20):
+        for spelling in range(5):
+            typed = "clause" + " " * (spelling + 2) + str(text) + "\n" * (spelling % 2)
+            changing = rules_that_change(typed, off)
+            assert "case" not in changing and "whitespace" in changing
+            scenario.stats.key_variants.record(f"ai:qa:t{text}-{spelling}", f"ai:qa:t{text}", changing)
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "KeyInconsistency")
+    assert cause.evidence["normalization_needed"] == ["whitespace"]
+    assert cause.recommendations[0].parameters == {"overrides": {"keys": {"normalize": {"whitespace": True}}}}
+    assert rules_that_change("Clause 1", off) == ("case",)
+    assert rules_that_change("a\r\nb", off) == ("whitespace", "line_endings")
+    assert rules_that_change("same", off, question="Why?") == ("case",)
