@@ -708,7 +708,7 @@ SHORT_TTL = Scenario(
 
 # (f) whitespace variants: the same questions typed differently -------------------------------------
 
-VARIANT_TEXTS = 48  # per pod and burst; the engine samples 1 text in 16 for key evidence
+VARIANT_TEXTS = 80  # per pod and burst; the engine samples 1 text in 16 for key evidence
 VARIANT_ROUNDS = 3
 
 

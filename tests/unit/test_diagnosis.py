@@ -439,3 +439,18 @@ def test_key_inconsistency_turns_on_only_the_rules_the_variants_need() -> None:
     assert rules_that_change("Clause 1", off) == ("case",)
     assert rules_that_change("a\r\nb", off) == ("whitespace", "line_endings")
     assert rules_that_change("same", off, question="Why?") == ("case",)
+
+
+def test_key_inconsistency_outranks_low_reuse_when_every_miss_builds_its_key_twice() -> None:
+    """Each new spelling misses and is stored (two key builds, one new variant): the request share is
+    below 0.5, but 2 texts in 15 spellings fold 13 keys of 15 away, which is what ranks the cause."""
+    from health_scenarios import healthy, with_low_hit_rate
+
+    scenario = with_low_hit_rate(healthy())
+    for text in range(2):
+        for spelling in range(8):
+            for _ in range(2):  # lookup, then store on the miss
+                raw, folded = f"ai:qa:t{text}-{spelling}", f"ai:qa:t{text}"
+                scenario.stats.key_variants.record(raw, folded, ("whitespace",))
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "KeyInconsistency")
+    assert cause.evidence["new_variant_share"] < 0.5 < cause.score
