@@ -24,11 +24,14 @@ SUCCEEDED = "Succeeded"
 RUNNING = "Running"
 SYMPTOMS_TRACKED = "SymptomsTracked"
 RESOLVED = "Resolved"
+# Auto incidents whose action ran: Unknown while its effect is verified, True when the symptom's figure
+# improved, False (RemediationIneffective) when it did not (cache_operator.incidents.remediation).
+REMEDIATED = "Remediated"
 POLICY_CONDITION_TYPES = (READY, RECONCILING, STALLED, CONFIG_APPLIED, HEALTHY, REDIS_CONNECTED)
 # Set by automatic detection (cache_operator.incidents.automatic_io), only on passes that count a probe, and
 # carried over unchanged by policy_conditions on the others.
 DETECTION_CONDITION_TYPES = (SYMPTOMS_TRACKED,)
-INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED)
+INCIDENT_CONDITION_TYPES = (SUCCEEDED, RUNNING, RESOLVED, REMEDIATED)
 # kstatus (sigs.k8s.io/cli-utils: Helm 4 --wait, Flux without healthCheckExprs, kpt) reads only these
 # two "abnormal-true" conditions and status.observedGeneration: CacheIncidents carry them too, derived
 # from the phase by incident_kstatus_conditions.

@@ -207,6 +207,12 @@ INCIDENT_COLUMNS = [
     _printer_column("Source", ".status.detection.source", priority=1),
     _printer_column("Symptom", ".status.detection.symptom", priority=1),
     _printer_column("Dry Run", ".spec.dryRun", "boolean", priority=1),
+    _printer_column(
+        "Remediation",
+        ".status.remediation.state",
+        priority=1,
+        description="Proposed, Verifying, Remediated or Ineffective (verified by the symptom's figure)",
+    ),
 ]
 
 POLICY_NAME_RULE = CelRule(

@@ -106,6 +106,13 @@ class OperatorMetrics:
             ["event", "symptom"],
             registry=self.registry,
         )
+        self.remediations = Counter(
+            "cachewarden_operator_remediations",
+            "Automatic actions verified by their effect on the symptom's figure, by verdict (Remediated, "
+            "Ineffective: rolled back and escalated) and symptom.",
+            ["verdict", "symptom"],
+            registry=self.registry,
+        )
         self.incidents_deleted = Counter(
             "cachewarden_operator_incidents_deleted",
             "Finished CacheIncidents deleted by garbage collection (TTL or history limit).",

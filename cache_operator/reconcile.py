@@ -23,6 +23,7 @@ pass fakes and the e2e test runs the same code against the real cluster.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -550,7 +551,7 @@ class ReconcilePass:
                 "Normal",
                 "OverrideExpired",
                 f"time-boxed override of incident {raw_override.get('incident')} "
-                f"(preset {raw_override.get('preset')}) expired at {raw_override.get('expiresAt')}; "
+                f"({_override_text(raw_override)}) expired at {raw_override.get('expiresAt')}; "
                 f"base config {self.config_hash[:12]} pushed",
             )
         expired = isolation_expired(self.status.get("isolation"), parse_rfc3339(self.now, "now"))
@@ -599,6 +600,13 @@ class ReconcilePass:
             str(ready_condition.get("message", "")),
             detection,
         )
+
+
+def _override_text(override: Mapping[str, Any]) -> str:
+    """What a status.override changes, for Events: its preset or its engine overrides."""
+    if override.get("overrides"):
+        return f"overrides {json.dumps(override['overrides'], sort_keys=True)[:300]}"
+    return f"preset {override.get('preset')}"
 
 
 async def _announce_stalled(

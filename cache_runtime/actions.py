@@ -2,7 +2,8 @@
 
 ``IncidentAction`` is the CacheIncident ``spec.action`` enum (the operator's model and its CRD use this
 type), ``INCIDENT_ACTIONS`` the same names as a tuple, and ``ACTIONS`` what a diagnosis may recommend:
-those plus ``config-change`` (a recommendation to edit the policy, never run by the operator).
+those plus ``config-change`` (a recommendation to edit the policy's settings: the operator never edits
+the spec, it runs the change as ``apply-override``, a time-boxed override kept in the policy's status).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ IncidentAction = Literal[
     "gc",
     "reset-config",
     "apply-preset",
+    "apply-override",
     "reconnect-redis",
     "compress-existing",
     "isolate",
@@ -28,6 +30,6 @@ ACTIONS = frozenset((*INCIDENT_ACTIONS, "config-change"))
 # Actions that change what pods serve or drop cached data: at most one runs per policy at a time, and a
 # recommendation of one is flagged disruptive. One set for the engine's diagnosis and the operator.
 DISRUPTIVE_ACTIONS = frozenset(
-    {"clear", "invalidate", "reset-config", "apply-preset", "isolate", "restore", "compress-existing",
-     "config-change"}
+    {"clear", "invalidate", "reset-config", "apply-preset", "apply-override", "isolate", "restore",
+     "compress-existing", "config-change"}
 )

@@ -37,7 +37,7 @@ import xxhash
 from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
-from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex
+from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex, rules_that_change
 from cache_runtime.l1 import MISSING, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
 from cache_runtime.l2.coherence import (
@@ -374,7 +374,8 @@ class TieredCache:
         if variants is not None:
             sampler = self._stats.key_variants
             if sampler.should_sample(text):
-                sampler.record(key, variants.key_for(operation, text, options, question))
+                changing = rules_that_change(text, self._config.keys.normalize, question)
+                sampler.record(key, variants.key_for(operation, text, options, question), changing)
         return key
 
     def data_key(self, user_key: str) -> str:

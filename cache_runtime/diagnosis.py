@@ -146,6 +146,7 @@ def key_inconsistency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     if share < t.key_variant_share:
         return None
     raw, normalized = keys.get("distinct_raw_keys", 0), keys.get("distinct_normalized_keys", 0)
+    needed = _rules_needed(keys, off)
     return Cause(
         name="KeyInconsistency",
         symptoms=("LowHitRate",),
@@ -162,20 +163,47 @@ def key_inconsistency(snapshot: Snapshot, t: Thresholds) -> Cause | None:
             "new_variant_requests": keys.get("new_variant_requests", 0),
             "new_variant_share": share,
             "normalization_off": off,
+            "variants_by_rule": dict(keys.get("flag_variants") or {}),
+            "normalization_needed": needed,
         },
         recommendations=(
             Recommendation(
                 "config-change",
-                "enable text normalization before keying (" + ", ".join(off) + ")",
-                {"overrides": {"keys": {"normalize": dict.fromkeys(off, True)}}},
+                "enable text normalization before keying (" + ", ".join(needed) + ")",
+                {"overrides": {"keys": {"normalize": dict.fromkeys(needed, True)}}},
             ),
         ),
-        score=_clip(share),
+        # The share of distinct keys normalization would fold away counts too: the request share is
+        # diluted by writes (a miss builds its key twice, to look up and to store), so on a workload
+        # of misses it stays near 0.5 however many spellings there are.
+        score=_clip(max(share, 1 - _share(normalized, raw))),
     )
 
 
+# A key asked again every `gap` seconds is served from cache k times per write with k = TTL // gap:
+# a TTL of 10 gaps serves about 9 requests in 10, one gap only every other one.
+TTL_GAPS = 10
+
+
+# A rule is needed when at least this share of the new variants have a text it alone would change.
+RULE_VARIANT_SHARE = 0.05
+
+
+def _rules_needed(keys: Mapping[str, Any], off: list[str]) -> list[str]:
+    """The rules (of those ``off``) the evidence shows: each changes the text of at least 5% of the
+    new-variant requests (``flag_variants`` of the key-variant sampler). Without that evidence (an
+    older runtime), every rule that is off."""
+    by_rule = keys.get("flag_variants")
+    variants = keys.get("new_variant_requests", 0)
+    if not isinstance(by_rule, Mapping) or not by_rule or variants <= 0:
+        return list(off)
+    needed = [rule for rule in off if by_rule.get(rule, 0) >= RULE_VARIANT_SHARE * variants]
+    return needed or list(off)
+
+
 def _proposed_ttl(snapshot: Snapshot, current: float | None) -> int:
-    """The TTL that would have covered 90% of the observed re-request gaps (a bucket bound)."""
+    """A TTL of :data:`TTL_GAPS` times the gap that covers 90% of the observed re-requests (a bucket
+    bound), at least twice the TTL in force, at most 7 days."""
     gap = snapshot["ttl"].get("reuse_gap") or {}
     buckets = gap.get("buckets") or []
     count = gap.get("count", 0)
@@ -183,7 +211,7 @@ def _proposed_ttl(snapshot: Snapshot, current: float | None) -> int:
     proposal = float(REUSE_GAP_BUCKETS_SECONDS[-1])
     for bound, cumulative in buckets:
         if cumulative >= target:
-            proposal = float(bound)
+            proposal = float(bound) * TTL_GAPS
             break
     if current:
         proposal = max(proposal, 2 * current)
@@ -205,6 +233,7 @@ def ttl_too_short(snapshot: Snapshot, t: Thresholds) -> Cause | None:
     proposal = _proposed_ttl(snapshot, current)
     gap = ttl.get("reuse_gap") or {}
     l1 = snapshot["l1"]
+    ttl_overrides, changes = _ttl_changes(snapshot, t, current, proposal)
     return Cause(
         name="TtlTooShort",
         symptoms=("LowHitRate",),
@@ -231,12 +260,36 @@ def ttl_too_short(snapshot: Snapshot, t: Thresholds) -> Cause | None:
         recommendations=(
             Recommendation(
                 "config-change",
-                f"raise ttl.default_s to {proposal} s (covers 90% of the observed re-request gaps)",
-                {"overrides": {"ttl": {"default_s": proposal}}},
+                f"raise {changes} ({TTL_GAPS}x the gap that covers 90% of the observed re-requests: a key "
+                "re-asked at that gap is then a hit 9 times in 10)",
+                {"overrides": {"ttl": ttl_overrides}},
             ),
         ),
         score=_clip(share),
     )
+
+
+def _ttl_changes(
+    snapshot: Snapshot, t: Thresholds, default: float | None, proposal: int
+) -> tuple[dict[str, int], str]:
+    """The TTLs to raise: each AI operation with traffic and a hit rate below the warning threshold
+    gets its own (``ttl.<operation>_s``), so the other operations keep theirs; ``ttl.default_s`` when
+    the low hit rate is on plain keys (operation "default") or no operation stands out."""
+    operation_ttls = snapshot["config"].get("operation_ttls_s") or {}
+    changes: dict[str, int] = {}
+    for name, op in sorted((snapshot.get("operations") or {}).items()):
+        lookups = op.get("hits", 0) + op.get("misses", 0)
+        rate = op.get("hit_rate")
+        if lookups == 0 or rate is None or rate >= t.hit_rate_warning:
+            continue
+        if name == "default":
+            changes["default_s"] = proposal
+        elif name in operation_ttls:
+            changes[f"{name}_s"] = _proposed_ttl(snapshot, operation_ttls.get(name) or default)
+    if not changes:
+        changes["default_s"] = proposal
+    text = ", ".join(f"ttl.{key} to {value} s" for key, value in sorted(changes.items()))
+    return changes, text
 
 
 def excessive_invalidation(snapshot: Snapshot, t: Thresholds) -> Cause | None:

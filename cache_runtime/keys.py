@@ -86,6 +86,24 @@ def normalize_text(text: str, rules: NormalizeConfig) -> str:
     return text
 
 
+NORMALIZE_RULES: tuple[str, ...] = ("whitespace", "line_endings", "invisible_chars", "case")
+
+
+def rules_that_change(text: str, current: NormalizeConfig, question: str | None = None) -> tuple[str, ...]:
+    """The normalization rules off in ``current`` that, turned on alone, would change ``text`` (or
+    ``question``): the evidence of which rule a key variant needs (the key-variant sampler)."""
+    changing = []
+    for rule in NORMALIZE_RULES:
+        if getattr(current, rule):
+            continue
+        alone = NormalizeConfig(**{rule: True})
+        if normalize_text(text, alone) != text or (
+            question is not None and normalize_text(question, alone) != question
+        ):
+            changing.append(rule)
+    return tuple(changing)
+
+
 def canonical_options(options: Mapping[str, Any] | None) -> bytes:
     """Canonical JSON of the options: sorted keys at every depth, no whitespace.
 

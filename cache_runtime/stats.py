@@ -217,6 +217,7 @@ class KeyVariantSampler:
     __slots__ = (
         "_groups",
         "_mask",
+        "flag_variants",
         "groups_dropped",
         "max_groups",
         "max_variants",
@@ -240,6 +241,8 @@ class KeyVariantSampler:
         # that would have found a cached answer had normalization been on.
         self.new_variant_requests = 0
         self.groups_dropped = 0
+        # Per normalization rule: new-variant requests whose text that rule alone would change.
+        self.flag_variants: dict[str, int] = {}
 
     def should_sample(self, text: str) -> bool:
         """Cheap, normalization-invariant 1-in-K decision on the text (bounded window).
@@ -264,8 +267,10 @@ class KeyVariantSampler:
         # sample the same texts and their evidence can be compared.
         return (xxhash.xxh3_64_intdigest(prefix) & self._mask) == 0
 
-    def record(self, raw_key: str, normalized_key: str) -> None:
-        """Record one sampled request: the key as built today and the key with normalization on."""
+    def record(self, raw_key: str, normalized_key: str, changing: tuple[str, ...] = ()) -> None:
+        """Record one sampled request: the key as built today and the key with normalization on;
+        ``changing``: the rules (off today) that alone would change its text, counted in
+        ``flag_variants`` when the request is a new variant."""
         self.sampled_requests += 1
         raw = _fingerprint(raw_key)
         normalized = _fingerprint(normalized_key)
@@ -278,6 +283,8 @@ class KeyVariantSampler:
             return
         if raw not in group:
             self.new_variant_requests += 1
+            for rule in changing:
+                self.flag_variants[rule] = self.flag_variants.get(rule, 0) + 1
             if len(group) < self.max_variants:
                 group.add(raw)
 
@@ -297,6 +304,7 @@ class KeyVariantSampler:
             "groups_with_variants": len(collapsing),
             "new_variant_requests": self.new_variant_requests,
             "groups_dropped": self.groups_dropped,
+            "flag_variants": dict(sorted(self.flag_variants.items())),
             "top_groups": [
                 {"normalized_fingerprint": f"{fingerprint:016x}", "raw_variants": variants}
                 for variants, fingerprint in collapsing[:top]
@@ -587,6 +595,7 @@ class KeyAnalysisSnapshot(TypedDict):
     groups_with_variants: int
     new_variant_requests: int
     groups_dropped: int
+    flag_variants: dict[str, int]  # per normalization rule: new variants whose text it alone changes
     top_groups: list[dict[str, Any]]
 
 

@@ -8,12 +8,13 @@ diagnosis and one result per pod and step.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cache_operator.api.cachepolicy import IncidentAction, Preset
-from cache_operator.api.common import ApiModel, CelRule, Condition, LocalObjectReference
+from cache_operator.api.common import ApiModel, CelRule, Condition, CrdSchema, LocalObjectReference
+from cache_runtime.config_schema import SCHEMA_EXCLUDED, overrides_json_schema
 
 KIND = "CacheIncident"
 PLURAL = "cacheincidents"
@@ -46,13 +47,14 @@ ACTION_PARAMETERS: dict[str, frozenset[str]] = {
     "gc": frozenset(),
     "reset-config": frozenset(),
     "apply-preset": frozenset({"preset", "durationSeconds"}),
+    "apply-override": frozenset({"overrides", "durationSeconds"}),
     "reconnect-redis": frozenset(),
     "compress-existing": frozenset({"maxEntries"}),
     "isolate": frozenset({"durationSeconds"}),
     "restore": frozenset(),
     "diagnose": frozenset(),
 }
-_ALL_PARAMETERS = ("pattern", "namespace", "preset", "durationSeconds", "maxEntries")
+_ALL_PARAMETERS = ("pattern", "namespace", "preset", "overrides", "durationSeconds", "maxEntries")
 
 
 def _parameter_rules() -> tuple[CelRule, ...]:
@@ -60,6 +62,11 @@ def _parameter_rules() -> tuple[CelRule, ...]:
         CelRule(
             "self.action != 'apply-preset' || (has(self.parameters) && has(self.parameters.preset))",
             "spec.parameters.preset is required when spec.action is apply-preset",
+            field_path=".parameters",
+        ),
+        CelRule(
+            "self.action != 'apply-override' || (has(self.parameters) && has(self.parameters.overrides))",
+            "spec.parameters.overrides is required when spec.action is apply-override",
             field_path=".parameters",
         ),
         CelRule(
@@ -102,13 +109,33 @@ class IncidentParameters(ApiModel):
     preset: Preset | None = Field(
         default=None, description="apply-preset: the preset applied as a time-boxed override."
     )
+    overrides: Annotated[dict[str, Any] | None, CrdSchema(overrides_json_schema())] = Field(
+        default=None,
+        description="apply-override: engine parameters applied as a time-boxed override on top of the "
+        "policy's spec.overrides, in the same shape, e.g. {ttl: {default_s: 3600}}.",
+    )
     duration_seconds: int | None = Field(
         default=None,
         ge=60,
         le=86400,
-        description="apply-preset, isolate: how long the override holds; absent = the policy's "
-        "remediation.overrideDurationSeconds.",
+        description="apply-preset, apply-override, isolate: how long the override holds; absent = the "
+        "policy's remediation.overrideDurationSeconds.",
     )
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_keys(cls, overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+        if overrides is None:
+            return None
+        if not overrides:
+            raise ValueError("spec.parameters.overrides is empty; accepted: at least one engine parameter")
+        for path in sorted(_flat(overrides)):
+            if path in SCHEMA_EXCLUDED:
+                raise ValueError(
+                    f"spec.parameters.overrides.{path} is not accepted: connection settings, credentials "
+                    "and the preset are not overridden by an incident"
+                )
+        return overrides
     max_entries: int | None = Field(
         default=None, ge=1, le=10_000_000, description="compress-existing: at most this many entries per pod."
     )
@@ -155,12 +182,29 @@ class CacheIncidentSpec(ApiModel):
             )
         if self.action == "apply-preset" and "preset" not in given:
             raise ValueError("spec.parameters.preset is required when spec.action is apply-preset")
+        if self.action == "apply-override" and "overrides" not in given:
+            raise ValueError("spec.parameters.overrides is required when spec.action is apply-override")
         if self.action == "invalidate" and len(given & {"pattern", "namespace"}) != 1:
             raise ValueError(
                 "spec.action invalidate needs exactly one of spec.parameters.pattern or "
                 "spec.parameters.namespace"
             )
         return self
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of every key of nested (or already dotted) overrides; non-string keys are refused."""
+    keys: set[str] = set()
+    for key, value in data.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"spec.parameters.overrides{'.' + prefix.rstrip('.') if prefix else ''}: key {key!r} is not "
+                "a parameter name"
+            )
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= _flat(value, f"{prefix}{key}.")
+    return keys
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,6 +294,74 @@ class StepRecord(ApiModel):
     )
 
 
+RemediationState = Literal["Proposed", "Verifying", "Remediated", "Ineffective"]
+
+
+class PermanentPatch(ApiModel):
+    """The override made permanent: the same change as a spec edit, ready to apply or to commit."""
+
+    command: str = Field(description="A `kubectl patch cachepolicy ... --type merge -p '...'` line.")
+    yaml: str = Field(
+        description="The policy's spec.overrides after the change, as YAML for a GitOps commit."
+    )
+
+
+class Remediation(ApiModel):
+    """What the incident changed (or would change) and whether it helped, judged by the symptom's figure."""
+
+    action: IncidentAction = Field(description="The action run (or proposed).")
+    override: dict[str, Any] | None = Field(
+        default=None,
+        description="apply-override: the engine parameters of the time-boxed override (applied, or that "
+        "would be applied in Recommend mode), bounded by the spec's own ranges.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    expires_at: str | None = Field(
+        default=None,
+        description="When the override is lifted unless made permanent (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    state: RemediationState = Field(
+        default="Proposed",
+        description="Proposed (not run), Verifying (watching the symptom's figure), Remediated (it "
+        "improved) or Ineffective (it did not: the override was rolled back and the incident escalated).",
+    )
+    figure: str | None = Field(
+        default=None, description="The symptom's own figure watched, e.g. hitRate, memoryMiB, p95Ms."
+    )
+    before: float | None = Field(default=None, description="The figure when the symptom was detected.")
+    after: float | None = Field(default=None, description="The figure at the end of verification.")
+    probes: list[float] = Field(
+        default_factory=list,
+        max_length=100,
+        description="The figure at each probe since the action (hit rates: of the lookups since the probe "
+        "before).",
+    )
+    verify_probes: int | None = Field(
+        default=None, ge=1, description="Probes watched before the verdict (spec.remediation.verifyProbes)."
+    )
+    baseline: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Hit-rate figures: per pod [hits, lookups] of its health window at the last probe; the "
+        "next probe's figure is the hit rate of the lookups in between.",
+    )
+    started_at: str | None = Field(
+        default=None,
+        description="When verification started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    verified_at: str | None = Field(
+        default=None,
+        description="When the verdict was reached (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    rolled_back: bool = Field(default=False, description="The override was lifted because it did not help.")
+    message: str | None = Field(default=None, description="The verdict in words.")
+    permanent_patch: PermanentPatch | None = Field(
+        default=None, description="apply-override: the change as a spec edit (the override is time-boxed)."
+    )
+
+
 class CacheIncidentStatus(ApiModel):
     """Observed progress, written by the operator."""
 
@@ -299,6 +411,10 @@ class CacheIncidentStatus(ApiModel):
         default=None,
         description="Auto incidents: when the symptom cleared and the incident was resolved (RFC 3339).",
         json_schema_extra={"format": "date-time"},
+    )
+    remediation: Remediation | None = Field(
+        default=None,
+        description="Auto incidents: the change made (or proposed) and its verification by effect.",
     )
     resolved_from_phase: IncidentPhase | None = Field(
         default=None,

@@ -428,13 +428,14 @@ class RemediationSpec(ApiModel):
     mode: RemediationMode = Field(
         default="Recommend",
         description="Off: detect only. Recommend: open incidents carrying the recommended "
-        "action, do not run it. Auto: run recommended actions listed in "
-        "allowedActions.",
+        "action (for a setting fix, the exact override), do not run it. Auto: run recommended actions "
+        "listed in allowedActions, then verify them by the symptom's figure.",
     )
     allowed_actions: list[IncidentAction] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_ACTIONS),
         max_length=10,
-        description="Actions Auto mode may run by itself.",
+        description="Actions Auto mode may run by itself. apply-override (a time-boxed settings change "
+        "kept in status, for causes whose fix is a setting) is not allowed by default.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     cooldown_seconds: int = Field(
@@ -450,8 +451,17 @@ class RemediationSpec(ApiModel):
         default=1800,
         ge=60,
         le=86400,
-        description="Lifetime of a time-boxed override (e.g. an emergency preset) "
-        "when the incident does not set one.",
+        description="Lifetime of a time-boxed override (an emergency preset, or an apply-override "
+        "settings change) when the incident does not set one; the override is lifted then unless "
+        "someone made it permanent in the spec (the incident's status.remediation.permanentPatch).",
+    )
+    verify_probes: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Probes after an automatic action during which the symptom's figure is watched: "
+        "improved = Remediated; not improved = the override is rolled back and the incident escalated "
+        "(RemediationIneffective).",
     )
     incident_ttl_seconds: int = Field(
         default=86400,

@@ -204,6 +204,8 @@ async def _reconcile_once(
     if outcome.detection is not None:
         for event, symptom in outcome.detection.transitions:
             metrics.auto_incidents.labels(event=event, symptom=symptom).inc()
+        for verdict, symptom in outcome.detection.verdicts:
+            metrics.remediations.labels(verdict=verdict, symptom=symptom).inc()
         if outcome.detection.deleted:
             metrics.incidents_deleted.inc(len(outcome.detection.deleted))
     return outcome

@@ -22,9 +22,14 @@ at most once per ``spec.health.probeIntervalSeconds`` (:func:`detection_due`, fr
    symptom points at Redis, the operator first reads Redis's Kubernetes state
    (:mod:`~cache_operator.incidents.redis_cluster_io`: Service, EndpointSlices, Deployment/StatefulSet,
    pods, Events) and puts the cluster-level cause (Redis scaled to 0, OOMKilled...) ahead of the pods';
-3. **resolve**: every automatic incident of the policy that no active symptom holds is resolved
+3. **verify**: every automatic incident whose action ran (``status.remediation.state`` Verifying)
+   gets this probe's figure of its symptom (:mod:`~cache_operator.incidents.remediation`); after
+   ``spec.remediation.verifyProbes`` probes (or as soon as its symptom cleared) it is ``Remediated``,
+   or ``RemediationIneffective``: its override leaves the policy's status (the next pass pushes the
+   base config), the incident fails and a Warning Event and a metric escalate it;
+4. **resolve**: every automatic incident of the policy that no active symptom holds is resolved
    (:mod:`~cache_operator.incidents.lifecycle`), a Running one on a later pass;
-4. **collect garbage**: finished incidents beyond ``spec.remediation.incidentTtlSeconds`` or the
+5. **collect garbage**: finished incidents beyond ``spec.remediation.incidentTtlSeconds`` or the
    newest ``historyLimit`` are deleted (never open ones nor automatic ones whose symptom is active).
 
 Incidents are listed only when something can change (a symptom event, an untracked symptom, open
@@ -42,7 +47,7 @@ from typing import Any
 from cache_operator import conditions as conds
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.api.common import API_VERSION
-from cache_operator.incidents import lifecycle, safety
+from cache_operator.incidents import lifecycle, remediation, safety
 from cache_operator.incidents.auto_manifest import auto_incident_status, causes_for, render_auto_incident
 from cache_operator.incidents.detection import (
     DetectionSettings,
@@ -90,6 +95,7 @@ class DetectionOutcome:
     blocked: dict[str, str] = field(default_factory=dict)  # symptom -> reason
     listed: bool = False
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (event, symptom), for metrics
+    verdicts: list[tuple[str, str]] = field(default_factory=list)  # (Remediated/Ineffective, symptom)
 
 
 def detection_due(status: Mapping[str, Any], now_s: float, interval_s: float) -> bool:
@@ -265,6 +271,7 @@ async def run_detection(
                 kube=kube,
                 now_s=now_s,
                 events=events,
+                override=status.get("override"),
             )
         except KubeError as exc:
             logger.error(f"automatic incidents: {exc}")
@@ -299,8 +306,11 @@ async def _open_resolve_collect(
     kube: KubeIO,
     now_s: float,
     events: EventSink | None,
+    override: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Steps 2-4 of :func:`run_detection` (open, resolve, collect) over the policy's incidents."""
+    """Steps 2-5 of :func:`run_detection` (open, verify, resolve, collect) over the policy's incidents;
+    ``override`` is the policy's ``status.override`` (rolled back when its incident's change did not
+    help)."""
     stamp = rfc3339(now_s)
     namespace = policy.namespace
     incidents = [
@@ -310,6 +320,11 @@ async def _open_resolve_collect(
     ]
     out.listed = True
     policy_state = safety.PolicyState(name=policy.name, paused=model.paused)
+    spec_dict = model.model_dump(by_alias=True, exclude_none=True)
+    memory_limit = remediation.pod_memory_limit(model)
+
+    def bound(overrides: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+        return remediation.bounded_override(overrides, spec_dict, memory_limit)
 
     # 2. join, open (or find) the incident of every active symptom that has none
     for entry in _open_order(untracked):
@@ -365,9 +380,20 @@ async def _open_resolve_collect(
             now=now_s,
             policy_uid=policy.uid or None,
             cluster_causes=cluster,
+            bound=bound,
         )
         name = _name(manifest)
-        initial = auto_incident_status(event, reports, now_s, policy.name, cluster, view)
+        initial = auto_incident_status(
+            event,
+            reports,
+            now_s,
+            policy.name,
+            cluster,
+            view,
+            namespace=namespace,
+            spec_overrides=model.overrides,
+            bound=bound,
+        )
         # The executor (started by the create) owns the phase: writing Pending here could overwrite
         # a phase it already wrote. Detection and diagnosis are ours alone.
         initial.pop("phase", None)
@@ -417,8 +443,17 @@ async def _open_resolve_collect(
             incidents = [i for i in incidents if _name(i) != name] + [existing]
         state = with_incident(state, symptom, name)
 
-    # 3. resolve automatic incidents that no active symptom holds any more
     holding = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
+
+    # 3. verify by effect the actions that ran
+    for position, incident in enumerate(incidents):
+        verified = await _verify(
+            policy, incident, summary, reports, holding, override, out, kube=kube, now_s=now_s, events=events
+        )
+        if verified is not None:
+            incidents[position] = verified
+
+    # 4. resolve automatic incidents that no active symptom holds any more
     for position, incident in enumerate(incidents):
         name = _name(incident)
         if not lifecycle.is_automatic(incident) or name in holding:
@@ -443,14 +478,14 @@ async def _open_resolve_collect(
                 events, "Normal", "IncidentResolved", f"CacheIncident {name}: {resolution['message']}"
             )
 
-    # 4. garbage collection of finished incidents (TTL and history limit per policy)
+    # 5. garbage collection of finished incidents (TTL and history limit per policy)
     if collect:
-        remediation = model.remediation
+        settings = model.remediation
         doomed = safety.incidents_to_delete(
             incidents,
             now_s,
-            float(remediation.incident_ttl_seconds),
-            remediation.history_limit,
+            float(settings.incident_ttl_seconds),
+            settings.history_limit,
             min_age=HISTORY_GRACE_S,
         )
         for name in doomed:
@@ -461,11 +496,87 @@ async def _open_resolve_collect(
                 events,
                 "Normal",
                 "IncidentsDeleted",
-                f"deleted {len(doomed)} finished incident(s) (ttl {remediation.incident_ttl_seconds}s, "
-                f"historyLimit {remediation.history_limit}): {', '.join(doomed)}",
+                f"deleted {len(doomed)} finished incident(s) (ttl {settings.incident_ttl_seconds}s, "
+                f"historyLimit {settings.history_limit}): {', '.join(doomed)}",
             )
         incidents = [i for i in incidents if _name(i) not in set(doomed)]
         out.status["lastGarbageCollectionTime"] = stamp
 
     out.status["activeIncidents"] = lifecycle.active_incident_names(incidents)
     return state
+
+
+async def _verify(
+    policy: Any,
+    incident: Mapping[str, Any],
+    summary: Any,
+    reports: Mapping[str, Mapping[str, Any] | None],
+    held: set[str],
+    override: Mapping[str, Any] | None,
+    out: DetectionOutcome,
+    *,
+    kube: KubeIO,
+    now_s: float,
+    events: EventSink | None,
+) -> dict[str, Any] | None:
+    """Step 3 for one incident: add this probe's figure to a Verifying remediation and, at the
+    verdict, keep (Remediated) or roll back and escalate (RemediationIneffective). Returns the
+    incident with its new status, or None when nothing changed."""
+    status = incident.get("status") or {}
+    current = status.get("remediation")
+    if not lifecycle.is_automatic(incident) or not isinstance(current, Mapping):
+        return None
+    if current.get("state") != remediation.VERIFYING:
+        return None
+    name = _name(incident)
+    symptom = lifecycle.symptom_of(incident) or ""
+    figure, counts, baseline = remediation.probe_figure(symptom, reports, current.get("baseline"))
+    shown = symptom in summary.symptoms
+    if name not in held:
+        # The symptom cleared over the configured probes: the figure recovered.
+        if figure is None:
+            figure = remediation.symptom_figure(symptom, reports)
+        probes = [*(current.get("probes") or []), *([figure] if figure is not None else [])][-100:]
+        updated, decided = remediation.conclude({**current, "probes": probes}, symptom, figure, False, now_s)
+        verdict: str | None = decided
+    else:
+        updated, verdict = remediation.verify_step(
+            current, symptom, figure, shown, now_s, counts=counts, baseline=baseline
+        )
+    stamp = rfc3339(now_s)
+    generation = (incident.get("metadata") or {}).get("generation")
+    namespace = policy.namespace
+    patch: dict[str, Any] = {"remediation": updated}
+    conditions = list(status.get("conditions") or [])
+    if verdict == remediation.REMEDIATED:
+        message = str(updated["message"])
+        patch["conditions"] = conds.set_condition(
+            conditions, conds.REMEDIATED, "True", remediation.IMPROVED_REASON, message, stamp, generation
+        )
+        permanent = (updated.get("permanentPatch") or {}).get("command")
+        if permanent:
+            message += f"; the override expires at {updated.get('expiresAt')}: make it permanent: {permanent}"
+        await _post(events, "Normal", remediation.REMEDIATED, f"CacheIncident {name}: {message}")
+    elif verdict == remediation.INEFFECTIVE:
+        if isinstance(override, Mapping) and override.get("incident") == name:
+            out.status["override"] = None  # the next pass renders and pushes the spec's own config
+            updated["rolledBack"] = True
+            updated["message"] = f"{updated['message']}; override rolled back"
+        message = f"{updated['message']}; escalated to a person"
+        conditions = conds.incident_conditions(
+            "Failed", message, conditions, stamp, generation, remediation.INEFFECTIVE_REASON
+        )
+        patch["conditions"] = conds.set_condition(
+            conditions, conds.REMEDIATED, "False", remediation.INEFFECTIVE_REASON, message, stamp, generation
+        )
+        patch["remediation"] = updated
+        patch["message"] = message
+        if not status.get("resolvedAt"):
+            patch["phase"] = "Failed"
+        else:
+            patch["resolvedFromPhase"] = "Failed"
+        await _post(events, "Warning", remediation.INEFFECTIVE_REASON, f"CacheIncident {name}: {message}")
+    if verdict is not None:
+        out.verdicts.append((verdict, symptom or "unknown"))
+    await kube.patch_status(API_VERSION, "CacheIncident", namespace, name, patch)
+    return {**incident, "status": {**status, **patch}}

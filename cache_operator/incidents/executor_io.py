@@ -41,7 +41,7 @@ from cache_operator.api.cacheincident import TERMINAL_PHASES, CacheIncidentSpec
 from cache_operator.api.cachepolicy import CachePolicySpec
 from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.api.common import API_VERSION
-from cache_operator.incidents import lifecycle, safety
+from cache_operator.incidents import lifecycle, remediation, safety
 from cache_operator.incidents import plan as plans
 from cache_operator.incidents.redis_cluster import crd_cause, wants_cluster_view
 from cache_operator.incidents.redis_cluster_io import cluster_causes
@@ -307,8 +307,41 @@ async def handle_incident(
         done = f"dry run: {done}"
     if skipped:
         done += f" ({skipped} step(s) skipped)"
+    if run.automatic and not spec.dry_run and spec.action != "diagnose":
+        await _start_verification(run, body, spec, model, clock)
     await run.finish("Succeeded", "DryRun" if spec.dry_run else "Completed", done)
     return "Succeeded"
+
+
+async def _start_verification(
+    run: IncidentRun,
+    body: Mapping[str, Any],
+    spec: CacheIncidentSpec,
+    model: CachePolicySpec,
+    clock: Callable[[], float],
+) -> None:
+    """An automatic action ran: status.remediation goes Verifying (the policy's detection pass then
+    watches the symptom's figure for ``spec.remediation.verifyProbes`` probes)."""
+    current = run.status.get("remediation") or {}
+    if current.get("state") not in (None, remediation.PROPOSED):
+        return  # already verifying or decided (a resumed run)
+    started = remediation.start_verification(current, spec.action, clock(), model.remediation.verify_probes)
+    if spec.action == "apply-override":
+        started["expiresAt"] = plans.expires_at(
+            {**body, "status": run.status}, clock(), model.remediation.override_duration_seconds
+        )
+        if spec.parameters is not None and spec.parameters.overrides:
+            started["override"] = dict(spec.parameters.overrides)
+    conditions = conds.set_condition(
+        list(run.status.get("conditions") or []),
+        remediation.REMEDIATED_CONDITION,
+        "Unknown",
+        remediation.VERIFYING_REASON,
+        str(started["message"]),
+        run.now(),
+        run.generation,
+    )
+    await run.write(remediation=started, conditions=conditions)
 
 
 class PolicyLocks:
@@ -397,8 +430,13 @@ async def _decide_and_start(
         return "Failed"
 
     config_document = None
-    if spec.action == "apply-preset":
-        config_document = await _apply_override(run, body, spec, model, policy, resolve_service_hosts)
+    if spec.action in ("apply-preset", "apply-override"):
+        try:
+            config_document = await _apply_override(run, body, spec, model, policy, resolve_service_hosts)
+        except ValueError as exc:  # ConfigError, or overrides that do not merge (a dotted key into a value)
+            message = f"spec.parameters.overrides: {exc} (the policy's config with the override is invalid)"
+            await run.finish("Failed", "InvalidOverride", message)
+            return "Failed"
     # On resume the pod set is the one the first run fixed in its records.
     plan_pods = plans.planned_pods(run.results) if run.results else names
     plan = plans.build_plan({**body, "status": run.status}, plan_pods, config_document=config_document)
@@ -563,27 +601,42 @@ async def _apply_override(
     override = plans.override_for(incident_view, run.clock(), model.remediation.override_duration_seconds)
     if override is None:  # dry run: validate the document the override would push
         override = {
-            "preset": spec.parameters.preset if spec.parameters else None,
             "incident": run.incident.name,
             "expiresAt": plans.expires_at(
                 incident_view, run.clock(), model.remediation.override_duration_seconds
             ),
         }
-    elif ((policy.get("status") or {}).get("override") or {}).get("incident") != run.incident.name:
-        # The policy's status only: the spec stays what GitOps says.
-        await run.kube.patch_status(
-            API_VERSION, "CachePolicy", run.incident.namespace, spec.policy_ref.name, {"override": override}
+        if spec.action == "apply-override":
+            override["overrides"] = dict(spec.parameters.overrides or {}) if spec.parameters else {}
+        else:
+            override["preset"] = spec.parameters.preset if spec.parameters else None
+        redis_url = await resolve_redis_url(model, run.incident.namespace, run.kube, resolve_service_hosts)
+        config = render.resolve_policy_config(
+            model, redis_url=redis_url, override=ActiveOverride.model_validate(override)
         )
-        await run.event(
-            "Normal",
-            "OverrideApplied",
-            f"preset {override['preset']} on CachePolicy {spec.policy_ref.name} "
-            f"until {override['expiresAt']}",
-        )
+        return {"config": config.public_dict(), "hash": config.config_hash()}
+    # Rendered (and so validated) before it is recorded: an override the engine refuses never
+    # reaches the policy's status.
     redis_url = await resolve_redis_url(model, run.incident.namespace, run.kube, resolve_service_hosts)
     config = render.resolve_policy_config(
         model, redis_url=redis_url, override=ActiveOverride.model_validate(override)
     )
+    if ((policy.get("status") or {}).get("override") or {}).get("incident") != run.incident.name:
+        # The policy's status only: the spec stays what GitOps says.
+        await run.kube.patch_status(
+            API_VERSION, "CachePolicy", run.incident.namespace, spec.policy_ref.name, {"override": override}
+        )
+        what = (
+            f"overrides {json.dumps(override['overrides'], sort_keys=True)}"
+            if "overrides" in override
+            else f"preset {override.get('preset')}"
+        )
+        await run.event(
+            "Normal",
+            "OverrideApplied",
+            f"{what} on CachePolicy {spec.policy_ref.name} until {override['expiresAt']} "
+            "(status only; the spec is unchanged)",
+        )
     return {"config": config.public_dict(), "hash": config.config_hash()}
 
 

@@ -112,6 +112,24 @@ def _action_requests(
         if params is not None and params.max_entries is not None:
             query["max_entries"] = str(params.max_entries)
         return [(action, PodRequest("POST", "/compress-existing", query), "")]
+    if action == "apply-override":
+        # Always pushed as a rendered document (the override in the policy's status + the spec).
+        if config_document is None:
+            raise ValueError("apply-override needs config_document (the config rendered with the override)")
+        body = {"config": dict(config_document["config"]), "hash": str(config_document["hash"])}
+        path = "/config/validate" if dry else "/config/apply"
+        push = PodRequest("POST", path, {}, body)
+        steps: list[tuple[str, PodRequest | None, str]] = [("push-override", push, "")]
+        assert params is not None and params.overrides is not None  # required by the spec validator
+        nested = params.overrides.get("compression")
+        threshold = "compression.threshold_bytes" in params.overrides or (
+            isinstance(nested, Mapping) and "threshold_bytes" in nested
+        )
+        if threshold:
+            # A new threshold applies to new writes only: recompress what L1 already holds (not after
+            # a level change, the fix of compression that costs too much).
+            steps.append(("compress-existing", PodRequest("POST", "/compress-existing", dry_query), ""))
+        return steps
     if action == "apply-preset":
         assert params is not None and params.preset is not None  # required by the spec validator
         if config_document is not None:
@@ -327,11 +345,11 @@ def merge_record(
 
 
 def expires_at(incident: Mapping[str, Any], now: float, default_duration_s: int) -> str | None:
-    """When an apply-preset or isolate incident's effect is lifted: ``status.startedAt`` (else
-    ``now``) plus ``parameters.durationSeconds`` (else the policy's ``overrideDurationSeconds``).
+    """When an apply-preset, apply-override or isolate incident's effect is lifted: ``status.startedAt``
+    (else ``now``) plus ``parameters.durationSeconds`` (else the policy's ``overrideDurationSeconds``).
     Counting from startedAt makes a resumed incident compute the same expiry. None for other actions."""
     spec = parse_incident_spec(incident)
-    if spec.action not in ("apply-preset", "isolate"):
+    if spec.action not in ("apply-preset", "apply-override", "isolate"):
         return None
     started = (incident.get("status") or {}).get("startedAt")
     start = parse_rfc3339(started, "status.startedAt") if started is not None else now
@@ -346,11 +364,18 @@ def expires_at(incident: Mapping[str, Any], now: float, default_duration_s: int)
 def override_for(
     incident: Mapping[str, Any], now: float, default_duration_s: int = 1800
 ) -> dict[str, Any] | None:
-    """The policy's ``status.override`` an incident sets (``{preset, incident, expiresAt}``), or None
-    when it sets none (any action but apply-preset, or a dry run)."""
+    """The policy's ``status.override`` an incident sets (``{preset, incident, expiresAt}`` for
+    apply-preset, ``{overrides, incident, expiresAt}`` for apply-override), or None when it sets none
+    (any other action, or a dry run)."""
     spec = parse_incident_spec(incident)
-    if spec.action != "apply-preset" or spec.dry_run or spec.parameters is None:
+    if spec.action not in ("apply-preset", "apply-override") or spec.dry_run or spec.parameters is None:
         return None
+    if spec.action == "apply-override":
+        return {
+            "overrides": dict(spec.parameters.overrides or {}),
+            "incident": str((incident.get("metadata") or {}).get("name", "")),
+            "expiresAt": expires_at(incident, now, default_duration_s),
+        }
     return {
         "preset": spec.parameters.preset,
         "incident": str((incident.get("metadata") or {}).get("name", "")),

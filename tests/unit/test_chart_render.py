@@ -362,6 +362,7 @@ def exported_metric_names() -> set[str]:
     operator.reconcile_seconds.labels(trigger="start").observe(0.01)
     operator.probes.labels(result="ok").inc()
     operator.pushes.labels(result="ok").inc()
+    operator.remediations.labels(verdict="Ineffective", symptom="HighMemory").inc()
     operator.policies.record("ns/p", [{"type": "Ready", "status": "True"}])
     text = generate_latest(operator.registry).decode()
 

@@ -400,3 +400,60 @@ def test_disruptive_actions_are_flagged() -> None:
 def test_unknown_action_is_rejected() -> None:
     with pytest.raises(ValueError, match="'reboot' is not one of"):
         Recommendation("reboot", "x")
+
+
+def test_ttl_too_short_raises_the_ttl_of_the_operation_that_misses() -> None:
+    """Only summarize misses (its own 60 s TTL): the fix is ttl.summarize_s, the default stays."""
+    from health_scenarios import healthy, with_expiring_reuse, with_low_hit_rate
+
+    scenario = with_expiring_reuse(with_low_hit_rate(healthy()))
+    scenario.config["operation_ttls_s"] = {"summarize": 60, "qa": 7200}
+    for _ in range(200):
+        scenario.stats.count_operation("summarize", hit=False)
+    for _ in range(200):
+        scenario.stats.count_operation("qa", hit=True)
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "TtlTooShort")
+    overrides = cause.recommendations[0].parameters["overrides"]["ttl"]
+    assert list(overrides) == ["summarize_s"] and overrides["summarize_s"] >= 250
+    assert "ttl.summarize_s" in cause.recommendations[0].description
+
+
+def test_key_inconsistency_turns_on_only_the_rules_the_variants_need() -> None:
+    """Spellings that differ in whitespace only: the fix is keys.normalize.whitespace, not case folding."""
+    from health_scenarios import healthy, with_low_hit_rate
+
+    from cache_runtime.config import NormalizeConfig
+    from cache_runtime.keys import rules_that_change
+
+    scenario = with_low_hit_rate(healthy())
+    off = NormalizeConfig()
+    for text in range(20):
+        for spelling in range(5):
+            typed = "clause" + " " * (spelling + 2) + str(text) + "\n" * (spelling % 2)
+            changing = rules_that_change(typed, off)
+            assert "case" not in changing and "whitespace" in changing
+            scenario.stats.key_variants.record(f"ai:qa:t{text}-{spelling}", f"ai:qa:t{text}", changing)
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "KeyInconsistency")
+    assert cause.evidence["normalization_needed"] == ["whitespace"]
+    assert cause.recommendations[0].parameters == {"overrides": {"keys": {"normalize": {"whitespace": True}}}}
+    assert rules_that_change("Clause 1", off) == ("case",)
+    assert rules_that_change("a\r\nb", off) == ("whitespace", "line_endings")
+    assert rules_that_change("same", off, question="Why?") == ("case",)
+
+
+def test_key_inconsistency_outranks_low_reuse_when_every_miss_builds_its_key_twice() -> None:
+    """Each new spelling misses and is stored (two key builds, one new variant): the request share is
+    below 0.5, but 2 texts in 15 spellings fold 13 keys of 15 away, which is what ranks the cause."""
+    from health_scenarios import healthy, with_low_hit_rate
+
+    from cache_runtime.stats import KeyVariantSampler
+
+    scenario = with_low_hit_rate(healthy())
+    scenario.stats.key_variants = KeyVariantSampler()  # only the questions typed differently
+    for text in range(2):
+        for spelling in range(8):
+            for _ in range(2):  # lookup, then store on the miss
+                raw, folded = f"ai:qa:t{text}-{spelling}", f"ai:qa:t{text}"
+                scenario.stats.key_variants.record(raw, folded, ("whitespace",))
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "KeyInconsistency")
+    assert cause.evidence["new_variant_share"] < 0.5 < cause.score

@@ -148,7 +148,11 @@ def test_incident_builds_a_plan(path: Path) -> None:
     for doc in documents(path):
         spec = plan.parse_incident_spec(doc)
         pods = [*(spec.target_pods or []), "other-pod"]
-        built = plan.build_plan({**doc, "metadata": {**doc["metadata"], "uid": "example-uid"}}, pods)
+        # apply-override pushes the policy's config rendered with it (the executor renders it).
+        document = {"config": {}, "hash": "0" * 64} if spec.action == "apply-override" else None
+        built = plan.build_plan(
+            {**doc, "metadata": {**doc["metadata"], "uid": "example-uid"}}, pods, config_document=document
+        )
         assert built.steps, rel(path)
 
 

@@ -41,20 +41,20 @@ def opened_event(reports: dict[str, Any], symptom: str) -> Any:
     ("scenario", "symptom", "action", "parameters", "cause", "severity"),
     [
         (with_redis_down(healthy()), "RedisUnavailable", "reconnect-redis", None, "RedisUnreachable", None),
+        # A setting fix becomes apply-override carrying the exact change (the spec stays GitOps').
         (
             with_large_uncompressed_values(healthy()),
             "HighMemory",
-            "compress-existing",
-            None,
+            "apply-override",
+            {"overrides": {"compression": {"threshold_bytes": 4096}}},
             "LargeUncompressedEntries",
             None,
         ),
-        # TTL too short: the fix is a spec change (the user's), so the incident only diagnoses.
         (
             with_expiring_reuse(with_low_hit_rate(healthy())),
             "LowHitRate",
-            "diagnose",
-            None,
+            "apply-override",
+            "ttl",
             "TtlTooShort",
             None,
         ),
@@ -72,8 +72,14 @@ def test_incident_from_real_diagnosis(
     assert manifest["metadata"]["labels"]["cachewarden.io/incident-source"] == "auto"
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     spec = CacheIncidentSpec.model_validate(manifest["spec"])  # valid against the API model
-    assert spec.action == action and spec.parameters == parameters
-    status = auto_incident_status(event, reports, NOW + 15, "web")
+    assert spec.action == action
+    if parameters == "ttl":
+        assert spec.parameters is not None and spec.parameters.overrides is not None
+        assert spec.parameters.overrides["ttl"]["default_s"] > 0
+    else:
+        given = spec.parameters.model_dump(by_alias=True, exclude_none=True) if spec.parameters else None
+        assert given == parameters
+    status = auto_incident_status(event, reports, NOW + 15, "web", namespace="shop")
     CacheIncidentStatus.model_validate(status)
     assert status["detection"]["symptom"] == symptom and status["detection"]["source"] == "Auto"
     assert status["detection"]["evidence"]["pods"] == ["web-0"]
@@ -81,6 +87,24 @@ def test_incident_from_real_diagnosis(
     assert status["diagnosis"]["causes"][0]["evidence"]["pods"] == ["web-0"]
     if cause == "TtlTooShort":
         assert status["diagnosis"]["causes"][0]["evidence"]["suggestedOverrides"]["ttl"]["default_s"] > 0
+    proposed = status["remediation"]
+    assert proposed["action"] == action and proposed["state"] == "Proposed"
+    if action == "apply-override":
+        # Recommend mode shows the exact override, and the same change as a ready spec patch.
+        assert spec.parameters is not None and proposed["override"] == spec.parameters.overrides
+        assert proposed["permanentPatch"]["command"].startswith("kubectl -n shop patch cachepolicy web")
+        assert "overrides:" in proposed["permanentPatch"]["yaml"]
+        assert proposed["before"] is not None
+
+
+def test_a_setting_fix_the_spec_refuses_is_not_proposed() -> None:
+    """bound() says no (e.g. out of the spec's ranges): the next runnable recommendation is chosen."""
+    reports = {"web-0": pod_report(with_large_uncompressed_values(healthy()))}
+    event = opened_event(reports, "HighMemory")
+    manifest = render_auto_incident(
+        policy="web", namespace="shop", event=event, reports=reports, now=NOW, bound=lambda o: (None, ["no"])
+    )
+    assert manifest["spec"]["action"] == "compress-existing"
 
 
 def test_a_later_detection_of_the_same_episode_gets_the_same_name() -> None:

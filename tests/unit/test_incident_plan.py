@@ -128,6 +128,65 @@ def test_apply_preset_pushes_the_rendered_override_or_validates_it_on_dry_run() 
         )
 
 
+def test_apply_override_pushes_the_rendered_config_and_recompresses_after_a_compression_change() -> None:
+    document = {"config": {"ttl": {"default_s": 600}}, "hash": "d" * 64}
+    ttl = build_plan(incident("apply-override", {"overrides": {"ttl": {"default_s": 600}}}), ["web-0"],
+                     config_document=document)
+    assert [(s.step, s.request and s.request.path) for s in ttl.steps] == [("push-override", "/config/apply")]
+    compression = build_plan(
+        incident("apply-override", {"overrides": {"compression.threshold_bytes": 4096}}),
+        ["web-0", "web-1"],
+        config_document=document,
+    )
+    assert [(s.pod, s.step) for s in compression.steps] == [
+        ("web-0", "push-override"), ("web-0", "compress-existing"),
+        ("web-1", "push-override"), ("web-1", "compress-existing"),
+    ]
+    # The second step waits for the first on each pod (recorded one after the other).
+    assert [s.step for s in next_steps(compression, [])] == ["push-override", "push-override"]
+    dry = build_plan(
+        incident("apply-override", {"overrides": {"compression": {"threshold_bytes": 4096}}}, dryRun=True),
+        ["web-0"],
+        config_document=document,
+    )
+    assert [(s.step, s.request and s.request.target) for s in dry.steps] == [
+        ("push-override", "/config/validate"), ("compress-existing", "/compress-existing?dry_run=true")
+    ]
+    level = build_plan(
+        incident("apply-override", {"overrides": {"compression": {"level": 1}}}), ["web-0"],
+        config_document=document,
+    )
+    assert [s.step for s in level.steps] == ["push-override"]
+    with pytest.raises(ValueError, match="config_document"):
+        build_plan(incident("apply-override", {"overrides": {"ttl": {"default_s": 600}}}), ["web-0"])
+
+
+def test_override_for_apply_override_carries_the_settings() -> None:
+    source = incident("apply-override", {"overrides": {"ttl": {"default_s": 600}}, "durationSeconds": 900})
+    assert override_for(source, NOW) == {
+        "overrides": {"ttl": {"default_s": 600}},
+        "incident": "inc",
+        "expiresAt": rfc3339(NOW + 900),
+    }
+    assert override_for({**source, "spec": {**source["spec"], "dryRun": True}}, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (None, "spec.parameters.overrides is required"),
+        ({"overrides": {}}, "at least one engine parameter"),
+        ({"overrides": {"redis": {"url": "redis://x:6379"}}}, "spec.parameters.overrides.redis.url"),
+        ({"preset": "minimal"}, "spec.parameters.preset applies only"),
+    ],
+)
+def test_apply_override_parameters_are_checked(parameters: dict[str, Any] | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_plan(
+            incident("apply-override", parameters), ["web-0"], config_document={"config": {}, "hash": "e"}
+        )
+
+
 def test_pods_in_name_order_and_target_pods_narrow() -> None:
     plan = build_plan(incident("gc"), PODS)
     assert [s.pod for s in plan.steps] == ["web-0", "web-1", "web-2"]

@@ -497,13 +497,14 @@ async def test_cooldown_survives_an_operator_restart() -> None:
 
 
 async def test_one_disruptive_action_per_policy_at_a_time() -> None:
-    """Two automatic incidents of one policy whose action is disruptive (compress-existing): the
-    second waits while the first runs, decided under the policy's lock from cluster state."""
-    cluster = make_cluster({"mode": "Auto", "allowedActions": ["compress-existing", "reconnect-redis"]})
+    """Two incidents of one policy whose action is disruptive (an automatic apply-override, a
+    person's compress-existing): the second waits while the first runs, decided under the policy's
+    lock from cluster state."""
+    cluster = make_cluster({"mode": "Auto", "allowedActions": ["apply-override", "reconnect-redis"]})
     pods = FakePods(lambda: with_redis_down(with_large_uncompressed_values(healthy())))
     now = await probes(cluster, pods, T0, 3)
     memory = auto_incident_name("web", "HighMemory", T0)
-    assert cluster.incidents()[memory]["spec"]["action"] == "compress-existing"
+    assert cluster.incidents()[memory]["spec"]["action"] == "apply-override"
     # A second disruptive incident of the policy (a person's, running the same kind of action).
     await cluster.create(
         {
@@ -909,3 +910,168 @@ async def test_an_outage_opens_one_incident_for_both_symptoms() -> None:
     add_redis(cluster, replicas=1)
     await probes(cluster, pods, now + 3 * PROBE_S, 4)
     assert cluster.incidents()[redis_down_name()]["status"]["phase"] == "Resolved"
+
+
+# ------------------------------------------------------------------------------------------------
+# remediation by time-boxed override, verified by its effect
+
+
+class SettingPods(FakePods):
+    """FAKE pods whose fault is cured by a config: they show ``faulty`` until they run a config the
+    operator pushed through an incident's apply-override (and again once pushed another one), and
+    ``cured`` while they run it. ``cures`` False: the override cannot help (the fault stays)."""
+
+    def __init__(self, faulty: Callable[[], Scenario], cured: Callable[[], Scenario], cures: bool) -> None:
+        super().__init__(faulty)
+        self.faulty, self.cured, self.cures = faulty, cured, cures
+        self.override_hash: str | None = None
+        self.running_override = False
+        self.scenario = lambda: self.cured() if self.cures and self.running_override else self.faulty()
+
+    async def apply_config(
+        self, pod: PodTarget, token: str | None, config: Mapping[str, Any], config_hash: str
+    ) -> PodReply:
+        self.running_override = config_hash == self.override_hash
+        return await super().apply_config(pod, token, config, config_hash)
+
+    async def call(
+        self, pod: PodTarget, token: str, request: PodRequest, idempotency_key: str | None
+    ) -> PodReply:
+        if request.path == "/config/apply" and request.body is not None:
+            self.override_hash = str(request.body["hash"])
+            self.hashes[pod.ip] = self.override_hash
+            self.running_override = True
+        return await super().call(pod, token, request, idempotency_key)
+
+
+def memory_incident(cluster: FakeCluster) -> tuple[str, dict[str, Any]]:
+    name = auto_incident_name("web", "HighMemory", T0)
+    return name, cluster.incidents()[name]
+
+
+def incident_condition(incident: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in incident["status"]["conditions"] if c["type"] == type_)
+
+
+async def test_a_setting_fault_is_healed_by_a_time_boxed_override_and_verified() -> None:
+    """Auto with apply-override allowed: the override goes to status (never the spec) and to the pods;
+    the figure improves over verifyProbes probes -> Remediated, with a ready permanent patch."""
+    cluster = make_cluster({"mode": "Auto", "allowedActions": ["apply-override"], "verifyProbes": 2})
+    spec_before = copy.deepcopy(cluster.policy()["spec"])
+    pods = SettingPods(lambda: with_large_uncompressed_values(healthy()), healthy, cures=True)
+    now = await probes(cluster, pods, T0, 3)
+    base_hash = cluster.policy()["status"]["configHash"]
+    name, incident = memory_incident(cluster)
+    assert incident["spec"]["action"] == "apply-override"
+    assert incident["spec"]["parameters"]["overrides"] == {"compression": {"threshold_bytes": 4096}}
+    assert incident["status"]["remediation"]["before"] == 60.0  # MiB, the symptom's own figure
+    assert await execute(cluster, pods, name, now) == "Succeeded"
+    override = cluster.policy()["status"]["override"]
+    assert override["overrides"] == {"compression": {"threshold_bytes": 4096}}
+    assert override["incident"] == name
+    assert ("web-0", "/config/apply") in pods.executed and ("web-0", "/compress-existing") in pods.executed
+    assert cluster.incidents()[name]["status"]["remediation"]["state"] == "Verifying"
+    # The reconciler keeps the override's config on the pods (no drift back to the spec's).
+    now = await probes(cluster, pods, now, 2)
+    status = cluster.incidents()[name]["status"]
+    assert cluster.policy()["status"]["configHash"] == pods.override_hash != base_hash
+    assert status["remediation"]["state"] == "Remediated", status["remediation"]
+    assert status["remediation"]["before"] == 60.0 and status["remediation"]["after"] is not None
+    assert status["remediation"]["after"] < status["remediation"]["before"]
+    assert incident_condition(cluster.incidents()[name], "Remediated")["status"] == "True"
+    patch = status["remediation"]["permanentPatch"]
+    assert patch["command"] == (
+        "kubectl -n shop patch cachepolicy web --type merge -p "
+        '\'{"spec":{"overrides":{"compression":{"threshold_bytes":4096}}}}\''
+    )
+    assert "threshold_bytes: 4096" in patch["yaml"]
+    assert "Remediated" in cluster.reasons() and cluster.policy()["spec"] == spec_before
+    CacheIncidentStatus.model_validate(status)
+
+
+async def test_an_override_that_does_not_help_is_rolled_back_and_escalated() -> None:
+    cluster = make_cluster({"mode": "Auto", "allowedActions": ["apply-override"], "verifyProbes": 2})
+    pods = SettingPods(lambda: with_large_uncompressed_values(healthy()), healthy, cures=False)
+    now = await probes(cluster, pods, T0, 3)
+    base_hash = cluster.policy()["status"]["configHash"]
+    name, _ = memory_incident(cluster)
+    assert await execute(cluster, pods, name, now) == "Succeeded"
+    await probe(cluster, pods, now)
+    outcome = await probe(cluster, pods, now + PROBE_S)
+    assert ("Ineffective", "HighMemory") in outcome.detection.verdicts  # the metric's source
+    incident = cluster.incidents()[name]
+    status = incident["status"]
+    assert status["phase"] == "Failed" and status["remediation"]["state"] == "Ineffective"
+    assert status["remediation"]["rolledBack"] is True
+    condition = incident_condition(incident, "Remediated")
+    assert (condition["status"], condition["reason"]) == ("False", "RemediationIneffective")
+    assert incident_condition(incident, "Succeeded")["status"] == "False"
+    assert "override" not in cluster.policy()["status"]
+    warnings = [e for e in cluster.events if e[1] == "RemediationIneffective"]
+    assert len(warnings) == 1 and warnings[0][0] == "Warning" and "60 MiB -> 60 MiB" in warnings[0][2]
+    # The next pass pushes the spec's own config back to every pod.
+    await probe(cluster, pods, now + 2 * PROBE_S)
+    assert cluster.policy()["status"]["configHash"] == base_hash and set(pods.hashes.values()) == {base_hash}
+    # The action is not run again for the episode (the symptom still holds).
+    executed = list(pods.executed)
+    await probes(cluster, pods, now + 3 * PROBE_S, 3)
+    assert pods.executed == executed and len(cluster.incidents()) == 1
+
+
+@pytest.mark.parametrize("mode", ["Off", "Recommend"])
+async def test_off_and_recommend_change_nothing_and_recommend_shows_the_override(mode: str) -> None:
+    cluster = make_cluster({"mode": mode, "allowedActions": ["apply-override"]})
+    spec_before = copy.deepcopy(cluster.policy()["spec"])
+    pods = SettingPods(lambda: with_large_uncompressed_values(healthy()), healthy, cures=True)
+    now = await probes(cluster, pods, T0, 3)
+    base_hash = cluster.policy()["status"]["configHash"]
+    name, _ = memory_incident(cluster)
+    phase = await execute(cluster, pods, name, now)
+    await probes(cluster, pods, now, 3)
+    status = cluster.incidents()[name]["status"]
+    assert phase == ("Skipped" if mode == "Off" else "Recommended")
+    assert pods.executed == [] and "override" not in cluster.policy()["status"]
+    assert set(pods.hashes.values()) == {base_hash} and cluster.policy()["spec"] == spec_before
+    proposed = status["remediation"]
+    assert proposed["state"] == "Proposed"
+    assert proposed["override"] == {"compression": {"threshold_bytes": 4096}}
+    assert proposed["permanentPatch"]["command"].startswith("kubectl -n shop patch cachepolicy web")
+
+
+async def test_a_persons_apply_override_out_of_range_fails_naming_the_parameter() -> None:
+    """A manual apply-override the engine refuses fails before anything is recorded or pushed."""
+    cluster, pods = make_cluster(), FakePods()
+    await probe(cluster, pods, T0)
+    await cluster.create(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": "too-short", "namespace": NS},
+            "spec": {
+                "policyRef": {"name": "web"},
+                "action": "apply-override",
+                "parameters": {"overrides": {"ttl": {"default_s": 0}}},
+            },
+        }
+    )
+    assert await execute(cluster, pods, "too-short", T0 + 1) == "Failed"
+    status = cluster.incidents()["too-short"]["status"]
+    assert "ttl.default_s" in status["message"] and "spec.parameters.overrides" in status["message"]
+    assert "override" not in cluster.policy()["status"] and pods.executed == []
+    # A valid one is recorded in status, pushed, and not verified (a person's incident).
+    await cluster.create(
+        {
+            "apiVersion": "cachewarden.io/v1alpha1",
+            "kind": "CacheIncident",
+            "metadata": {"name": "longer", "namespace": NS},
+            "spec": {
+                "policyRef": {"name": "web"},
+                "action": "apply-override",
+                "parameters": {"overrides": {"ttl": {"default_s": 3600}}},
+            },
+        }
+    )
+    assert await execute(cluster, pods, "longer", T0 + 2) == "Succeeded"
+    assert cluster.policy()["status"]["override"]["overrides"] == {"ttl": {"default_s": 3600}}
+    assert "remediation" not in cluster.incidents()["longer"]["status"]
+    assert "OverrideApplied" in cluster.reasons()

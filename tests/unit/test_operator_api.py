@@ -151,11 +151,14 @@ def test_parameter_table_covers_every_action() -> None:
         for name in names:
             params: dict[str, Any] = {"pattern": "a*"} if action == "invalidate" else {}
             params[name] = {"pattern": "k*", "namespace": "docs", "preset": "minimal",
+                            "overrides": {"ttl": {"default_s": 60}},
                             "durationSeconds": 600, "maxEntries": 10}[name]
             if action == "invalidate" and name == "namespace":
                 params.pop("pattern")
             if action == "apply-preset":
                 params["preset"] = "minimal"
+            if action == "apply-override":
+                params["overrides"] = {"ttl": {"default_s": 60}}
             parse_incident({"policyRef": {"name": "p"}, "action": action, "parameters": params})
 
 
