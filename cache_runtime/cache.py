@@ -68,12 +68,6 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # within seconds, not after minutes of healthy history are diluted; the operator's hysteresis over
 # consecutive probes keeps a short window from flapping. Snapshots are kept every 5 s (64: 5 minutes).
 _HEALTH_WINDOW_S = 60.0
-# The windows health tries, shortest first: the report judges the shortest one that holds
-# ``health.min_requests`` lookups (enough traffic to judge a hit rate), else the longest. A busy pod is
-# judged on its last 15-20 s, so a workload fault crosses a threshold within a few seconds of its onset
-# (the operator's detection must confirm it within 30 s); a quiet pod on up to a minute. The operator's
-# hysteresis over consecutive probes keeps the short window from flapping.
-DETECTION_WINDOWS_S = (15.0, 30.0, _HEALTH_WINDOW_S)
 _SNAPSHOT_SPACING_S = 5.0
 _SNAPSHOT_HISTORY = 64
 # Background upkeep: re-read an unknown namespace version, refresh Redis memory facts and RTT.
@@ -1433,21 +1427,11 @@ class TieredCache:
         self._window.remember(snapshot, at=self._clock())  # type: ignore[arg-type]
         return snapshot
 
-    def health(self, window_seconds: float | None = None) -> health_module.HealthReport:
-        """Judge a recent window against the config's health thresholds; returns a report with
-        symptoms, causes, evidence, recommendations and the window's length (``window_seconds``).
-
-        The window is ``window_seconds`` when given, else the shortest of :data:`DETECTION_WINDOWS_S`
-        that holds ``health.min_requests`` lookups (else the longest). Each is measured from the
-        newest kept snapshot at least that old (everything since start, if younger)."""
+    def health(self, window_seconds: float = _HEALTH_WINDOW_S) -> health_module.HealthReport:
+        """Judge the last ``window_seconds`` (or everything since start, if younger) against the
+        config's health thresholds; returns a report with symptoms, causes, evidence, recommendations."""
         current = self.stats()
-        now = self._clock()
-        spans = DETECTION_WINDOWS_S if window_seconds is None else (window_seconds,)
-        enough = self._config.health.min_requests
-        for span in spans:
-            window = self._window.window(current, now=now, window_seconds=span)  # type: ignore[arg-type]
-            if window["requests"]["lookups"] >= enough:
-                break
+        window = self._window.window(current, now=self._clock(), window_seconds=window_seconds)  # type: ignore[arg-type]
         return health_module.evaluate(window, self._config.health.model_dump())
 
 

@@ -2,10 +2,9 @@
 through the operator's own hysteresis (cache_operator.incidents.detection): minutes of healthy
 traffic, then the fault; the engine's health report is probed every probe interval and fed to
 ``summarize_probe``/``observe`` as the operator does. Printed, never asserted on time: seconds from the
-fault's onset to the symptom opening, with the engine's detection window (the shortest of 15/30/60 s
-holding ``min_requests`` lookups) and, as anchors, a fixed one-minute window and the old 5-minute one,
-at the CRD's default probe setting (15 s x 3) and at the e2e scenarios' (5 s x 2). Also: no flapping,
-a steady workload and a steady fault open (or clear) nothing.
+fault's onset to the symptom opening, with the health window the engine uses now (60 s) and the old
+5-minute one as the anchor, at the CRD's default probe setting (15 s x 3) and at the e2e scenarios'
+(5 s x 2). Also: no flapping, a steady workload and a steady fault open (or clear) nothing.
 """
 
 from __future__ import annotations
@@ -68,15 +67,14 @@ async def thrash_lookup(cache: TieredCache, rng: random.Random, step: int) -> No
 
 async def run(
     fault: Workload | None,
-    window_s: float | None,
+    window_s: float,
     interval_s: int,
     probes: int,
     fault_s: int = FAULT_S,
     confirm: bool = True,
 ) -> tuple[float | None, list[tuple[str, float]]]:
     """Seconds from onset to the first symptom opening (None: none) and every (event, time). With
-    ``confirm`` the probe schedule is the operator's (``probe_interval``: sooner while pending);
-    ``window_s`` None is the engine's own choice (the shortest detection window with enough lookups)."""
+    ``confirm`` the probe schedule is the operator's (``probe_interval``: sooner while pending)."""
     clock, rng = Clock(), random.Random(7)
     config = resolve_config(
         "development", overrides={"l1": {"max_entries": 2000}, "ttl": {"default_s": 3600}}
@@ -117,19 +115,18 @@ FAULTS = {"whitespace": (whitespace_lookup, "LowHitRate"), "l1-thrashing": (thra
 
 @pytest.mark.parametrize("name", list(FAULTS))
 async def test_workload_fault_detection_time(name: str) -> None:
-    """The fault is detected with the engine's detection window at both probe settings; the figures
-    (and the fixed one-minute and old five-minute windows', the anchors) are printed."""
+    """The fault is detected with the one-minute window at both probe settings; the figures (and the
+    old window's, the anchor) are printed."""
     fault, symptom = FAULTS[name]
     lines = []
     for interval, probes in ((15, 3), (5, 2)):
-        now, events = await run(fault, None, interval, probes)
-        minute, _ = await run(fault, 60.0, interval, probes)
+        now, events = await run(fault, 60.0, interval, probes)
+        plain, _ = await run(fault, 60.0, interval, probes, confirm=False)
         old, _ = await run(fault, OLD_WINDOW_S, interval, probes, confirm=False)
         lines.append(
-            f"{name}: probes {interval} s x {probes}: detected after {now} s (engine's window: shortest of "
-            f"15/30/60 s with enough lookups; confirming probes every 5 s), {minute} s (fixed 60 s window), "
-            f"{old} s (before: 300 s window, every probe at the interval; None = not within {FAULT_S} s); "
-            f"events {events}"
+            f"{name}: probes {interval} s x {probes}: detected after {now} s (60 s window, confirming "
+            f"probes every 5 s), {plain} s (60 s window, every probe at the interval), {old} s (before: "
+            f"300 s window; None = not within {FAULT_S} s); events {events}"
         )
         names = [event for event, _ in events]
         assert now is not None and f"open {symptom}" in names, events
@@ -137,9 +134,8 @@ async def test_workload_fault_detection_time(name: str) -> None:
     print("\n".join(lines))
 
 
-@pytest.mark.parametrize("window_s", [None, 60.0])
-async def test_a_steady_healthy_workload_opens_nothing(window_s: float | None) -> None:
+async def test_a_steady_healthy_workload_opens_nothing() -> None:
     """Ten minutes of the healthy workload, probed as the operator does at both settings: no flapping."""
     for interval, probes in ((15, 3), (5, 2)):
-        opened, events = await run(None, window_s, interval, probes, fault_s=300)
+        opened, events = await run(None, 60.0, interval, probes, fault_s=300)
         assert opened is None and events == [], (interval, events)
