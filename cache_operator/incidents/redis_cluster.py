@@ -352,7 +352,12 @@ def diagnose_cluster(
                 f"read its logs: kubectl -n {target.namespace} logs {worst['pod']} --previous",
             )
         )
-    if not causes and selector and ready == 0 and "endpointslices" not in state.unreadable:
+    # EndpointSlices with no ready endpoint while a selected pod reports every container ready is
+    # not "no ready pod": the slices lag, or cannot list the pods' addresses (a loopback pod IP, as on
+    # devcluster's process kubelet). Only the two together are this cause.
+    ready_pods = [f for f in facts if f.get("ready")]
+    if (not causes and selector and ready == 0 and not ready_pods
+            and "endpointslices" not in state.unreadable):
         if not pods:
             summary = (
                 f"Service {target.namespace}/{target.service} selects no pod at all (selector "

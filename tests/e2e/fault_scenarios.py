@@ -32,8 +32,7 @@ scenario                     symptom            fault / repair
 In the setting faults (``repair`` None) no person acts: the workload goes on unchanged and only the
 operator's own time-boxed override (Auto mode, ``apply-override`` allowed) can clear the symptom.
 
-The health window of the runtime is 15 s to one minute (``cache_runtime.cache.DETECTION_WINDOWS_S``: the
-shortest holding ``health.min_requests`` lookups), so a
+The health window of the runtime is one minute (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
 symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
 traffic is sized for that, and bounded.
 """

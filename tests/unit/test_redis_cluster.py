@@ -184,6 +184,17 @@ def test_pods_not_ready() -> None:
     assert names(causes) == ["RedisServiceNoReadyPod"] and "none ready" in causes[0]["summary"]
 
 
+def test_empty_slices_beside_a_ready_pod_are_not_no_ready_pod() -> None:
+    """EndpointSlices without a ready endpoint while the selected pod is Ready (slices lagging, or
+    addresses the slice cannot list, such as devcluster's loopback pod IPs) name no cluster cause: the
+    pods' own view (e.g. an authentication failure) stays the diagnosis."""
+    causes, _ = diagnose_cluster(
+        state(service=service(), endpoint_slices=[], workloads=[deployment(1)], pods=[pod("r-0", ready=True)]),
+        NOW,
+    )
+    assert causes == []
+
+
 def test_recent_events_newest_first_and_bounded() -> None:
     events = [
         {
