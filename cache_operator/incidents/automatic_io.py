@@ -170,8 +170,10 @@ def joinable_incident(
 ) -> Mapping[str, Any] | None:
     """The open automatic incident ``symptom`` should join, or None: one held by an active symptom of
     this episode (``held``: incident name -> symptom) that one of ``symptom``'s diagnosed ``causes``
-    also explains: the cause lists that incident's symptom, or the incident's diagnosis names the same
-    cause. Generic causes (Undetermined, LowReuseWorkload) join nothing."""
+    also explains: the cause lists that incident's own symptom (the one it was opened for, not the
+    ones that joined it: a cause of a joined LowHitRate, such as L1TooSmall, says nothing about a
+    Redis outage), or the incident's diagnosis names the same cause. Generic causes (Undetermined,
+    LowReuseWorkload) join nothing."""
     specific = [c for c in causes if c.get("name") not in GENERIC_CAUSES]
     if not specific:
         return None
@@ -179,9 +181,10 @@ def joinable_incident(
         name = _name(incident)
         if name not in held or not lifecycle.is_automatic(incident) or lifecycle.is_resolved(incident):
             continue
-        theirs = set(incident_symptoms(incident))
-        if symptom in theirs:
+        if symptom in incident_symptoms(incident):
             continue
+        own = lifecycle.symptom_of(incident)
+        theirs = {own} if own else set()
         diagnosed = {
             str(c.get("name"))
             for c in ((incident.get("status") or {}).get("diagnosis") or {}).get("causes") or []
@@ -194,14 +197,20 @@ def joinable_incident(
 
 
 def _open_order(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Redis symptoms first (the one nearest a shared cause names the incident), then SYMPTOMS order."""
+    """Redis symptoms first, the specific ones (authentication, out of memory) before the plain
+    RedisUnavailable they also cause: the symptom nearest a shared cause names the incident (a wrong
+    password is a RedisAuthFailure incident that RedisUnavailable joins). Then SYMPTOMS order."""
     return sorted(
         entries,
         key=lambda e: (
-            e["name"] not in REDIS_SYMPTOMS,
+            e["name"] not in REDIS_SYMPTOMS and e["name"] not in _SPECIFIC_REDIS_SYMPTOMS,
+            e["name"] not in _SPECIFIC_REDIS_SYMPTOMS,
             SYMPTOMS.index(e["name"]) if e["name"] in SYMPTOMS else len(SYMPTOMS),
         ),
     )
+
+
+_SPECIFIC_REDIS_SYMPTOMS = ("RedisAuthFailure", "RedisOutOfMemory")
 
 
 def tracked_condition(

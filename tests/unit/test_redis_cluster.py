@@ -189,7 +189,8 @@ def test_empty_slices_beside_a_ready_pod_are_not_no_ready_pod() -> None:
     addresses the slice cannot list, such as devcluster's loopback pod IPs) name no cluster cause: the
     pods' own view (e.g. an authentication failure) stays the diagnosis."""
     causes, _ = diagnose_cluster(
-        state(service=service(), endpoint_slices=[], workloads=[deployment(1)], pods=[pod("r-0", ready=True)]),
+        state(service=service(), endpoint_slices=[], workloads=[deployment(1)],
+              pods=[pod("r-0", ready=True)]),
         NOW,
     )
     assert causes == []
@@ -252,3 +253,30 @@ def test_joinable_incident_by_shared_cause() -> None:
     gone = incident("web-redisunavailable-1", "RedisUnavailable", ["RedisUnreachable"], resolved=True)
     assert joinable_incident([gone], held, "LowHitRate", [unreachable]) is None
     assert joinable_incident([outage], {}, "LowHitRate", [unreachable]) is None
+
+
+def test_a_joined_symptom_does_not_pull_in_its_own_causes() -> None:
+    """LowHitRate joined the outage's incident; L1Thrashing, whose cause L1TooSmall also lists
+    LowHitRate, does not join through it: only the incident's own symptom or its diagnosed causes
+    count (seen on devcluster: a thrashing L1 joined the outage and kept it from resolving)."""
+    outage = incident("web-redisunavailable-1", "RedisUnavailable", ["RedisScaledToZero", "RedisUnreachable"])
+    outage["status"]["symptoms"] = ["RedisUnavailable", "LowHitRate"]
+    held = {"web-redisunavailable-1": "RedisUnavailable"}
+    too_small = {"name": "L1TooSmall", "symptoms": ["LowHitRate", "L1Thrashing"]}
+    assert joinable_incident([outage], held, "L1Thrashing", [too_small]) is None
+    assert joinable_incident([outage], held, "LowHitRate", [too_small]) is None  # already in it
+
+
+def test_the_specific_redis_symptom_opens_first() -> None:
+    """A wrong password shows RedisAuthFailure and RedisUnavailable: the incident is named after the
+    authentication failure (RedisUnavailable joins it), a plain outage after RedisUnavailable."""
+    from cache_operator.incidents.automatic_io import _open_order
+
+    order = [e["name"] for e in _open_order(
+        [{"name": "LowHitRate"}, {"name": "RedisUnavailable"}, {"name": "RedisAuthFailure"}]
+    )]
+    assert order == ["RedisAuthFailure", "RedisUnavailable", "LowHitRate"]
+    assert [e["name"] for e in _open_order([{"name": "LowHitRate"}, {"name": "RedisUnavailable"}])] == [
+        "RedisUnavailable",
+        "LowHitRate",
+    ]
