@@ -452,7 +452,16 @@ async def _open_resolve_collect(
             incidents = [i for i in incidents if _name(i) != name] + [existing]
         state = with_incident(state, symptom, name)
 
-    holding = {str(e.get("incident")) for e in state["symptoms"] if e.get("active") and e.get("incident")}
+    # An incident is held by its own symptom (the one it was opened for): when that clears, the cause's
+    # episode is over and the incident resolves, even if a symptom that joined it is still active (its
+    # cause may have changed: an L1 thrashing under the workload outlives the Redis outage it joined).
+    own_symptom = {_name(i): lifecycle.symptom_of(i) for i in incidents}
+    holding = {
+        str(e.get("incident"))
+        for e in state["symptoms"]
+        if e.get("active") and e.get("incident")
+        and own_symptom.get(str(e.get("incident"))) in (None, e.get("name"))
+    }
 
     # 3. verify by effect the actions that ran
     for position, incident in enumerate(incidents):

@@ -889,7 +889,7 @@ async def test_oomkilled_crash_looping_redis_is_diagnosed() -> None:
 async def test_an_outage_opens_one_incident_for_both_symptoms() -> None:
     """Redis down and the hit rate low because of it: the engine explains both by RedisUnreachable, so
     LowHitRate joins the RedisUnavailable incident (status.symptoms lists both) instead of opening a
-    second one; the incident is resolved only when both cleared."""
+    second one; the incident is resolved when the outage cleared."""
     cluster = make_cluster({"mode": "Recommend"})
     add_redis(cluster, replicas=0)
     scenario: dict[str, Callable[[], Scenario]] = {
