@@ -161,17 +161,18 @@ def compression_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
 def memory_tier_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[str, Any]) -> dict[str, Any]:
     """L1 size from evictions and use."""
     l1 = snapshot["l1"]
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     overrides: dict[str, Any] = {}
     reasons = []
     if body.get("optimize_l1_size", True):
-        if l1["evictions"] > 0 and (requests.get("l2_hit_rate") or 0) > 0.05:
+        if l1["evictions"] > 0 and (lookup_counts.get("l2_hit_rate") or 0) > 0.05:
             overrides["l1.max_entries"] = min(int(l1["max_entries"] * 1.5), 10_000_000)
             reasons.append(
-                f"{l1['evictions']} evictions while {requests.get('l2_hit_rate')} of lookups "
+                f"{l1['evictions']} evictions while {lookup_counts.get('l2_hit_rate')} of lookups "
                 "hit Redis: L1 entries +50%"
             )
-        elif l1["max_entries"] and l1["entries"] / l1["max_entries"] < 0.1 and requests["lookups"] > 1000:
+        elif (l1["max_entries"] and l1["entries"] / l1["max_entries"] < 0.1
+              and lookup_counts["lookups"] > 1000):
             overrides["l1.max_entries"] = max(100, l1["entries"] * 4)
             reasons.append("L1 is under 10% used: shrunk to 4x what it holds")
     notes = {}
@@ -189,7 +190,7 @@ def memory_tier_tuning(snapshot: Mapping[str, Any], config: Any, body: Mapping[s
             "evictions": l1["evictions"],
             "entries": l1["entries"],
             "max_entries": l1["max_entries"],
-            "l2_hit_rate": requests.get("l2_hit_rate"),
+            "l2_hit_rate": lookup_counts.get("l2_hit_rate"),
         },
     }
 

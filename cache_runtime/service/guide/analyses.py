@@ -55,8 +55,8 @@ def _latency(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 
 def total_operations(snapshot: Mapping[str, Any]) -> int:
     """Lookups + writes + deletes the engine served."""
-    requests = snapshot["requests"]
-    return int(requests["lookups"] + requests["sets"] + requests["deletes"])
+    lookup_counts = snapshot["requests"]
+    return int(lookup_counts["lookups"] + lookup_counts["sets"] + lookup_counts["deletes"])
 
 
 def avg_operation_ms(snapshot: Mapping[str, Any]) -> float | None:
@@ -82,13 +82,13 @@ def bytes_saved(compression: Mapping[str, Any]) -> int:
 
 def metrics_fields(snapshot: Mapping[str, Any], memory: Sample) -> dict[str, Any]:
     """``GET metrics``: the guide's flat names next to the original's nested shape."""
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     l1 = snapshot["l1"]
     return {
-        "cache_hit_rate": requests.get("hit_rate"),
+        "cache_hit_rate": lookup_counts.get("hit_rate"),
         "total_operations": total_operations(snapshot),
-        "memory_cache_hit_rate": requests.get("l1_hit_rate"),
-        "redis_cache_hit_rate": requests.get("l2_hit_rate"),
+        "memory_cache_hit_rate": lookup_counts.get("l1_hit_rate"),
+        "redis_cache_hit_rate": lookup_counts.get("l2_hit_rate"),
         "avg_operation_duration": avg_operation_ms(snapshot),
         "memory_usage": {
             "total_mb": mb(l1["bytes"]),
@@ -175,15 +175,15 @@ def error_entries(
 def compression_stats_fields(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """``GET compression-stats``: ratio (compressed/original), bytes saved, ms per (de)compression."""
     compression = snapshot["compression"]
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     return {
         "avg_compression_ratio": compression_ratio(compression),
         "total_bytes_saved": bytes_saved(compression),
         "avg_compression_time": ms(compression.get("seconds_per_attempt"))
         if compression["attempts"]
         else None,
-        "avg_decompression_time": ms(compression["decompress_seconds"] / requests["hits_l2"])
-        if requests["hits_l2"]
+        "avg_decompression_time": ms(compression["decompress_seconds"] / lookup_counts["hits_l2"])
+        if lookup_counts["hits_l2"]
         else None,
     }
 
@@ -233,7 +233,7 @@ def operation_stats_fields(snapshot: Mapping[str, Any], ttl_of: Any) -> dict[str
             "kind": "ai_operation",
         }
     latency = _latency(snapshot)
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     for name in CALL_KINDS:
         histogram = latency.get(name) or {}
         if not histogram.get("count"):
@@ -242,7 +242,7 @@ def operation_stats_fields(snapshot: Mapping[str, Any], ttl_of: Any) -> dict[str
             "count": histogram["count"],
             "avg_duration": hist_avg_ms(histogram),
             "p95_ms": ms(histogram.get("p95")),
-            "hit_rate": requests.get("hit_rate") if name == "get" else None,
+            "hit_rate": lookup_counts.get("hit_rate") if name == "get" else None,
             "kind": "engine_call",
         }
     return {"operations": operations}
@@ -564,7 +564,7 @@ def redis_performance(facts: Facts) -> dict[str, Any]:
 def compression_timing(facts: Facts) -> dict[str, Any]:
     """``GET compression-timing``: ms per compression / per decompression, share of write time."""
     compression = facts.snapshot["compression"]
-    requests = facts.snapshot["requests"]
+    lookup_counts = facts.snapshot["requests"]
     sets = _latency(facts.snapshot).get("set") or {}
     overhead = ratio(compression["seconds"], sets.get("sum") or 0.0)
     slow = [
@@ -579,11 +579,11 @@ def compression_timing(facts: Facts) -> dict[str, Any]:
             "total_ms": ms(compression["seconds"]),
         },
         "decompression": {
-            "avg_time_ms": ms(compression["decompress_seconds"] / requests["hits_l2"])
-            if requests["hits_l2"]
+            "avg_time_ms": ms(compression["decompress_seconds"] / lookup_counts["hits_l2"])
+            if lookup_counts["hits_l2"]
             else None,
             "total_ms": ms(compression["decompress_seconds"]),
-            "l2_hits": requests["hits_l2"],
+            "l2_hits": lookup_counts["hits_l2"],
         },
         "compression_cpu_overhead": overhead,
         "slow_compression_operations": {
@@ -605,14 +605,14 @@ def _recommendations(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 def performance_analysis(facts: Facts) -> dict[str, Any]:
     """``GET performance-analysis``: L1 and L2 figures, bottlenecks (symptoms + causes), advice."""
     snapshot = facts.snapshot
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     latency = _latency(snapshot)
     l1 = snapshot["l1"]
     report = facts.health or {}
     return {
         "l1_cache_stats": {
-            "hits": requests["hits_l1"],
-            "hit_rate": requests.get("l1_hit_rate"),
+            "hits": lookup_counts["hits_l1"],
+            "hit_rate": lookup_counts.get("l1_hit_rate"),
             "entries": l1["entries"],
             "max_entries": l1["max_entries"],
             "memory_mb": mb(l1["bytes"]),
@@ -620,8 +620,8 @@ def performance_analysis(facts: Facts) -> dict[str, Any]:
             "get_p95_ms": ms((latency.get("get") or {}).get("p95")),
         },
         "l2_cache_stats": {
-            "hits": requests["hits_l2"],
-            "hit_rate": requests.get("l2_hit_rate"),
+            "hits": lookup_counts["hits_l2"],
+            "hit_rate": lookup_counts.get("l2_hit_rate"),
             "get_avg_ms": hist_avg_ms(latency.get("l2_get")),
             "set_avg_ms": hist_avg_ms(latency.get("l2_set")),
             "round_trip_mean_ms": ms((snapshot.get("l2") or {}).get("round_trip_mean_seconds")),
@@ -699,8 +699,8 @@ def resource_usage(facts: Facts) -> dict[str, Any]:
 def pattern_analysis(facts: Facts) -> dict[str, Any]:
     """``GET pattern-analysis``: hits by tier and operation, traffic rate, size classes, anomalies."""
     snapshot = facts.snapshot
-    requests = snapshot["requests"]
-    rate = requests["lookups"] / facts.uptime_s
+    lookup_counts = snapshot["requests"]
+    rate = lookup_counts["lookups"] / facts.uptime_s
     anomalies = [
         {"symptom": item.get("name"), "message": item.get("message")}
         for item in (facts.health or {}).get("symptoms") or []
@@ -708,7 +708,7 @@ def pattern_analysis(facts: Facts) -> dict[str, Any]:
     return {
         "access_pattern_analysis": {
             "by_operation": dict(snapshot.get("operations") or {}),
-            "l1_share_of_hits": ratio(requests["hits_l1"], requests["hits"]),
+            "l1_share_of_hits": ratio(lookup_counts["hits_l1"], lookup_counts["hits"]),
             "key_patterns": dict(facts.entries.prefixes.most_common(20)),
         },
         "temporal_access_patterns": {
@@ -772,7 +772,7 @@ def comprehensive_health(facts: Facts) -> dict[str, Any]:
 
     redis_ok = (not l2.get("enabled")) or (l2.get("available") and l2.get("breaker_state") != "open")
     compression = snapshot["compression"]
-    requests = snapshot["requests"]
+    lookup_counts = snapshot["requests"]
     return {
         "health_status": report.get("status"),
         "l1_cache_health": health_component(True, snapshot["l1"]["entries"] >= snapshot["l1"]["max_entries"]),
@@ -783,12 +783,12 @@ def comprehensive_health(facts: Facts) -> dict[str, Any]:
         "monitoring_health": health_component(facts.config.monitoring, False)
         if facts.config.monitoring
         else "disabled",
-        "key_generator_health": health_component(True, requests["decode_failures"] > 0),
+        "key_generator_health": health_component(True, lookup_counts["decode_failures"] > 0),
         "hit_rate_health": from_symptom("LowHitRate"),
         "latency_health": from_symptom("SlowOperations", "HighLatency"),
         "memory_health": from_symptom("HighMemory", "HighMemoryUsage"),
         "throughput_health": "healthy"
-        if requests["lookups"] >= thresholds.get("min_requests", 0)
+        if lookup_counts["lookups"] >= thresholds.get("min_requests", 0)
         else "insufficient_data",
         "active_alerts": [dict(item) for item in report.get("symptoms") or []],
         "evaluated_at": report.get("evaluated_at"),

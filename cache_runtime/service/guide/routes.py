@@ -644,11 +644,11 @@ def build_guide_router(
             ]
         timeline.sort(key=lambda item: item.get("at") or 0)
         report = found.health or {}
-        requests = found.snapshot["requests"]
+        lookup_counts = found.snapshot["requests"]
         impact = {
-            "lookups": requests["lookups"],
-            "misses": requests["misses"],
-            "hit_rate": requests.get("hit_rate"),
+            "lookups": lookup_counts["lookups"],
+            "misses": lookup_counts["misses"],
+            "hit_rate": lookup_counts.get("hit_rate"),
             "status": report.get("status"),
         }
         if body.include_performance_data:
