@@ -289,8 +289,8 @@ def test_gitops_walkthrough_preset_change_without_rollout(operator: OperatorProc
 INCIDENT_RUN_ORDER = (
     "diagnose", "gc", "clear-dry-run", "clear", "invalidate", "invalidate-namespace",
     "compress-existing-dry-run", "compress-existing", "reset-config", "reconnect-redis",
-    "reconnect-redis-one-pod", "apply-preset-dry-run", "apply-preset", "isolate-one-pod", "isolate",
-    "restore",
+    "reconnect-redis-one-pod", "apply-preset-dry-run", "apply-preset", "apply-override", "isolate-one-pod",
+    "isolate", "restore",
 )
 PLACEHOLDER_POD = "quickstart-cachewarden-7d9c8b6f4-x2k8p"
 
@@ -298,7 +298,8 @@ PLACEHOLDER_POD = "quickstart-cachewarden-7d9c8b6f4-x2k8p"
 def test_every_incident_example_runs(operator: OperatorProcess, kube: KubeTools, namespace: str) -> None:
     """Each file in examples/incidents/ applied (as written, but for the placeholder pod name) against
     the quickstart policy ends Succeeded with one successful step record per targeted pod; the
-    apply-preset example puts its preset in force as a time-boxed override and deleting it lifts it."""
+    apply-preset and apply-override examples put their preset or settings in force as a time-boxed
+    override (in the policy's status) and deleting the incident lifts it."""
     assert sorted(INCIDENT_RUN_ORDER) == sorted(p.stem for p in (EXAMPLES / "incidents").glob("*.yaml"))
     try:
         apply_example(kube, EXAMPLES / "quickstart.yaml", namespace)
@@ -319,9 +320,14 @@ def test_every_incident_example_runs(operator: OperatorProcess, kube: KubeTools,
             assert status["phase"] == "Succeeded", (stem, status.get("message"), status.get("results"))
             acted = {r["pod"] for r in status["results"] if r["result"] == "Succeeded"}
             assert acted == set(targeted), (stem, status["results"])
-            if stem == "apply-preset":
+            if stem in ("apply-preset", "apply-override"):
                 policy = get(kube, "cachepolicy", "quickstart", namespace)
-                assert policy["status"]["override"]["preset"] == document["spec"]["parameters"]["preset"]
+                override = policy["status"]["override"]
+                assert override["incident"] == name, override
+                if stem == "apply-preset":
+                    assert override["preset"] == document["spec"]["parameters"]["preset"]
+                else:
+                    assert override["overrides"] == document["spec"]["parameters"]["overrides"], override
                 kube.kubectl("delete", "cacheincident", name, "-n", namespace, "--timeout", "60s")
                 wait_for(lambda: "override" not in (get(kube, "cachepolicy", "quickstart", namespace)
                                                     .get("status") or {}), READY_TIMEOUT, "override lifted")
