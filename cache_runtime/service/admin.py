@@ -27,6 +27,7 @@ from cache_runtime.service.config_source import (
     ConfigController,
     ConfigRejected,
     ConfigSource,
+    rejection_items,
 )
 from cache_runtime.service.engine_ops import EngineOps, EngineUnavailable
 from cache_runtime.service.errors import InvalidRequest, problem, reject_non_finite
@@ -203,15 +204,7 @@ def _config_rejected(exc: ConfigRejected, prefix: str = "") -> InvalidRequest:
     ``hash`` sits beside ``config`` in a push, and a preset name is the body's ``preset``, so those
     two are named where the client put them.
     """
-    rejection = exc.rejection
-    items = list(rejection.problems) or [
-        {
-            "field": rejection.field,
-            "value": rejection.value,
-            "accepted": rejection.accepted,
-            "message": rejection.message,
-        }
-    ]
+    items = rejection_items(exc)
 
     def located(field: str) -> str:
         if field in {"hash", "preset"}:

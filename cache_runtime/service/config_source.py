@@ -119,6 +119,20 @@ class ConfigRejected(Exception):
         super().__init__(rejection.message)
 
 
+def rejection_items(exc: ConfigRejected) -> list[dict[str, Any]]:
+    """Every problem of a refused config (``field``, ``value``, ``accepted``, ``message``; the one
+    summary problem when the rejection lists none), field paths relative to the config."""
+    rejection = exc.rejection
+    return list(rejection.problems) or [
+        {
+            "field": rejection.field,
+            "value": rejection.value,
+            "accepted": rejection.accepted,
+            "message": rejection.message,
+        }
+    ]
+
+
 def _json_safe(value: Any) -> Any:
     try:
         orjson.dumps(value)

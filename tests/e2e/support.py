@@ -162,6 +162,20 @@ def operator(
     yield from serve_operator(OperatorProcess(dev_cluster, log), kube)
 
 
+@pytest.fixture(autouse=True)
+def operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The operator's log tail after each test of a module that imports this fixture (pytest shows it
+    when one fails)."""
+    yield
+    if "operator" in request.fixturenames:
+        print("---- operator log ----\n" + request.getfixturevalue("operator").log_tail(80))
+
+
+def incident_condition(incident: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The condition ``type_`` of a CacheIncident's status ({} when it has none)."""
+    return next((c for c in (incident.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
 def serve_operator(proc: OperatorProcess, kube: KubeTools | None = None) -> Iterator[OperatorProcess]:
     """The body of a module's ``operator`` fixture: wait for ``proc``'s liveness endpoint, yield it, then
     (with ``kube``, while the operator still runs: its finalizer is on every policy it saw, and a policy

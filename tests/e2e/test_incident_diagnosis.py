@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from devcluster.cluster import Cluster
 from devcluster.testing import KubeTools
 from tests.e2e.fault_scenarios import DETECT_TIMEOUT_S, REDIS_SCALED_TO_ZERO, auto_incidents, lab_for
-from tests.e2e.support import OperatorProcess, crds, serve_operator
+from tests.e2e.support import OperatorProcess, crds, operator
 
-__all__ = ["crds"]  # the CRDs fixture, reused
-
-
-@pytest.fixture(scope="module")
-def operator(
-    dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator process for the module."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    yield from serve_operator(OperatorProcess(dev_cluster, log))
+__all__ = ["crds", "operator"]  # fixtures, reused
 
 
 def test_redis_scaled_to_zero_is_diagnosed_as_such_in_one_incident(

@@ -14,9 +14,7 @@ the same scenarios). About 1-3 minutes per scenario.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,32 +30,11 @@ from tests.e2e.fault_scenarios import (
     lab_for,
     run_scenario,
 )
-from tests.e2e.support import OperatorProcess, crds, serve_operator
+from tests.e2e.support import OperatorProcess, crds, incident_condition, operator, operator_log_in_report
 
-__all__ = ["crds"]  # the CRDs fixture, reused
+__all__ = ["crds", "operator", "operator_log_in_report"]  # fixtures, reused
 
 JOURNAL_NAME = {"reconnect-redis": "redis/reconnect", "compress-existing": "compress-existing", "gc": "gc"}
-
-
-@pytest.fixture(scope="module")
-def operator(
-    dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator process for the module."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    yield from serve_operator(OperatorProcess(dev_cluster, log))
-
-
-@pytest.fixture(autouse=True)
-def _operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The operator's log tail after each test (pytest shows it when one fails)."""
-    yield
-    if "operator" in request.fixturenames:
-        print("---- operator log ----\n" + request.getfixturevalue("operator").log_tail(80))
-
-
-def _condition(incident: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (incident.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
 def _executions(lab: Lab, action: str, key_prefix: str) -> dict[str, int]:
@@ -115,7 +92,7 @@ def check_timeline(lab: Lab, scenario: Scenario, timeline: Timeline) -> None:
     # Resolved once the fault was gone.
     assert timeline.resolved is not None, shown
     assert status.get("resolvedAt"), shown
-    assert _condition(incident, "Resolved").get("status") == "True", shown
+    assert incident_condition(incident, "Resolved").get("status") == "True", shown
 
 
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in HEALING_SCENARIOS])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,33 +38,19 @@ from tests.e2e.fault_scenarios import (
     lab_for,
     run_scenario,
 )
-from tests.e2e.support import OperatorProcess, crds, metric_value, serve_operator
+from tests.e2e.support import (
+    OperatorProcess,
+    crds,
+    incident_condition,
+    metric_value,
+    operator,
+    operator_log_in_report,
+)
 
-__all__ = ["crds"]  # the CRDs fixture, reused
+__all__ = ["crds", "operator", "operator_log_in_report"]  # fixtures, reused
 
 VERDICT_TIMEOUT_S = 240.0
 OFF_THRESHOLD = 100 * 1024 * 1024  # _memory_setup's "compression off"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    dev_cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    """One operator process for the module."""
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    yield from serve_operator(OperatorProcess(dev_cluster, log))
-
-
-@pytest.fixture(autouse=True)
-def _operator_log_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The operator's log tail after each test (pytest shows it when one fails)."""
-    yield
-    if "operator" in request.fixturenames:
-        print("---- operator log ----\n" + request.getfixturevalue("operator").log_tail(80))
-
-
-def _condition(incident: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (incident.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,7 +94,7 @@ def test_a_setting_fault_is_healed_by_the_operators_override(
         # The effect: the figure recovered, judged by the operator, and the symptom cleared.
         remediation = status["remediation"]
         assert remediation["state"] == "Remediated", shown
-        assert _condition(incident, "Remediated")["status"] == "True", shown
+        assert incident_condition(incident, "Remediated")["status"] == "True", shown
         assert rem.improved(scenario.symptom, remediation["before"], remediation["after"], True) or (
             remediation["message"].endswith("cleared)")
         ), shown
@@ -170,7 +155,7 @@ def test_an_override_that_cannot_help_is_rolled_back_and_escalated(
         assert remediation["before"] is not None and remediation["after"] is not None, shown
         assert not rem.improved(scenario.symptom, remediation["before"], remediation["after"], True), shown
         assert status["phase"] == "Failed", shown
-        condition = _condition(incident, "Remediated")
+        condition = incident_condition(incident, "Remediated")
         assert (condition["status"], condition["reason"]) == ("False", "RemediationIneffective"), shown
         # Rolled back: the override left the policy's status and every pod runs the spec's config.
         _wait(lambda: "override" not in (lab.policy().get("status") or {}), 60, "override removed")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cache_runtime.config import PRESET_NAMES, resolve_config
 from cache_runtime.service.auth import Role
-from cache_runtime.service.config_source import ConfigRejected
+from cache_runtime.service.config_source import ConfigRejected, rejection_items
 from cache_runtime.service.errors import InvalidRequest, problem, problems_from_validation
 from cache_runtime.service.guide import actions, analyses
 from cache_runtime.service.guide.facts import Facts, gather
@@ -195,15 +195,7 @@ class PostIncidentBody(_Body):
 
 
 def _rejected(exc: ConfigRejected, translation: Translation | None = None) -> InvalidRequest:
-    rejection = exc.rejection
-    items = list(rejection.problems) or [
-        {
-            "field": rejection.field,
-            "value": rejection.value,
-            "accepted": rejection.accepted,
-            "message": rejection.message,
-        }
-    ]
+    items = rejection_items(exc)
     problems = [
         problem(f"body.overrides.{item['field']}", item["value"], item["accepted"], item["message"])
         for item in items
