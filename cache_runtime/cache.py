@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex
-from cache_runtime.l1 import MISSING, L1Cache
+from cache_runtime.l1 import MISSING, DeferredValue, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
 from cache_runtime.l2.coherence import (
     CoherenceListener,
@@ -52,6 +53,7 @@ from cache_runtime.l2.coherence import (
 )
 from cache_runtime.outage_journal import OutageJournal
 from cache_runtime.singleflight import SingleFlight
+from cache_runtime.sizing import ENTRY_OVERHEAD, entry_size
 from cache_runtime.stats import EngineStats, SnapshotWindow, build_snapshot
 
 __all__ = ["TieredCache", "redis_settings_for"]
@@ -143,7 +145,8 @@ class TieredCache:
         self._maintenance_interval_s = maintenance_interval_s
         self._origin = os.urandom(8).hex()
         self._stats = EngineStats(clock=clock)
-        self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock)
+        self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock,
+                           measure=entry_size)
         # The hit path reads the L1 dict directly: one dict lookup, no method call.
         self._l1_data = self._l1.entries
         self._codec = Codec.from_config(config)
@@ -526,6 +529,10 @@ class TieredCache:
             self._stats.latency_l2_get.observe(time.perf_counter() - started)
         if raw is None:
             return None
+        limit = self._codec.offload_threshold
+        if not limit or (len(raw) < limit and _payload_length(raw) < limit):
+            # Small entries (nearly all): decode here, no coroutine for the decode (bench B2).
+            return self._decode_and_fill_now(key, raw, epoch, fill_l1, drop_seq, None)
         return await self._decode_and_fill(key, raw, epoch, fill_l1, drop_seq)
 
     async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool,
@@ -570,7 +577,7 @@ class TieredCache:
         fingerprint = _fingerprint(raw)
         if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
             return envelope  # the key was written or dropped while this read was in flight
-        if l1.set(key, envelope.value, envelope.size, remaining_ms / 1000.0, epoch=epoch,
+        if l1.set(key, envelope.value, entry_size(key, envelope.value), remaining_ms / 1000.0, epoch=epoch,
                   full_ttl=envelope.ttl_ms / 1000.0):
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
@@ -628,10 +635,18 @@ class TieredCache:
             stats.latency_get_many.observe(time.perf_counter() - started)
         return found
 
+    def _l1_size(self, key: str, value: Any) -> int:
+        """What ``value`` under ``key`` costs L1 in memory (0 with L1 off: nothing is walked)."""
+        if self._l1.max_entries <= 0:
+            return 0
+        if type(value) is DeferredValue:  # the snapshot's bytes until it is parsed (L1 re-measures then)
+            return sys.getsizeof(value.payload) + sys.getsizeof(key) + ENTRY_OVERHEAD
+        return entry_size(key, value)
+
     def _remember_ai_key(self, key: str) -> None:
         """Note the operation of an AI key entering L1 (bounded: rebuilt from L1 when it outgrows it)."""
         ai_operations = self._ai_operations
-        if len(ai_operations) >= 2 * self._config.l1.max_entries + 1024:
+        if len(ai_operations) >= _bookkeeping_bound(len(self._l1_data)):
             kept = {known: _operation_bucket(self._stats, known) for known in self._l1_data
                     if known.startswith(AI_KEY_HEAD)}
             ai_operations.clear()  # in place: the fast get() holds this very dict
@@ -704,7 +719,7 @@ class TieredCache:
         result = await self._codec.encode_entry_async(value, ttl_ms)
         fingerprint = _fingerprint(result.data)
         self._note_drops((key,), (fingerprint,))
-        stored = self._l1.set(key, result.value, len(result.data), ttl_s)
+        stored = self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s)
         if stored:
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
@@ -756,7 +771,7 @@ class TieredCache:
             fingerprint = _fingerprint(result.data)
             fingerprints.append(fingerprint)
             self._note_drops((key,), (fingerprint,))
-            if self._l1.set(key, result.value, len(result.data), ttl_s):
+            if self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s):
                 self._stats.l1_inserts += 1
                 self._remember_print(key, fingerprint)
                 if key.startswith(AI_KEY_HEAD):
@@ -1112,7 +1127,7 @@ class TieredCache:
     def _remember_print(self, key: str, fingerprint: int) -> None:
         """Note the fingerprint of the bytes behind a new L1 entry (bounded like _ai_operations)."""
         prints = self._l1_prints
-        if len(prints) >= 2 * self._config.l1.max_entries + 1024:
+        if len(prints) >= _bookkeeping_bound(len(self._l1_data)):
             kept = {known: prints[known] for known in self._l1_data if known in prints}
             prints.clear()
             prints.update(kept)
@@ -1442,6 +1457,16 @@ def _payload_length(raw: bytes) -> int:
     if len(raw) < HEADER.size:
         return 0
     return int.from_bytes(raw[_PAYLOAD_LENGTH_AT:HEADER.size], "big")
+
+
+def _bookkeeping_bound(l1_entries: int) -> int:
+    """Size at which a per-L1-entry side table (fingerprints, AI operations) is rebuilt from L1.
+
+    Keys L1 evicted linger there until the rebuild, keeping their key strings alive: an eighth over
+    L1's size keeps that within the byte budget's accuracy (sizing.ENTRY_OVERHEAD counts one
+    fingerprint per entry), and the O(L1) rebuild runs at most every L1/8 inserts (amortised O(1)).
+    """
+    return l1_entries + max(64, l1_entries // 8)
 
 
 def _fingerprint(data: bytes) -> int:
