@@ -237,6 +237,20 @@ async def scenario_b1(run: Run) -> None:
             run.add(
                 ratio_figure("B1", "engine vs cashews mem:// (faster by)", cashews_t.median, eng.median, 8)
             )
+            floor_ratio = eng.median / floor.median
+            run.add(
+                Figure(
+                    "B1",
+                    "engine async get / floor (time ratio)",
+                    floor_ratio,
+                    "x",
+                    "<= 2x",
+                    floor_ratio <= 2,
+                    note=f"best repeat against best repeat: {eng.best / floor.best:.2f}x",
+                )
+            )
+            if cache is not None:
+                await b1_parts(run, cache, key, n, repeats)
 
         # Sync path: the engine's L1-only lookup vs cachetools' LRUCache, both hot key, same loop.
         lru: cachetools.LRUCache[str, Any] = cachetools.LRUCache(maxsize=1000)
@@ -330,6 +344,113 @@ async def scenario_b1(run: Run) -> None:
     finally:
         if cache is not None:
             await cache.__aexit__(None, None, None)
+
+
+async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None:
+    """Diagnostic: what each part of the L1-hit path costs over the await itself.
+
+    Replicas of the engine's hit path (TieredCache._install_fast_get) over the engine's own L1 map,
+    stats and AI-operation table, each adding one part; the differences between neighbours are
+    the parts' costs. Not the engine's code path itself (that is "engine async get" above).
+    """
+    data = cache._l1_data
+    lookup, move_to_end = data.get, data.move_to_end
+    stats = cache._stats
+    latency_counts = stats.latency_get.counts
+    op_hits, ai_operations = stats.op_hits, cache._ai_operations
+    now = [time.monotonic()]
+    clock = time.monotonic
+    monitoring = cache._monitoring  # baked into the engine's closure the same way
+
+    async def p_lookup(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None:
+            return entry.value
+        return None
+
+    async def p_coarse(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            return entry.value
+        return None
+
+    async def p_exact(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > clock():
+            return entry.value
+        return None
+
+    async def p_lru(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            return entry.value
+        return None
+
+    async def p_hits(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            stats.hits_l1 += 1
+            return entry.value
+        return None
+
+    async def p_latency(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            stats.hits_l1 += 1
+            if monitoring:
+                latency_counts[0] += 1
+            return entry.value
+        return None
+
+    async def p_full(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            stats.hits_l1 += 1
+            if monitoring:
+                latency_counts[0] += 1
+            if k in ai_operations:
+                op_hits[ai_operations[k]] += 1
+            return entry.value
+        return None
+
+    async def noop(_k: str) -> Any:
+        return None
+
+    parts = {
+        "floor": noop,
+        "+ L1 lookup": p_lookup,
+        "+ expiry, coarse clock": p_coarse,
+        "(expiry, exact time.monotonic())": p_exact,
+        "+ LRU move_to_end": p_lru,
+        "+ hit counter": p_hits,
+        "+ latency histogram count": p_latency,
+        "+ per-operation count (= the engine's path)": p_full,
+    }
+
+    def loop_of(fn: Callable[[str], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
+        async def loop(iterations: int) -> None:
+            for _ in range(iterations):
+                await fn(key)
+
+        return loop
+
+    timings = await time_async_interleaved({name: loop_of(fn) for name, fn in parts.items()}, n, repeats)
+    previous = timings["floor"].median
+    for name in parts:
+        if name == "floor":
+            continue
+        median = timings[name].median
+        if name.startswith("("):
+            note = f"{median - timings['+ L1 lookup'].median:+.0f} ns over the lookup (coarse: "
+            note += f"{timings['+ expiry, coarse clock'].median - timings['+ L1 lookup'].median:+.0f} ns)"
+        else:
+            note = f"{median - previous:+.0f} ns for this part"
+            previous = median
+        run.add(Figure("B1", f"diagnostic: hit path {name}", median, "ns/op", note=note))
 
 
 # ==================================================================================================

@@ -181,7 +181,8 @@ class TieredCache:
         # What this engine changed while Redis did not take it (cache_runtime.outage_journal).
         self._journal = OutageJournal(outage_journal_max_keys, self._start_replay)
         self._journal_task: asyncio.Task[None] | None = None
-        self._install_fast_get()
+        # The coarse clock's cell while it runs (see _start_coarse_clock); get() reads it.
+        self._coarse_now: list[float] | None = None
         self._window = SnapshotWindow(
             _HEALTH_WINDOW_S, max_snapshots=_SNAPSHOT_HISTORY, spacing_seconds=_SNAPSHOT_SPACING_S
         )
@@ -432,12 +433,16 @@ class TieredCache:
         get_local.__doc__ = TieredCache.get_local.__doc__
         self._ticker = loop.call_later(_COARSE_TICK_S, tick)
         self.get_local = get_local  # type: ignore[method-assign]
+        self._coarse_now = now
+        self._install_fast_get()
 
     def _stop_coarse_clock(self) -> None:
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
         self.__dict__.pop("get_local", None)  # back to the exact method
+        self._coarse_now = None
+        self._install_fast_get()  # and get() back to the exact clock
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble.
@@ -462,8 +467,15 @@ class TieredCache:
         """Serve :meth:`get` from a closure over the objects its L1-hit path touches.
 
         Same logic as the method; locals instead of attribute loads keep an L1 hit near the cost
-        of the await itself (bench B1), with the per-operation count included.
+        of the await itself (bench B1), with the per-operation count included. While the engine
+        runs on the real monotonic clock, the expiry check reads the coarse clock cell
+        :meth:`_start_coarse_clock` keeps instead of calling the clock, as :meth:`get_local` does:
+        an entry may then be served up to one tick (5 ms, plus any loop stall) past its deadline.
+        ``config.monitoring`` is read here, not per hit: reinstalled when it changes
+        (:meth:`_apply_runtime_settings`).
         """
+        now = self._coarse_now
+        monitoring = self._monitoring
         lookup = self._l1_data.get
         move_to_end = self._l1_data.move_to_end
         clock = self._clock
@@ -478,15 +490,37 @@ class TieredCache:
             if entry is not None and entry.deadline > clock():
                 move_to_end(key)
                 stats.hits_l1 += 1
-                if self._monitoring:
+                if monitoring:
                     latency_counts[0] += 1
                 if key in ai_operations:
                     op_hits[ai_operations[key]] += 1
                 return entry.value
             return await get_slow(key, default)
 
-        get.__doc__ = TieredCache.get.__doc__
-        self.get = get  # type: ignore[method-assign]
+        async def get_coarse_monitored(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
+                move_to_end(key)
+                stats.hits_l1 += 1
+                latency_counts[0] += 1
+                if key in ai_operations:
+                    op_hits[ai_operations[key]] += 1
+                return entry.value
+            return await get_slow(key, default)
+
+        async def get_coarse(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
+                move_to_end(key)
+                stats.hits_l1 += 1
+                if key in ai_operations:
+                    op_hits[ai_operations[key]] += 1
+                return entry.value
+            return await get_slow(key, default)
+
+        chosen = get if now is None else get_coarse_monitored if monitoring else get_coarse
+        chosen.__doc__ = TieredCache.get.__doc__
+        self.get = chosen  # type: ignore[method-assign]
 
     async def _get_slow(self, key: str, default: Any) -> Any:
         if not isinstance(key, str):
@@ -1276,6 +1310,7 @@ class TieredCache:
     def _apply_runtime_settings(self, config: CacheConfig) -> None:
         self._enabled = config.enabled
         self._monitoring = config.monitoring
+        self._install_fast_get()  # the L1-hit path bakes the monitoring switch in
         self._single_flight = config.stampede.single_flight
         logging.getLogger("cache_runtime").setLevel(config.log_level)
 
