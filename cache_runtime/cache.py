@@ -183,6 +183,9 @@ class TieredCache:
         self._journal_task: asyncio.Task[None] | None = None
         # The coarse clock's cell while it runs (see _start_coarse_clock); get() reads it.
         self._coarse_now: list[float] | None = None
+        # L1 hits the coarse get() counted and not yet moved into the stats (_flush_hot_hits).
+        self._hot_hits = [0]
+        self._hot_monitored = False
         self._window = SnapshotWindow(
             _HEALTH_WINDOW_S, max_snapshots=_SNAPSHOT_HISTORY, spacing_seconds=_SNAPSHOT_SPACING_S
         )
@@ -353,6 +356,7 @@ class TieredCache:
     @property
     def engine_stats(self) -> EngineStats:
         """The raw counters (the Prometheus collector reads snapshots from :meth:`stats`)."""
+        self._flush_hot_hits()
         return self._stats
 
     # ------------------------------------------------------------------ keys
@@ -474,8 +478,10 @@ class TieredCache:
         ``config.monitoring`` is read here, not per hit: reinstalled when it changes
         (:meth:`_apply_runtime_settings`).
         """
+        self._flush_hot_hits()  # what the closure being replaced counted, under its own switch
         now = self._coarse_now
-        monitoring = self._monitoring
+        monitoring = self._hot_monitored = self._monitoring
+        pending = self._hot_hits = [0]
         lookup = self._l1_data.get
         move_to_end = self._l1_data.move_to_end
         clock = self._clock
@@ -497,30 +503,32 @@ class TieredCache:
                 return entry.value
             return await get_slow(key, default)
 
-        async def get_coarse_monitored(key: str, default: Any = None) -> Any:
-            entry = lookup(key)
-            if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
-                move_to_end(key)
-                stats.hits_l1 += 1
-                latency_counts[0] += 1
-                if key in ai_operations:
-                    op_hits[ai_operations[key]] += 1
-                return entry.value
-            return await get_slow(key, default)
-
         async def get_coarse(key: str, default: Any = None) -> Any:
             entry = lookup(key)
             if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
                 move_to_end(key)
-                stats.hits_l1 += 1
+                pending[0] += 1  # hits_l1 and, when monitoring, the latency histogram's first bucket
                 if key in ai_operations:
                     op_hits[ai_operations[key]] += 1
                 return entry.value
             return await get_slow(key, default)
 
-        chosen = get if now is None else get_coarse_monitored if monitoring else get_coarse
+        chosen = get if now is None else get_coarse
         chosen.__doc__ = TieredCache.get.__doc__
         self.get = chosen  # type: ignore[method-assign]
+
+    def _flush_hot_hits(self) -> None:
+        """Move the L1 hits the coarse get() counted in its one cell into ``hits_l1`` (and, if it was
+        built with monitoring on, into the get latency histogram's first bucket, where an L1 hit
+        always lands). One increment per hit instead of two; every reader of the counters
+        (:meth:`stats`, :attr:`engine_stats`) flushes first."""
+        pending = self._hot_hits
+        count = pending[0]
+        if count:
+            pending[0] = 0
+            self._stats.hits_l1 += count
+            if self._hot_monitored:
+                self._stats.latency_get.counts[0] += count
 
     async def _get_slow(self, key: str, default: Any) -> Any:
         if not isinstance(key, str):
@@ -1455,6 +1463,7 @@ class TieredCache:
     def stats(self) -> dict[str, Any]:
         """A JSON-ready snapshot (``cache_runtime.stats.Snapshot``) of every counter and gauge, plus
         ``l2_detail`` (RedisL2's own stats) and ``engine`` facts (namespace version, isolation)."""
+        self._flush_hot_hits()
         l2 = self._l2
         l2_raw = l2.stats() if l2 is not None else None
         snapshot: dict[str, Any] = dict(build_snapshot(
