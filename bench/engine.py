@@ -346,6 +346,20 @@ async def scenario_b1(run: Run) -> None:
             await cache.__aexit__(None, None, None)
 
 
+async def cpu_per_op(
+    candidates: dict[str, Callable[[int], Awaitable[None]]], iterations: int, repeats: int
+) -> dict[str, float]:
+    """Median CPU time (ns, time.process_time_ns of this process) per iteration of each loop,
+    interleaved like time_async_interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            started = time.process_time_ns()
+            await fn(iterations)
+            samples[name].append((time.process_time_ns() - started) / iterations)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None:
     """Diagnostic: what each part of the L1-hit path costs over the await itself.
 
@@ -587,6 +601,19 @@ async def scenario_b2(run: Run) -> None:
                         f"{(eng.median - l2_t.median) / 1000:+.1f} us",
                     )
                 )
+            cpu = await cpu_per_op(
+                {"raw GET": raw_sequential, "engine get": engine_sequential}, min(iterations, 2000), repeats
+            )
+            run.add(
+                Figure(
+                    "B2",
+                    "diagnostic: CPU time per GET, engine / raw (process_time)",
+                    cpu["engine get"] / cpu["raw GET"],
+                    "x",
+                    note=f"raw {cpu['raw GET'] / 1000:.1f} us, engine {cpu['engine get'] / 1000:.1f} us "
+                    "of this process's CPU per GET (medians): less sensitive than wall time to a busy core",
+                )
+            )
             many = timings["engine get_many"]
             gathered = timings["engine gather"]
             run.add(Figure("B2", f"engine get_many x{batch}", many.ops_per_s(), "keys/s"))

@@ -531,11 +531,12 @@ class TieredCache:
                 self._stats.latency_get.counts[0] += count
 
     async def _get_slow(self, key: str, default: Any) -> Any:
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
         started = time.perf_counter()
         stats = self._stats
-        self._l1.get(key)  # drops (and counts) the expired entry the fast path stepped over
+        if key in self._l1_data:
+            self._l1.get(key)  # drops (and counts) the expired entry the fast path stepped over
         value = MISSING
         if self._enabled:
             found = await self._read_l2(key)
