@@ -371,7 +371,7 @@ async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None
     lookup, move_to_end = data.get, data.move_to_end
     stats = cache._stats
     latency_counts = stats.latency_get.counts
-    op_hits, ai_operations = stats.op_hits, cache._ai_operations
+    op_hits = stats.op_hits
     now = [time.monotonic()]
     clock = time.monotonic
     monitoring = cache._monitoring  # baked into the engine's closure the same way
@@ -426,8 +426,9 @@ async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None
         if entry is not None and entry.deadline > now[0]:
             move_to_end(k)
             pending[0] += 1
-            if k in ai_operations:
-                op_hits[ai_operations[k]] += 1
+            op = entry.op
+            if op is not None:
+                op_hits[op] += 1
             return entry.value
         return None
 
@@ -442,7 +443,7 @@ async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None
         "+ LRU move_to_end": p_lru,
         "+ hit count (one cell: hits_l1 and the latency bucket)": p_hits,
         "(hits_l1 and latency bucket as two increments, before)": p_two_counters,
-        "+ per-operation count (= the engine's path)": p_full,
+        "+ per-operation count, from the entry (= the engine's path)": p_full,
     }
 
     def loop_of(fn: Callable[[str], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:

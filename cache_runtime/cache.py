@@ -508,8 +508,9 @@ class TieredCache:
             if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
                 move_to_end(key)
                 pending[0] += 1  # hits_l1 and, when monitoring, the latency histogram's first bucket
-                if key in ai_operations:
-                    op_hits[ai_operations[key]] += 1
+                op = entry.op  # an AI key's operation, kept in its entry: no second lookup
+                if op is not None:
+                    op_hits[op] += 1
                 return entry.value
             return await get_slow(key, default)
 
@@ -621,7 +622,7 @@ class TieredCache:
         if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
             return envelope  # the key was written or dropped while this read was in flight
         if l1.set(key, envelope.value, entry_size(key, envelope.value), remaining_ms / 1000.0, epoch=epoch,
-                  full_ttl=envelope.ttl_ms / 1000.0):
+                  full_ttl=envelope.ttl_ms / 1000.0, op=self._op_of(key)):
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
             if key.startswith(AI_KEY_HEAD):
@@ -677,6 +678,10 @@ class TieredCache:
         if self._monitoring:
             stats.latency_get_many.observe(time.perf_counter() - started)
         return found
+
+    def _op_of(self, key: str) -> str | None:
+        """The per-operation stats bucket an L1 entry of ``key`` carries (None: not an AI key)."""
+        return _operation_bucket(self._stats, key) if key.startswith(AI_KEY_HEAD) else None
 
     def _l1_size(self, key: str, value: Any) -> int:
         """What ``value`` under ``key`` costs L1 in memory (0 with L1 off: nothing is walked)."""
@@ -762,7 +767,7 @@ class TieredCache:
         result = await self._codec.encode_entry_async(value, ttl_ms)
         fingerprint = _fingerprint(result.data)
         self._note_drops((key,), (fingerprint,))
-        stored = self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s)
+        stored = self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s, op=self._op_of(key))
         if stored:
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
@@ -814,7 +819,7 @@ class TieredCache:
             fingerprint = _fingerprint(result.data)
             fingerprints.append(fingerprint)
             self._note_drops((key,), (fingerprint,))
-            if self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s):
+            if self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s, op=self._op_of(key)):
                 self._stats.l1_inserts += 1
                 self._remember_print(key, fingerprint)
                 if key.startswith(AI_KEY_HEAD):

@@ -46,16 +46,18 @@ MISSING: Any = _Missing()
 
 
 class L1Entry:
-    """One cached value: the decoded value, the bytes it counts against the budget, its deadline and
-    the TTL it was given."""
+    """One cached value: the decoded value, the bytes it counts against the budget, its deadline,
+    the TTL it was given and ``op``, the stats bucket of an AI key (None for other keys), so the
+    facade's hit path counts per operation without a second lookup."""
 
-    __slots__ = ("deadline", "size", "ttl", "value")
+    __slots__ = ("deadline", "op", "size", "ttl", "value")
 
-    def __init__(self, value: Any, size: int, deadline: float, ttl: float) -> None:
+    def __init__(self, value: Any, size: int, deadline: float, ttl: float, op: str | None = None) -> None:
         self.value = value
         self.size = size
         self.deadline = deadline
         self.ttl = ttl
+        self.op = op
 
     def remaining(self, now: float) -> float:
         """Seconds left before expiry at monotonic time ``now``."""
@@ -88,9 +90,10 @@ class _DeferredEntry(L1Entry):
     __slots__ = ("_deferred", "_key", "_loaded", "_owner")
 
     def __init__(self, deferred: DeferredValue, size: int, deadline: float, ttl: float,
-                 key: str = "", owner: L1Cache | None = None) -> None:
+                 key: str = "", owner: L1Cache | None = None, op: str | None = None) -> None:
         self._deferred: DeferredValue | None = deferred
         self._loaded: Any = None
+        self.op = op
         self._key = key
         self._owner = owner
         self.size = size
@@ -187,7 +190,7 @@ class L1Cache:
     # writes -------------------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, size: int, ttl: float, epoch: int | None = None,
-            full_ttl: float | None = None) -> bool:
+            full_ttl: float | None = None, op: str | None = None) -> bool:
         """Store ``value`` (counted as ``size`` bytes) for ``ttl`` seconds. Returns whether it was stored.
 
         ``full_ttl`` is the lifetime the value was written with when it lives here shorter than that
@@ -209,9 +212,9 @@ class L1Cache:
         kept_ttl = ttl if full_ttl is None else max(ttl, full_ttl)
         if type(value) is DeferredValue:
             data[key] = _DeferredEntry(value, size, now + ttl, kept_ttl, key,
-                                       self if self._measure is not None else None)
+                                       self if self._measure is not None else None, op)
         else:
-            data[key] = L1Entry(value, size, now + ttl, kept_ttl)
+            data[key] = L1Entry(value, size, now + ttl, kept_ttl, op)
         self.bytes += size
         self.inserts += 1
         if self.sweep_batch:

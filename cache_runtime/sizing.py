@@ -26,7 +26,7 @@ _getsizeof = sys.getsizeof
 # The L1Entry (4 slots + GC header), its deadline float, the OrderedDict's slot and linked-list
 # node: 154 B per entry besides the key (tracemalloc, 20,000 entries of a shared value); plus the
 # engine's coherence fingerprint of the entry (a 64-bit int and a dict slot, ~70 B).
-ENTRY_OVERHEAD = 224
+ENTRY_OVERHEAD = 232  # + 8 B: the entry's operation slot
 
 # orjson.loads shares dict keys of up to 64 characters between values (its key cache), so those
 # are not memory any one entry holds.

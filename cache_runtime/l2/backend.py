@@ -50,6 +50,8 @@ logger = logging.getLogger("cache_runtime.l2")
 T = TypeVar("T")
 
 _CLOSED = BreakerState.CLOSED
+# A lane idle this long may have been closed by a server `timeout` or a proxy: see _lane_get.
+_LANE_IDLE_RETRY_S = 1.0
 
 #: Keys of one coalesced MGET, each with the futures of the gets waiting for it.
 _Batch = dict[str, list["asyncio.Future[bytes | None]"]]
@@ -226,6 +228,7 @@ class RedisL2:
         "_in_flight",
         "_lane",
         "_lane_busy",
+        "_lane_used_at",
         "_last_error",
         "_last_errors",
         "_listeners",
@@ -259,6 +262,7 @@ class RedisL2:
         self._direct_pool: Any = None
         self._lane: Any = None
         self._lane_busy = False
+        self._lane_used_at = 0.0
         self._release_script: Any = None
         self._set_publish_script: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -705,8 +709,9 @@ class RedisL2:
         off: a Redis error reply (``ResponseError``) leaves the connection usable; any other error,
         or a cancellation, closes it, hands it back to the pool and is raised: the next lone GET
         checks out a fresh connection through the pool's own checks. One exception: a connection
-        error (the socket was closed while the lane sat idle, which the pool's checkout would have
-        noticed) sends the GET once more through the pool.
+        error on a lane idle for ``_LANE_IDLE_RETRY_S`` or more (closed while idle, which the pool's
+        checkout would have noticed) sends the GET once more through the pool; on a lane in use it
+        is Redis going away, counted at once (a retry would only wait on whatever answers next).
         """
         pool = self._direct_pool
         if self._lane_busy or pool.max_connections < 2:
@@ -716,9 +721,11 @@ class RedisL2:
             lane = self._lane
             if lane is None:
                 lane = self._lane = await pool.get_connection()
+            idle_since = self._lane_used_at
             try:
                 await lane.send_packed_command(lane.pack_command("GET", key))
                 value = await lane.read_response()
+                self._lane_used_at = time.monotonic()
                 if pool.exhausted:  # others need the slot more than the lane does: hand it back
                     self._lane = None
                     await pool.release(lane)
@@ -726,10 +733,12 @@ class RedisL2:
             except ResponseError:
                 raise
             except RedisConnectionError:
-                # Closed under us while idle (server `timeout`, a proxy, CLIENT KILL): what the pool's
-                # checkout check would have caught before sending. GET is idempotent: once more on a
-                # pool connection. A timeout is not retried (never multiply a slow server's wait).
                 await self._retire_lane(pool, lane)
+                if time.monotonic() - idle_since < _LANE_IDLE_RETRY_S:
+                    raise  # failed while in use: Redis itself went away, the breaker must hear of it
+                # Closed while the lane sat idle (server `timeout`, a proxy, CLIENT KILL): what the
+                # pool's checkout check would have caught before sending. GET is idempotent: once more
+                # on a pool connection. A timeout is never retried (never multiply a slow server's wait).
                 return await self._client.get(key)  # type: ignore[no-any-return]
             except BaseException:
                 await self._retire_lane(pool, lane)

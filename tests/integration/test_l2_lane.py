@@ -77,6 +77,7 @@ async def test_a_lane_closed_by_the_server_while_idle_costs_no_miss(redis_factor
     server.command("SET", "cw:k", "v")
     async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings(server.url)) as l2:
         assert await l2.get("cw:k") == b"v"
+        await asyncio.sleep(1.1)  # idle longer than the lane's retry threshold (_LANE_IDLE_RETRY_S)
         server.command("CLIENT", "KILL", "TYPE", "normal")  # as a server `timeout` or a proxy would
         # The pool's checkout notices a closed idle socket before sending; the lane notices it on the
         # GET and sends it again through the pool: the caller gets the value, no failure is counted.
@@ -141,3 +142,14 @@ async def test_reconnect_moves_lone_gets_to_the_new_server(redis_factory: RedisF
         await l2.reconnect(settings(second.url))
         assert await l2.get("cw:k") == b"two"
         assert await l2.get("cw:k") == b"two"
+
+
+async def test_a_lane_in_use_that_breaks_is_counted_at_once(redis_factory: RedisFactory) -> None:
+    server = redis_factory.start()
+    server.command("SET", "cw:k", "v")
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings(server.url)) as l2:
+        assert await l2.get("cw:k") == b"v"
+        server.command("CLIENT", "KILL", "TYPE", "normal")  # right after use: Redis going away
+        assert await l2.get("cw:k") is None  # counted, not retried on whatever answers next
+        assert l2.stats()["errors"]["connection"] == 1
+        assert await l2.get("cw:k") == b"v"  # the next lone GET checks out a fresh connection
