@@ -237,6 +237,20 @@ async def scenario_b1(run: Run) -> None:
             run.add(
                 ratio_figure("B1", "engine vs cashews mem:// (faster by)", cashews_t.median, eng.median, 8)
             )
+            floor_ratio = eng.median / floor.median
+            run.add(
+                Figure(
+                    "B1",
+                    "engine async get / floor (time ratio)",
+                    floor_ratio,
+                    "x",
+                    "<= 2x",
+                    floor_ratio <= 2,
+                    note=f"best repeat against best repeat: {eng.best / floor.best:.2f}x",
+                )
+            )
+            if cache is not None:
+                await b1_parts(run, cache, key, n, repeats)
 
         # Sync path: the engine's L1-only lookup vs cachetools' LRUCache, both hot key, same loop.
         lru: cachetools.LRUCache[str, Any] = cachetools.LRUCache(maxsize=1000)
@@ -330,6 +344,132 @@ async def scenario_b1(run: Run) -> None:
     finally:
         if cache is not None:
             await cache.__aexit__(None, None, None)
+
+
+async def cpu_per_op(
+    candidates: dict[str, Callable[[int], Awaitable[None]]], iterations: int, repeats: int
+) -> dict[str, float]:
+    """Median CPU time (ns, time.process_time_ns of this process) per iteration of each loop,
+    interleaved like time_async_interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            started = time.process_time_ns()
+            await fn(iterations)
+            samples[name].append((time.process_time_ns() - started) / iterations)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None:
+    """Diagnostic: what each part of the L1-hit path costs over the await itself.
+
+    Replicas of the engine's hit path (TieredCache._install_fast_get) over the engine's own L1 map,
+    stats and AI-operation table, each adding one part; the differences between neighbours are
+    the parts' costs. Not the engine's code path itself (that is "engine async get" above).
+    """
+    data = cache._l1_data
+    lookup, move_to_end = data.get, data.move_to_end
+    stats = cache._stats
+    latency_counts = stats.latency_get.counts
+    op_hits = stats.op_hits
+    now = [time.monotonic()]
+    clock = time.monotonic
+    monitoring = cache._monitoring  # baked into the engine's closure the same way
+
+    async def p_lookup(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None:
+            return entry.value
+        return None
+
+    async def p_coarse(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            return entry.value
+        return None
+
+    async def p_exact(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > clock():
+            return entry.value
+        return None
+
+    async def p_lru(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            return entry.value
+        return None
+
+    pending = [0]
+
+    async def p_hits(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            pending[0] += 1
+            return entry.value
+        return None
+
+    async def p_two_counters(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            stats.hits_l1 += 1
+            if monitoring:
+                latency_counts[0] += 1
+            return entry.value
+        return None
+
+    async def p_full(k: str) -> Any:
+        entry = lookup(k)
+        if entry is not None and entry.deadline > now[0]:
+            move_to_end(k)
+            pending[0] += 1
+            op = entry.op
+            if op is not None:
+                op_hits[op] += 1
+            return entry.value
+        return None
+
+    async def noop(_k: str) -> Any:
+        return None
+
+    parts = {
+        "floor": noop,
+        "+ L1 lookup": p_lookup,
+        "+ expiry, coarse clock": p_coarse,
+        "(expiry, exact time.monotonic())": p_exact,
+        "+ LRU move_to_end": p_lru,
+        "+ hit count (one cell: hits_l1 and the latency bucket)": p_hits,
+        "(hits_l1 and latency bucket as two increments, before)": p_two_counters,
+        "+ per-operation count, from the entry (= the engine's path)": p_full,
+    }
+
+    def loop_of(fn: Callable[[str], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
+        async def loop(iterations: int) -> None:
+            for _ in range(iterations):
+                await fn(key)
+
+        return loop
+
+    timings = await time_async_interleaved({name: loop_of(fn) for name, fn in parts.items()}, n, repeats)
+    previous = timings["floor"].median
+    for name in parts:
+        if name == "floor":
+            continue
+        median = timings[name].median
+        if name.startswith("(expiry"):
+            note = f"{median - timings['+ L1 lookup'].median:+.0f} ns over the lookup (coarse: "
+            note += f"{timings['+ expiry, coarse clock'].median - timings['+ L1 lookup'].median:+.0f} ns)"
+        elif name.startswith("("):
+            note = f"{median - timings['+ LRU move_to_end'].median:+.0f} ns over the LRU move (one cell: "
+            hit_key = "+ hit count (one cell: hits_l1 and the latency bucket)"
+            note += f"{timings[hit_key].median - timings['+ LRU move_to_end'].median:+.0f} ns)"
+        else:
+            note = f"{median - previous:+.0f} ns for this part"
+            previous = median
+        run.add(Figure("B1", f"diagnostic: hit path {name}", median, "ns/op", note=note))
 
 
 # ==================================================================================================
@@ -462,6 +602,19 @@ async def scenario_b2(run: Run) -> None:
                         f"{(eng.median - l2_t.median) / 1000:+.1f} us",
                     )
                 )
+            cpu = await cpu_per_op(
+                {"raw GET": raw_sequential, "engine get": engine_sequential}, min(iterations, 2000), repeats
+            )
+            run.add(
+                Figure(
+                    "B2",
+                    "diagnostic: CPU time per GET, engine / raw (process_time)",
+                    cpu["engine get"] / cpu["raw GET"],
+                    "x",
+                    note=f"raw {cpu['raw GET'] / 1000:.1f} us, engine {cpu['engine get'] / 1000:.1f} us "
+                    "of this process's CPU per GET (medians): less sensitive than wall time to a busy core",
+                )
+            )
             many = timings["engine get_many"]
             gathered = timings["engine gather"]
             run.add(Figure("B2", f"engine get_many x{batch}", many.ops_per_s(), "keys/s"))

@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex, rules_that_change
-from cache_runtime.l1 import MISSING, L1Cache
+from cache_runtime.l1 import MISSING, DeferredValue, L1Cache
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
 from cache_runtime.l2.coherence import (
     CoherenceListener,
@@ -52,6 +53,7 @@ from cache_runtime.l2.coherence import (
 )
 from cache_runtime.outage_journal import OutageJournal
 from cache_runtime.singleflight import SingleFlight
+from cache_runtime.sizing import ENTRY_OVERHEAD, entry_size
 from cache_runtime.stats import EngineStats, SnapshotWindow, build_snapshot
 
 __all__ = ["TieredCache", "redis_settings_for"]
@@ -146,7 +148,8 @@ class TieredCache:
         self._maintenance_interval_s = maintenance_interval_s
         self._origin = os.urandom(8).hex()
         self._stats = EngineStats(clock=clock)
-        self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock)
+        self._l1 = L1Cache(config.l1.max_entries, config.l1.max_bytes, config.l1.sweep_batch, clock=clock,
+                           measure=entry_size)
         # The hit path reads the L1 dict directly: one dict lookup, no method call.
         self._l1_data = self._l1.entries
         self._codec = Codec.from_config(config)
@@ -181,7 +184,11 @@ class TieredCache:
         # What this engine changed while Redis did not take it (cache_runtime.outage_journal).
         self._journal = OutageJournal(outage_journal_max_keys, self._start_replay)
         self._journal_task: asyncio.Task[None] | None = None
-        self._install_fast_get()
+        # The coarse clock's cell while it runs (see _start_coarse_clock); get() reads it.
+        self._coarse_now: list[float] | None = None
+        # L1 hits the coarse get() counted and not yet moved into the stats (_flush_hot_hits).
+        self._hot_hits = [0]
+        self._hot_monitored = False
         self._window = SnapshotWindow(
             _HEALTH_WINDOW_S, max_snapshots=_SNAPSHOT_HISTORY, spacing_seconds=_SNAPSHOT_SPACING_S
         )
@@ -352,6 +359,7 @@ class TieredCache:
     @property
     def engine_stats(self) -> EngineStats:
         """The raw counters (the Prometheus collector reads snapshots from :meth:`stats`)."""
+        self._flush_hot_hits()
         return self._stats
 
     # ------------------------------------------------------------------ keys
@@ -433,12 +441,16 @@ class TieredCache:
         get_local.__doc__ = TieredCache.get_local.__doc__
         self._ticker = loop.call_later(_COARSE_TICK_S, tick)
         self.get_local = get_local  # type: ignore[method-assign]
+        self._coarse_now = now
+        self._install_fast_get()
 
     def _stop_coarse_clock(self) -> None:
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
         self.__dict__.pop("get_local", None)  # back to the exact method
+        self._coarse_now = None
+        self._install_fast_get()  # and get() back to the exact clock
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (L1, then Redis), or ``default``. Never raises for Redis trouble.
@@ -463,8 +475,17 @@ class TieredCache:
         """Serve :meth:`get` from a closure over the objects its L1-hit path touches.
 
         Same logic as the method; locals instead of attribute loads keep an L1 hit near the cost
-        of the await itself (bench B1), with the per-operation count included.
+        of the await itself (bench B1), with the per-operation count included. While the engine
+        runs on the real monotonic clock, the expiry check reads the coarse clock cell
+        :meth:`_start_coarse_clock` keeps instead of calling the clock, as :meth:`get_local` does:
+        an entry may then be served up to one tick (5 ms, plus any loop stall) past its deadline.
+        ``config.monitoring`` is read here, not per hit: reinstalled when it changes
+        (:meth:`_apply_runtime_settings`).
         """
+        self._flush_hot_hits()  # what the closure being replaced counted, under its own switch
+        now = self._coarse_now
+        monitoring = self._hot_monitored = self._monitoring
+        pending = self._hot_hits = [0]
         lookup = self._l1_data.get
         move_to_end = self._l1_data.move_to_end
         clock = self._clock
@@ -479,22 +500,48 @@ class TieredCache:
             if entry is not None and entry.deadline > clock():
                 move_to_end(key)
                 stats.hits_l1 += 1
-                if self._monitoring:
+                if monitoring:
                     latency_counts[0] += 1
                 if key in ai_operations:
                     op_hits[ai_operations[key]] += 1
                 return entry.value
             return await get_slow(key, default)
 
-        get.__doc__ = TieredCache.get.__doc__
-        self.get = get  # type: ignore[method-assign]
+        async def get_coarse(key: str, default: Any = None) -> Any:
+            entry = lookup(key)
+            if entry is not None and entry.deadline > now[0]:  # type: ignore[index]
+                move_to_end(key)
+                pending[0] += 1  # hits_l1 and, when monitoring, the latency histogram's first bucket
+                op = entry.op  # an AI key's operation, kept in its entry: no second lookup
+                if op is not None:
+                    op_hits[op] += 1
+                return entry.value
+            return await get_slow(key, default)
+
+        chosen = get if now is None else get_coarse
+        chosen.__doc__ = TieredCache.get.__doc__
+        self.get = chosen  # type: ignore[method-assign]
+
+    def _flush_hot_hits(self) -> None:
+        """Move the L1 hits the coarse get() counted in its one cell into ``hits_l1`` (and, if it was
+        built with monitoring on, into the get latency histogram's first bucket, where an L1 hit
+        always lands). One increment per hit instead of two; every reader of the counters
+        (:meth:`stats`, :attr:`engine_stats`) flushes first."""
+        pending = self._hot_hits
+        count = pending[0]
+        if count:
+            pending[0] = 0
+            self._stats.hits_l1 += count
+            if self._hot_monitored:
+                self._stats.latency_get.counts[0] += count
 
     async def _get_slow(self, key: str, default: Any) -> Any:
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"key: {type(key).__name__} is not accepted; accepted: str")
         started = time.perf_counter()
         stats = self._stats
-        self._l1.get(key)  # drops (and counts) the expired entry the fast path stepped over
+        if key in self._l1_data:
+            self._l1.get(key)  # drops (and counts) the expired entry the fast path stepped over
         value = MISSING
         if self._enabled:
             found = await self._read_l2(key)
@@ -530,6 +577,10 @@ class TieredCache:
             self._stats.latency_l2_get.observe(time.perf_counter() - started)
         if raw is None:
             return None
+        limit = self._codec.offload_threshold
+        if not limit or (len(raw) < limit and _payload_length(raw) < limit):
+            # Small entries (nearly all): decode here, no coroutine for the decode (bench B2).
+            return self._decode_and_fill_now(key, raw, epoch, fill_l1, drop_seq, None)
         return await self._decode_and_fill(key, raw, epoch, fill_l1, drop_seq)
 
     async def _decode_and_fill(self, key: str, raw: bytes, epoch: int, fill_l1: bool,
@@ -574,8 +625,8 @@ class TieredCache:
         fingerprint = _fingerprint(raw)
         if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
             return envelope  # the key was written or dropped while this read was in flight
-        if l1.set(key, envelope.value, envelope.size, remaining_ms / 1000.0, epoch=epoch,
-                  full_ttl=envelope.ttl_ms / 1000.0):
+        if l1.set(key, envelope.value, entry_size(key, envelope.value), remaining_ms / 1000.0, epoch=epoch,
+                  full_ttl=envelope.ttl_ms / 1000.0, op=self._op_of(key)):
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
             if key.startswith(AI_KEY_HEAD):
@@ -632,10 +683,22 @@ class TieredCache:
             stats.latency_get_many.observe(time.perf_counter() - started)
         return found
 
+    def _op_of(self, key: str) -> str | None:
+        """The per-operation stats bucket an L1 entry of ``key`` carries (None: not an AI key)."""
+        return _operation_bucket(self._stats, key) if key.startswith(AI_KEY_HEAD) else None
+
+    def _l1_size(self, key: str, value: Any) -> int:
+        """What ``value`` under ``key`` costs L1 in memory (0 with L1 off: nothing is walked)."""
+        if self._l1.max_entries <= 0:
+            return 0
+        if type(value) is DeferredValue:  # the snapshot's bytes until it is parsed (L1 re-measures then)
+            return sys.getsizeof(value.payload) + sys.getsizeof(key) + ENTRY_OVERHEAD
+        return entry_size(key, value)
+
     def _remember_ai_key(self, key: str) -> None:
         """Note the operation of an AI key entering L1 (bounded: rebuilt from L1 when it outgrows it)."""
         ai_operations = self._ai_operations
-        if len(ai_operations) >= 2 * self._config.l1.max_entries + 1024:
+        if len(ai_operations) >= _bookkeeping_bound(len(self._l1_data)):
             kept = {known: _operation_bucket(self._stats, known) for known in self._l1_data
                     if known.startswith(AI_KEY_HEAD)}
             ai_operations.clear()  # in place: the fast get() holds this very dict
@@ -708,7 +771,7 @@ class TieredCache:
         result = await self._codec.encode_entry_async(value, ttl_ms)
         fingerprint = _fingerprint(result.data)
         self._note_drops((key,), (fingerprint,))
-        stored = self._l1.set(key, result.value, len(result.data), ttl_s)
+        stored = self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s, op=self._op_of(key))
         if stored:
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
@@ -760,7 +823,7 @@ class TieredCache:
             fingerprint = _fingerprint(result.data)
             fingerprints.append(fingerprint)
             self._note_drops((key,), (fingerprint,))
-            if self._l1.set(key, result.value, len(result.data), ttl_s):
+            if self._l1.set(key, result.value, self._l1_size(key, result.value), ttl_s, op=self._op_of(key)):
                 self._stats.l1_inserts += 1
                 self._remember_print(key, fingerprint)
                 if key.startswith(AI_KEY_HEAD):
@@ -1116,7 +1179,7 @@ class TieredCache:
     def _remember_print(self, key: str, fingerprint: int) -> None:
         """Note the fingerprint of the bytes behind a new L1 entry (bounded like _ai_operations)."""
         prints = self._l1_prints
-        if len(prints) >= 2 * self._config.l1.max_entries + 1024:
+        if len(prints) >= _bookkeeping_bound(len(self._l1_data)):
             kept = {known: prints[known] for known in self._l1_data if known in prints}
             prints.clear()
             prints.update(kept)
@@ -1265,6 +1328,7 @@ class TieredCache:
     def _apply_runtime_settings(self, config: CacheConfig) -> None:
         self._enabled = config.enabled
         self._monitoring = config.monitoring
+        self._install_fast_get()  # the L1-hit path bakes the monitoring switch in
         self._single_flight = config.stampede.single_flight
         logging.getLogger("cache_runtime").setLevel(config.log_level)
 
@@ -1409,6 +1473,7 @@ class TieredCache:
     def stats(self) -> dict[str, Any]:
         """A JSON-ready snapshot (``cache_runtime.stats.Snapshot``) of every counter and gauge, plus
         ``l2_detail`` (RedisL2's own stats) and ``engine`` facts (namespace version, isolation)."""
+        self._flush_hot_hits()
         l2 = self._l2
         l2_raw = l2.stats() if l2 is not None else None
         snapshot: dict[str, Any] = dict(build_snapshot(
@@ -1446,6 +1511,16 @@ def _payload_length(raw: bytes) -> int:
     if len(raw) < HEADER.size:
         return 0
     return int.from_bytes(raw[_PAYLOAD_LENGTH_AT:HEADER.size], "big")
+
+
+def _bookkeeping_bound(l1_entries: int) -> int:
+    """Size at which a per-L1-entry side table (fingerprints, AI operations) is rebuilt from L1.
+
+    Keys L1 evicted linger there until the rebuild, keeping their key strings alive: an eighth over
+    L1's size keeps that within the byte budget's accuracy (sizing.ENTRY_OVERHEAD counts one
+    fingerprint per entry), and the O(L1) rebuild runs at most every L1/8 inserts (amortised O(1)).
+    """
+    return l1_entries + max(64, l1_entries // 8)
 
 
 def _fingerprint(data: bytes) -> int:

@@ -275,7 +275,8 @@ class L1Config(_Group):
 
     max_entries: int = _ranged("l1.max_entries", 500, "Most entries L1 holds (LRU eviction beyond).")
     max_bytes: int = _ranged(
-        "l1.max_bytes", 32 * MIB, "Most bytes L1 holds, counted as the encoded length of each entry."
+        "l1.max_bytes", 32 * MIB,
+        "Most bytes L1 holds, counted as what each entry takes in memory (decoded value, key, entry)."
     )
     sweep_batch: int = _ranged(
         "l1.sweep_batch", 8, "Oldest entries checked for expiry on each write (amortised sweep)."

@@ -10,7 +10,8 @@ Evaluate a *window* (``stats.diff_snapshots(now, earlier)``) rather than the cum
 snapshot, or a long healthy history hides a fresh problem. Hysteresis over consecutive probes is
 the operator's job, not this module's: one evaluation judges one window.
 
-Memory is the cache's own memory: the encoded bytes L1 holds (``snapshot["l1"]["bytes"]``);
+Memory is the cache's own memory: what L1's entries take in memory, decoded values included
+(``snapshot["l1"]["bytes"]``, see :mod:`cache_runtime.sizing`);
 MB in the thresholds means MiB (1,048,576 bytes), as the runbook computed it.
 """
 

@@ -5,9 +5,12 @@ an expired entry is dropped when it is read (lazy expiry), and each write also c
 ``sweep_batch`` least recently used entries and drops the expired ones among them (amortised sweep),
 so entries nobody reads again do not sit in memory until LRU pressure pushes them out.
 
-Entries hold the *decoded* value (an L1 hit costs no decoding) and the encoded size, which is what
-the byte budget counts. A large value written by this process may instead be stored as a
-:class:`DeferredValue` (an immutable serialized snapshot), parsed once on its first read.
+Entries hold the *decoded* value (an L1 hit costs no decoding) and the size the caller gives, which
+is what the byte budget counts: the facade gives what the entry costs in memory
+(:func:`cache_runtime.sizing.entry_size`: the value as Python keeps it, the key, the entry). A large
+value written by this process may instead be stored as a :class:`DeferredValue` (an immutable
+serialized snapshot), parsed once on its first read; with ``measure`` given, L1 then re-measures
+the entry, since the parsed value usually takes more memory than its snapshot.
 The hit path (:meth:`L1Cache.get`) is deliberately tiny: no logging, no metrics, no isinstance
 checks; hit/miss counting is the caller's (the facade's plain counters).
 
@@ -43,15 +46,18 @@ MISSING: Any = _Missing()
 
 
 class L1Entry:
-    """One cached value: the decoded value, its encoded size, its deadline and the TTL it was given."""
+    """One cached value: the decoded value, the bytes it counts against the budget, its deadline,
+    the TTL it was given and ``op``, the stats bucket of an AI key (None for other keys), so the
+    facade's hit path counts per operation without a second lookup."""
 
-    __slots__ = ("deadline", "size", "ttl", "value")
+    __slots__ = ("deadline", "op", "size", "ttl", "value")
 
-    def __init__(self, value: Any, size: int, deadline: float, ttl: float) -> None:
+    def __init__(self, value: Any, size: int, deadline: float, ttl: float, op: str | None = None) -> None:
         self.value = value
         self.size = size
         self.deadline = deadline
         self.ttl = ttl
+        self.op = op
 
     def remaining(self, now: float) -> float:
         """Seconds left before expiry at monotonic time ``now``."""
@@ -81,11 +87,15 @@ class _DeferredEntry(L1Entry):
     pay nothing for this.
     """
 
-    __slots__ = ("_deferred", "_loaded")
+    __slots__ = ("_deferred", "_key", "_loaded", "_owner")
 
-    def __init__(self, deferred: DeferredValue, size: int, deadline: float, ttl: float) -> None:
+    def __init__(self, deferred: DeferredValue, size: int, deadline: float, ttl: float,
+                 key: str = "", owner: L1Cache | None = None, op: str | None = None) -> None:
         self._deferred: DeferredValue | None = deferred
         self._loaded: Any = None
+        self.op = op
+        self._key = key
+        self._owner = owner
         self.size = size
         self.deadline = deadline
         self.ttl = ttl
@@ -97,6 +107,9 @@ class _DeferredEntry(L1Entry):
         if deferred is not None:
             self._loaded = deferred.load(deferred.payload)
             self._deferred = None
+            owner, self._owner = self._owner, None
+            if owner is not None:
+                owner._remeasure(self._key, self)
         return self._loaded
 
 
@@ -109,6 +122,7 @@ class L1Cache:
     __slots__ = (
         "_clock",
         "_data",
+        "_measure",
         "bytes",
         "epoch",
         "evictions",
@@ -126,9 +140,12 @@ class L1Cache:
         max_bytes: int,
         sweep_batch: int = 8,
         clock: Callable[[], float] = time.monotonic,
+        measure: Callable[[str, Any], int] | None = None,
     ) -> None:
         self._data: OrderedDict[str, L1Entry] = OrderedDict()
         self._clock = clock
+        # (key, value) -> bytes: re-measures a deferred entry once it is parsed (None: never).
+        self._measure = measure
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.sweep_batch = sweep_batch
@@ -173,8 +190,8 @@ class L1Cache:
     # writes -------------------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, size: int, ttl: float, epoch: int | None = None,
-            full_ttl: float | None = None) -> bool:
-        """Store ``value`` (``size`` encoded bytes) for ``ttl`` seconds. Returns whether it was stored.
+            full_ttl: float | None = None, op: str | None = None) -> bool:
+        """Store ``value`` (counted as ``size`` bytes) for ``ttl`` seconds. Returns whether it was stored.
 
         ``full_ttl`` is the lifetime the value was written with when it lives here shorter than that
         (an L2 hit keeps only the L2 entry's remaining TTL); early refresh measures against it.
@@ -194,15 +211,26 @@ class L1Cache:
         now = self._clock()
         kept_ttl = ttl if full_ttl is None else max(ttl, full_ttl)
         if type(value) is DeferredValue:
-            data[key] = _DeferredEntry(value, size, now + ttl, kept_ttl)
+            data[key] = _DeferredEntry(value, size, now + ttl, kept_ttl, key,
+                                       self if self._measure is not None else None, op)
         else:
-            data[key] = L1Entry(value, size, now + ttl, kept_ttl)
+            data[key] = L1Entry(value, size, now + ttl, kept_ttl, op)
         self.bytes += size
         self.inserts += 1
         if self.sweep_batch:
             self._sweep(now)
         self._enforce_budgets()
         return True
+
+    def _remeasure(self, key: str, entry: L1Entry) -> None:
+        """A deferred entry was parsed: count what its value takes now, then enforce the budgets
+        (the entry was just read, so it is the most recently used and goes last, if at all)."""
+        if self._measure is None or self._data.get(key) is not entry:
+            return
+        size = self._measure(key, entry.value)
+        self.bytes += size - entry.size
+        entry.size = size
+        self._enforce_budgets()
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; returns whether it was present."""

@@ -135,7 +135,8 @@ class EngineCollector(Collector):
 
         l1 = snapshot["l1"]
         yield GaugeMetricFamily(f"{p}_l1_entries", "Entries in L1.", value=l1["entries"])
-        yield GaugeMetricFamily(f"{p}_l1_bytes", "Encoded bytes held by L1.", value=l1["bytes"], unit="bytes")
+        yield GaugeMetricFamily(f"{p}_l1_bytes", "Memory held by L1 entries (decoded values, keys, entries).",
+                                value=l1["bytes"], unit="bytes")
         yield GaugeMetricFamily(f"{p}_l1_max_entries", "L1 entry limit.", value=l1["max_entries"])
         yield GaugeMetricFamily(f"{p}_l1_max_bytes", "L1 byte budget.", value=l1["max_bytes"], unit="bytes")
         yield CounterMetricFamily(f"{p}_l1_inserts", "Entries written into L1.", value=l1["inserts"])

@@ -6,7 +6,8 @@ threshold it crossed); :mod:`cache_runtime.diagnosis` explains the symptoms, and
 :mod:`cache_runtime.health` puts both into a report. Dependencies point one way:
 symptoms <- diagnosis <- health.
 
-Memory is the cache's own memory: the encoded bytes L1 holds (``snapshot["l1"]["bytes"]``);
+Memory is the cache's own memory: what L1's entries take in memory, decoded values included
+(``snapshot["l1"]["bytes"]``, see :mod:`cache_runtime.sizing`);
 MB in the thresholds means MiB (1,048,576 bytes), as the runbook computed it.
 """
 

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
@@ -49,6 +50,8 @@ logger = logging.getLogger("cache_runtime.l2")
 T = TypeVar("T")
 
 _CLOSED = BreakerState.CLOSED
+# A lane idle this long may have been closed by a server `timeout` or a proxy: see _lane_get.
+_LANE_IDLE_RETRY_S = 1.0
 
 #: Keys of one coalesced MGET, each with the futures of the gets waiting for it.
 _Batch = dict[str, list["asyncio.Future[bytes | None]"]]
@@ -219,9 +222,13 @@ class RedisL2:
         "_closed",
         "_coalesced_batches",
         "_coalesced_keys",
+        "_direct_pool",
         "_errors",
         "_errors_by_op",
         "_in_flight",
+        "_lane",
+        "_lane_busy",
+        "_lane_used_at",
         "_last_error",
         "_last_errors",
         "_listeners",
@@ -250,6 +257,12 @@ class RedisL2:
         self._breaker = self._new_breaker(settings)
         self._clients: RedisClients | None = None
         self._client: Any = None
+        # Standalone/unix deployments: a lone GET runs on the "lane", one connection of the pool this
+        # engine keeps checked out for them (see _lane_get).
+        self._direct_pool: Any = None
+        self._lane: Any = None
+        self._lane_busy = False
+        self._lane_used_at = 0.0
         self._release_script: Any = None
         self._set_publish_script: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,6 +319,8 @@ class RedisL2:
     def _install(self, clients: RedisClients) -> None:
         self._clients = clients
         self._client = clients.client
+        self._direct_pool = clients.pool if clients.kind in ("standalone", "unix") else None
+        self._lane = None  # the old pool's lane (if any) closes with the old pool
         self._release_script = clients.client.register_script(_RELEASE_LEASE_LUA)
         self._set_publish_script = clients.client.register_script(_SET_AND_PUBLISH_LUA)
         if clients.kind == "sentinel":
@@ -351,6 +366,7 @@ class RedisL2:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         clients, self._clients, self._client = self._clients, None, None
+        self._direct_pool = self._lane = None
         if clients is not None:
             await clients.aclose()
 
@@ -475,6 +491,9 @@ class RedisL2:
         # After an outage idle pooled sockets are dead; the probe must use a fresh connection.
         clients = self._clients
         if clients is not None and clients.pool is not None:
+            lane = self._lane
+            if lane is not None and not self._lane_busy and self._direct_pool is clients.pool:
+                await self._retire_lane(clients.pool, lane)  # its socket is as dead as the idle ones
             # Closing dead sockets may fail; there is nothing to do about it.
             with contextlib.suppress(Exception):
                 await clients.pool.disconnect(inuse_connections=False)
@@ -663,7 +682,7 @@ class RedisL2:
         self._in_flight += 1
         started = time.perf_counter()
         try:
-            value = await client.get(key)
+            value = await (client.get(key) if self._direct_pool is None else self._lane_get(key))
         except Exception as exc:
             self._record_failure(exc, "get")
             return None
@@ -675,6 +694,67 @@ class RedisL2:
         self._note_round_trip(started)
         breaker.record_success()
         return value  # type: ignore[no-any-return]
+
+    async def _lane_get(self, key: str) -> bytes | None:
+        """GET ``key`` on the lane: one pooled connection kept checked out for lone GETs (bench B2).
+
+        Same bytes on the wire, same pool bound (the lane holds one of its slots, and gives it back
+        after a GET that finds the pool exhausted; a pool of one connection has no lane), same socket
+        timeouts (``tune`` retunes in-use connections too) as ``client.get``. What it skips is
+        redis-py 8's per-command machinery (the no-retry retry wrapper, observability hooks, the
+        pool's lock and its "has the socket data?" check on every checkout): 15-30 us of CPU per GET
+        on this machine, more than the whole facade. :meth:`get` only comes here with nothing else
+        in flight, so the lane never carries two commands; ``_lane_busy`` makes that explicit (a busy
+        lane sends the GET through the pool). Failure handling is ``execute_command``'s with retries
+        off: a Redis error reply (``ResponseError``) leaves the connection usable; any other error,
+        or a cancellation, closes it, hands it back to the pool and is raised: the next lone GET
+        checks out a fresh connection through the pool's own checks. One exception: a connection
+        error on a lane idle for ``_LANE_IDLE_RETRY_S`` or more (closed while idle, which the pool's
+        checkout would have noticed) sends the GET once more through the pool; on a lane in use it
+        is Redis going away, counted at once (a retry would only wait on whatever answers next).
+        """
+        pool = self._direct_pool
+        if self._lane_busy or pool.max_connections < 2:
+            return await self._client.get(key)  # type: ignore[no-any-return]
+        self._lane_busy = True
+        try:
+            lane = self._lane
+            if lane is None:
+                lane = self._lane = await pool.get_connection()
+            idle_since = self._lane_used_at
+            try:
+                await lane.send_packed_command(lane.pack_command("GET", key))
+                value = await lane.read_response()
+                self._lane_used_at = time.monotonic()
+                if pool.exhausted:  # others need the slot more than the lane does: hand it back
+                    self._lane = None
+                    await pool.release(lane)
+                return value  # type: ignore[no-any-return]
+            except ResponseError:
+                raise
+            except RedisConnectionError:
+                await self._retire_lane(pool, lane)
+                if time.monotonic() - idle_since < _LANE_IDLE_RETRY_S:
+                    raise  # failed while in use: Redis itself went away, the breaker must hear of it
+                # Closed while the lane sat idle (server `timeout`, a proxy, CLIENT KILL): what the
+                # pool's checkout check would have caught before sending. GET is idempotent: once more
+                # on a pool connection. A timeout is never retried (never multiply a slow server's wait).
+                return await self._client.get(key)  # type: ignore[no-any-return]
+            except BaseException:
+                await self._retire_lane(pool, lane)
+                raise
+        finally:
+            self._lane_busy = False
+
+    async def _retire_lane(self, pool: Any, lane: Any) -> None:
+        """Close ``lane`` and give it back to ``pool`` (if it is still this engine's lane)."""
+        if self._lane is not lane:
+            return  # reconnect/close replaced the pool: that pool closes it
+        self._lane = None
+        with contextlib.suppress(Exception):  # closing a broken socket may fail: nothing to do about it
+            await lane.disconnect()
+        with contextlib.suppress(Exception):
+            await pool.release(lane)
 
     def _join_batch(self, key: str) -> asyncio.Future[bytes | None]:
         loop = self._loop

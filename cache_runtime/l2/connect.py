@@ -159,6 +159,11 @@ class BoundedConnectionPool(ConnectionPool):
 
     _retiring = 0
 
+    @property
+    def exhausted(self) -> bool:
+        """True when no slot is free: the next caller of :meth:`get_connection` would wait."""
+        return self._slots.locked()
+
     def resize(self, max_connections: int) -> None:
         """Change the bound live, without closing any connection.
 
