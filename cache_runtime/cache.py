@@ -36,10 +36,10 @@ from typing import Any, TypeVar
 import xxhash
 
 from cache_runtime import health as health_module
-from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode
+from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode, packed_value
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex, rules_that_change
-from cache_runtime.l1 import MISSING, DeferredValue, L1Cache
+from cache_runtime.l1 import MISSING, DeferredValue, L1Cache, PackedValue
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
 from cache_runtime.l2.coherence import (
     CoherenceListener,
@@ -70,6 +70,8 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # within seconds, not after minutes of healthy history are diluted; the operator's hysteresis over
 # consecutive probes keeps a short window from flapping. Snapshots are kept every 5 s (64: 5 minutes).
 _HEALTH_WINDOW_S = 60.0
+# A PackedValue (3 slots: 56 B) and its raw_size int (28 B): what L1 holds besides the lz4 block.
+_PACKED_HOLDER = 84
 _SNAPSHOT_SPACING_S = 5.0
 _SNAPSHOT_HISTORY = 64
 # Background upkeep: re-read an unknown namespace version, refresh Redis memory facts and RTT.
@@ -625,7 +627,10 @@ class TieredCache:
         fingerprint = _fingerprint(raw)
         if drop_seq != self._drop_seq and not self._may_fill(key, drop_seq, fingerprint):
             return envelope  # the key was written or dropped while this read was in flight
-        if l1.set(key, envelope.value, entry_size(key, envelope.value), remaining_ms / 1000.0, epoch=epoch,
+        held: Any = envelope.value
+        if envelope.compressed:  # L1 keeps the block, as Redis does (see l1.PackedValue)
+            held = packed_value(raw, self._codec.offload_threshold) or held
+        if l1.set(key, held, self._l1_size(key, held), remaining_ms / 1000.0, epoch=epoch,
                   full_ttl=envelope.ttl_ms / 1000.0, op=self._op_of(key)):
             self._stats.l1_inserts += 1
             self._remember_print(key, fingerprint)
@@ -691,8 +696,11 @@ class TieredCache:
         """What ``value`` under ``key`` costs L1 in memory (0 with L1 off: nothing is walked)."""
         if self._l1.max_entries <= 0:
             return 0
-        if type(value) is DeferredValue:  # the snapshot's bytes until it is parsed (L1 re-measures then)
+        kind = type(value)
+        if kind is DeferredValue:  # the snapshot's bytes until it is parsed (L1 re-measures then)
             return sys.getsizeof(value.payload) + sys.getsizeof(key) + ENTRY_OVERHEAD
+        if kind is PackedValue:  # the lz4 block and its holder: all L1 ever keeps of it
+            return sys.getsizeof(value.packed) + _PACKED_HOLDER + sys.getsizeof(key) + ENTRY_OVERHEAD
         return entry_size(key, value)
 
     def _remember_ai_key(self, key: str) -> None:

@@ -45,7 +45,7 @@ import msgpack
 import orjson
 
 from cache_runtime.config import LZ4_LEVEL_MAP, CacheConfig
-from cache_runtime.l1 import DeferredValue
+from cache_runtime.l1 import DeferredValue, PackedValue
 
 __all__ = [
     "CODEC_JSON",
@@ -65,6 +65,7 @@ __all__ = [
     "decode_async",
     "encode",
     "encode_async",
+    "packed_value",
 ]
 
 MAGIC = b"CW"
@@ -251,8 +252,15 @@ class Codec:
                 flags = FLAG_LZ4
         created = int(time.time() * 1000) if created_at_ms is None else created_at_ms
         data = HEADER.pack(MAGIC, VERSION, codec_id, flags, created, ttl_ms, size) + body
-        copy = _deferred_copy if defer_copy else _reader_copy
-        reader = copy(codec_id, payload, value)
+        limit = self.offload_threshold
+        if flags and (not limit or size < limit):
+            # L1 keeps what Redis keeps: the block, opened per read (memory, not decode time, is
+            # what a compressed value's owner chose). From the offload threshold up a value is
+            # kept decoded: parsing it on every hit would stall the event loop for milliseconds.
+            reader: Any = PackedValue(_LOADERS[codec_id], body, size)
+        else:
+            copy = _deferred_copy if defer_copy else _reader_copy
+            reader = copy(codec_id, payload, value)
         return EncodeResult(data, reader, size, bool(flags), seconds, tried)
 
     def encode_entry(self, value: Any, ttl_ms: int, created_at_ms: int | None = None) -> EncodeResult:
@@ -398,6 +406,16 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
             f"entry: payload is not valid for codec {codec_id} ({type(exc).__name__})"
         ) from None
     return Envelope(value, created_at_ms, ttl_ms, size, bool(flags & FLAG_LZ4))
+
+
+def packed_value(data: bytes | bytearray | memoryview, max_payload: int = 0) -> PackedValue | None:
+    """For an entry :func:`decode` accepted with its lz4 flag set: the block as L1 keeps it (a copy of
+    the compressed bytes, not of ``data``). None for an uncompressed entry, or when ``max_payload``
+    is positive and the uncompressed payload is at least that (L1 keeps such values decoded)."""
+    _, _, codec_id, flags, _, _, payload_len = HEADER.unpack_from(data)
+    if not flags & FLAG_LZ4 or (max_payload and payload_len >= max_payload):
+        return None
+    return PackedValue(_LOADERS[codec_id], bytes(memoryview(data)[HEADER.size :]), payload_len)
 
 
 async def decode_async(data: bytes, offload_threshold: int = 256 * 1024) -> Envelope:

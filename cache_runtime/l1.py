@@ -10,7 +10,10 @@ is what the byte budget counts: the facade gives what the entry costs in memory
 (:func:`cache_runtime.sizing.entry_size`: the value as Python keeps it, the key, the entry). A large
 value written by this process may instead be stored as a :class:`DeferredValue` (an immutable
 serialized snapshot), parsed once on its first read; with ``measure`` given, L1 then re-measures
-the entry, since the parsed value usually takes more memory than its snapshot.
+the entry, since the parsed value usually takes more memory than its snapshot. A value the codec
+compressed is stored as a :class:`PackedValue`: L1 keeps the lz4 block (what the budget counts) and
+every hit decompresses and parses it, so compression lowers the memory L1 holds, at a decode per hit
+(bench/memory.py prints both; small values are never compressed, so bench B1 is unaffected).
 The hit path (:meth:`L1Cache.get`) is deliberately tiny: no logging, no metrics, no isinstance
 checks; hit/miss counting is the caller's (the facade's plain counters).
 
@@ -28,7 +31,9 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
-__all__ = ["MISSING", "DeferredValue", "L1Cache", "L1Entry"]
+import lz4.block
+
+__all__ = ["MISSING", "DeferredValue", "L1Cache", "L1Entry", "PackedValue", "is_packed"]
 
 
 class _Missing:
@@ -78,6 +83,51 @@ class DeferredValue:
     def __init__(self, load: Callable[[bytes], Any], payload: bytes) -> None:
         self.load = load
         self.payload = payload
+
+
+class PackedValue:
+    """A value L1 keeps compressed: an lz4 block of its serialized payload, opened on every read.
+
+    ``load`` parses the payload (it must return a fresh value); ``packed`` is the lz4 block without
+    a stored size; ``raw_size`` is the payload's length, which bounds decompression. The block was
+    made by this process or checked when it came from Redis (``codec.decode`` opened it once), so
+    opening it again cannot fail on hostile bytes.
+    """
+
+    __slots__ = ("load", "packed", "raw_size")
+
+    def __init__(self, load: Callable[[bytes], Any], packed: bytes, raw_size: int) -> None:
+        self.load = load
+        self.packed = packed
+        self.raw_size = raw_size
+
+    def open(self) -> Any:
+        """The value: the block decompressed and parsed (a new object on every call)."""
+        return self.load(lz4.block.decompress(self.packed, uncompressed_size=self.raw_size))
+
+
+class _PackedEntry(L1Entry):
+    """An entry whose value stays compressed: ``value`` decompresses and parses it on every read."""
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, packed: PackedValue, size: int, deadline: float, ttl: float,
+                 op: str | None = None) -> None:
+        self._packed = packed
+        self.op = op
+        self.size = size
+        self.deadline = deadline
+        self.ttl = ttl
+
+    @property  # type: ignore[override]
+    def value(self) -> Any:
+        """The value, decompressed and parsed from the block kept in L1 (a fresh object each time)."""
+        return self._packed.open()
+
+
+def is_packed(entry: L1Entry) -> bool:
+    """Whether ``entry`` keeps its value compressed (opened on every read)."""
+    return type(entry) is _PackedEntry
 
 
 class _DeferredEntry(L1Entry):
@@ -210,9 +260,12 @@ class L1Cache:
             self.bytes -= old.size
         now = self._clock()
         kept_ttl = ttl if full_ttl is None else max(ttl, full_ttl)
-        if type(value) is DeferredValue:
+        kind = type(value)
+        if kind is DeferredValue:
             data[key] = _DeferredEntry(value, size, now + ttl, kept_ttl, key,
                                        self if self._measure is not None else None, op)
+        elif kind is PackedValue:
+            data[key] = _PackedEntry(value, size, now + ttl, kept_ttl, op)
         else:
             data[key] = L1Entry(value, size, now + ttl, kept_ttl, op)
         self.bytes += size

@@ -35,7 +35,7 @@ from cache_runtime.codec import (
     encode_async,
 )
 from cache_runtime.config import resolve_config
-from cache_runtime.l1 import DeferredValue
+from cache_runtime.l1 import DeferredValue, PackedValue
 
 VALUES: list[Any] = [
     "", "plain", "unicode ✓ 日本語 \U0001f600 \u0000 \ud7ff", 0, 1, -1, 2**63 - 1, -(2**63), 2**64 - 1,
@@ -49,6 +49,12 @@ def header_of(data: bytes) -> tuple[Any, ...]:
     return HEADER.unpack_from(data)
 
 
+def reader_value(result: Any) -> Any:
+    """What an L1 reader of ``result`` gets: a compressed value is kept packed and opened per read."""
+    held = result.value
+    return held.open() if isinstance(held, PackedValue) else held
+
+
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__ + ":" + repr(v)[:20])
 def test_every_json_type_round_trips(fmt: str, value: Any) -> None:
@@ -57,7 +63,8 @@ def test_every_json_type_round_trips(fmt: str, value: Any) -> None:
     envelope = decode(result.data)
     assert envelope.value == value
     assert type(envelope.value) is type(value)
-    assert result.value == value  # what L1 keeps equals what an L2 reader gets
+    assert reader_value(result) == value  # what L1 keeps equals what an L2 reader gets
+    assert isinstance(result.value, PackedValue) is envelope.compressed  # L1 keeps what Redis keeps
     assert envelope.ttl_ms == 60_000
 
 
@@ -274,7 +281,8 @@ async def test_large_values_are_compressed_and_decoded_in_a_worker_thread() -> N
     main = threading.main_thread().name
     assert threads[0] != main and threads[1] == main
     assert result.compressed and result.offloaded
-    # The reader's copy of a large value is a snapshot parsed on demand, not parsed at write time.
+    # From the offload threshold up, the reader's copy is a snapshot parsed once on demand (opening a
+    # block that large on every hit would stall the loop), not parsed at write time.
     assert isinstance(result.value, DeferredValue)
     assert result.value.load(result.value.payload) == LARGE
     envelope = await codec.decode_async(result.data)
@@ -291,9 +299,20 @@ async def test_large_value_snapshot_ignores_later_mutation_of_the_callers_object
 
 
 async def test_large_immutable_values_are_kept_as_they_are() -> None:
-    codec = Codec(offload_threshold_bytes=1024)
+    codec = Codec(offload_threshold_bytes=1024, threshold_bytes=100_000)
     text = "y" * 5000
     assert (await codec.encode_entry_async(text, 1000)).value is text
+
+
+async def test_compressed_values_below_the_offload_threshold_are_kept_packed_for_l1() -> None:
+    codec = Codec(offload_threshold_bytes=64 * 1024, threshold_bytes=1024)
+    text = "y" * 5000
+    held = (await codec.encode_entry_async(text, 1000)).value
+    assert isinstance(held, PackedValue) and len(held.packed) < 200 and held.open() == text
+    value = {"items": [{"id": i, "text": "lorem ipsum"} for i in range(200)]}
+    held = codec.encode_entry(value, 1000).value
+    assert isinstance(held, PackedValue) and held.open() == value
+    assert held.open() is not held.open()  # a fresh object per read: a caller's mutation stays its own
 
 
 async def test_value_found_large_only_after_serializing_is_compressed_in_a_thread() -> None:
