@@ -201,7 +201,7 @@ async def main_async(args: argparse.Namespace) -> None:
             ratio = c["traced"] / budget
             print(f"{name:36s} {budget / MIB:6.2f} MiB {c['entries']:12d} {c['counted'] / MIB:5.2f} MiB "
                   f"{c['traced'] / MIB:7.2f} MiB {ratio:13.2f} {'PASS' if ratio <= 1.2 else 'MISS':>12s}")
-        print("\nHow L1 keeps each mix (packed = compressed block, opened per hit), and what either way costs")
+        print("\nHow L1 keeps each mix (packed = compressed block, opened per hit); what either way costs")
         print(f"{'mix':36s} {'kept as':>15s} {'engine L1 hit':>14s} {'decode per hit':>15s} "
               f"{'L1 memory now':>14s} {'all encoded':>12s}")
         for name, r in rows:

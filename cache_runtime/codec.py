@@ -46,6 +46,7 @@ import orjson
 
 from cache_runtime.config import LZ4_LEVEL_MAP, CacheConfig
 from cache_runtime.l1 import DeferredValue, PackedValue
+from cache_runtime.stats import LARGE_VALUE_BYTES
 
 __all__ = [
     "CODEC_JSON",
@@ -252,16 +253,18 @@ class Codec:
                 flags = FLAG_LZ4
         created = int(time.time() * 1000) if created_at_ms is None else created_at_ms
         data = HEADER.pack(MAGIC, VERSION, codec_id, flags, created, ttl_ms, size) + body
-        limit = self.offload_threshold
-        if flags and (not limit or size < limit):
-            # L1 keeps what Redis keeps: the block, opened per read (memory, not decode time, is
-            # what a compressed value's owner chose). From the offload threshold up a value is
-            # kept decoded: parsing it on every hit would stall the event loop for milliseconds.
+        if flags and self._kept_packed(size):
+            # L1 keeps what Redis keeps: the block, opened per read (see packed_value).
             reader: Any = PackedValue(_LOADERS[codec_id], body, size)
         else:
             copy = _deferred_copy if defer_copy else _reader_copy
             reader = copy(codec_id, payload, value)
         return EncodeResult(data, reader, size, bool(flags), seconds, tried)
+
+    def _kept_packed(self, payload_size: int) -> bool:
+        """Whether L1 keeps a compressed value of ``payload_size`` serialized bytes as its block."""
+        limit = self.offload_threshold
+        return payload_size >= LARGE_VALUE_BYTES and (not limit or payload_size < limit)
 
     def encode_entry(self, value: Any, ttl_ms: int, created_at_ms: int | None = None) -> EncodeResult:
         """Encode ``value`` (synchronously) and return bytes, the reader's view of the value and sizes."""
@@ -409,11 +412,20 @@ def decode(data: bytes | bytearray | memoryview) -> Envelope:
 
 
 def packed_value(data: bytes | bytearray | memoryview, max_payload: int = 0) -> PackedValue | None:
-    """For an entry :func:`decode` accepted with its lz4 flag set: the block as L1 keeps it (a copy of
-    the compressed bytes, not of ``data``). None for an uncompressed entry, or when ``max_payload``
-    is positive and the uncompressed payload is at least that (L1 keeps such values decoded)."""
+    """For an entry :func:`decode` accepted: the lz4 block as L1 keeps it (a copy of the compressed
+    bytes, not of ``data``), or None when L1 keeps the value decoded.
+
+    L1 keeps a value packed when it is compressed and large: its serialized payload is at least
+    ``stats.LARGE_VALUE_BYTES`` (16 KiB, where the diagnosis calls values large) and, when
+    ``max_payload`` (the offload threshold) is positive, below it. Opening the block costs every
+    hit a decode (tens of microseconds at 64 KiB, still below a Redis round trip), paid for by
+    memory: what L1 holds is what Redis holds. Smaller values stay decoded so an L1 hit costs no
+    decoding (bench B1's 600-character response); values from the offload threshold up are parsed
+    once, since opening them on every hit would hold the event loop for milliseconds.
+    """
     _, _, codec_id, flags, _, _, payload_len = HEADER.unpack_from(data)
-    if not flags & FLAG_LZ4 or (max_payload and payload_len >= max_payload):
+    too_small = payload_len < LARGE_VALUE_BYTES
+    if not flags & FLAG_LZ4 or too_small or (max_payload and payload_len >= max_payload):
         return None
     return PackedValue(_LOADERS[codec_id], bytes(memoryview(data)[HEADER.size :]), payload_len)
 

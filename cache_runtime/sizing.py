@@ -1,11 +1,13 @@
 """What an L1 entry costs in this process's memory: the value as Python keeps it, plus the entry.
 
-L1 holds decoded values (an L1 hit costs no decoding, bench B1), so its byte budget has to count
-the decoded objects, not the encoded (possibly compressed) bytes Redis holds: 50 values of 64 KiB
-of prose were 1.25 MiB compressed and 3.15 MiB on the heap. :func:`retained_size` walks the value
-once (each container and string counted once, by identity; shared objects not at all: None,
-True, False, small ints, and dict keys of up to 64 characters, which orjson shares across
-values), with ``sys.getsizeof`` for each object, which is what tracemalloc sees allocated for it.
+L1 holds most values decoded (an L1 hit costs no decoding, bench B1), so its byte budget has to
+count the decoded objects, not the encoded bytes Redis holds: 50 values of 64 KiB of prose were
+1.25 MiB compressed and 3.15 MiB on the heap. (Large values the codec compressed are kept as their
+lz4 block instead, ``l1.PackedValue``; the facade counts those by the block.)
+:func:`retained_size` walks the value once (each container and string counted once, by identity;
+shared objects not at all: None, True, False, small ints, and dict keys of up to 64 characters,
+which orjson shares across values), with ``sys.getsizeof`` for each object, which is what
+tracemalloc sees allocated for it.
 :data:`ENTRY_OVERHEAD` is the L1Entry, its OrderedDict slot, its deadline and the engine's
 fingerprint of it; the key string is added by the caller (``sys.getsizeof(key)``).
 

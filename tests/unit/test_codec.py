@@ -304,12 +304,15 @@ async def test_large_immutable_values_are_kept_as_they_are() -> None:
     assert (await codec.encode_entry_async(text, 1000)).value is text
 
 
-async def test_compressed_values_below_the_offload_threshold_are_kept_packed_for_l1() -> None:
-    codec = Codec(offload_threshold_bytes=64 * 1024, threshold_bytes=1024)
-    text = "y" * 5000
+async def test_large_compressed_values_below_the_offload_threshold_are_kept_packed_for_l1() -> None:
+    codec = Codec(offload_threshold_bytes=256 * 1024, threshold_bytes=1024)
+    text = "y" * 50_000
     held = (await codec.encode_entry_async(text, 1000)).value
-    assert isinstance(held, PackedValue) and len(held.packed) < 200 and held.open() == text
-    value = {"items": [{"id": i, "text": "lorem ipsum"} for i in range(200)]}
+    assert isinstance(held, PackedValue) and len(held.packed) < 1000 and held.open() == text
+    small = "y" * 5000  # compressed too, but below 16 KiB: kept decoded, so a hit costs no decoding
+    result = codec.encode_entry(small, 1000)
+    assert result.compressed and result.value is small
+    value = {"items": [{"id": i, "text": "lorem ipsum"} for i in range(1000)]}
     held = codec.encode_entry(value, 1000).value
     assert isinstance(held, PackedValue) and held.open() == value
     assert held.open() is not held.open()  # a fresh object per read: a caller's mutation stays its own
