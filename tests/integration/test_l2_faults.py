@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
+from cache_runtime.l2 import BreakerState, RedisL2
+from tests.integration.l2_settings import fast_settings
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -23,19 +24,6 @@ pytestmark = pytest.mark.integration
 HANG_GUARD_S = 30  # far above any bound under test; only there so a regression fails instead of hanging
 
 
-def fast_settings(url: str, **overrides: object) -> RedisSettings:
-    """Short timeouts and breaker window so fault tests finish in about a second."""
-    values: dict[str, object] = {
-        "url": url,
-        "connect_timeout_s": 0.5,
-        "socket_timeout_s": 0.2,
-        "pool_timeout_s": 0.5,
-        "breaker_failure_threshold": 3,
-        "breaker_open_seconds": 0.3,
-        "max_connections": 4,
-    }
-    values.update(overrides)
-    return RedisSettings(**values)  # type: ignore[arg-type]
 
 
 wait_until = functools.partial(eventually, timeout=10.0, interval=0.05)

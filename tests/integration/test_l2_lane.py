@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cache_runtime.l2 import BreakerState, RedisL2, RedisSettings
+from tests.integration.l2_settings import fast_settings
 
 if TYPE_CHECKING:
     from tests.integration.conftest import RedisFactory, RedisProcess
@@ -22,18 +23,8 @@ HANG_GUARD_S = 30  # only there so a regression fails instead of hanging
 
 
 def settings(url: str, **overrides: object) -> RedisSettings:
-    """Short timeouts so the failure cases finish quickly."""
-    values: dict[str, object] = {
-        "url": url,
-        "connect_timeout_s": 0.5,
-        "socket_timeout_s": 2.0,
-        "pool_timeout_s": 0.5,
-        "breaker_failure_threshold": 3,
-        "breaker_open_seconds": 0.3,
-        "max_connections": 4,
-    }
-    values.update(overrides)
-    return RedisSettings(**values)  # type: ignore[arg-type]
+    """The integration tests' short timeouts, with a socket timeout long enough for a lane's reads."""
+    return fast_settings(url, **{"socket_timeout_s": 2.0, **overrides})
 
 
 def connections_received(server: RedisProcess) -> int:
