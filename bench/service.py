@@ -60,9 +60,12 @@ VALUE = {"summary": "The cache keeps AI responses close to the service. " * 8, "
 class RuntimeProcess:
     """`cachewarden runtime` on a free loopback port, pinned, killed at the end."""
 
-    def __init__(self, redis_url: str, cores: list[int] | None) -> None:
+    def __init__(
+        self, redis_url: str, cores: list[int] | None, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.cores = cores
+        self.extra_env = dict(extra_env or {})
         self.directory = Path(tempfile.mkdtemp(prefix="cachewarden-bench-runtime-"))
         (self.directory / "admin").write_text(TOKEN)
         (self.directory / "config.json").write_text(
@@ -83,6 +86,7 @@ class RuntimeProcess:
             "CACHEWARDEN_ADMIN_TOKEN_FILE": str(self.directory / "admin"),
             "CACHEWARDEN_PORT": str(self.port),
             "CACHEWARDEN_LOG_LEVEL": "WARNING",
+            **self.extra_env,
         }
         env.pop("DEVCLUSTER_ROOT", None)
         log = (self.directory / "runtime.log").open("wb")

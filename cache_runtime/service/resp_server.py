@@ -21,7 +21,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -195,8 +195,8 @@ class RespConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept, or refuse past the connection limit (``-ERR max number of clients reached``)."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; both have the methods used here.
+        self.transport = transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.max_connections:
             self.stats.connections_rejected += 1

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +21,25 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from cache_runtime import TieredCache
 from cache_runtime.config import resolve_config
 from cache_runtime.service.app import create_app
-from tests.integration.test_runtime_service import ADMIN, READ, WRITE, WRONG, bearer, make_settings
+from tests.integration.test_runtime_service import (
+    ADMIN,
+    READ,
+    REPO,
+    WRITE,
+    WRONG,
+    _stop,
+    _wait_http,
+    bearer,
+    free_port,
+    make_settings,
+)
 from tests.waiting import eventually as wait_eventually
 
 pytestmark = pytest.mark.integration
@@ -529,3 +545,39 @@ async def test_off_by_default(tmp_path: Path, redis_url: str) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         assert app.state.runtime.resp_server is None
+
+
+def test_real_runtime_process_serves_resp_on_its_event_loop(tmp_path: Path, redis_url: str) -> None:
+    """`cachewarden runtime` (uvicorn's loop, uvloop when installed) with CACHEWARDEN_RESP_PORT set."""
+    http_port, resp_port = free_port(), free_port()
+    _, config_path = make_settings(tmp_path, {"preset": "ai-production", "redis_url": redis_url})
+    env = {
+        **os.environ,
+        "CACHEWARDEN_CONFIG_PATH": str(config_path),
+        "CACHEWARDEN_ADMIN_TOKEN_FILE": str(tmp_path / "admin"),
+        "CACHEWARDEN_WRITE_TOKEN_FILE": str(tmp_path / "write"),
+        "CACHEWARDEN_PORT": str(http_port),
+        "CACHEWARDEN_RESP_PORT": str(resp_port),
+    }
+    env.pop("DEVCLUSTER_ROOT", None)
+    log_path = tmp_path / "runtime.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{http_port}/readyz", process)
+        client = redis.Redis(host="127.0.0.1", port=resp_port, password=WRITE, protocol=2)
+        assert client.set("over-resp", b"v", ex=60) is True
+        assert client.get("over-resp") == b"v"
+        assert client.pipeline(transaction=False).get("over-resp").delete("over-resp").execute() == [b"v", 1]
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        _stop(process)
+    assert "Traceback" not in log_path.read_text()
