@@ -44,6 +44,8 @@ MAX_INLINE_BYTES = 64 * 1024
 MAX_ARRAY_LENGTH = 1024 * 1024
 # A length line ("*123\r\n", "$456\r\n") longer than this is not a length.
 _MAX_LENGTH_LINE = 32
+# An incomplete command larger than this waits as a list of chunks instead of being re-copied per read.
+_CHUNKED_FROM = 64 * 1024
 
 
 class ProtocolError(ValueError):
@@ -63,10 +65,21 @@ class RequestParser:
 
     ``max_bulk_bytes`` bounds one argument and ``max_command_bytes`` the sum of one command's
     arguments (the server passes the HTTP API's body limit for both), so an incomplete command
-    never holds more than about ``max_command_bytes`` in the buffer.
+    never holds more than about ``max_command_bytes`` in the buffer. A large argument arriving in
+    many reads is collected as a list of chunks and joined once when its declared length is there
+    (no quadratic re-copying of the buffer).
     """
 
-    __slots__ = ("_buffer", "_pos", "max_array_length", "max_bulk_bytes", "max_command_bytes")
+    __slots__ = (
+        "_buf",
+        "_chunked",
+        "_chunks",
+        "_need",
+        "_pos",
+        "max_array_length",
+        "max_bulk_bytes",
+        "max_command_bytes",
+    )
 
     def __init__(
         self,
@@ -75,117 +88,134 @@ class RequestParser:
         max_command_bytes: int | None = None,
         max_array_length: int = MAX_ARRAY_LENGTH,
     ) -> None:
-        self._buffer = bytearray()
+        self._buf = b""
         self._pos = 0
+        self._chunks: list[bytes] = []
+        self._chunked = 0
+        self._need = 0  # > 0: bytes the chunk list must reach before parsing resumes
         self.max_bulk_bytes = max_bulk_bytes
         self.max_command_bytes = max_command_bytes if max_command_bytes is not None else max_bulk_bytes
         self.max_array_length = max_array_length
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        if self._pos and self._pos == len(self._buffer):
-            self._buffer.clear()
-            self._pos = 0
-        self._buffer += data
+        if self._need:
+            self._chunks.append(data)
+            self._chunked += len(data)
+            if self._chunked >= self._need:
+                self._buf = b"".join(self._chunks)
+                self._pos = 0
+                self._chunks = []
+                self._chunked = self._need = 0
+            return
+        pos = self._pos
+        self._buf = data if pos >= len(self._buf) else self._buf[pos:] + data
+        self._pos = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet taken as commands."""
-        return len(self._buffer) - self._pos
+        return len(self._buf) - self._pos + self._chunked
 
     def next_command(self) -> list[bytes] | None:
         """The next complete command, or None until more bytes arrive. Raises :class:`ProtocolError`.
 
-        An empty inline line (a bare CRLF) is skipped, as Redis does.
+        An empty inline line (a bare CRLF) and an empty array (``*0``) are skipped, as Redis does.
         """
-        while True:
-            buffer = self._buffer
-            pos = self._pos
-            if pos >= len(buffer):
-                return None
+        if self._need:
+            return None
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        while pos < size:
             # b"*": a multibulk array (what clients send); anything else: an inline command.
-            result = self._multibulk(buffer, pos) if buffer[pos] == 0x2A else self._inline(buffer, pos)
+            result = self._multibulk(buf, pos, size) if buf[pos] == 0x2A else self._inline(buf, pos)
             if result is None:
+                self._pos = 0 if self._need else pos
                 return None
-            command, end = result
-            self._pos = end
-            if end >= len(buffer) or end > 65536:
-                # Drop what was consumed (cheap when the buffer is empty; bounded copying otherwise).
-                del buffer[:end]
-                self._pos = 0
+            command, pos = result
             if command:
+                self._pos = pos
                 return command
+        self._pos = pos
+        return None
 
-    def _length(self, buffer: bytearray, pos: int, kind: str) -> tuple[int, int] | None:
-        """The integer after the type byte at ``pos`` and the index after its CRLF (None: incomplete)."""
-        end = buffer.find(CRLF, pos + 1, pos + 1 + _MAX_LENGTH_LINE)
-        if end < 0:
-            if len(buffer) - pos > _MAX_LENGTH_LINE:
-                raise ProtocolError(
-                    f"invalid {kind} length {show(bytes(buffer[pos : pos + _MAX_LENGTH_LINE]))}; "
-                    "accepted: a decimal integer followed by CRLF"
-                )
-            return None
-        raw = bytes(buffer[pos + 1 : end])
-        if not raw or not (raw.isdigit() or (raw[:1] == b"-" and raw[1:].isdigit())):
-            raise ProtocolError(f"invalid {kind} length {show(raw)}; accepted: a decimal integer")
-        return int(raw), end + 2
+    @staticmethod
+    def _header(buf: bytes, pos: int, size: int, kind: str) -> None:
+        """A length line without its CRLF yet: None while it may still come, else the error."""
+        if size - pos > _MAX_LENGTH_LINE + 2:
+            raise ProtocolError(
+                f"invalid {kind} length {show(buf[pos + 1 : pos + 1 + _MAX_LENGTH_LINE])}; "
+                "accepted: a decimal integer followed by CRLF"
+            )
+        return None
 
-    def _multibulk(self, buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
-        head = self._length(buffer, pos, "multibulk")
-        if head is None:
-            return None
-        count, pos = head
-        if count <= 0:  # *0 and *-1: nothing to run, like Redis
-            return [], pos
+    def _multibulk(self, buf: bytes, pos: int, size: int) -> tuple[list[bytes], int] | None:
+        start = pos
+        newline = buf.find(CRLF, pos + 1, pos + 3 + _MAX_LENGTH_LINE)
+        if newline < 0:
+            return self._header(buf, pos, size, "multibulk")
+        raw = buf[pos + 1 : newline]
+        if not raw.isdigit():
+            if raw[:1] == b"-" and raw[1:].isdigit():  # *-1: a null array, nothing to run (Redis too)
+                return [], newline + 2
+            raise ProtocolError(f"invalid multibulk length {show(raw)}; accepted: a decimal integer")
+        count = int(raw)
         if count > self.max_array_length:
             raise ProtocolError(
                 f"invalid multibulk length {count}; accepted: at most {self.max_array_length}"
             )
+        pos = newline + 2
         args: list[bytes] = []
         total = 0
-        size = len(buffer)
+        max_bulk = self.max_bulk_bytes
         for _ in range(count):
             if pos >= size:
                 return None
-            if buffer[pos] != 0x24:  # b"$"
+            if buf[pos] != 0x24:  # b"$"
                 raise ProtocolError(
-                    f"expected '$', got {show(bytes(buffer[pos : pos + 1]))}; accepted: "
-                    "an array of bulk strings"
+                    f"expected '$', got {show(buf[pos : pos + 1])}; accepted: an array of bulk strings"
                 )
-            item = self._length(buffer, pos, "bulk")
-            if item is None:
-                return None
-            length, pos = item
-            if length < 0 or length > self.max_bulk_bytes:
-                raise ProtocolError(
-                    f"invalid bulk length {length}; accepted: 0 to {self.max_bulk_bytes} bytes"
-                )
+            newline = buf.find(CRLF, pos + 1, pos + 3 + _MAX_LENGTH_LINE)
+            if newline < 0:
+                return self._header(buf, pos, size, "bulk")
+            raw = buf[pos + 1 : newline]
+            length = int(raw) if raw.isdigit() else -1
+            if length < 0 or length > max_bulk:
+                shown = raw.decode("ascii") if raw.lstrip(b"-").isdigit() else show(raw)
+                raise ProtocolError(f"invalid bulk length {shown}; accepted: 0 to {max_bulk} bytes")
             total += length
             if total > self.max_command_bytes:
                 raise ProtocolError(
                     f"command of more than {self.max_command_bytes} bytes; accepted: at most "
                     f"{self.max_command_bytes} bytes of arguments"
                 )
+            pos = newline + 2
             end = pos + length
             if end + 2 > size:
+                if end + 2 - start > _CHUNKED_FROM:
+                    # Collect the rest of this argument as chunks; parse again once it is all here.
+                    self._chunks = [buf[start:]]
+                    self._chunked = size - start
+                    self._need = end + 2 - start
+                    self._buf = b""
                 return None
-            if buffer[end : end + 2] != CRLF:
+            if buf[end : end + 2] != CRLF:
                 raise ProtocolError(f"bulk string of declared length {length} is not followed by CRLF")
-            args.append(bytes(buffer[pos:end]))
+            args.append(buf[pos:end])
             pos = end + 2
         return args, pos
 
-    def _inline(self, buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
-        end = buffer.find(b"\n", pos, pos + MAX_INLINE_BYTES + 1)
+    def _inline(self, buf: bytes, pos: int) -> tuple[list[bytes], int] | None:
+        end = buf.find(b"\n", pos, pos + MAX_INLINE_BYTES + 1)
         if end < 0:
-            if len(buffer) - pos > MAX_INLINE_BYTES:
+            if len(buf) - pos > MAX_INLINE_BYTES:
                 raise ProtocolError(
                     f"inline command longer than {MAX_INLINE_BYTES} bytes; accepted: at most "
                     f"{MAX_INLINE_BYTES} bytes, or a multibulk array"
                 )
             return None
-        line = bytes(buffer[pos:end]).rstrip(b"\r")
+        line = buf[pos:end].rstrip(b"\r")
         if b'"' in line or b"'" in line:
             raise ProtocolError(
                 "quoted inline arguments are not supported; accepted: unquoted words "

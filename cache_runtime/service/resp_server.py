@@ -31,6 +31,7 @@ from cache_runtime.service.engine_ops import EngineUnavailable
 from cache_runtime.service.resp_commands import (
     COMMANDS,
     CommandError,
+    CommandSpec,
     check_arity,
     parse_set_ttl,
     parse_user_key,
@@ -57,6 +58,8 @@ log = logging.getLogger("cachewarden.runtime.resp")
 __all__ = ["RespCollector", "RespConnection", "RespServer", "RespStats"]
 
 _MISS = object()
+# Key arguments whose data key (an escaping pass) is remembered; cleared whole when full.
+_KEY_CACHE_ENTRIES = 4096
 # Bytes a busy connection may hold unparsed beyond one maximal command before reading pauses.
 _PIPELINE_SLACK = 1024 * 1024
 _SERVER_VERSION = b"7.2.0"  # what HELLO reports: clients gate features on it; we speak RESP2/3 like 7.x
@@ -66,7 +69,8 @@ class RespStats:
     """Counters of the Redis-protocol front end (rendered by :class:`RespCollector` at scrape time)."""
 
     def __init__(self) -> None:
-        self.commands: Counter[tuple[str, str]] = Counter()  # (command, ok|error)
+        self.ok: Counter[str] = Counter()  # answered commands by name
+        self.failed: Counter[str] = Counter()  # refused commands by name ("unknown" for unknown ones)
         self.errors: Counter[str] = Counter()  # error kind
         self.connections_open = 0
         self.connections_total = 0
@@ -74,7 +78,7 @@ class RespStats:
 
     def error(self, command: str, kind: str) -> None:
         """Count one refused command."""
-        self.commands[(command, "error")] += 1
+        self.failed[command] += 1
         self.errors[kind] += 1
 
 
@@ -93,8 +97,9 @@ class RespCollector(Collector):
             "Redis-protocol commands by command and outcome (ok, error).",
             labels=["command", "outcome"],
         )
-        for (command, outcome), count in sorted(stats.commands.items()):
-            commands.add_metric([command, outcome], count)
+        for outcome, counts in (("ok", stats.ok), ("error", stats.failed)):
+            for command, count in sorted(counts.items()):
+                commands.add_metric([command, outcome], count)
         yield commands
         errors = CounterMetricFamily(
             f"{p}_resp_errors",
@@ -139,6 +144,22 @@ class RespServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
+        self._key_cache: dict[bytes, str] = {}
+        self._key_engine: Any = None
+
+    def data_key(self, engine: Any, command: str, raw: bytes) -> str:
+        """``engine.data_key`` of a key argument, remembered (bounded) for the keys clients repeat."""
+        cache = self._key_cache
+        if engine is not self._key_engine:
+            cache.clear()
+            self._key_engine = engine
+        full = cache.get(raw)
+        if full is None:
+            full = engine.data_key(parse_user_key(command, raw))
+            if len(cache) >= _KEY_CACHE_ENTRIES:
+                cache.clear()
+            cache[raw] = full
+        return full
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (port 0: a free one; read :attr:`port`)."""
@@ -284,7 +305,7 @@ class RespConnection(asyncio.Protocol):
         """Await one command's answer, send it, then go on with the rest of the pipeline."""
         try:
             reply = await pending
-            self.stats.commands[(command, "ok")] += 1
+            self.stats.ok[command] += 1
         except CommandError as exc:
             self.stats.error(command, exc.kind)
             reply = encode_error(exc.reply)
@@ -303,25 +324,29 @@ class RespConnection(asyncio.Protocol):
 
     def _execute(self, args: list[bytes]) -> bytes | tuple[str, Awaitable[bytes]]:
         """The answer (bytes), or (command name, awaitable answer) when the engine must be awaited."""
-        spec = COMMANDS.get(args[0].upper())
-        if spec is None:
+        entry = _HANDLERS.get(args[0]) or _HANDLERS.get(args[0].upper())
+        if entry is None:
             error = unknown_command(args)
             self.stats.error("unknown", error.kind)
             return encode_error(error.reply)
+        spec, handler = entry
         name = spec.name
         try:
-            if spec.role is not None:
+            required = spec.role
+            if required is not None:
                 role = self.role
                 if role is None:
                     raise CommandError("NOAUTH Authentication required: send AUTH <token> first", "noauth")
-                if role < spec.role:
+                if role < required:
                     raise CommandError(
                         f"NOPERM this token may not run '{name.lower()}': it needs the "
-                        f"{spec.role.name.lower()} role (the data API's {spec.role.name.lower()} token)",
+                        f"{required.name.lower()} role (the data API's {required.name.lower()} token)",
                         "noperm",
                     )
-            check_arity(spec, len(args))
-            result = getattr(self, "_cmd_" + name.lower())(args)
+            argc = len(args)
+            if argc < spec.min_args or (spec.max_args is not None and argc > spec.max_args):
+                check_arity(spec, argc)
+            result = handler(self, args)
         except CommandError as exc:
             self.stats.error(name, exc.kind)
             return encode_error(exc.reply)
@@ -330,7 +355,7 @@ class RespConnection(asyncio.Protocol):
             self.stats.error(name, "internal")
             return encode_error("ERR internal error; see the pod's log")
         if type(result) is bytes:
-            self.stats.commands[(name, "ok")] += 1
+            self.stats.ok[name] += 1
             return result
         return name, result
 
@@ -347,7 +372,7 @@ class RespConnection(asyncio.Protocol):
 
     def _cmd_get(self, args: list[bytes]) -> bytes | Awaitable[bytes]:
         engine = self._engine()
-        full = engine.data_key(parse_user_key("GET", args[1]))
+        full = self.server.data_key(engine, "GET", args[1])
         value = engine.get_local(full, _MISS)
         if value is not _MISS:
             return encode_bulk(as_resp_bytes(value))
@@ -360,7 +385,8 @@ class RespConnection(asyncio.Protocol):
     def _lookup_many(self, command: str, args: list[bytes]) -> tuple[Any, list[str], dict[str, Any]]:
         """(engine, full keys in order, the L1 hits); the misses are left for one get_many."""
         engine = self._engine()
-        keys = [engine.data_key(parse_user_key(command, raw)) for raw in args[1:]]
+        data_key = self.server.data_key
+        keys = [data_key(engine, command, raw) for raw in args[1:]]
         found: dict[str, Any] = {}
         get_local = engine.get_local
         for key in keys:
@@ -391,7 +417,7 @@ class RespConnection(asyncio.Protocol):
 
     def _cmd_set(self, args: list[bytes]) -> Awaitable[bytes]:
         engine = self._engine()
-        full = engine.data_key(parse_user_key("SET", args[1]))
+        full = self.server.data_key(engine, "SET", args[1])
         ttl = parse_set_ttl(args[3:])
         if engine.isolated:
             raise CommandError(
@@ -410,7 +436,7 @@ class RespConnection(asyncio.Protocol):
 
     def _cmd_del(self, args: list[bytes]) -> Awaitable[bytes]:
         engine = self._engine()
-        keys = [engine.data_key(parse_user_key("DEL", raw)) for raw in args[1:]]
+        keys = [self.server.data_key(engine, "DEL", raw) for raw in args[1:]]
         return self._delete(engine, keys)
 
     _cmd_unlink = _cmd_del
@@ -568,3 +594,8 @@ class RespConnection(asyncio.Protocol):
             f"ERR COMMAND subcommand: {show(args[1])} is not accepted; accepted: COMMAND, COMMAND COUNT, "
             "COMMAND DOCS, COMMAND INFO name ..."
         )
+
+
+_HANDLERS: dict[bytes, tuple[CommandSpec, Callable[[RespConnection, list[bytes]], Any]]] = {
+    raw: (spec, getattr(RespConnection, "_cmd_" + spec.name.lower())) for raw, spec in COMMANDS.items()
+}

@@ -122,3 +122,16 @@ def test_value_mapping_between_the_protocols() -> None:
     assert as_json_value("b") == ("b", None)
     assert as_json_value(b"caf\xc3\xa9") == ("café", "utf-8")
     assert as_json_value(b"\xff") == ("/w==", "base64")
+
+
+def test_a_large_argument_in_many_reads_is_collected_then_parsed_once() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB
+    stream = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n*1\r\n$4\r\nPING\r\n" % (len(value), value)
+    parser = RequestParser(max_bulk_bytes=2 << 20)
+    seen: list[list[bytes]] = []
+    for index in range(0, len(stream), 1000):
+        parser.feed(stream[index : index + 1000])
+        seen += commands(parser)
+        assert parser.buffered <= len(stream)
+    assert seen == [[b"SET", b"k", value], [b"PING"]]
+    assert parser.buffered == 0
