@@ -57,15 +57,32 @@ TOKEN = "bench-admin-token-0123456789abcdef"
 VALUE = {"summary": "The cache keeps AI responses close to the service. " * 8, "model": "fake", "tokens": 128}
 
 
+# The runtime app under uvicorn with another HTTP parser / event loop (bench only: `--http`, `--loop`).
+_UVICORN_VARIANT = """
+import sys, uvicorn
+from cache_runtime.service.app import create_app
+from cache_runtime.service.settings import ServiceSettings
+settings = ServiceSettings.from_env()
+uvicorn.run(create_app(settings), host=settings.host, port=settings.port, http=sys.argv[1], loop=sys.argv[2],
+            lifespan="on", log_config=None, access_log=False, server_header=False)
+"""
+
+
 class RuntimeProcess:
     """`cachewarden runtime` on a free loopback port, pinned, killed at the end."""
 
     def __init__(
-        self, redis_url: str, cores: list[int] | None, extra_env: dict[str, str] | None = None
+        self,
+        redis_url: str,
+        cores: list[int] | None,
+        extra_env: dict[str, str] | None = None,
+        server: tuple[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.cores = cores
         self.extra_env = dict(extra_env or {})
+        # (http, loop) for uvicorn, e.g. ("h11", "asyncio"); None: `cachewarden runtime` as shipped.
+        self.server = server
         self.directory = Path(tempfile.mkdtemp(prefix="cachewarden-bench-runtime-"))
         (self.directory / "admin").write_text(TOKEN)
         (self.directory / "config.json").write_text(
@@ -91,7 +108,9 @@ class RuntimeProcess:
         env.pop("DEVCLUSTER_ROOT", None)
         log = (self.directory / "runtime.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cachewarden.cli", "runtime"],
+            [sys.executable, "-m", "cachewarden.cli", "runtime"]
+            if self.server is None
+            else [sys.executable, "-c", _UVICORN_VARIANT, *self.server],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -143,7 +162,9 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
     print(placement.describe())
     server = RedisServer(placement.server_cores)
     server.start()
-    runtime = RuntimeProcess(server.url, placement.server_cores)
+    variant = None if (args.http, args.loop) == ("auto", "auto") else (args.http, args.loop)
+    runtime = RuntimeProcess(server.url, placement.server_cores, server=variant)
+    print(f"uvicorn http={args.http} loop={args.loop}" + (" (as shipped)" if variant is None else ""))
     figures: list[Figure] = []
     try:
         runtime.start()
@@ -231,6 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn's HTTP parser (auto: as shipped)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="uvicorn's event loop (auto: as shipped)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.rounds = 200, 1

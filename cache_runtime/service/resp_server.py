@@ -38,6 +38,7 @@ from cache_runtime.service.resp_commands import (
     unknown_command,
 )
 from cache_runtime.service.resp_protocol import (
+    CRLF,
     NULL_RESP2,
     NULL_RESP3,
     OK,
@@ -60,6 +61,7 @@ __all__ = ["RespCollector", "RespConnection", "RespServer", "RespStats"]
 _MISS = object()
 # Key arguments whose data key (an escaping pass) is remembered; cleared whole when full.
 _KEY_CACHE_ENTRIES = 4096
+_GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
 # Bytes a busy connection may hold unparsed beyond one maximal command before reading pauses.
 _PIPELINE_SLACK = 1024 * 1024
 _SERVER_VERSION = b"7.2.0"  # what HELLO reports: clients gate features on it; we speak RESP2/3 like 7.x
@@ -248,6 +250,13 @@ class RespConnection(asyncio.Protocol):
         """Buffer, then answer every complete command (unless a task is already answering)."""
         if self.closed:
             return
+        # The most common request, one GET alone in one read with nothing pending, is answered here
+        # when it is an L1 hit of a key seen before; anything else takes the general path below.
+        if data[:13] == _GET_HEAD and self.role is not None and not self.busy and not self.parser.buffered:
+            reply = self._fast_get(data)
+            if reply is not None:
+                self.transport.write(reply)  # type: ignore[union-attr]
+                return
         self.parser.feed(data)
         if self.busy:
             if self.parser.buffered > self.max_buffer and not self.reading_paused:
@@ -369,6 +378,34 @@ class RespConnection(asyncio.Protocol):
         return engine
 
     # ---- data commands -------------------------------------------------------------------------
+
+    def _fast_get(self, data: bytes) -> bytes | None:
+        """The answer to ``data`` = exactly one ``GET key`` when it is an L1 hit of a remembered key."""
+        newline = data.find(CRLF, 14, 40)  # _GET_HEAD is 13 bytes; then "$<length>\r\n"
+        if newline < 0 or data[13] != 0x24:  # b"$"
+            return None
+        length = data[14:newline]
+        if not length.isdigit():
+            return None
+        start = newline + 2
+        end = start + int(length)
+        if end + 2 != len(data) or data[end:] != CRLF:
+            return None
+        server = self.server
+        try:
+            engine = server.get_cache()
+        except EngineUnavailable:
+            return None
+        if engine is None or engine is not server._key_engine:
+            return None
+        full = server._key_cache.get(data[start:end])
+        if full is None:
+            return None
+        value = engine.get_local(full, _MISS)  # counts the hit; a miss is not counted here
+        if value is _MISS:
+            return None
+        self.stats.ok["GET"] += 1
+        return encode_bulk(as_resp_bytes(value))
 
     def _cmd_get(self, args: list[bytes]) -> bytes | Awaitable[bytes]:
         engine = self._engine()
