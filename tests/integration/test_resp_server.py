@@ -581,3 +581,18 @@ def test_real_runtime_process_serves_resp_on_its_event_loop(tmp_path: Path, redi
     finally:
         _stop(process)
     assert "Traceback" not in log_path.read_text()
+
+
+async def test_reads_follow_an_in_process_engine_restart(runtime: RespRuntime) -> None:
+    client = runtime.client()
+    await client.set("survives", "v1")
+    assert await client.get("survives") == b"v1"  # an L1 hit of the first engine
+    old = runtime.engine
+    await runtime.app.state.runtime.restart_engine()
+    assert runtime.engine is not old
+    # The new engine starts with an empty L1: the value comes from Redis, then from the new L1.
+    assert await client.get("survives") == b"v1"
+    assert runtime.engine.get_local(runtime.engine.data_key("survives"), None) == b"v1"
+    await client.set("survives", "v2")
+    assert await client.get("survives") == b"v2"
+    await client.aclose()
