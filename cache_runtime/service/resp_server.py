@@ -61,6 +61,8 @@ __all__ = ["RespCollector", "RespConnection", "RespServer", "RespStats"]
 _MISS = object()
 # Key arguments whose data key (an escaping pass) is remembered; cleared whole when full.
 _KEY_CACHE_ENTRIES = 4096
+# Answers of one batch are written at least this often, so a client that stops reading pauses us soon.
+_FLUSH_BYTES = 256 * 1024
 _GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
 # Bytes a busy connection may hold unparsed beyond one maximal command before reading pauses.
 _PIPELINE_SLACK = 1024 * 1024
@@ -210,7 +212,8 @@ class RespConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False
         self.closed = False
-        self.reading_paused = False
+        self.reading_paused = False  # paused because the pipeline buffer is full (a task answers)
+        self.writing_paused = False  # paused because the client does not read its answers
         self.counted = False
         self.quitting = False
 
@@ -266,6 +269,22 @@ class RespConnection(asyncio.Protocol):
             return
         self._run_ready()
 
+    def pause_writing(self) -> None:
+        """The client reads answers slower than they come: stop reading and answering until it catches up."""
+        self.writing_paused = True
+        if self.transport is not None and not self.reading_paused:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The answers drained below the low-water mark: read again and answer what is buffered."""
+        self.writing_paused = False
+        if self.transport is None or self.closed:
+            return
+        if not self.reading_paused:
+            self.transport.resume_reading()
+        if not self.busy:
+            self._run_ready()
+
     def close(self) -> None:
         """Close the socket (buffered answers are still sent)."""
         self.closed = True
@@ -278,7 +297,10 @@ class RespConnection(asyncio.Protocol):
         """Answer complete commands in order; hand over to a task at the first one that must wait."""
         transport = self.transport
         assert transport is not None
+        if self.writing_paused or self.closed:
+            return
         out: list[bytes] = []
+        out_bytes = 0
         parser = self.parser
         while True:
             try:
@@ -298,6 +320,12 @@ class RespConnection(asyncio.Protocol):
                     transport.write(b"".join(out))
                     self.close()
                     return
+                out_bytes += len(result)
+                if out_bytes >= _FLUSH_BYTES:
+                    transport.write(b"".join(out))
+                    out, out_bytes = [], 0
+                    if self.writing_paused:  # the client is not reading: the rest waits in the parser
+                        return
                 continue
             if out:
                 transport.write(b"".join(out))
@@ -328,7 +356,8 @@ class RespConnection(asyncio.Protocol):
         self.transport.write(reply)
         if self.reading_paused:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self.writing_paused:
+                self.transport.resume_reading()
         self._run_ready()
 
     def _execute(self, args: list[bytes]) -> bytes | tuple[str, Awaitable[bytes]]:

@@ -596,3 +596,21 @@ async def test_reads_follow_an_in_process_engine_restart(runtime: RespRuntime) -
     await client.set("survives", "v2")
     assert await client.get("survives") == b"v2"
     await client.aclose()
+
+
+async def test_a_client_that_reads_late_gets_every_answer_in_order(runtime: RespRuntime) -> None:
+    """Answers larger than the socket buffers: the server pauses (pause_writing) and resumes."""
+    client = runtime.client()
+    values = {f"big{index}": bytes([index]) * 60_000 for index in range(4)}
+    for key, value in values.items():
+        await client.set(key, value)
+    await client.aclose()
+    raw = await runtime.raw()
+    keys = [f"big{index % 4}" for index in range(400)]  # 24 MB of answers to 15 kB of requests
+    await raw.send(encode("AUTH", READ) + b"".join(encode("GET", key) for key in keys) + encode("PING"))
+    await asyncio.sleep(0.2)  # let the server run into the full socket before anything is read
+    assert await raw.reply() == "OK"
+    for key in keys:
+        assert await raw.reply() == values[key]
+    assert await raw.reply() == "PONG"
+    await raw.close()
