@@ -44,6 +44,15 @@ from service import TOKEN, VALUE, RuntimeProcess, run_load
 PAYLOAD = json.dumps(VALUE).encode()
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 when it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RawRespClient:
     """One connection; ``get`` sends a pre-encoded GET and reads one bulk reply (no pipelining)."""
 
@@ -166,6 +175,9 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             for load in loads.values():  # warm-up: connections, code paths
                 await load(min(500, args.requests))
             results: dict[str, list[dict[str, float]]] = {name: [] for name in loads}
+            cpu_s = dict.fromkeys(loads, 0.0)  # CPU time of the server process that answered the load
+            runtime_pid = runtime.process.pid if runtime.process else 0
+            redis_pid = server.pid or 0
             names = list(loads)
             for round_index in range(args.rounds):
                 # Pairs run back to back, in alternating order, so drift from a neighbour's load lands
@@ -176,7 +188,10 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                     else [n for pair in zip(names[1::2], names[::2], strict=True) for n in pair]
                 )
                 for name in order:
+                    pid = runtime_pid if "runtime" in name else redis_pid
+                    before = process_cpu_s(pid)
                     results[name].append(await loads[name](args.requests))
+                    cpu_s[name] += process_cpu_s(pid) - before
             await direct.aclose()
             await via_runtime.aclose()
             for client in raw_direct + raw_runtime:
@@ -190,6 +205,13 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 Figure("R1", f"{name}: throughput", rps, "req/s"),
                 Figure("R1", f"{name}: p50", statistics.median(r["p50_ms"] for r in rounds), "ms"),
                 Figure("R1", f"{name}: p99", statistics.median(r["p99_ms"] for r in rounds), "ms"),
+                Figure(
+                    "R1",
+                    f"{name}: server CPU per request",
+                    cpu_s[name] / (len(rounds) * args.requests) * 1e6,
+                    "us",
+                    note="user+system time of the answering process (10 ms ticks, summed over the rounds)",
+                ),
             ]
         for client in ("redis-py", "raw RESP"):
             runtime_rounds = results[f"{client} -> runtime RESP GET (L1 hit)"]
