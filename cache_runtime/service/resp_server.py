@@ -61,6 +61,7 @@ __all__ = ["RespCollector", "RespConnection", "RespServer", "RespStats"]
 _MISS = object()
 # Key arguments whose data key (an escaping pass) is remembered; cleared whole when full.
 _KEY_CACHE_ENTRIES = 4096
+_KEY_CACHE_MAX_KEY_BYTES = 256  # longer keys are escaped each time: the cache stays a few MiB at most
 # Answers of one batch are written at least this often, so a client that stops reading pauses us soon.
 _FLUSH_BYTES = 256 * 1024
 _GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
@@ -160,9 +161,10 @@ class RespServer:
         full = cache.get(raw)
         if full is None:
             full = engine.data_key(parse_user_key(command, raw))
-            if len(cache) >= _KEY_CACHE_ENTRIES:
-                cache.clear()
-            cache[raw] = full
+            if len(raw) <= _KEY_CACHE_MAX_KEY_BYTES:
+                if len(cache) >= _KEY_CACHE_ENTRIES:
+                    cache.clear()
+                cache[raw] = full
         return full
 
     async def start(self, host: str, port: int) -> None:
