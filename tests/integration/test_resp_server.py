@@ -614,3 +614,22 @@ async def test_a_client_that_reads_late_gets_every_answer_in_order(runtime: Resp
         assert await raw.reply() == values[key]
     assert await raw.reply() == "PONG"
     await raw.close()
+
+
+async def test_a_long_pipeline_behind_a_redis_read_is_answered_whole(runtime: RespRuntime) -> None:
+    """More than the pipeline buffer (body limit + 1 MiB) arrives while a command waits on Redis."""
+    other = TieredCache(resolve_config(**runtime.config))
+    await other.start()
+    await other.set(other.data_key("from-l2"), b"R")  # not in this pod's L1: the first GET awaits Redis
+    await other.close()
+    raw = await runtime.raw()
+    value = b"v" * 1000
+    sets = b"".join(encode("SET", f"bulk{index}", value) for index in range(2500))  # ~2.6 MB
+    await raw.send(encode("AUTH", WRITE) + encode("GET", "from-l2") + sets + encode("GET", "bulk2499"))
+    assert await raw.reply() == "OK"
+    assert await raw.reply() == b"R"
+    for _ in range(2500):
+        assert await raw.reply() == "OK"
+    assert await raw.reply() == value
+    assert await runtime.engine.get(runtime.engine.data_key("bulk0")) == value
+    await raw.close()
