@@ -67,6 +67,29 @@ uvicorn.run(create_app(settings), host=settings.host, port=settings.port, http=s
             lifespan="on", log_config=None, access_log=False, server_header=False)
 """
 
+# uvicorn's own floor: a trivial ASGI app (no FastAPI, no engine, no auth) answering every request with
+# one fixed JSON body (bench only: `--bare-asgi`). The "data GET" then measures uvicorn alone.
+_BARE_ASGI = """
+import os, sys, uvicorn
+BODY = b'{"key":"bench-key","hit":true,"value":null,"cache_metrics":{"l1_hit_rate":null}}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["CACHEWARDEN_PORT"]), http=sys.argv[1],
+            loop=sys.argv[2], log_config=None, access_log=False, server_header=False)
+"""
+
 
 class RuntimeProcess:
     """`cachewarden runtime` on a free loopback port, pinned, killed at the end."""
@@ -76,12 +99,12 @@ class RuntimeProcess:
         redis_url: str,
         cores: list[int] | None,
         extra_env: dict[str, str] | None = None,
-        server: tuple[str, str] | None = None,
+        server: tuple[str, ...] | None = None,
     ) -> None:
         self.port = free_port()
         self.cores = cores
         self.extra_env = dict(extra_env or {})
-        # (http, loop) for uvicorn, e.g. ("h11", "asyncio"); None: `cachewarden runtime` as shipped.
+        # ("app" | "bare", http, loop) for uvicorn, e.g. ("app", "h11", "asyncio"); None: as shipped.
         self.server = server
         self.directory = Path(tempfile.mkdtemp(prefix="cachewarden-bench-runtime-"))
         (self.directory / "admin").write_text(TOKEN)
@@ -110,7 +133,12 @@ class RuntimeProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cachewarden.cli", "runtime"]
             if self.server is None
-            else [sys.executable, "-c", _UVICORN_VARIANT, *self.server],
+            else [
+                sys.executable,
+                "-c",
+                _BARE_ASGI if self.server[0] == "bare" else _UVICORN_VARIANT,
+                *self.server[1:],
+            ],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -162,9 +190,16 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
     print(placement.describe())
     server = RedisServer(placement.server_cores)
     server.start()
-    variant = None if (args.http, args.loop) == ("auto", "auto") else (args.http, args.loop)
+    variant: tuple[str, ...] | None = None
+    if args.bare_asgi:
+        variant = ("bare", args.http, args.loop)
+    elif (args.http, args.loop) != ("auto", "auto"):
+        variant = ("app", args.http, args.loop)
     runtime = RuntimeProcess(server.url, placement.server_cores, server=variant)
-    print(f"uvicorn http={args.http} loop={args.loop}" + (" (as shipped)" if variant is None else ""))
+    shown = (
+        " (as shipped)" if variant is None else " (a trivial ASGI app, no engine)" if args.bare_asgi else ""
+    )
+    print(f"uvicorn http={args.http} loop={args.loop}{shown}")
     figures: list[Figure] = []
     try:
         runtime.start()
@@ -263,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
         help="uvicorn's event loop (auto: as shipped)",
+    )
+    parser.add_argument(
+        "--bare-asgi",
+        action="store_true",
+        help="serve a trivial ASGI app instead of the runtime: uvicorn's floor",
     )
     args = parser.parse_args(argv)
     if args.quick:
