@@ -4,6 +4,8 @@ load generator talking to Redis directly, in the same run.
     .venv/bin/python bench/service.py              # about a minute
     .venv/bin/python bench/service.py --quick      # smoke run, figures not meaningful
     .venv/bin/python bench/service.py --json out.json
+    .venv/bin/python bench/service.py --http h11 --loop asyncio   # the app under other uvicorn choices
+    .venv/bin/python bench/service.py --bare-asgi    # uvicorn's floor: a trivial ASGI app, no engine
 
 What runs: a redis-server and one `cachewarden runtime` process (uvicorn, one worker, the production
 preset, auth on), both pinned to the server core when there are two cores; the load generator (this
