@@ -65,6 +65,7 @@ binaries:
 bench: setup
 	$(PY) bench/engine.py
 	$(PY) bench/service.py
+	$(PY) bench/resp.py
 
 # Security audit (docs/reliability.md): bandit at medium severity and up, against a reviewed baseline
 # (each entry justified in the doc: a new finding fails), and the installed venv's dependencies

@@ -4,6 +4,8 @@ load generator talking to Redis directly, in the same run.
     .venv/bin/python bench/service.py              # about a minute
     .venv/bin/python bench/service.py --quick      # smoke run, figures not meaningful
     .venv/bin/python bench/service.py --json out.json
+    .venv/bin/python bench/service.py --http h11 --loop asyncio   # the app under other uvicorn choices
+    .venv/bin/python bench/service.py --bare-asgi    # uvicorn's floor: a trivial ASGI app, no engine
 
 What runs: a redis-server and one `cachewarden runtime` process (uvicorn, one worker, the production
 preset, auth on), both pinned to the server core when there are two cores; the load generator (this
@@ -57,12 +59,55 @@ TOKEN = "bench-admin-token-0123456789abcdef"
 VALUE = {"summary": "The cache keeps AI responses close to the service. " * 8, "model": "fake", "tokens": 128}
 
 
+# The runtime app under uvicorn with another HTTP parser / event loop (bench only: `--http`, `--loop`).
+_UVICORN_VARIANT = """
+import sys, uvicorn
+from cache_runtime.service.app import create_app
+from cache_runtime.service.settings import ServiceSettings
+settings = ServiceSettings.from_env()
+uvicorn.run(create_app(settings), host=settings.host, port=settings.port, http=sys.argv[1], loop=sys.argv[2],
+            lifespan="on", log_config=None, access_log=False, server_header=False)
+"""
+
+# uvicorn's own floor: a trivial ASGI app (no FastAPI, no engine, no auth) answering every request with
+# one fixed JSON body (bench only: `--bare-asgi`). The "data GET" then measures uvicorn alone.
+_BARE_ASGI = """
+import os, sys, uvicorn
+BODY = b'{"key":"bench-key","hit":true,"value":null,"cache_metrics":{"l1_hit_rate":null}}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(os.environ["CACHEWARDEN_PORT"]), http=sys.argv[1],
+            loop=sys.argv[2], log_config=None, access_log=False, server_header=False)
+"""
+
+
 class RuntimeProcess:
     """`cachewarden runtime` on a free loopback port, pinned, killed at the end."""
 
-    def __init__(self, redis_url: str, cores: list[int] | None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        cores: list[int] | None,
+        extra_env: dict[str, str] | None = None,
+        server: tuple[str, ...] | None = None,
+    ) -> None:
         self.port = free_port()
         self.cores = cores
+        self.extra_env = dict(extra_env or {})
+        # ("app" | "bare", http, loop) for uvicorn, e.g. ("app", "h11", "asyncio"); None: as shipped.
+        self.server = server
         self.directory = Path(tempfile.mkdtemp(prefix="cachewarden-bench-runtime-"))
         (self.directory / "admin").write_text(TOKEN)
         (self.directory / "config.json").write_text(
@@ -83,11 +128,19 @@ class RuntimeProcess:
             "CACHEWARDEN_ADMIN_TOKEN_FILE": str(self.directory / "admin"),
             "CACHEWARDEN_PORT": str(self.port),
             "CACHEWARDEN_LOG_LEVEL": "WARNING",
+            **self.extra_env,
         }
         env.pop("DEVCLUSTER_ROOT", None)
         log = (self.directory / "runtime.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cachewarden.cli", "runtime"],
+            [sys.executable, "-m", "cachewarden.cli", "runtime"]
+            if self.server is None
+            else [
+                sys.executable,
+                "-c",
+                _BARE_ASGI if self.server[0] == "bare" else _UVICORN_VARIANT,
+                *self.server[1:],
+            ],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -139,7 +192,16 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
     print(placement.describe())
     server = RedisServer(placement.server_cores)
     server.start()
-    runtime = RuntimeProcess(server.url, placement.server_cores)
+    variant: tuple[str, ...] | None = None
+    if args.bare_asgi:
+        variant = ("bare", args.http, args.loop)
+    elif (args.http, args.loop) != ("auto", "auto"):
+        variant = ("app", args.http, args.loop)
+    runtime = RuntimeProcess(server.url, placement.server_cores, server=variant)
+    shown = (
+        " (as shipped)" if variant is None else " (a trivial ASGI app, no engine)" if args.bare_asgi else ""
+    )
+    print(f"uvicorn http={args.http} loop={args.loop}{shown}")
     figures: list[Figure] = []
     try:
         runtime.start()
@@ -227,6 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn's HTTP parser (auto: as shipped)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="uvicorn's event loop (auto: as shipped)",
+    )
+    parser.add_argument(
+        "--bare-asgi",
+        action="store_true",
+        help="serve a trivial ASGI app instead of the runtime: uvicorn's floor",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.rounds = 200, 1

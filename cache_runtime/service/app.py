@@ -37,6 +37,7 @@ from cache_runtime.service.idempotency import IdempotencyStore
 from cache_runtime.service.journal import ActionJournal, RecentErrors
 from cache_runtime.service.limits import BodySizeLimitMiddleware
 from cache_runtime.service.logging import AccessLogMiddleware
+from cache_runtime.service.resp_server import RespCollector, RespServer, RespStats
 from cache_runtime.service.service_metrics import RequestStats, ServiceCollector
 from cache_runtime.service.settings import ServiceSettings
 
@@ -76,6 +77,8 @@ class RuntimeState:
         self.journal = ActionJournal()
         self.recent_errors = RecentErrors()
         self.requests = RequestStats()
+        self.resp_stats = RespStats()
+        self.resp_server: RespServer | None = None
         self.registry = CollectorRegistry()
         self.shutting_down = False
         self._engine_lock = asyncio.Lock()
@@ -190,10 +193,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             poller = asyncio.create_task(
                 state.controller.run_poller(settings.config_poll_interval_s, stop), name="config-poller"
             )
+            if settings.resp_port is not None:
+                state.resp_server = RespServer(
+                    state.get_cache,
+                    state.auth,
+                    max_bytes=settings.max_body_bytes,
+                    max_connections=settings.resp_max_connections,
+                    stats=state.resp_stats,
+                )
+                await state.resp_server.start(settings.resp_host or settings.host, settings.resp_port)
             yield
         finally:
             state.shutting_down = True
             stop.set()
+            if state.resp_server is not None:
+                await state.resp_server.close(timeout_s=max(1.0, settings.shutdown_grace_s / 2))
             if poller is not None:
                 # The poller wakes on `stop` at once unless it is inside an apply; give that a bound.
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -215,6 +229,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     state.registry.register(EngineCollector(state.snapshot))
     state.registry.register(ServiceCollector(state.requests, state.service_state))
+    state.registry.register(RespCollector(state.resp_stats))
     ProcessCollector(registry=state.registry)
     PlatformCollector(registry=state.registry)
     GCCollector(registry=state.registry)

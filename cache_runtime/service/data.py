@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cache_runtime.service.auth import Authenticator, Role
 from cache_runtime.service.engine_ops import EngineUnavailable
 from cache_runtime.service.errors import InvalidRequest, reject_non_finite
+from cache_runtime.service.value_mapping import as_json_value
 
 MAX_KEY_CHARS = 1024
 _MISS = object()
@@ -159,7 +160,10 @@ def build_data_router(
         value = await engine.get(data_key(engine, key), _MISS)
         if value is _MISS:
             return JSONResponse(status_code=404, content={"key": key, "hit": False})
-        return JSONResponse(content={"key": key, "hit": True, "value": value})
+        shown, encoding = as_json_value(value)  # bytes (a Redis-protocol SET): text + its encoding
+        if encoding is None:
+            return JSONResponse(content={"key": key, "hit": True, "value": value})
+        return JSONResponse(content={"key": key, "hit": True, "value": shown, "encoding": encoding})
 
     @router.put("/keys/{key:path}", dependencies=write, summary="Store a value by key")
     async def put_value(key: KeyPath, body: StoreBody) -> JSONResponse:
@@ -181,13 +185,23 @@ def build_data_router(
     async def mget(body: MgetBody) -> dict[str, Any]:
         engine = cache()
         full_keys = [data_key(engine, key) for key in body.keys]
-        values = await engine.get_many(full_keys)
-        found = values if isinstance(values, dict) else dict(zip(full_keys, values, strict=True))
+        fetched = await engine.get_many(full_keys)
+        found = fetched if isinstance(fetched, dict) else dict(zip(full_keys, fetched, strict=True))
         results = {key: found.get(full) for key, full in zip(body.keys, full_keys, strict=True)}
-        return {
-            "values": {key: value for key, value in results.items() if value is not None},
+        values: dict[str, Any] = {}
+        encodings: dict[str, str] = {}
+        for key, value in results.items():
+            if value is not None:
+                values[key], encoding = as_json_value(value)
+                if encoding is not None:
+                    encodings[key] = encoding
+        answer: dict[str, Any] = {
+            "values": values,
             "missing": [key for key, value in results.items() if value is None],
         }
+        if encodings:  # only when some value is bytes (written through the Redis protocol)
+            answer["encodings"] = encodings
+        return answer
 
     @router.post("/ai/lookup", dependencies=read, summary="Look up an AI response by its request")
     async def ai_lookup(body: AIRequestBody) -> JSONResponse:

@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds in-flight requests get after SIGTERM (default 20)",
     )
+    parser.add_argument(
+        "--resp-port",
+        type=int,
+        help="also serve the data API over the Redis protocol on this port (env CACHEWARDEN_RESP_PORT; "
+        "default: off)",
+    )
+    parser.add_argument("--resp-host", help="bind address of the Redis protocol (default: --host)")
+    parser.add_argument(
+        "--resp-max-connections", type=int, help="Redis-protocol connections per pod (default 1000)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
@@ -97,7 +107,10 @@ def serve(app: Any, settings: ServiceSettings) -> int:
     )
     server = uvicorn.Server(config)
     signal.signal(signal.SIGTERM, _stopped_by_sigterm)
-    log.info("runtime listening", extra={"fields": {"host": settings.host, "port": settings.port}})
+    log.info(
+        "runtime listening",
+        extra={"fields": {"host": settings.host, "port": settings.port, "resp_port": settings.resp_port}},
+    )
     server.run()
     # uvicorn sets started only if the socket bound and the lifespan startup succeeded.
     return 0 if server.started else 1

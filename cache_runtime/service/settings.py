@@ -105,6 +105,11 @@ class ServiceSettings:
     # The guide's redis/optimize-server may run CONFIG SET on the pod's Redis only with this on
     # (CACHEWARDEN_ALLOW_REDIS_CONFIG_SET=true); off by default: a cache client does not own the server.
     allow_redis_config_set: bool = False
+    # The data API over the Redis protocol (resp_server.py): off unless a port is set
+    # (CACHEWARDEN_RESP_PORT; 0 = any free port, for tests). It binds resp_host, else host.
+    resp_port: int | None = None
+    resp_host: str | None = None
+    resp_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **explicit: object) -> ServiceSettings:
@@ -149,8 +154,10 @@ class ServiceSettings:
                 values[key] = map_mount_path(str(value), environ)
             elif key in {"auth_disabled", "open_metrics", "open_probes", "allow_redis_config_set"}:
                 values[key] = _parse_bool(key, text) if text is not None else bool(value)
-            elif key == "port":
+            elif key in {"port", "resp_port"}:
                 values[key] = _parse_int(key, value, 0, 65535)  # type: ignore[arg-type]
+            elif key == "resp_max_connections":
+                values[key] = _parse_int(key, value, 1, 100_000)  # type: ignore[arg-type]
             elif key == "idempotency_max_entries":
                 values[key] = _parse_int(key, value, 1, 10_000_000)  # type: ignore[arg-type]
             elif key == "max_body_bytes":
@@ -166,7 +173,7 @@ class ServiceSettings:
                 if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
                     raise SettingsError(key, value, "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
                 values[key] = level
-            elif key == "host":
+            elif key in {"host", "resp_host"}:
                 if not str(value).strip():
                     raise SettingsError(key, value, "an IP address or host name to bind")
                 values[key] = str(value).strip()

@@ -75,3 +75,23 @@ def test_unknown_flag() -> None:
     with pytest.raises(SettingsError) as caught:
         ServiceSettings.from_env({}, colour="blue")
     assert caught.value.name == "colour"
+
+
+def test_redis_protocol_settings() -> None:
+    assert ServiceSettings.from_env({}).resp_port is None  # off by default
+    settings = ServiceSettings.from_env(
+        {
+            "CACHEWARDEN_RESP_PORT": "6380",
+            "CACHEWARDEN_RESP_HOST": "0.0.0.0",
+            "CACHEWARDEN_RESP_MAX_CONNECTIONS": "50",
+        }
+    )
+    assert (settings.resp_port, settings.resp_host, settings.resp_max_connections) == (6380, "0.0.0.0", 50)
+    for name, value, accepted in [
+        ("RESP_PORT", "redis", "an integer from 0 to 65535"),
+        ("RESP_PORT", "70000", "an integer from 0 to 65535"),
+        ("RESP_MAX_CONNECTIONS", "0", "an integer from 1 to 100000"),
+    ]:
+        with pytest.raises(SettingsError) as caught:
+            ServiceSettings.from_env({f"CACHEWARDEN_{name}": value})
+        assert caught.value.name == name.lower() and caught.value.accepted == accepted

@@ -1,0 +1,277 @@
+"""The runtime's Redis-protocol front end against Redis itself: GET (an L1 hit) with the same client on
+both sides, in the same run, next to the HTTP data API.
+
+    .venv/bin/python bench/resp.py              # about a minute
+    .venv/bin/python bench/resp.py --quick      # smoke run, figures not meaningful
+    .venv/bin/python bench/resp.py --json out.json
+
+What runs: a redis-server and one `cachewarden runtime` process (production preset, auth on, the
+Redis protocol on with ``CACHEWARDEN_RESP_PORT``), both pinned to the server core when there are two
+cores; the load generator (this process, bench core) keeps ``--concurrency`` GETs in flight, one per
+connection at a time (no pipelining). Loads, interleaved round by round:
+
+* redis-py asyncio -> redis-server ``GET`` (the anchor) and redis-py -> runtime ``GET`` (L1 hit);
+* a minimal asyncio RESP client (one pre-encoded GET per request, one connection per worker: the
+  client costs less, so the servers' own cost shows more) -> redis-server and -> runtime;
+* aiohttp -> runtime ``GET /data/v1/keys/{key}`` (the HTTP data API, L1 hit) and ``/healthz``.
+
+Each runtime-vs-Redis ratio compares the same client against both servers, run back to back in each
+round (alternating which goes first), as the median of the per-round ratios; the target (issue 16) is
+runtime GET >= 1.0x Redis-direct GET throughput on the recommended protocol. Other figures are
+medians over the rounds; nothing is asserted, and nothing here runs in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Figure, RedisServer, free_port, pin_bench_process, print_table
+from service import TOKEN, VALUE, RuntimeProcess, run_load
+
+PAYLOAD = json.dumps(VALUE).encode()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 when it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RawRespClient:
+    """One connection; ``get`` sends a pre-encoded GET and reads one bulk reply (no pipelining)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, password: str | None) -> RawRespClient:
+        """Connect to 127.0.0.1:``port`` and AUTH when a password is given."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        if password:
+            writer.write(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%b\r\n" % (len(password), password.encode()))
+            line = await reader.readline()
+            if line != b"+OK\r\n":
+                raise RuntimeError(f"AUTH answered {line!r}")
+        return client
+
+    async def get(self, command: bytes) -> bytes:
+        """Send one encoded GET, return the bulk payload."""
+        self.writer.write(command)
+        line = await self.reader.readline()
+        if line[:1] != b"$" or line == b"$-1\r\n":
+            raise RuntimeError(f"GET answered {line!r}")
+        return (await self.reader.readexactly(int(line[1:-2]) + 2))[:-2]
+
+    async def close(self) -> None:
+        """Close the socket."""
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def encode_get(key: bytes) -> bytes:
+    """``GET key`` as a RESP array."""
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
+
+
+async def run_raw_load(clients: list[RawRespClient], command: bytes, total: int) -> dict[str, float]:
+    """Each connection runs sequential GETs until ``total`` finished; rps and latency percentiles."""
+    pool = list(clients)
+
+    async def call() -> None:
+        client = pool.pop()
+        try:
+            await client.get(command)
+        finally:
+            pool.append(client)
+
+    return await run_load(call, total, len(clients))
+
+
+async def bench(args: argparse.Namespace) -> list[Figure]:
+    placement = pin_bench_process()
+    print(placement.describe())
+    server = RedisServer(placement.server_cores)
+    server.start()
+    resp_port = free_port()
+    runtime = RuntimeProcess(
+        server.url,
+        placement.server_cores,
+        extra_env={"CACHEWARDEN_RESP_PORT": str(resp_port), "CACHEWARDEN_RESP_MAX_CONNECTIONS": "1000"},
+    )
+    figures: list[Figure] = []
+    try:
+        runtime.start()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
+        async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                async with http.get("/readyz") as response:
+                    if response.status == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("runtime not ready within 30 s")
+                await asyncio.sleep(0.05)
+            async with http.put("/data/v1/keys/bench-key", json={"value": VALUE}) as response:
+                assert response.status == 200, await response.text()
+            redis_port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+            direct = aioredis.Redis(host="127.0.0.1", port=redis_port, max_connections=args.concurrency)
+            via_runtime = aioredis.Redis(
+                host="127.0.0.1", port=resp_port, password=TOKEN, max_connections=args.concurrency, protocol=2
+            )
+            await direct.set("bench:raw", PAYLOAD)
+            await via_runtime.set("bench:resp", PAYLOAD)  # bytes in, bytes out: the same payload size
+            assert await via_runtime.get("bench:resp") == PAYLOAD
+            raw_direct = [await RawRespClient.connect(redis_port, None) for _ in range(args.concurrency)]
+            raw_runtime = [await RawRespClient.connect(resp_port, TOKEN) for _ in range(args.concurrency)]
+            get_raw, get_resp = encode_get(b"bench:raw"), encode_get(b"bench:resp")
+
+            async def data_get() -> None:
+                async with http.get("/data/v1/keys/bench-key") as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"data GET answered {response.status}")
+
+            async def healthz() -> None:
+                async with http.get("/healthz") as response:
+                    await response.read()
+
+            async def redis_py_direct() -> None:
+                await direct.get("bench:raw")
+
+            async def redis_py_runtime() -> None:
+                await via_runtime.get("bench:resp")
+
+            loads: dict[str, Callable[[int], Awaitable[dict[str, float]]]] = {
+                "redis-py -> Redis GET (anchor)": lambda n: run_load(redis_py_direct, n, args.concurrency),
+                "redis-py -> runtime RESP GET (L1 hit)": lambda n: run_load(
+                    redis_py_runtime, n, args.concurrency
+                ),
+                "raw RESP -> Redis GET (anchor)": lambda n: run_raw_load(raw_direct, get_raw, n),
+                "raw RESP -> runtime RESP GET (L1 hit)": lambda n: run_raw_load(raw_runtime, get_resp, n),
+                "aiohttp -> runtime HTTP data GET (L1 hit)": lambda n: run_load(
+                    data_get, n, args.concurrency
+                ),
+                "aiohttp -> runtime /healthz (HTTP floor)": lambda n: run_load(healthz, n, args.concurrency),
+            }
+            for load in loads.values():  # warm-up: connections, code paths
+                await load(min(500, args.requests))
+            results: dict[str, list[dict[str, float]]] = {name: [] for name in loads}
+            cpu_s = dict.fromkeys(loads, 0.0)  # CPU time of the server process that answered the load
+            runtime_pid = runtime.process.pid if runtime.process else 0
+            redis_pid = server.pid or 0
+            names = list(loads)
+            for round_index in range(args.rounds):
+                # Pairs run back to back, in alternating order, so drift from a neighbour's load lands
+                # on both sides of each ratio.
+                order = (
+                    names
+                    if round_index % 2 == 0
+                    else [n for pair in zip(names[1::2], names[::2], strict=True) for n in pair]
+                )
+                for name in order:
+                    pid = runtime_pid if "runtime" in name else redis_pid
+                    before = process_cpu_s(pid)
+                    results[name].append(await loads[name](args.requests))
+                    cpu_s[name] += process_cpu_s(pid) - before
+            await direct.aclose()
+            await via_runtime.aclose()
+            for client in raw_direct + raw_runtime:
+                await client.close()
+            async with http.get("/internal/cache/metrics") as response:
+                hits = (await response.json())["cache_metrics"]
+        medians: dict[str, float] = {}
+        for name, rounds in results.items():
+            rps = medians[name] = statistics.median(r["rps"] for r in rounds)
+            figures += [
+                Figure("R1", f"{name}: throughput", rps, "req/s"),
+                Figure("R1", f"{name}: p50", statistics.median(r["p50_ms"] for r in rounds), "ms"),
+                Figure("R1", f"{name}: p99", statistics.median(r["p99_ms"] for r in rounds), "ms"),
+                Figure(
+                    "R1",
+                    f"{name}: server CPU per request",
+                    cpu_s[name] / (len(rounds) * args.requests) * 1e6,
+                    "us",
+                    note="user+system time of the answering process (10 ms ticks, summed over the rounds)",
+                ),
+            ]
+        for client in ("redis-py", "raw RESP"):
+            runtime_rounds = results[f"{client} -> runtime RESP GET (L1 hit)"]
+            redis_rounds = results[f"{client} -> Redis GET (anchor)"]
+            per_round = sorted(a["rps"] / b["rps"] for a, b in zip(runtime_rounds, redis_rounds, strict=True))
+            ratio = statistics.median(per_round)
+            figures.append(
+                Figure(
+                    "R1",
+                    f"runtime RESP GET / Redis GET, {client} client",
+                    ratio,
+                    "x",
+                    ">= 1.0x",
+                    ratio >= 1.0,
+                    note=f"median of {len(per_round)} per-round ratios, "
+                    f"range {per_round[0]:.2f}-{per_round[-1]:.2f}",
+                )
+            )
+        http_ratio = (
+            medians["aiohttp -> runtime HTTP data GET (L1 hit)"] / medians["redis-py -> Redis GET (anchor)"]
+        )
+        figures += [
+            Figure(
+                "R1",
+                "runtime HTTP data GET / redis-py Redis GET",
+                http_ratio,
+                "x",
+                ">= 1.0x",
+                http_ratio >= 1.0,
+                note="different clients (aiohttp vs redis-py): the HTTP path's standing, not a like-for-like",
+            ),
+            Figure("R1", "runtime L1 hit rate during the run", hits["l1_hit_rate"], ""),
+        ]
+    finally:
+        runtime.stop()
+        server.close()
+    print(
+        f"load: {args.rounds} rounds x {args.requests} requests per load, {args.concurrency} in flight "
+        f"(one per connection, no pipelining); load average at end {os.getloadavg()[0]:.2f}"
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print (optionally save) the figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per load per round")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds = 200, 1
+    figures = asyncio.run(bench(args))
+    print_table(figures)
+    if args.json:
+        args.json.write_text(json.dumps([figure.as_dict() for figure in figures], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
