@@ -70,6 +70,7 @@ REDIS_CA_PATH = f"{REDIS_CA_DIR}/ca.crt"
 RUNTIME_USER_ID = 10001
 CONTAINER_NAME = "runtime"
 PORT_NAME = "http"
+RESP_PORT_NAME = "resp"
 DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 DEFAULT_LIMITS = {"memory": "512Mi"}
 # The runtime drains in-flight requests for 20 s after SIGTERM (its --shutdown-grace default).
@@ -373,6 +374,8 @@ def runtime_args(spec: CachePolicySpec, runtime: RuntimeSpec) -> list[str]:
         args += ["--redis-url-file", f"{REDIS_URL_DIR}/url"]
     if spec.redis is not None and spec.redis.password_secret_ref is not None:
         args += ["--redis-password-file", f"{REDIS_PASSWORD_DIR}/password"]
+    if runtime.resp_port is not None:
+        args += ["--resp-port", str(runtime.resp_port)]
     return args
 
 
@@ -410,6 +413,14 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "timeoutSeconds": 2, "failureThreshold": failures}
 
 
+def _ports(runtime: RuntimeSpec, field: str) -> list[dict[str, Any]]:
+    """The HTTP port, and the Redis-protocol port when set (``field``: containerPort or port)."""
+    ports: list[dict[str, Any]] = [{"name": PORT_NAME, field: runtime.port, "protocol": "TCP"}]
+    if runtime.resp_port is not None:
+        ports.append({"name": RESP_PORT_NAME, field: runtime.resp_port, "protocol": "TCP"})
+    return ports
+
+
 def render_deployment(policy: PolicyIdentity, spec: CachePolicySpec,
                       restart_digest_value: str | None = None) -> dict[str, Any]:
     """The runtime Deployment (runtime mode only): hardened, probed, config and tokens mounted.
@@ -434,7 +445,7 @@ def render_deployment(policy: PolicyIdentity, spec: CachePolicySpec,
         # loopback address, which is what it needs there).
         "env": [{"name": "CACHEWARDEN_BIND_HOST", "value": "0.0.0.0"},
                 {"name": "TMPDIR", "value": "/tmp"}],
-        "ports": [{"name": PORT_NAME, "containerPort": runtime.port, "protocol": "TCP"}],
+        "ports": _ports(runtime, "containerPort"),
         "startupProbe": _probe("/healthz", 1, 60),
         "readinessProbe": _probe("/readyz", 3, 2),
         "livenessProbe": _probe("/healthz", 10, 3),
@@ -504,7 +515,7 @@ def render_service(policy: PolicyIdentity, spec: CachePolicySpec) -> dict[str, A
         "spec": {
             "type": "ClusterIP",
             "selector": pod_selector_labels(policy.name),
-            "ports": [{"name": PORT_NAME, "port": runtime.port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+            "ports": [{**port, "targetPort": port["name"]} for port in _ports(runtime, "port")],
         },
     }
 

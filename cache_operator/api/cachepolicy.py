@@ -203,6 +203,14 @@ class ResourceRequirements(ApiModel):
 class RuntimeSpec(ApiModel):
     """Operator-managed runtime pods: a Deployment and a Service of `cachewarden runtime` processes."""
 
+    cel_rules = (
+        CelRule(
+            "!has(self.respPort) || !has(self.port) || self.respPort != self.port",
+            "spec.runtime.respPort must differ from spec.runtime.port",
+            field_path=".respPort",
+        ),
+    )
+
     replicas: int = Field(default=2, ge=0, le=100, description="Number of runtime pods (0..100).")
     image: str = Field(
         default=DEFAULT_IMAGE,
@@ -223,6 +231,14 @@ class RuntimeSpec(ApiModel):
         le=65535,
         description="Port of the runtime's HTTP API, probes and metrics (unprivileged: "
         "1024..65535, the container runs as non-root with no capabilities).",
+    )
+    resp_port: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65535,
+        description="Port of the data API over the Redis protocol (GET/SET/MGET/DEL..., AUTH with the "
+        "policy's data tokens), on the pods and the Service as port 'resp'; absent = off "
+        "(1024..65535, not spec.runtime.port).",
     )
     service_account_name: str | None = Field(
         default=None,
@@ -275,6 +291,15 @@ class RuntimeSpec(ApiModel):
         description="Extra annotations on the runtime pods (e.g. for a metrics scraper); keys: "
         + QUALIFIED_NAME_ACCEPTED + ".",
     )
+
+    @model_validator(mode="after")
+    def _resp_port_differs(self) -> RuntimeSpec:
+        if self.resp_port is not None and self.resp_port == self.port:
+            raise ValueError(
+                f"spec.runtime.respPort: {self.resp_port} is spec.runtime.port too; accepted: another port "
+                "in 1024..65535"
+            )
+        return self
 
     @field_validator("node_selector")
     @classmethod

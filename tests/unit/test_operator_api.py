@@ -72,6 +72,8 @@ def test_api_names_are_camel_case_both_ways() -> None:
     ({"selector": {"port": 80}}, "spec.selector", "needs matchLabels or matchExpressions"),
     ({"runtime": {"replicas": 101}}, "spec.runtime.replicas", "less than or equal to 100"),
     ({"runtime": {"port": 80}}, "spec.runtime.port", "greater than or equal to 1024"),
+    ({"runtime": {"respPort": 80}}, "spec.runtime.respPort", "greater than or equal to 1024"),
+    ({"runtime": {"respPort": 8080}}, "spec.runtime.respPort", "8080 is spec.runtime.port too"),
     ({"runtime": {}, "preset": "turbo"}, "spec.preset", "'production'"),
     ({"runtime": {}, "paused": "maybe"}, "spec.paused", "boolean"),
     ({"runtime": {}, "surprise": 1}, "spec.surprise", "Extra inputs are not permitted"),

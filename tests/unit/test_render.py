@@ -185,6 +185,20 @@ def test_service_targets_the_runtime_pods() -> None:
         {"name": "http", "port": 8181, "targetPort": "http", "protocol": "TCP"}]
 
 
+def test_resp_port_is_a_runtime_flag_a_container_port_and_a_service_port() -> None:
+    spec = spec_of(runtime={"port": 8181, "respPort": 6380})
+    (container,) = render.render_deployment(POLICY, spec)["spec"]["template"]["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8181, "protocol": "TCP"},
+                                  {"name": "resp", "containerPort": 6380, "protocol": "TCP"}]
+    assert build_parser().parse_args(container["args"][1:]).resp_port == 6380
+    assert render.render_service(POLICY, spec)["spec"]["ports"] == [
+        {"name": "http", "port": 8181, "targetPort": "http", "protocol": "TCP"},
+        {"name": "resp", "port": 6380, "targetPort": "resp", "protocol": "TCP"}]
+    # Off by default: no flag, no port.
+    (plain,) = render.render_deployment(POLICY, spec_of())["spec"]["template"]["spec"]["containers"]
+    assert "--resp-port" not in plain["args"] and [p["name"] for p in plain["ports"]] == ["http"]
+
+
 def test_selector_mode_renders_only_config_and_tokens() -> None:
     spec = CachePolicySpec.model_validate({"selector": {"matchLabels": {"app": "summarizer"}}})
     children = render.render_children(POLICY, spec, render.resolve_policy_config(spec), render.new_tokens())
