@@ -878,6 +878,7 @@ class TieredCache:
             done = False
             if self._l2_usable():
                 removed = await l2.delete_checked([self._keys.redis_key(key)])
+                self._drop_again((key,))
                 if removed is not None:
                     existed = bool(removed) or existed
                     done = await self._publish(KeysChanged(self._keys.namespace, (key,)))
@@ -1033,6 +1034,9 @@ class TieredCache:
                 done = False
                 if self._l2_usable():
                     result["redis_keys_removed"], done = await self._l2.scan_unlink_checked(full)
+                    # Reads here that ran during the SCAN+UNLINK may have put old values back in L1.
+                    self._forget_all_drops()
+                    result["l1_entries_removed"] += self._drop_l1_matching(full)
                     done = done and await self._publish(PatternInvalidated(full))
                 if not done:
                     self._journal.add_pattern(full, "pattern")
@@ -1097,6 +1101,9 @@ class TieredCache:
             done = False
             if self._l2_usable():
                 redis_removed, done = await self._l2.scan_unlink_checked(full)
+                # Reads here that ran during the SCAN+UNLINK may have put old values back in L1.
+                l1_removed += len(self._l1)
+                self._l1.bump_epoch()
             done = await self._publish(NamespaceCleared(self._keys.namespace)) and done
             if not done:
                 self._journal.add_pattern(full, "clear")
@@ -1175,6 +1182,20 @@ class TieredCache:
         else:
             for key, fingerprint in zip(keys, fingerprints, strict=True):
                 dropped[key] = (seq, fingerprint)
+
+    def _drop_again(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` from L1 once more after this engine's deletion of them reached Redis (or failed).
+
+        The deletion dropped them from L1 before its Redis round trip; a read of one of them on this
+        engine during that round trip found L1 empty, may have read Redis before the UNLINK landed
+        and put the old value back in L1. Other engines drop the keys when the broadcast arrives, but
+        this one ignores its own broadcast, so without this it would serve the deleted value until the
+        key is written again (soak finding 5, docs/reliability.md). Reads still in flight are voided
+        too (a new drop sequence)."""
+        keys = tuple(keys)
+        self._note_drops(keys)
+        for key in keys:
+            self._l1.delete(key)
 
     def _remember_print(self, key: str, fingerprint: int) -> None:
         """Note the fingerprint of the bytes behind a new L1 entry (bounded like _ai_operations)."""
