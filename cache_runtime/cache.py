@@ -791,6 +791,10 @@ class TieredCache:
                     written = await l2.set(redis_key, result.data, ttl_ms)
                 if self._monitoring:
                     self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
+                if not stored and self._l1.max_entries > 0:
+                    # L1 refused the value (above the byte budget): a read here during the write may
+                    # have filled L1 with the value it replaces (see _drop_again).
+                    self._drop_again((key,))
             if not written:
                 self._journal.stats["writes_not_in_redis"] += 1
                 self._journal.add_keys((key,))
@@ -816,6 +820,7 @@ class TieredCache:
         redis_items: list[tuple[str, bytes, int]] = []
         all_in_l1 = True
         fingerprints: list[int] = []
+        refused: list[str] = []  # keys L1 did not take
         self._note_drops([key for key, _ in items])  # before the first await: fingerprints not known yet
         for (key, value), ttl_s in zip(items, ttls, strict=True):
             ttl_ms = max(1, int(ttl_s * 1000))
@@ -830,6 +835,7 @@ class TieredCache:
                     self._remember_ai_key(key)
             else:
                 all_in_l1 = False
+                refused.append(key)
             redis_items.append((self._keys.redis_key(key), result.data, ttl_ms))
             self._note_encoded(key, result, ttl_s)
         stored = all_in_l1
@@ -843,6 +849,8 @@ class TieredCache:
                 else:
                     written = await l2.set_many(redis_items)
                 stored = written  # True when all were stored in Redis (as before)
+                if refused and self._l1.max_entries > 0:
+                    self._drop_again(refused)  # as in _set
             if not written:
                 # Which items Redis took is unknown: every key is replayed as a deletion.
                 self._journal.stats["writes_not_in_redis"] += len(items)

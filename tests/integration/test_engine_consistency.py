@@ -324,3 +324,33 @@ def server_has(redis_url: str, redis_key: str) -> int:
         return int(client.exists(redis_key))
     finally:
         client.close()
+
+
+async def test_a_read_racing_this_engines_own_write_of_a_value_l1_refuses_does_not_keep_the_old_one(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same gap for a write whose value is above L1's byte budget (L1 drops the key instead of
+    holding the new value): a read during the write's round trip must not leave the old value."""
+    from cache_runtime.l2 import RedisL2
+
+    cfg = config(redis_url, **{"l1.max_bytes": 4096})
+    key = "big"
+    big = "x" * 20_000
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await subscribed(a, b)
+        assert await b.set(key, "v74")
+        await eventually(lambda: _equals(a.get(key), "v74"), what="A to read v74")
+        original = RedisL2.set_many
+        seen_in_gap: list[Any] = []
+
+        async def write_with_a_read_first(self: RedisL2, *args: Any, **kwargs: Any) -> Any:
+            if self is a.l2 and not seen_in_gap:
+                seen_in_gap.append(await a.get(key))
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(RedisL2, "set_many", write_with_a_read_first)
+        answer = await a.set_detailed(key, big)
+        monkeypatch.setattr(RedisL2, "set_many", original)
+        assert seen_in_gap == ["v74"]
+        assert answer == {"stored": True, "l1": False, "l2": True, "degraded": False}
+        assert await a.get(key) == big  # was "v74" from A's L1
+        await eventually(lambda: _equals(b.get(key), big), what="B to read the new value")
