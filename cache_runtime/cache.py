@@ -799,6 +799,10 @@ class TieredCache:
                     written = await l2.set(redis_key, result.data, ttl_ms)
                 if self._monitoring:
                     self._stats.latency_l2_set.observe(time.perf_counter() - l2_started)
+                if not stored and self._l1.max_entries > 0:
+                    # L1 refused the value (above the byte budget): a read here during the write may
+                    # have filled L1 with the value it replaces (see _drop_again).
+                    self._drop_again((key,))
             if not written:
                 self._journal.stats["writes_not_in_redis"] += 1
                 self._journal.add_keys((key,))
@@ -824,6 +828,7 @@ class TieredCache:
         redis_items: list[tuple[str, bytes, int]] = []
         all_in_l1 = True
         fingerprints: list[int] = []
+        refused: list[str] = []  # keys L1 did not take
         self._note_drops([key for key, _ in items])  # before the first await: fingerprints not known yet
         for (key, value), ttl_s in zip(items, ttls, strict=True):
             ttl_ms = max(1, int(ttl_s * 1000))
@@ -838,6 +843,7 @@ class TieredCache:
                     self._remember_ai_key(key)
             else:
                 all_in_l1 = False
+                refused.append(key)
             redis_items.append((self._keys.redis_key(key), result.data, ttl_ms))
             self._note_encoded(key, result, ttl_s)
         stored = all_in_l1
@@ -851,6 +857,8 @@ class TieredCache:
                 else:
                     written = await l2.set_many(redis_items)
                 stored = written  # True when all were stored in Redis (as before)
+                if refused and self._l1.max_entries > 0:
+                    self._drop_again(refused)  # as in _set
             if not written:
                 # Which items Redis took is unknown: every key is replayed as a deletion.
                 self._journal.stats["writes_not_in_redis"] += len(items)
@@ -886,6 +894,7 @@ class TieredCache:
             done = False
             if self._l2_usable():
                 removed = await l2.delete_checked([self._keys.redis_key(key)])
+                self._drop_again((key,))
                 if removed is not None:
                     existed = bool(removed) or existed
                     done = await self._publish(KeysChanged(self._keys.namespace, (key,)))
@@ -1041,6 +1050,9 @@ class TieredCache:
                 done = False
                 if self._l2_usable():
                     result["redis_keys_removed"], done = await self._l2.scan_unlink_checked(full)
+                    # Reads here that ran during the SCAN+UNLINK may have put old values back in L1.
+                    self._forget_all_drops()
+                    result["l1_entries_removed"] += self._drop_l1_matching(full)
                     done = done and await self._publish(PatternInvalidated(full))
                 if not done:
                     self._journal.add_pattern(full, "pattern")
@@ -1105,6 +1117,9 @@ class TieredCache:
             done = False
             if self._l2_usable():
                 redis_removed, done = await self._l2.scan_unlink_checked(full)
+                # Reads here that ran during the SCAN+UNLINK may have put old values back in L1.
+                l1_removed += len(self._l1)
+                self._l1.bump_epoch()
             done = await self._publish(NamespaceCleared(self._keys.namespace)) and done
             if not done:
                 self._journal.add_pattern(full, "clear")
@@ -1183,6 +1198,20 @@ class TieredCache:
         else:
             for key, fingerprint in zip(keys, fingerprints, strict=True):
                 dropped[key] = (seq, fingerprint)
+
+    def _drop_again(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` from L1 once more after this engine's deletion of them reached Redis (or failed).
+
+        The deletion dropped them from L1 before its Redis round trip; a read of one of them on this
+        engine during that round trip found L1 empty, may have read Redis before the UNLINK landed
+        and put the old value back in L1. Other engines drop the keys when the broadcast arrives, but
+        this one ignores its own broadcast, so without this it would serve the deleted value until the
+        key is written again (soak finding 5, docs/reliability.md). Reads still in flight are voided
+        too (a new drop sequence)."""
+        keys = tuple(keys)
+        self._note_drops(keys)
+        for key in keys:
+            self._l1.delete(key)
 
     def _remember_print(self, key: str, fingerprint: int) -> None:
         """Note the fingerprint of the bytes behind a new L1 entry (bounded like _ai_operations)."""

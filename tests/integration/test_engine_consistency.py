@@ -260,3 +260,97 @@ async def test_the_data_api_answers_l2_false_for_writes_redis_did_not_take(
             assert deleted["l2"] is False and deleted["degraded"] is True
             assert invalidated["l2"] is False and invalidated["degraded"] is True
             assert "replayed" in invalidated["message"]
+
+
+# ---- 3. reads on the engine that deletes or invalidates ------------------------------------------
+
+# The 30-minute soak of 2026-12-04 (main f4c794f) served sequence 74 of one key for 14 s after 75 was
+# acknowledged. The engine that deletes a key (or invalidates a pattern, or clears) drops it from its
+# own L1 first and then waits for Redis; a read of that key on the same engine in that gap finds L1
+# empty, reads Redis before the UNLINK (or SCAN+UNLINK) is applied, and put the old value back in L1.
+# The other engines drop the key when the broadcast arrives, but the engine ignores its own
+# broadcast, so it kept serving the deleted value until the key was written again. The hooks below
+# run that read exactly in the gap (after the engine dropped L1, before Redis applies the deletion).
+
+CHANGES = {
+    # change: (RedisL2 method the engine awaits for it, how the engine makes it)
+    "delete": ("delete_checked", lambda engine, key: engine.delete_detailed(key)),
+    "pattern": ("scan_unlink_checked", lambda engine, key: engine.invalidate(pattern="default:v*:grp:*")),
+    "clear": ("scan_unlink_checked", lambda engine, key: engine.clear()),
+}
+
+
+@pytest.mark.parametrize("read", ["get", "get_many"])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+async def test_a_read_racing_this_engines_own_delete_does_not_bring_the_old_value_back(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, change: str, read: str) -> None:
+    from cache_runtime.l2 import RedisL2
+
+    cfg = config(redis_url)
+    key = "grp:k1"
+    method, make_change = CHANGES[change]
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await subscribed(a, b)
+        assert await b.set(key, "v74")  # in Redis; A reads it from there
+        await eventually(lambda: _equals(a.get(key), "v74"), what="A to read v74")
+        original = getattr(RedisL2, method)
+        seen_in_gap: list[Any] = []
+
+        async def deletion_with_a_read_first(self: RedisL2, *args: Any, **kwargs: Any) -> Any:
+            if self is a.l2 and not seen_in_gap:
+                # A's own L1 is already empty here; Redis still holds v74.
+                if read == "get":
+                    seen_in_gap.append(await a.get(key))
+                else:
+                    seen_in_gap.append((await a.get_many([key])).get(key))
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(RedisL2, method, deletion_with_a_read_first)
+        await make_change(a, key)
+        monkeypatch.setattr(RedisL2, method, original)
+        assert seen_in_gap == ["v74"]  # the read did run in the gap, before Redis applied the deletion
+        assert server_has(redis_url, a.keys.redis_key(key)) == 0
+        assert await a.get(key) is None  # was "v74" from A's L1 until the key was written again
+        assert (await a.get_many([key])) == {}
+        await eventually(lambda: _equals(b.get(key), None), what="B to drop v74")
+
+
+def server_has(redis_url: str, redis_key: str) -> int:
+    """EXISTS over a plain connection (the engines' own clients are under test)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.exists(redis_key))
+    finally:
+        client.close()
+
+
+async def test_a_read_racing_this_engines_own_write_of_a_value_l1_refuses_does_not_keep_the_old_one(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same gap for a write whose value is above L1's byte budget (L1 drops the key instead of
+    holding the new value): a read during the write's round trip must not leave the old value."""
+    from cache_runtime.l2 import RedisL2
+
+    cfg = config(redis_url, **{"l1.max_bytes": 4096})
+    key = "big"
+    big = "x" * 20_000
+    async with TieredCache(cfg) as a, TieredCache(cfg) as b:
+        await subscribed(a, b)
+        assert await b.set(key, "v74")
+        await eventually(lambda: _equals(a.get(key), "v74"), what="A to read v74")
+        original = RedisL2.set_many
+        seen_in_gap: list[Any] = []
+
+        async def write_with_a_read_first(self: RedisL2, *args: Any, **kwargs: Any) -> Any:
+            if self is a.l2 and not seen_in_gap:
+                seen_in_gap.append(await a.get(key))
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(RedisL2, "set_many", write_with_a_read_first)
+        answer = await a.set_detailed(key, big)
+        monkeypatch.setattr(RedisL2, "set_many", original)
+        assert seen_in_gap == ["v74"]
+        assert answer == {"stored": True, "l1": False, "l2": True, "degraded": False}
+        assert await a.get(key) == big  # was "v74" from A's L1
+        await eventually(lambda: _equals(b.get(key), big), what="B to read the new value")
