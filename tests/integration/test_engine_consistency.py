@@ -332,7 +332,8 @@ async def test_a_read_racing_this_engines_own_write_of_a_value_l1_refuses_does_n
     holding the new value): a read during the write's round trip must not leave the old value."""
     from cache_runtime.l2 import RedisL2
 
-    cfg = config(redis_url, **{"l1.max_bytes": 4096})
+    # Compression off: 20 KB of one letter would be kept as a ~100-byte lz4 block, which L1 takes.
+    cfg = config(redis_url, **{"l1.max_bytes": 4096, "compression.threshold_bytes": 100 << 20})
     key = "big"
     big = "x" * 20_000
     async with TieredCache(cfg) as a, TieredCache(cfg) as b:
