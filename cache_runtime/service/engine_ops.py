@@ -455,6 +455,9 @@ class EngineOps:
         compression threshold is written again with its remaining TTL, which re-encodes it (lz4
         where it pays) in Redis and L1. Redis entries that are not in this pod's L1 are left alone
         (they are re-encoded when next written): the engine has no scan of Redis values to re-encode.
+        An entry that changed in L1 since the list was taken (a newer write, a delete, another pod's
+        invalidation) is skipped, so the rewrite never puts an older value back; left: a write by
+        another pod that lands in Redis during one rewrite's own round trip.
         """
         cache = self.cache
         l1 = cache.l1
@@ -467,7 +470,7 @@ class EngineOps:
             entry = l1.get_entry(key)
             if entry is None or entry.size < threshold:
                 continue
-            candidates.append((key, entry.value, entry.remaining(now)))
+            candidates.append((key, entry, entry.remaining(now)))
             if max_entries is not None and len(candidates) >= max_entries:
                 break
         if dry_run:
@@ -487,13 +490,20 @@ class EngineOps:
             }
         before = self.snapshot()["compression"]
         rewritten = 0
-        for key, value, remaining in candidates:
-            if remaining >= 1.0 and await cache.set(key, value, ttl=remaining):
+        skipped_changed = 0
+        for key, entry, remaining in candidates:
+            if l1.get_entry(key) is not entry:
+                # Written, deleted or invalidated since the list was taken (by this pod, or by
+                # another pod's coherence message): rewriting the old value would undo that.
+                skipped_changed += 1
+                continue
+            if remaining >= 1.0 and await cache.set(key, entry.value, ttl=remaining):
                 rewritten += 1
         after = self.snapshot()["compression"]
         return {
             "candidates": len(candidates),
             "rewritten": rewritten,
+            "skipped_changed": skipped_changed,
             "threshold_bytes": threshold,
             "scope": "l1",
             "compressed": after["compressed"] - before["compressed"],

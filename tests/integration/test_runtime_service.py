@@ -530,6 +530,36 @@ async def test_compress_existing_rewrites_large_entries(runtime: Runtime) -> Non
     assert (await runtime.get("/data/v1/keys/large")).json()["value"] == text
 
 
+async def test_compress_existing_never_puts_back_a_value_written_during_its_rewrites(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cache_runtime.cache import TieredCache
+
+    await runtime.post(
+        "/internal/cache/config/update", json={"overrides": {"compression.threshold_bytes": 100_000_000}}
+    )
+    text = "The cache keeps AI responses close to the service that needs them. " * 200
+    for n in range(2):
+        await runtime.put(f"/data/v1/keys/large-{n}", json={"value": f"{n}: {text}"})
+    await runtime.post(
+        "/internal/cache/config/update", json={"overrides": {"compression.threshold_bytes": 1024}}
+    )
+    original = TieredCache.set
+    newer_written: list[str] = []
+
+    async def set_with_a_newer_write_landing(self: TieredCache, key: str, *args: Any, **kwargs: Any) -> Any:
+        if not newer_written:  # while the first candidate is rewritten, a client writes the other one
+            other = "large-1" if key.endswith("large-0") else "large-0"
+            newer_written.append(other)
+            await runtime.put(f"/data/v1/keys/{other}", json={"value": "newer"})
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(TieredCache, "set", set_with_a_newer_write_landing)
+    done = (await runtime.post("/internal/cache/compress-existing")).json()
+    monkeypatch.setattr(TieredCache, "set", original)
+    assert done["candidates"] == 2 and done["rewritten"] == 1 and done["skipped_changed"] == 1
+    assert (await runtime.get(f"/data/v1/keys/{newer_written[0]}")).json()["value"] == "newer"
+
+
 async def test_idempotency_key_replays_the_first_result(runtime: Runtime) -> None:
     await runtime.put("/data/v1/keys/k", json={"value": 1})
     key = {"Idempotency-Key": "incident-uid-1234:clear:pod-a"}
