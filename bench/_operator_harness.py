@@ -72,8 +72,11 @@ class Kubectl:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, bin dir): the given cluster, or a fresh devcluster stopped at the end."""
+def cluster(
+    kubeconfig: str | None, extra_args: dict[str, list[str]] | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, bin dir): the given cluster, or a fresh devcluster stopped at the end (its
+    components given ``extra_args``, e.g. kube-apiserver's audit flags; ignored for a given cluster)."""
     bin_dir = binaries.bin_dir()
     problems = binaries.check_binaries(bin_dir)
     if problems:
@@ -83,7 +86,7 @@ def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
         return
     with tempfile.TemporaryDirectory(prefix="cachewarden-bench-") as tmp:
         started = time.monotonic()
-        dev = Cluster(Path(tmp) / "cluster", bin_dir=bin_dir, kubelet=True)
+        dev = Cluster(Path(tmp) / "cluster", bin_dir=bin_dir, kubelet=True, extra_args=extra_args)
         dev.start()
         print(f"# devcluster up in {time.monotonic() - started:.1f}s ({tmp})", flush=True)
         try:

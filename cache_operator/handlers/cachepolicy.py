@@ -2,12 +2,20 @@
 
 One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
 loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
-Ready or Stalled, and right after a time-boxed override or isolation expires) and writes the status itself;
-automatic detection counts at most one probe per interval (status ``lastDetectionTime``). An event
+Ready or Stalled, and right after a time-boxed override or isolation expires) and writes the status itself,
+only when the pass changed something besides its own clock (:mod:`cache_operator.status_writes`), so a
+policy at rest costs the API server no write; automatic detection counts at most one probe per interval
+(status ``lastDetectionTime``). An event
 handler wakes it when the spec changes (a new generation), so a change is pushed to the pods at once,
 and status has a single writer (no two tasks racing to write conditions; the incident executor only
 merges ``override`` and ``lastActions``, which the reconciler never writes, except removing an
-expired override). Deletion deletes the children explicitly before the finalizer is released.
+expired override).
+
+Deletion: kopf holds the policy with its finalizer (a daemon requires one) until the daemon has
+exited; told the policy is being deleted, the daemon deletes the children explicitly before it
+returns (owner references would get them too, later). There is no ``on.delete`` handler: any
+create/update/delete handler makes kopf write its ``last-handled-configuration`` annotation on every
+new policy, one API write per policy that nothing here reads.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from cache_operator.incidents.detection import probe_interval
 from cache_operator.k8s import KubeError
 from cache_operator.ports import PolicyRef
 from cache_operator.reconcile import ReconcileOutcome, handle_delete, handle_reconcile
+from cache_operator.status_writes import status_changes
 from cache_runtime.timefmt import parse_rfc3339
 
 CONVERGE_INTERVAL_S = 1.0
@@ -80,7 +89,12 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
         _wakeup(memo, uid).set()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+# On deletion the daemon is signalled and gets DELETE_GRACE_S to delete the children and return before
+# kopf cancels it (then 10 s more before kopf gives up on it).
+DELETE_GRACE_S = 20.0
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=DELETE_GRACE_S, cancellation_timeout=10.0)
 async def policy_reconciler(
     name: str,
     namespace: str | None,
@@ -93,7 +107,8 @@ async def policy_reconciler(
     incidents_by_namespace: kopf.Index[str | None, dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
-    """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
+    """Reconcile, write status when it changed, wait (for a spec change, the interval, or the
+    policy's deletion); on deletion, delete the children before returning."""
     assert namespace is not None, "CachePolicy is a namespaced resource"
     wake = _wakeup(memo, uid)
     options = memo.get("options") or {}
@@ -139,6 +154,8 @@ async def policy_reconciler(
             interval = probe_interval(symptoms, float(probe or DEFAULT_PROBE_INTERVAL_S))
         interval = min(interval, _until_expiry(body.get("status") or {}, time.time()))
         trigger = await _wait(wake, stopped, interval)
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        await _delete_children(name, namespace, uid, dict(body.get("spec") or {}), memo, logger)
 
 
 async def _reconcile_once(
@@ -179,8 +196,11 @@ async def _reconcile_once(
             pods_in_namespace=pods_in_namespace,
             events=post_event,
         )
-        if patch.status:
+        # The first pass of a daemon always writes (an operator that starts says it has seen the
+        # policy); later passes only when the status changes beyond the pass's own clock.
+        if patch.status and (trigger == "start" or status_changes(body.get("status") or {}, patch.status)):
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
+            metrics.status_writes.inc()
     except KubeError as exc:
         metrics.errors.labels(kind="kubernetes").inc()
         metrics.reconciles.labels(trigger=trigger, outcome="error").inc()
@@ -278,20 +298,16 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: floa
     return "change" if woken in done else "timer"
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def policy_deleted(
-    name: str,
-    namespace: str | None,
-    uid: str,
-    spec: kopf.Spec,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
+async def _delete_children(
+    name: str, namespace: str, uid: str, spec: dict[str, Any], memo: kopf.Memo, logger: kopf.Logger
 ) -> None:
-    """Delete the children, forget the policy; the finalizer goes once this returns."""
-    assert namespace is not None, "CachePolicy is a namespaced resource"
+    """Delete the children of a policy being deleted and forget it (its finalizer goes once the daemon
+    has returned). A failure is logged: the owner references still get the children, later."""
     policy = PolicyRef(name, namespace, uid)
-    await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)
+    try:
+        await handle_delete(policy, spec, kube=memo.kube, logger=logger)
+    except KubeError as exc:
+        logger.error(f"deleting the children failed (garbage collection gets them): {exc}")
     memo.metrics.policies.forget(f"{namespace}/{name}")
     memo.get("wakeups", {}).pop(uid, None)
     memo.get("seen_generation", {}).pop(uid, None)
