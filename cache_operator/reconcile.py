@@ -35,6 +35,7 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
+from cache_operator.drift import drifted
 from cache_operator.incidents.automatic_io import detection_due, run_detection
 from cache_operator.incidents.detection import probe_interval
 from cache_operator.incidents.executor_io import PodActionCaller
@@ -277,6 +278,7 @@ async def handle_reconcile(
     events: Any = None,
     detect: bool = True,
     caller: Any = None,
+    verify_children: bool = False,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
@@ -287,6 +289,8 @@ async def handle_reconcile(
 
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
+    ``verify_children`` (drift repair) reads each child and applies only those that drifted
+    (:mod:`cache_operator.drift`), unless the config hash or the generation moved since the status.
 
     A child the API server refuses as invalid (HTTP 422) makes the policy ``Stalled`` (``ChildRejected``,
     naming the policy's field; :mod:`cache_operator.child_rejection`): the daemon waits the probe interval
@@ -311,6 +315,7 @@ async def handle_reconcile(
         pods_in_namespace=pods_in_namespace,
         detect=detect,
         caller=caller,
+        verify_children=verify_children,
     ).run()
 
 
@@ -347,6 +352,7 @@ class ReconcilePass:
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None
     detect: bool = True
     caller: Any = None
+    verify_children: bool = False
     # found by the steps
     model: CachePolicySpec = field(init=False)
     override: ActiveOverride | None = field(init=False, default=None)
@@ -473,11 +479,15 @@ class ReconcilePass:
         )
         apply_error: str | None = None
         rejection: ChildRejection | None = None
+        unchanged = (
+            status.get("configHash") == self.config_hash and status.get("observedGeneration") == self.gen
+        )
         if not self.model.paused and must_apply:
             try:
                 await apply_children_of(
                     self.policy, self.model, self.config, self.tokens, self.kube,
                     delete_stale=self.delete_stale, skip_secret=self.secret_created,
+                    only_if_drifted=self.verify_children and unchanged,
                 )
             except ChildRejectedError as exc:
                 # The API server refused a rendered child as invalid (422): the same spec can never
@@ -789,13 +799,21 @@ async def apply_children_of(
     *,
     delete_stale: bool = True,
     skip_secret: bool = False,
+    only_if_drifted: bool = False,
 ) -> None:
     """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
-    runtime Deployment and Service of a policy that switched to selector mode."""
+    runtime Deployment and Service of a policy that switched to selector mode. ``only_if_drifted``:
+    read each child first and apply only those that no longer hold what is rendered (drift repair at
+    rest costs reads, not writes)."""
     digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
     for obj in render.render_children(policy, model, config, tokens, digest):
         if skip_secret and obj["kind"] == "Secret":
             continue  # created a moment ago with exactly this content
+        if only_if_drifted:
+            meta = obj["metadata"]
+            live = await kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+            if not drifted(live, obj):
+                continue
         try:
             await kube.apply(obj)
         except KubeError as exc:

@@ -123,6 +123,11 @@ async def policy_reconciler(
         apply_children = (
             trigger != "timer" or outcome is None or outcome.outcome != "ready" or passes % APPLY_EVERY == 0
         )
+        # Drift repair and the first pass after an operator start read the children and apply only
+        # what drifted; a spec change (or a new policy: no config hash in status) applies directly.
+        verify_children = trigger == "timer" or (
+            trigger == "start" and bool((body.get("status") or {}).get("configHash"))
+        )
         memo.setdefault("seen_generation", {})[uid] = body.get("metadata", {}).get("generation")
         # Deleting the runtime children of a policy that moved to selector mode costs two calls; done
         # after a spec change and on the drift-repair passes, not for every new policy.
@@ -137,6 +142,7 @@ async def policy_reconciler(
             trigger,
             apply_children,
             delete_stale,
+            verify_children,
             None if pods_by_namespace is None else _index_lookup(pods_by_namespace),
             memo.kube
             if incidents_by_namespace is None
@@ -168,6 +174,7 @@ async def _reconcile_once(
     trigger: str,
     apply_children: bool = True,
     delete_stale: bool = True,
+    verify_children: bool = False,
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
     kube: Any = None,
 ) -> ReconcileOutcome | None:
@@ -193,6 +200,7 @@ async def _reconcile_once(
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
             apply_children=apply_children,
             delete_stale=delete_stale,
+            verify_children=verify_children,
             pods_in_namespace=pods_in_namespace,
             events=post_event,
         )
