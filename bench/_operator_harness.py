@@ -149,6 +149,11 @@ class Operator:
                 fields[name] = int(value.split()[0]) / 1024
         return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the operator process has used, from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """SIGTERM (then SIGKILL) the process this object started."""
         if self.process.poll() is None:

@@ -118,6 +118,7 @@ def run_mode(
     try:
         time.sleep(3)  # let the operator start its watches before anything is timed
         policies = [policy_manifest(f"p{i}", spec_for(mode, i)) for i in range(count)]
+        cpu_start = operator.cpu_s()
         wall_start = time.time()
         started = time.perf_counter()
         kubectl("apply", "-n", policy_ns, "-f", "-", stdin=as_list(policies))
@@ -137,6 +138,7 @@ def run_mode(
         wait_until(all_done, timeout, f"{count} policies Ready with ConfigMaps", interval=0.5)
         operator_s = time.perf_counter() - started
         wall_ready = time.time()
+        cpu_ready = operator.cpu_s() - cpu_start
         # No API call from the bench from here on: the operator alone, for the rest window.
         time.sleep(settle_s)
         rest_start = time.time()
@@ -145,6 +147,7 @@ def run_mode(
             time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
             operator.rss_mb()
         rest_end = time.time()
+        cpu_rest = operator.cpu_s() - cpu_start - cpu_ready
         rss_now, rss_peak = operator.rss_mb()
     finally:
         operator.stop()
@@ -156,6 +159,8 @@ def run_mode(
         "policies_apply_s": applied_s,
         "rss_peak_mb": rss_peak,
         "rss_end_mb": rss_now,
+        "cpu_until_ready_s": cpu_ready,
+        "cpu_rest_s": cpu_rest,
         "log": str(log),
         "window_start": wall_start,
         "window_ready": wall_ready,
@@ -294,6 +299,11 @@ def print_result(result: dict[str, Any]) -> None:
         f"  operator RSS: peak {rss:.0f} MiB, at the end {result['rss_end_mb']:.0f} MiB "
         f"(target peak <= {TARGET_RSS_MB:g} MB: {'PASS' if rss <= TARGET_RSS_MB else 'MISS'}); "
         f"log {result['log']}",
+        flush=True,
+    )
+    print(
+        f"  operator CPU: {result['cpu_until_ready_s']:.2f} s from the apply until all Ready, "
+        f"{result['cpu_rest_s']:.2f} s after (settle + rest window)",
         flush=True,
     )
 
