@@ -803,8 +803,8 @@ async def apply_children_of(
 ) -> None:
     """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
     runtime Deployment and Service of a policy that switched to selector mode. ``only_if_drifted``:
-    read each child first and apply only those that no longer hold what is rendered (drift repair at
-    rest costs reads, not writes)."""
+    read each child first and apply only those that no longer hold what is rendered, and delete a
+    stale one only if it exists (drift repair at rest costs reads, not writes)."""
     digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
     for obj in render.render_children(policy, model, config, tokens, digest):
         if skip_secret and obj["kind"] == "Secret":
@@ -829,6 +829,8 @@ async def apply_children_of(
         name = (
             render.deployment_name(policy.name) if kind == "Deployment" else render.service_name(policy.name)
         )
+        if only_if_drifted and await kube.get(api_version, kind, policy.namespace, name) is None:
+            continue  # drift repair reads: a DELETE of what is not there is a write request all the same
         await kube.delete(api_version, kind, policy.namespace, name)
 
 
