@@ -11,17 +11,22 @@ and status has a single writer (no two tasks racing to write conditions; the inc
 merges ``override`` and ``lastActions``, which the reconciler never writes, except removing an
 expired override).
 
-Deletion: kopf holds the policy with its finalizer (a daemon requires one) until the daemon has
-exited; told the policy is being deleted, the daemon deletes the children explicitly before it
-returns (owner references would get them too, later). There is no ``on.delete`` handler: any
-create/update/delete handler makes kopf write its ``last-handled-configuration`` annotation on every
-new policy, one API write per policy that nothing here reads.
+No finalizer and no annotation on a policy: kopf adds its finalizer to any object with a daemon, and
+any create/update/delete handler makes it write its ``last-handled-configuration`` annotation; each is
+one more API write per new policy (a quarter of the operator's writes for a new policy) and the
+finalizer also blocks a deletion while no operator runs. The daemon is registered without the
+finalizer (:func:`_without_finalizer`) and stops itself: the event handler marks a policy gone on its
+DELETED event (or a deletionTimestamp another finalizer holds), and every drift-repair pass checks that
+the policy still exists (a DELETED event missed across a watch restart). On the way out the daemon
+deletes the children; their owner references get them anyway (the garbage collector), which is what
+cleans up a policy deleted while no operator runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -81,7 +86,9 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
     extra patches of the policy per change, which cost more than the reconcile itself at scale. Status
     writes (ours) do not move the generation, so they never wake the reconciler.
     """
-    if event.get("type") == "DELETED":
+    if event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        memo.setdefault("gone", set()).add(uid)
+        _wakeup(memo, uid).set()
         return
     generation = body.get("metadata", {}).get("generation")
     seen: dict[str, Any] = memo.setdefault("seen_generation", {})
@@ -89,8 +96,14 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
         _wakeup(memo, uid).set()
 
 
-# On deletion the daemon is signalled and gets DELETE_GRACE_S to delete the children and return before
-# kopf cancels it (then 10 s more before kopf gives up on it).
+def _gone(memo: kopf.Memo, uid: str) -> bool:
+    """Whether the event handler saw policy ``uid`` deleted (or being deleted)."""
+    return uid in memo.get("gone", ())
+
+
+# Stopped by kopf (a deletion held by someone else's finalizer, the operator exiting or pausing), the
+# daemon gets DELETE_GRACE_S to finish its pass (and delete the children) before kopf cancels it (then
+# 10 s more before kopf gives up on it).
 DELETE_GRACE_S = 20.0
 
 
@@ -116,7 +129,7 @@ async def policy_reconciler(
     trigger = "start"
     passes = 0
     outcome: ReconcileOutcome | None = None
-    while not stopped:
+    while not stopped and not _gone(memo, uid):
         wake.clear()
         # Probe passes of a converged policy only probe (and push where a pod drifted); children are
         # re-applied on every change, while converging, and every APPLY_EVERY passes (drift repair).
@@ -132,6 +145,10 @@ async def policy_reconciler(
         # Deleting the runtime children of a policy that moved to selector mode costs two calls; done
         # after a spec change and on the drift-repair passes, not for every new policy.
         delete_stale = trigger == "change" or (passes > 0 and passes % APPLY_EVERY == 0)
+        if trigger == "timer" and passes > 0 and passes % APPLY_EVERY == 0 and not await _exists(
+            memo, namespace, name, uid, logger
+        ):
+            break
         outcome = await _reconcile_once(
             name,
             namespace,
@@ -159,9 +176,48 @@ async def policy_reconciler(
             symptoms = detected.get("symptoms", (body.get("status") or {}).get("symptoms"))
             interval = probe_interval(symptoms, float(probe or DEFAULT_PROBE_INTERVAL_S))
         interval = min(interval, _until_expiry(body.get("status") or {}, time.time()))
+        if _gone(memo, uid):
+            break
         trigger = await _wait(wake, stopped, interval)
-    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+    if not stopped or (
+        stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
+    ):
         await _delete_children(name, namespace, uid, dict(body.get("spec") or {}), memo, logger)
+
+
+def _without_finalizer(daemon: Callable[..., Any]) -> None:
+    """Register ``daemon`` (already decorated with ``kopf.daemon``) as not needing kopf's finalizer.
+
+    kopf fixes ``requires_finalizer=True`` for every daemon, so that it can stop the daemon before the
+    object goes; this daemon stops itself instead (module docstring). kopf has no public switch, so the
+    registered handler is replaced by a copy with the flag off (a unit test pins that it is off, so a
+    kopf upgrade that moves this fails there, not silently in a cluster). Policies carrying the
+    finalizer from an older operator lose it at the next start: kopf removes a finalizer no handler
+    requires.
+    """
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers[:] = [
+        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is daemon else handler
+        for handler in spawning._handlers
+    ]
+
+
+_without_finalizer(policy_reconciler)
+
+
+async def _exists(memo: kopf.Memo, namespace: str, name: str, uid: str, logger: kopf.Logger) -> bool:
+    """Whether policy ``uid`` still exists (read by name): a DELETED event lost across a watch restart
+    must not leave a daemon re-creating the children of a policy that is gone. A failed read counts as
+    existing (the next check tries again)."""
+    try:
+        current = await memo.kube.get(API_VERSION, "CachePolicy", namespace, name)
+    except KubeError as exc:
+        logger.warning(f"could not check that the policy still exists: {exc}")
+        return True
+    if current is not None and (current.get("metadata") or {}).get("uid") == uid:
+        return True
+    memo.setdefault("gone", set()).add(uid)
+    return False
 
 
 async def _reconcile_once(
@@ -309,8 +365,8 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: floa
 async def _delete_children(
     name: str, namespace: str, uid: str, spec: dict[str, Any], memo: kopf.Memo, logger: kopf.Logger
 ) -> None:
-    """Delete the children of a policy being deleted and forget it (its finalizer goes once the daemon
-    has returned). A failure is logged: the owner references still get the children, later."""
+    """Delete the children of a policy that is gone (or being deleted) and forget it. A failure is
+    logged: the owner references still get the children, later."""
     policy = PolicyRef(name, namespace, uid)
     try:
         await handle_delete(policy, spec, kube=memo.kube, logger=logger)
@@ -319,3 +375,4 @@ async def _delete_children(
     memo.metrics.policies.forget(f"{namespace}/{name}")
     memo.get("wakeups", {}).pop(uid, None)
     memo.get("seen_generation", {}).pop(uid, None)
+    memo.get("gone", set()).discard(uid)
