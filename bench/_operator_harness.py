@@ -95,6 +95,28 @@ def cluster(
             dev.stop()
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def apiserver_pid(kubeconfig: Path) -> int | None:
+    """The pid of the kube-apiserver of the devcluster whose kubeconfig is ``kubeconfig`` (its command
+    line names files in the same run directory), or None (a cluster given with --kubeconfig)."""
+    run_dir = str(kubeconfig.parent)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"kube-apiserver") and any(run_dir.encode() in a for a in argv):
+            return int(proc.name)
+    return None
+
+
 def create_namespace(kubectl: Kubectl, name: str) -> None:
     """Create namespace ``name`` with the Pod Security labels of every devcluster test namespace
     (enforce ``restricted`` unless ``CACHEWARDEN_E2E_POD_SECURITY`` says otherwise)."""
@@ -151,8 +173,7 @@ class Operator:
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the operator process has used, from /proc/<pid>/stat."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
         """SIGTERM (then SIGKILL) the process this object started."""
