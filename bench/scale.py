@@ -340,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                     report_calls(result, audit_log)
                     results.append(result)
             finally:
-                kubectl("delete", "namespace", *names.values(), "--wait=false", check=False)
+                # Waited for between runs: the namespace controller deleting the last run's objects
+                # would otherwise load the API server during the next run's figures.
+                last = run == args.runs - 1
+                wait = "--wait=false" if last else "--wait=true"
+                print("# deleting this run's namespaces", flush=True)
+                kubectl("delete", "namespace", *names.values(), wait, "--timeout=300s", check=False)
         print(f"# load average at the end {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
