@@ -127,6 +127,7 @@ class Lister:
         configuration = Configuration()
         kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
         self.api = ApiClient(configuration)
+        self.api.user_agent = "cachewarden-bench/scale"  # not counted as the operator's calls
         self.client = dynamic.DynamicClient(self.api)
 
     def items(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:

@@ -81,6 +81,7 @@ class ReconcileOutcome:
     reason: str = ""
     message: str = ""
     detection: Any = None  # cache_operator.incidents.automatic_io.DetectionOutcome when detection ran
+    tokens: Mapping[str, str] | None = None  # the tokens the pass used (the daemon keeps them)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ async def handle_reconcile(
     detect: bool = True,
     caller: Any = None,
     verify_children: bool = False,
+    known_tokens: Mapping[str, str] | None = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
@@ -291,6 +293,8 @@ async def handle_reconcile(
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
     ``verify_children`` (drift repair) reads each child and applies only those that drifted
     (:mod:`cache_operator.drift`), unless the config hash or the generation moved since the status.
+    ``known_tokens`` (the tokens of the previous pass) spare reading the token Secret on a pass that
+    applies nothing.
 
     A child the API server refuses as invalid (HTTP 422) makes the policy ``Stalled`` (``ChildRejected``,
     naming the policy's field; :mod:`cache_operator.child_rejection`): the daemon waits the probe interval
@@ -316,6 +320,7 @@ async def handle_reconcile(
         detect=detect,
         caller=caller,
         verify_children=verify_children,
+        known_tokens=known_tokens,
     ).run()
 
 
@@ -353,12 +358,13 @@ class ReconcilePass:
     detect: bool = True
     caller: Any = None
     verify_children: bool = False
+    known_tokens: Mapping[str, str] | None = None
     # found by the steps
     model: CachePolicySpec = field(init=False)
     override: ActiveOverride | None = field(init=False, default=None)
     config: CacheConfig = field(init=False)
     config_hash: str = field(init=False, default="")
-    tokens: dict[str, str] = field(init=False, default_factory=dict)
+    tokens: Mapping[str, str] = field(init=False, default_factory=dict)
     secret_created: bool = field(init=False, default=False)
 
     @property
@@ -450,9 +456,23 @@ class ReconcilePass:
             "progressing", reason="WaitingForRedis", message=str(exc), detection=detection
         )
 
+    def must_apply(self) -> bool:
+        """Whether step 3 applies the children: asked to, or the config hash or generation moved."""
+        return (
+            self.apply_children
+            or self.status.get("configHash") != self.config_hash
+            or (self.status.get("observedGeneration") != self.gen)
+        )
+
     async def read_tokens(self) -> None:
-        """Step 2: the admin/read tokens (created with the Secret on a first pass)."""
+        """Step 2: the admin/read tokens (created with the Secret on a first pass). ``known_tokens``
+        (the previous pass's) stand in for reading the Secret on a pass that applies nothing: the
+        Secret is only ever written back from what was just read."""
         first_pass = not self.status.get("configHash") and not self.model.paused
+        applies = self.must_apply() and not self.model.paused
+        if self.known_tokens is not None and not first_pass and not applies:
+            self.tokens = self.known_tokens
+            return
         try:
             self.tokens, self.secret_created = await current_tokens(self.kube, self.policy, create=first_pass)
         except render.TokenSecretError as exc:
@@ -472,11 +492,7 @@ class ReconcilePass:
         """Step 3: render and apply the children (unless paused, or a probe pass with nothing new).
         Returns a transient apply error and a rejection by the API server, if any."""
         status = self.status
-        must_apply = (
-            self.apply_children
-            or status.get("configHash") != self.config_hash
-            or (status.get("observedGeneration") != self.gen)
-        )
+        must_apply = self.must_apply()
         apply_error: str | None = None
         rejection: ChildRejection | None = None
         unchanged = (
@@ -609,6 +625,7 @@ class ReconcilePass:
             str(ready_condition.get("reason", "")),
             str(ready_condition.get("message", "")),
             detection,
+            self.tokens,
         )
 
 

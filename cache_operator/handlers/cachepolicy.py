@@ -143,8 +143,17 @@ async def policy_reconciler(
         )
         memo.setdefault("seen_generation", {})[uid] = body.get("metadata", {}).get("generation")
         # Deleting the runtime children of a policy that moved to selector mode costs two calls; done
-        # after a spec change and on the drift-repair passes, not for every new policy.
-        delete_stale = trigger == "change" or (passes > 0 and passes % APPLY_EVERY == 0)
+        # after a spec change and at an operator start (reading first, see verify_children), not for
+        # every new policy nor at rest.
+        delete_stale = trigger == "change" or (trigger == "start" and verify_children)
+        drift_pass = passes > 0 and passes % APPLY_EVERY == 0
+        # A converged policy's probe passes reuse the tokens of the pass before (no read of the
+        # Secret); drift repair, a change and any pass after an unclean one read them again.
+        known_tokens = (
+            outcome.tokens
+            if trigger == "timer" and outcome is not None and outcome.outcome == "ready" and not drift_pass
+            else None
+        )
         if trigger == "timer" and passes > 0 and passes % APPLY_EVERY == 0 and not await _exists(
             memo, namespace, name, uid, logger
         ):
@@ -160,6 +169,7 @@ async def policy_reconciler(
             apply_children,
             delete_stale,
             verify_children,
+            known_tokens,
             None if pods_by_namespace is None else _index_lookup(pods_by_namespace),
             memo.kube
             if incidents_by_namespace is None
@@ -231,6 +241,7 @@ async def _reconcile_once(
     apply_children: bool = True,
     delete_stale: bool = True,
     verify_children: bool = False,
+    known_tokens: Any = None,
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
     kube: Any = None,
 ) -> ReconcileOutcome | None:
@@ -257,6 +268,7 @@ async def _reconcile_once(
             apply_children=apply_children,
             delete_stale=delete_stale,
             verify_children=verify_children,
+            known_tokens=known_tokens,
             pods_in_namespace=pods_in_namespace,
             events=post_event,
         )
