@@ -65,6 +65,7 @@ MODES = ("selector", "managed")
 OPERATOR_CLIENTS = ("kopf", "python-client")
 # After the last policy is Ready, the operator's last writes (Events, a late status) land within this.
 SETTLE_S = 5.0
+SERVICE_CIDR = "10.0.0.0/20"
 
 
 def as_list(items: list[dict[str, Any]]) -> str:
@@ -305,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             audit_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cachewarden-audit-")))
             every = [ns for run in namespaces.values() for ns in run.values()]
             extra, audit_log = _audit.apiserver_args(audit_dir, every)
+            if "managed" in modes:
+                # One Service per managed policy: devcluster's /24 holds 254 (same first address).
+                wide = f"--service-cluster-ip-range={SERVICE_CIDR}"
+                extra["kube-apiserver"].append(wide)
+                extra["kube-controller-manager"] = [wide]
         kubeconfig, bin_dir = stack.enter_context(cluster(args.kubeconfig, extra))
         kubectl = Kubectl(kubeconfig, bin_dir)
         api_pid = None if args.kubeconfig else apiserver_pid(kubeconfig)
