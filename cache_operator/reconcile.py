@@ -852,10 +852,13 @@ async def apply_children_of(
 
 
 async def handle_delete(
-    policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any
+    policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any, owned_only: bool = False
 ) -> list[str]:
     """Delete the policy's children explicitly (owner references would get them too, but later and only
-    with a garbage collector running); returns what was deleted."""
+    with a garbage collector running); returns what was deleted. ``owned_only``: read each child first
+    and delete it only if its owner reference names this policy's uid: a policy deleted and created
+    again under the same name at once (nothing holds the deletion) may already own children of that
+    name, which must stay."""
     try:
         model: CachePolicySpec | None = parse_spec(spec)
     except ValueError:
@@ -870,6 +873,11 @@ async def handle_delete(
     if model is not None and model.runtime is None:
         names = names[2:]
     for api_version, kind, name in names:
+        if owned_only:
+            live = await kube.get(api_version, kind, policy.namespace, name)
+            owners = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+            if not any(ref.get("uid") == policy.uid for ref in owners):
+                continue
         if await kube.delete(api_version, kind, policy.namespace, name):
             deleted.append(f"{kind}/{name}")
     logger.info(f"deleted children: {', '.join(deleted) or 'none left'}")

@@ -381,7 +381,7 @@ async def _delete_children(
     logged: the owner references still get the children, later."""
     policy = PolicyRef(name, namespace, uid)
     try:
-        await handle_delete(policy, spec, kube=memo.kube, logger=logger)
+        await handle_delete(policy, spec, kube=memo.kube, logger=logger, owned_only=True)
     except KubeError as exc:
         logger.error(f"deleting the children failed (garbage collection gets them): {exc}")
     memo.metrics.policies.forget(f"{namespace}/{name}")
