@@ -72,8 +72,11 @@ class Kubectl:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, bin dir): the given cluster, or a fresh devcluster stopped at the end."""
+def cluster(
+    kubeconfig: str | None, extra_args: dict[str, list[str]] | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, bin dir): the given cluster, or a fresh devcluster stopped at the end (its
+    components given ``extra_args``, e.g. kube-apiserver's audit flags; ignored for a given cluster)."""
     bin_dir = binaries.bin_dir()
     problems = binaries.check_binaries(bin_dir)
     if problems:
@@ -83,13 +86,35 @@ def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
         return
     with tempfile.TemporaryDirectory(prefix="cachewarden-bench-") as tmp:
         started = time.monotonic()
-        dev = Cluster(Path(tmp) / "cluster", bin_dir=bin_dir, kubelet=True)
+        dev = Cluster(Path(tmp) / "cluster", bin_dir=bin_dir, kubelet=True, extra_args=extra_args)
         dev.start()
         print(f"# devcluster up in {time.monotonic() - started:.1f}s ({tmp})", flush=True)
         try:
             yield dev.kubeconfig, bin_dir
         finally:
             dev.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def apiserver_pid(kubeconfig: Path) -> int | None:
+    """The pid of the kube-apiserver of the devcluster whose kubeconfig is ``kubeconfig`` (its command
+    line names files in the same run directory), or None (a cluster given with --kubeconfig)."""
+    run_dir = str(kubeconfig.parent)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"kube-apiserver") and any(run_dir.encode() in a for a in argv):
+            return int(proc.name)
+    return None
 
 
 def create_namespace(kubectl: Kubectl, name: str) -> None:
@@ -145,6 +170,10 @@ class Operator:
                 name, value = line.split(":", 1)
                 fields[name] = int(value.split()[0]) / 1024
         return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the operator process has used, from /proc/<pid>/stat."""
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
         """SIGTERM (then SIGKILL) the process this object started."""

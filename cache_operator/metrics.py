@@ -14,42 +14,50 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class PolicyConditions(Collector):
-    """Last known conditions of every policy, exported as a gauge per (condition type, status)."""
+    """Last known conditions of every policy, exported as a gauge per (condition type, status), and
+    each policy's finished reconcile passes (status is written only when it changes, so its
+    timestamps do not count passes; this does)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_policy: dict[str, dict[str, str]] = {}
+        self._passes: dict[str, int] = {}
 
     def record(self, policy: str, conditions: Iterable[Mapping[str, Any]]) -> None:
-        """Remember ``policy``'s conditions (``namespace/name``)."""
+        """Remember ``policy``'s conditions (``namespace/name``) after a finished pass; a pass whose
+        patch carried no conditions keeps the ones known."""
         seen = {str(c.get("type")): str(c.get("status")) for c in conditions if c.get("type")}
         with self._lock:
-            self._by_policy[policy] = seen
+            if seen or policy not in self._by_policy:
+                self._by_policy[policy] = seen
+            self._passes[policy] = self._passes.get(policy, 0) + 1
 
     def forget(self, policy: str) -> None:
         """Drop a deleted policy."""
         with self._lock:
             self._by_policy.pop(policy, None)
+            self._passes.pop(policy, None)
 
     def count(self) -> int:
         """How many policies are tracked."""
         with self._lock:
             return len(self._by_policy)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         """Called by the registry at scrape time."""
         with self._lock:
             tally = _Tally(
                 (ctype, status) for conds in self._by_policy.values() for ctype, status in conds.items()
             )
             total = len(self._by_policy)
+            pass_counts = dict(self._passes)
         family = GaugeMetricFamily(
             "cachewarden_operator_policies",
             "CachePolicies by condition type and status.",
@@ -61,6 +69,14 @@ class PolicyConditions(Collector):
         yield GaugeMetricFamily(
             "cachewarden_operator_policies_total", "CachePolicies known to this operator.", value=total
         )
+        passes = CounterMetricFamily(
+            "cachewarden_operator_policy_passes",
+            "Finished reconcile passes per policy (namespace/name) since the operator started.",
+            labels=["policy"],
+        )
+        for policy, count in sorted(pass_counts.items()):
+            passes.add_metric([policy], count)
+        yield passes
 
 
 class OperatorMetrics:
@@ -116,6 +132,11 @@ class OperatorMetrics:
         self.incidents_deleted = Counter(
             "cachewarden_operator_incidents_deleted",
             "Finished CacheIncidents deleted by garbage collection (TTL or history limit).",
+            registry=self.registry,
+        )
+        self.status_writes = Counter(
+            "cachewarden_operator_status_writes",
+            "CachePolicy status patches sent (a pass that changes nothing but its own clock sends none).",
             registry=self.registry,
         )
         self.policies = PolicyConditions()

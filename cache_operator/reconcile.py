@@ -35,6 +35,7 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.api.cachepolicy_status import ActiveOverride
 from cache_operator.child_rejection import ChildRejection, is_rejection, rejection_from_status
+from cache_operator.drift import drifted
 from cache_operator.incidents.automatic_io import detection_due, run_detection
 from cache_operator.incidents.detection import probe_interval
 from cache_operator.incidents.executor_io import PodActionCaller
@@ -80,6 +81,7 @@ class ReconcileOutcome:
     reason: str = ""
     message: str = ""
     detection: Any = None  # cache_operator.incidents.automatic_io.DetectionOutcome when detection ran
+    tokens: Mapping[str, str] | None = None  # the tokens the pass used (the daemon keeps them)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +279,8 @@ async def handle_reconcile(
     events: Any = None,
     detect: bool = True,
     caller: Any = None,
+    verify_children: bool = False,
+    known_tokens: Mapping[str, str] | None = None,
 ) -> ReconcileOutcome:
     """One reconcile pass of ``policy``; writes ``patch.status`` and returns what it did.
 
@@ -287,6 +291,10 @@ async def handle_reconcile(
 
     ``apply_children=False`` is a probe pass: children are applied anyway when the config hash is not
     the one in status yet (so nothing new is ever skipped), otherwise only pods are probed and pushed.
+    ``verify_children`` (drift repair) reads each child and applies only those that drifted
+    (:mod:`cache_operator.drift`), unless the config hash or the generation moved since the status.
+    ``known_tokens`` (the tokens of the previous pass) spare reading the token Secret on a pass that
+    applies nothing.
 
     A child the API server refuses as invalid (HTTP 422) makes the policy ``Stalled`` (``ChildRejected``,
     naming the policy's field; :mod:`cache_operator.child_rejection`): the daemon waits the probe interval
@@ -311,6 +319,8 @@ async def handle_reconcile(
         pods_in_namespace=pods_in_namespace,
         detect=detect,
         caller=caller,
+        verify_children=verify_children,
+        known_tokens=known_tokens,
     ).run()
 
 
@@ -347,12 +357,14 @@ class ReconcilePass:
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None
     detect: bool = True
     caller: Any = None
+    verify_children: bool = False
+    known_tokens: Mapping[str, str] | None = None
     # found by the steps
     model: CachePolicySpec = field(init=False)
     override: ActiveOverride | None = field(init=False, default=None)
     config: CacheConfig = field(init=False)
     config_hash: str = field(init=False, default="")
-    tokens: dict[str, str] = field(init=False, default_factory=dict)
+    tokens: Mapping[str, str] = field(init=False, default_factory=dict)
     secret_created: bool = field(init=False, default=False)
 
     @property
@@ -444,9 +456,23 @@ class ReconcilePass:
             "progressing", reason="WaitingForRedis", message=str(exc), detection=detection
         )
 
+    def must_apply(self) -> bool:
+        """Whether step 3 applies the children: asked to, or the config hash or generation moved."""
+        return (
+            self.apply_children
+            or self.status.get("configHash") != self.config_hash
+            or (self.status.get("observedGeneration") != self.gen)
+        )
+
     async def read_tokens(self) -> None:
-        """Step 2: the admin/read tokens (created with the Secret on a first pass)."""
+        """Step 2: the admin/read tokens (created with the Secret on a first pass). ``known_tokens``
+        (the previous pass's) stand in for reading the Secret on a pass that applies nothing: the
+        Secret is only ever written back from what was just read."""
         first_pass = not self.status.get("configHash") and not self.model.paused
+        applies = self.must_apply() and not self.model.paused
+        if self.known_tokens is not None and not first_pass and not applies:
+            self.tokens = self.known_tokens
+            return
         try:
             self.tokens, self.secret_created = await current_tokens(self.kube, self.policy, create=first_pass)
         except render.TokenSecretError as exc:
@@ -466,18 +492,18 @@ class ReconcilePass:
         """Step 3: render and apply the children (unless paused, or a probe pass with nothing new).
         Returns a transient apply error and a rejection by the API server, if any."""
         status = self.status
-        must_apply = (
-            self.apply_children
-            or status.get("configHash") != self.config_hash
-            or (status.get("observedGeneration") != self.gen)
-        )
+        must_apply = self.must_apply()
         apply_error: str | None = None
         rejection: ChildRejection | None = None
+        unchanged = (
+            status.get("configHash") == self.config_hash and status.get("observedGeneration") == self.gen
+        )
         if not self.model.paused and must_apply:
             try:
                 await apply_children_of(
                     self.policy, self.model, self.config, self.tokens, self.kube,
                     delete_stale=self.delete_stale, skip_secret=self.secret_created,
+                    only_if_drifted=self.verify_children and unchanged,
                 )
             except ChildRejectedError as exc:
                 # The API server refused a rendered child as invalid (422): the same spec can never
@@ -599,6 +625,7 @@ class ReconcilePass:
             str(ready_condition.get("reason", "")),
             str(ready_condition.get("message", "")),
             detection,
+            self.tokens,
         )
 
 
@@ -789,13 +816,21 @@ async def apply_children_of(
     *,
     delete_stale: bool = True,
     skip_secret: bool = False,
+    only_if_drifted: bool = False,
 ) -> None:
     """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
-    runtime Deployment and Service of a policy that switched to selector mode."""
+    runtime Deployment and Service of a policy that switched to selector mode. ``only_if_drifted``:
+    read each child first and apply only those that no longer hold what is rendered, and delete a
+    stale one only if it exists (drift repair at rest costs reads, not writes)."""
     digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
     for obj in render.render_children(policy, model, config, tokens, digest):
         if skip_secret and obj["kind"] == "Secret":
             continue  # created a moment ago with exactly this content
+        if only_if_drifted:
+            meta = obj["metadata"]
+            live = await kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+            if not drifted(live, obj):
+                continue
         try:
             await kube.apply(obj)
         except KubeError as exc:
@@ -811,14 +846,19 @@ async def apply_children_of(
         name = (
             render.deployment_name(policy.name) if kind == "Deployment" else render.service_name(policy.name)
         )
+        if only_if_drifted and await kube.get(api_version, kind, policy.namespace, name) is None:
+            continue  # drift repair reads: a DELETE of what is not there is a write request all the same
         await kube.delete(api_version, kind, policy.namespace, name)
 
 
 async def handle_delete(
-    policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any
+    policy: PolicyRef, spec: Mapping[str, Any], *, kube: KubeIO, logger: Any, owned_only: bool = False
 ) -> list[str]:
     """Delete the policy's children explicitly (owner references would get them too, but later and only
-    with a garbage collector running); returns what was deleted."""
+    with a garbage collector running); returns what was deleted. ``owned_only``: read each child first
+    and delete it only if its owner reference names this policy's uid: a policy deleted and created
+    again under the same name at once (nothing holds the deletion) may already own children of that
+    name, which must stay."""
     try:
         model: CachePolicySpec | None = parse_spec(spec)
     except ValueError:
@@ -833,6 +873,11 @@ async def handle_delete(
     if model is not None and model.runtime is None:
         names = names[2:]
     for api_version, kind, name in names:
+        if owned_only:
+            live = await kube.get(api_version, kind, policy.namespace, name)
+            owners = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+            if not any(ref.get("uid") == policy.uid for ref in owners):
+                continue
         if await kube.delete(api_version, kind, policy.namespace, name):
             deleted.append(f"{kind}/{name}")
     logger.info(f"deleted children: {', '.join(deleted) or 'none left'}")

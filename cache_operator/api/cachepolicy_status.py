@@ -83,7 +83,9 @@ class HealthSummary(ApiModel):
     redis: RedisState = Field(default="Unknown", description="Redis state: worst over the pods.")
     last_probe_time: str | None = Field(
         default=None,
-        description="When the pods were last probed (RFC 3339).",
+        description="When a probe of the pods last changed the status (RFC 3339): status is written "
+        "only when something besides this time changes, so probes with the same result do not move it "
+        "(the operator's cachewarden_operator_policy_passes_total counts every pass).",
         json_schema_extra={"format": "date-time"},
     )
     message: str | None = Field(default=None, description="Short explanation of a non-Healthy verdict.")
@@ -186,13 +188,14 @@ class CachePolicyStatus(ApiModel):
     )
     last_detection_time: str | None = Field(
         default=None,
-        description="When detection last counted a probe pass (RFC 3339); passes closer together "
-        "than the probe interval are not counted.",
+        description="When detection last counted a probe pass that changed the status (RFC 3339); "
+        "passes closer together than the probe interval are not counted.",
         json_schema_extra={"format": "date-time"},
     )
     last_garbage_collection_time: str | None = Field(
         default=None,
-        description="When finished incidents were last checked for deletion (RFC 3339).",
+        description="When finished incidents were last checked for deletion with a change to the "
+        "status (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
     last_actions: list[ActionRecord] | None = Field(

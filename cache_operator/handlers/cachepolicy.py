@@ -2,18 +2,31 @@
 
 One reconciler per policy: a kopf daemon runs :func:`~cache_operator.reconcile.handle_reconcile` in a
 loop (every second while the policy converges, every ``spec.health.probeIntervalSeconds`` once it is
-Ready or Stalled, and right after a time-boxed override or isolation expires) and writes the status itself;
-automatic detection counts at most one probe per interval (status ``lastDetectionTime``). An event
+Ready or Stalled, and right after a time-boxed override or isolation expires) and writes the status itself,
+only when the pass changed something besides its own clock (:mod:`cache_operator.status_writes`), so a
+policy at rest costs the API server no write; automatic detection counts at most one probe per interval
+(status ``lastDetectionTime``). An event
 handler wakes it when the spec changes (a new generation), so a change is pushed to the pods at once,
 and status has a single writer (no two tasks racing to write conditions; the incident executor only
 merges ``override`` and ``lastActions``, which the reconciler never writes, except removing an
-expired override). Deletion deletes the children explicitly before the finalizer is released.
+expired override).
+
+No finalizer and no annotation on a policy: kopf adds its finalizer to any object with a daemon, and
+any create/update/delete handler makes it write its ``last-handled-configuration`` annotation; each is
+one more API write per new policy (a quarter of the operator's writes for a new policy) and the
+finalizer also blocks a deletion while no operator runs. The daemon is registered without the
+finalizer (:func:`_without_finalizer`) and stops itself: the event handler marks a policy gone on its
+DELETED event (or a deletionTimestamp another finalizer holds), and every drift-repair pass checks that
+the policy still exists (a DELETED event missed across a watch restart). On the way out the daemon
+deletes the children; their owner references get them anyway (the garbage collector), which is what
+cleans up a policy deleted while no operator runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +39,7 @@ from cache_operator.incidents.detection import probe_interval
 from cache_operator.k8s import KubeError
 from cache_operator.ports import PolicyRef
 from cache_operator.reconcile import ReconcileOutcome, handle_delete, handle_reconcile
+from cache_operator.status_writes import status_changes
 from cache_runtime.timefmt import parse_rfc3339
 
 CONVERGE_INTERVAL_S = 1.0
@@ -72,7 +86,9 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
     extra patches of the policy per change, which cost more than the reconcile itself at scale. Status
     writes (ours) do not move the generation, so they never wake the reconciler.
     """
-    if event.get("type") == "DELETED":
+    if event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        memo.setdefault("gone", set()).add(uid)
+        _wakeup(memo, uid).set()
         return
     generation = body.get("metadata", {}).get("generation")
     seen: dict[str, Any] = memo.setdefault("seen_generation", {})
@@ -80,7 +96,18 @@ async def policy_event(event: kopf.RawEvent, body: kopf.Body, uid: str, memo: ko
         _wakeup(memo, uid).set()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+def _gone(memo: kopf.Memo, uid: str) -> bool:
+    """Whether the event handler saw policy ``uid`` deleted (or being deleted)."""
+    return uid in memo.get("gone", ())
+
+
+# Stopped by kopf (a deletion held by someone else's finalizer, the operator exiting or pausing), the
+# daemon gets DELETE_GRACE_S to finish its pass (and delete the children) before kopf cancels it (then
+# 10 s more before kopf gives up on it).
+DELETE_GRACE_S = 20.0
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=DELETE_GRACE_S, cancellation_timeout=10.0)
 async def policy_reconciler(
     name: str,
     namespace: str | None,
@@ -93,7 +120,8 @@ async def policy_reconciler(
     incidents_by_namespace: kopf.Index[str | None, dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
-    """Reconcile, write status, wait (for a spec change, the interval, or the policy's deletion)."""
+    """Reconcile, write status when it changed, wait (for a spec change, the interval, or the
+    policy's deletion); on deletion, delete the children before returning."""
     assert namespace is not None, "CachePolicy is a namespaced resource"
     wake = _wakeup(memo, uid)
     options = memo.get("options") or {}
@@ -101,17 +129,35 @@ async def policy_reconciler(
     trigger = "start"
     passes = 0
     outcome: ReconcileOutcome | None = None
-    while not stopped:
+    while not stopped and not _gone(memo, uid):
         wake.clear()
         # Probe passes of a converged policy only probe (and push where a pod drifted); children are
         # re-applied on every change, while converging, and every APPLY_EVERY passes (drift repair).
         apply_children = (
             trigger != "timer" or outcome is None or outcome.outcome != "ready" or passes % APPLY_EVERY == 0
         )
+        # Drift repair and the first pass after an operator start read the children and apply only
+        # what drifted; a spec change (or a new policy: no config hash in status) applies directly.
+        verify_children = trigger == "timer" or (
+            trigger == "start" and bool((body.get("status") or {}).get("configHash"))
+        )
         memo.setdefault("seen_generation", {})[uid] = body.get("metadata", {}).get("generation")
         # Deleting the runtime children of a policy that moved to selector mode costs two calls; done
-        # after a spec change and on the drift-repair passes, not for every new policy.
-        delete_stale = trigger == "change" or (passes > 0 and passes % APPLY_EVERY == 0)
+        # after a spec change and at an operator start (reading first, see verify_children), not for
+        # every new policy nor at rest.
+        delete_stale = trigger == "change" or (trigger == "start" and verify_children)
+        drift_pass = passes > 0 and passes % APPLY_EVERY == 0
+        # A converged policy's probe passes reuse the tokens of the pass before (no read of the
+        # Secret); drift repair, a change and any pass after an unclean one read them again.
+        known_tokens = (
+            outcome.tokens
+            if trigger == "timer" and outcome is not None and outcome.outcome == "ready" and not drift_pass
+            else None
+        )
+        if trigger == "timer" and passes > 0 and passes % APPLY_EVERY == 0 and not await _exists(
+            memo, namespace, name, uid, logger
+        ):
+            break
         outcome = await _reconcile_once(
             name,
             namespace,
@@ -122,6 +168,8 @@ async def policy_reconciler(
             trigger,
             apply_children,
             delete_stale,
+            verify_children,
+            known_tokens,
             None if pods_by_namespace is None else _index_lookup(pods_by_namespace),
             memo.kube
             if incidents_by_namespace is None
@@ -138,7 +186,48 @@ async def policy_reconciler(
             symptoms = detected.get("symptoms", (body.get("status") or {}).get("symptoms"))
             interval = probe_interval(symptoms, float(probe or DEFAULT_PROBE_INTERVAL_S))
         interval = min(interval, _until_expiry(body.get("status") or {}, time.time()))
+        if _gone(memo, uid):
+            break
         trigger = await _wait(wake, stopped, interval)
+    if not stopped or (
+        stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED
+    ):
+        await _delete_children(name, namespace, uid, dict(body.get("spec") or {}), memo, logger)
+
+
+def _without_finalizer(daemon: Callable[..., Any]) -> None:
+    """Register ``daemon`` (already decorated with ``kopf.daemon``) as not needing kopf's finalizer.
+
+    kopf fixes ``requires_finalizer=True`` for every daemon, so that it can stop the daemon before the
+    object goes; this daemon stops itself instead (module docstring). kopf has no public switch, so the
+    registered handler is replaced by a copy with the flag off (a unit test pins that it is off, so a
+    kopf upgrade that moves this fails there, not silently in a cluster). Policies carrying the
+    finalizer from an older operator lose it at the next start: kopf removes a finalizer no handler
+    requires.
+    """
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers[:] = [
+        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is daemon else handler
+        for handler in spawning._handlers
+    ]
+
+
+_without_finalizer(policy_reconciler)
+
+
+async def _exists(memo: kopf.Memo, namespace: str, name: str, uid: str, logger: kopf.Logger) -> bool:
+    """Whether policy ``uid`` still exists (read by name): a DELETED event lost across a watch restart
+    must not leave a daemon re-creating the children of a policy that is gone. A failed read counts as
+    existing (the next check tries again)."""
+    try:
+        current = await memo.kube.get(API_VERSION, "CachePolicy", namespace, name)
+    except KubeError as exc:
+        logger.warning(f"could not check that the policy still exists: {exc}")
+        return True
+    if current is not None and (current.get("metadata") or {}).get("uid") == uid:
+        return True
+    memo.setdefault("gone", set()).add(uid)
+    return False
 
 
 async def _reconcile_once(
@@ -151,6 +240,8 @@ async def _reconcile_once(
     trigger: str,
     apply_children: bool = True,
     delete_stale: bool = True,
+    verify_children: bool = False,
+    known_tokens: Any = None,
     pods_in_namespace: Callable[[str], list[dict[str, Any]]] | None = None,
     kube: Any = None,
 ) -> ReconcileOutcome | None:
@@ -176,11 +267,16 @@ async def _reconcile_once(
             resolve_service_hosts=bool((memo.get("options") or {}).get("resolve_service_hosts")),
             apply_children=apply_children,
             delete_stale=delete_stale,
+            verify_children=verify_children,
+            known_tokens=known_tokens,
             pods_in_namespace=pods_in_namespace,
             events=post_event,
         )
-        if patch.status:
+        # The first pass of a daemon always writes (an operator that starts says it has seen the
+        # policy); later passes only when the status changes beyond the pass's own clock.
+        if patch.status and (trigger == "start" or status_changes(body.get("status") or {}, patch.status)):
             await memo.kube.patch_status(API_VERSION, "CachePolicy", namespace, name, patch.status)
+            metrics.status_writes.inc()
     except KubeError as exc:
         metrics.errors.labels(kind="kubernetes").inc()
         metrics.reconciles.labels(trigger=trigger, outcome="error").inc()
@@ -278,20 +374,17 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, interval: floa
     return "change" if woken in done else "timer"
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def policy_deleted(
-    name: str,
-    namespace: str | None,
-    uid: str,
-    spec: kopf.Spec,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
+async def _delete_children(
+    name: str, namespace: str, uid: str, spec: dict[str, Any], memo: kopf.Memo, logger: kopf.Logger
 ) -> None:
-    """Delete the children, forget the policy; the finalizer goes once this returns."""
-    assert namespace is not None, "CachePolicy is a namespaced resource"
+    """Delete the children of a policy that is gone (or being deleted) and forget it. A failure is
+    logged: the owner references still get the children, later."""
     policy = PolicyRef(name, namespace, uid)
-    await handle_delete(policy, dict(spec), kube=memo.kube, logger=logger)
+    try:
+        await handle_delete(policy, spec, kube=memo.kube, logger=logger, owned_only=True)
+    except KubeError as exc:
+        logger.error(f"deleting the children failed (garbage collection gets them): {exc}")
     memo.metrics.policies.forget(f"{namespace}/{name}")
     memo.get("wakeups", {}).pop(uid, None)
     memo.get("seen_generation", {}).pop(uid, None)
+    memo.get("gone", set()).discard(uid)

@@ -296,6 +296,13 @@ def metric_value(text: str, sample: str) -> float:
     return 0.0
 
 
+def policy_passes(operator: OperatorProcess, namespace: str, name: str) -> int:
+    """Reconcile passes the operator finished for policy ``namespace/name`` (its metrics): status is
+    written only when it changes, so its timestamps do not count passes."""
+    sample = f'cachewarden_operator_policy_passes_total{{policy="{namespace}/{name}"}}'
+    return int(metric_value(operator.metrics(), sample))
+
+
 # --- incidents ---------------------------------------------------------------------------------
 
 # The policy of the incident tests (test_incidents, test_operator_ha).

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from tests.e2e.support import (
     crds,
     free_port,
     get_policy,
+    policy_passes,
     policy_yaml,
     ready_policy,
     redis_manifest,
@@ -127,34 +127,31 @@ def status_code(pod: dict[str, Any], token: str, path: str = "/internal/cache/st
     return response.status_code
 
 
-def probed_since(kube: KubeTools, namespace: str, name: str, since: float) -> dict[str, Any] | None:
-    """The policy once Ready with a probe pass later than ``since`` (epoch s) and no target error."""
+def probed_since(
+    operator: OperatorProcess, kube: KubeTools, namespace: str, name: str, passes_before: int
+) -> dict[str, Any] | None:
+    """The policy once Ready, with no target error, after two more finished passes than
+    ``passes_before`` (so at least one pass ran wholly after it). The operator writes status only
+    when it changes: an unchanged status after those passes is what they observed."""
+    if policy_passes(operator, namespace, name) < passes_before + 2:
+        return None
     policy = ready_policy(kube, namespace, name)
     if policy is None:
         return None
-    status = policy["status"]
-    last = (status.get("health") or {}).get("lastProbeTime")
-    if not last or datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() < since:
-        return None
-    targets = status.get("targets") or []
+    targets = policy["status"].get("targets") or []
     return policy if targets and not any(t.get("lastError") for t in targets) else None
 
 
-def operator_passes(kube: KubeTools, namespace: str, name: str, passes: int, timeout: float) -> int:
-    """Wait until the operator has finished at least ``passes`` reconcile passes of the policy from now:
-    ``passes + 1`` distinct ``status.health.lastProbeTime`` values observed (the first may be a pass
-    from before the call). Returns the number of distinct values seen."""
-    seen: set[str] = set()
+def operator_passes(operator: OperatorProcess, namespace: str, name: str, passes: int, timeout: float) -> int:
+    """Wait until the operator has finished at least ``passes`` reconcile passes of the policy from now
+    (its per-policy pass counter). Returns the number of passes seen."""
+    start = policy_passes(operator, namespace, name)
     deadline = time.monotonic() + timeout
-    while len(seen) < passes + 1:
+    while (seen := policy_passes(operator, namespace, name) - start) < passes:
         if time.monotonic() > deadline:
-            raise AssertionError(f"only {len(seen)} probe times of {namespace}/{name} in {timeout} s")
-        policy = kube.kubectl_json("get", "cachepolicy", name, "-n", namespace)
-        last = ((policy.get("status") or {}).get("health") or {}).get("lastProbeTime")
-        if last:
-            seen.add(last)
+            raise AssertionError(f"only {seen} passes of {namespace}/{name} in {timeout} s")
         time.sleep(1)
-    return len(seen)
+    return seen
 
 
 def put_status(pod: dict[str, Any], token: str, key: str) -> int:
@@ -220,8 +217,8 @@ def test_admin_token_rotation_takes_effect_without_a_restart(
     # 10th) both tokens still work, the Secret holds both lines as written, the read token is the same
     # and a new write token was added (and works once the kubelet has projected it).
     waited = time.monotonic()
-    seen = operator_passes(kube, ns, "rot", 12, 300)
-    print(f"overlap held through {seen} probe times in {time.monotonic() - waited:.0f} s")
+    seen = operator_passes(operator, ns, "rot", 12, 300)
+    print(f"overlap held through {seen} passes in {time.monotonic() - waited:.0f} s")
     assert all(status_code(p, new) == 200 for p in pods)
     assert all(status_code(p, old) == 200 for p in pods), "the overlap was cut short by the operator"
     held = secret_tokens(kube, ns, "rot")
@@ -230,7 +227,7 @@ def test_admin_token_rotation_takes_effect_without_a_restart(
     assert added and added != write and len(added) >= render.MIN_TOKEN_LENGTH, "no write token added"
     wait_for(lambda: all(put_status(p, added, "by-writer") == 200 for p in pods), 60, "the new write token")
     assert all(put_status(p, write, "by-writer") == 401 for p in pods)
-    rotated_at = time.time()
+    rotated_at = policy_passes(operator, ns, "rot")
 
     # Then the old one leaves the Secret: refused (401) everywhere, the new one still accepted.
     put_tokens(kube, ns, "rot", {render.ADMIN_TOKEN_KEY: new, render.READ_TOKEN_KEY: read})
@@ -260,7 +257,9 @@ def test_admin_token_rotation_takes_effect_without_a_restart(
 
     # The operator reads the new token from the Secret: it keeps probing the pods successfully.
     policy = wait_dict(
-        partial(probed_since, kube, ns, "rot", rotated_at), 60, "a successful probe after the rotation"
+        partial(probed_since, operator, kube, ns, "rot", rotated_at),
+        60,
+        "a successful probe after the rotation",
     )
     assert policy["status"]["pods"]["configured"] == 2
     # The operator did not put the old token back (drift repair applies what the Secret holds).
@@ -501,7 +500,8 @@ def test_no_secret_token_or_user_text_in_any_log_or_status(
         kube.apply(json.dumps(incident), ns)
         wait_for(partial(incident_finished, kube, ns, name), 90, f"incident {name} finished")
     # A successful probe pass after the traffic and the incidents: the status carries health from it.
-    wait_dict(partial(probed_since, kube, ns, "leak", time.time()), 60, "a probe after the incidents")
+    passes = policy_passes(operator, ns, "leak")
+    wait_dict(partial(probed_since, operator, kube, ns, "leak", passes), 60, "a probe after the incidents")
 
     needles = {
         **markers.all(),

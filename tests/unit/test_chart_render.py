@@ -39,10 +39,10 @@ OPERATOR_RULES = [
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/status", "cacheincidents/status"],
      "verbs": ["patch"]},
     {"apiGroups": ["cachewarden.io"], "resources": ["cachepolicies/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "delete"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # read-only: cross-layer diagnosis of the policy's Redis (and the Redis Service lookup)
@@ -190,7 +190,7 @@ def test_image_tag_digest_args_and_devcluster_flag(helm: Path) -> None:
     assert container["args"][-1] == "--pod-timeout=7"
     services_verbs = {v for r in one(docs, "ClusterRole", "cw-cachewarden")["rules"]
                       if r["resources"] == ["services"] for v in r["verbs"]}
-    assert services_verbs == {"get", "create", "patch", "delete"}  # get: the Redis Service lookup
+    assert services_verbs == {"get", "create", "patch", "delete"}  # get: drift repair, the Redis lookup
     digest = "sha256:" + "a" * 64
     assert operator_container(render(helm, f"image.digest={digest}"))["image"] == (
         f"ghcr.io/cachewarden/cachewarden@{digest}")

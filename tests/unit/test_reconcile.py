@@ -318,6 +318,18 @@ async def test_delete_removes_every_child() -> None:
     assert kube.objects == {}
 
 
+async def test_delete_of_owned_children_only_leaves_a_new_policy_of_the_same_name_alone() -> None:
+    """The daemon deletes with owned_only: a policy re-created under the same name at once (no
+    finalizer holds the old one) keeps the children it already owns; the old policy's go."""
+    kube, pods = FakeKube(), FakePods()
+    await reconcile(RUNTIME_SPEC, kube, pods)
+    old = PolicyRef(POLICY.name, POLICY.namespace, "uid-of-the-old-one")
+    assert await handle_delete(old, RUNTIME_SPEC, kube=kube, logger=FakeLogger(), owned_only=True) == []
+    assert len(kube.objects) == 4
+    deleted = await handle_delete(POLICY, RUNTIME_SPEC, kube=kube, logger=FakeLogger(), owned_only=True)
+    assert len(deleted) == 4 and kube.objects == {}
+
+
 def test_aggregate_health_weights_hit_rates_by_lookups() -> None:
     def view(name: str, rate: float, lookups: int, status: str = "healthy") -> PodView:
         return PodView(

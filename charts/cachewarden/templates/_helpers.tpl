@@ -130,20 +130,20 @@ handlers/, and kopf itself). docs/chart.md explains each rule. */}}
   resources: [cachepolicies/finalizers]
   verbs: [update]
 # Children: server-side apply (a PATCH; the API server authorizes it as create when the object does
-# not exist yet), deletion. Secrets are read by name (the token Secret, the Redis Secrets a policy
-# references): no list/watch.
+# not exist yet), read by name for drift repair (applied only when drifted), deletion. Secrets are read
+# by name (the token Secret, the Redis Secrets a policy references): no list/watch.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
 # kopf's pod index (one watch) and the target pods of a policy or incident.
 - apiGroups: [""]
   resources: [pods]
