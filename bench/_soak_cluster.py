@@ -9,7 +9,6 @@ again with the same command line, ports and data). Nothing is looked up by name.
 from __future__ import annotations
 
 import base64
-import calendar
 import contextlib
 import json
 import os
@@ -20,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,31 @@ class OperatorSlot:
         """SIGTERM the current operator."""
         self.proc.stop()
 
+    def passes(self, name: str) -> tuple[int, int]:
+        """(incarnation, reconcile passes the running operator finished for policy ``name``), from its
+        ``cachewarden_operator_policy_passes_total`` metric."""
+        incarnation = self.incarnation
+        url = f"http://127.0.0.1:{self.proc.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        sample = f'cachewarden_operator_policy_passes_total{{policy="{self.namespace}/{name}"}} '
+        count = next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample)), 0.0)
+        return incarnation, int(count)
+
+    def passes_counter(self, name: str) -> Callable[[], int]:
+        """A function: passes of policy ``name`` finished since now (a restarted operator's passes
+        all count, since it started after now)."""
+        try:
+            mark = self.passes(name)
+        except (OSError, urllib.error.URLError, ValueError):
+            mark = (self.incarnation, 0)  # not answering yet: every pass it makes is after now
+
+        def since() -> int:
+            incarnation, count = self.passes(name)
+            return count if incarnation != mark[0] else count - mark[1]
+
+        return since
+
 
 def restart_component(cluster: Cluster, component: str, timeout: float = 120.0) -> str:
     """Stop ``etcd`` or ``kube-apiserver`` of the soak's own cluster (SIGTERM to its process group,
@@ -200,11 +225,6 @@ def http_json(url: str, token: str, timeout: float = 5.0) -> Any:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
-
-
-def parse_rfc3339(text: str) -> float:
-    """'2026-11-25T22:00:00Z' -> epoch seconds."""
-    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 class PolicyWatch:
@@ -254,12 +274,18 @@ def _condition(policy: dict[str, Any], type_: str) -> str | None:
 
 
 def convergence_problem(
-    watch: PolicyWatch, spec: dict[str, Any], replicas: int, since_wall: float, admin_token: str
+    watch: PolicyWatch,
+    spec: dict[str, Any],
+    replicas: int,
+    passes_since: Callable[[], int],
+    admin_token: str,
+    min_passes: int = 2,
 ) -> str | None:
     """None when the policy has converged after a fault, else what is still missing: Ready and
     RedisConnected at the current generation, ``replicas`` pods desired/ready/configured, the operator
-    has probed since ``since_wall`` (it re-observed the world after the fault), and every running pod
-    reports itself the hash computed here from the spec."""
+    has finished ``min_passes`` passes of the policy since the fault (``passes_since()``: it
+    re-observed the world; the operator writes status only when it changes, so status timestamps do
+    not show a pass), and every running pod reports itself the hash computed here from the spec."""
     try:
         policy = watch.policy()
     except ApiError as exc:
@@ -275,9 +301,12 @@ def convergence_problem(
     pods = status.get("pods") or {}
     if not pods.get("desired") == pods.get("ready") == pods.get("configured") == replicas:
         return f"pods {pods}"
-    probed = (status.get("health") or {}).get("lastProbeTime")
-    if not probed or parse_rfc3339(probed) < int(since_wall):
-        return f"no probe since the fault (last {probed})"
+    try:
+        passes = passes_since()
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        return f"operator metrics: {exc}"
+    if passes < min_passes:
+        return f"{passes} operator passes since the fault (waiting for {min_passes})"
     want = expected_hash(spec)
     if status.get("configHash") != want:
         return f"status.configHash {status.get('configHash')} != expected {want}"

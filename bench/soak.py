@@ -214,7 +214,8 @@ class Soak:
             self._wait(lambda: self.watch.tokens(), 120, "the policy's token Secret")
             self.admin_token, self.read_token = self.watch.tokens()
             self._wait(
-                lambda: convergence_problem(self.watch, self.spec, REPLICAS, 0, self.admin_token) is None,
+                lambda: convergence_problem(self.watch, self.spec, REPLICAS, lambda: 1, self.admin_token, 1)
+                is None,
                 240,
                 "the policy Ready with 3 pods on the expected hash",
             )
@@ -315,7 +316,7 @@ class Soak:
             self.ledger.open_window(injected)
         record.detail = await asyncio.to_thread(self._inject, fault.kind)
         recovered = time.monotonic()
-        recovered_wall = time.time()
+        passes_since = await asyncio.to_thread(self.operator.passes_counter, POLICY)
         record.inject_s = round(recovered - injected, 2)
         if fault.kind in REDIS_FAULTS:
             problem = await asyncio.to_thread(
@@ -330,7 +331,7 @@ class Soak:
                 record.last_problem = f"redis: {problem}"
         problem = await asyncio.to_thread(
             self._poll,
-            lambda: convergence_problem(self.watch, self.spec, REPLICAS, recovered_wall, self.admin_token),
+            lambda: convergence_problem(self.watch, self.spec, REPLICAS, passes_since, self.admin_token),
             self.o.converge_timeout_s,
         )
         if problem is None:
