@@ -10,6 +10,14 @@ Evaluate a *window* (``stats.diff_snapshots(now, earlier)``) rather than the cum
 snapshot, or a long healthy history hides a fresh problem. Hysteresis over consecutive probes is
 the operator's job, not this module's: one evaluation judges one window.
 
+Which window: :func:`detection_window` picks, from windows of :data:`DETECTION_WINDOWS_S` (shortest
+first), the shortest that holds ``min_requests`` lookups for the workload symptoms (hit rate, L1,
+latency, memory), so a busy pod is judged on its last 10-15 s and a workload fault crosses its
+threshold seconds after its onset; a quiet pod on up to a minute. The Redis figures (errors, pool
+waits, RTT) are always the longest window's, and whether Redis is down is judged on the engine's
+state (breaker, its own checks, the subscription: :func:`cache_runtime.symptoms.redis_outage`), not
+on errors counted in a window, which an open breaker leaves empty.
+
 Memory is the cache's own memory: the encoded bytes L1 holds (``snapshot["l1"]["bytes"]``);
 MB in the thresholds means MiB (1,048,576 bytes), as the runbook computed it.
 """
@@ -17,7 +25,7 @@ MB in the thresholds means MiB (1,048,576 bytes), as the runbook computed it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,11 +42,13 @@ from cache_runtime.symptoms import (
     Thresholds,
     check_snapshot,
     detect_symptoms,
+    redis_outage,
     redis_state,
     worst_p95,
 )
 
 __all__ = [
+    "DETECTION_WINDOWS_S",
     "JUDGED_LATENCY_OPERATIONS",
     "HealthReport",
     "Severity",
@@ -50,9 +60,17 @@ __all__ = [
     "Thresholds",
     "check_snapshot",
     "detect_symptoms",
+    "detection_window",
     "evaluate",
+    "redis_outage",
     "redis_state",
 ]
+
+# The windows health judges, shortest first (seconds; see detection_window). The shortest makes a
+# workload fault show within seconds: at the CRD's default probes (every 15 s, 3 in a row, confirming
+# probes every 5 s) it is detected within 30 s of its onset. The longest is the Redis figures' window
+# and the engine's snapshot history must cover it (cache_runtime.cache._HEALTH_WINDOW_S).
+DETECTION_WINDOWS_S: tuple[float, ...] = (10.0, 30.0, 60.0)
 
 
 class Status(StrEnum):
@@ -100,6 +118,26 @@ class HealthReport:
 # ---------------------------------------------------------------------------------------------
 
 
+def detection_window(windows: Sequence[Snapshot], min_requests: int) -> Snapshot:
+    """The snapshot health judges, from ``windows`` (shortest first, each a window of the same
+    engine ending now): the shortest holding ``min_requests`` lookups (else the longest), with the
+    longest window's ``l2`` section and its length as ``redis_window_seconds``.
+
+    Gauges (breaker state, L1 entries, config) are the same in every window; only the counters
+    differ. Redis errors are counted over the longest window so that a flapping Redis (breaker
+    closing and opening again) is judged on enough calls; an outage shows in the engine's state."""
+    if not windows:
+        raise ValueError("detection_window needs at least one window; got none")
+    if not isinstance(min_requests, int) or isinstance(min_requests, bool) or min_requests < 0:
+        raise ThresholdError("min_requests", min_requests, "an integer >= 0")
+    longest = windows[-1]
+    chosen = next((w for w in windows if w["requests"]["lookups"] >= min_requests), longest)
+    judged: dict[str, Any] = dict(chosen)
+    judged["l2"] = longest.get("l2")
+    judged["redis_window_seconds"] = float(longest.get("window_seconds", 0.0))
+    return judged  # type: ignore[return-value]
+
+
 def evaluate(
     snapshot: Snapshot | Mapping[str, Any],
     thresholds: Thresholds | Mapping[str, Any] | None = None,
@@ -130,6 +168,7 @@ def evaluate(
         "redis": redis_state(checked),
         "config_hash": checked["config"].get("hash"),
         "isolated": bool(checked.get("isolated", False)),
+        "redis_window_seconds": checked.get("redis_window_seconds", checked.get("window_seconds")),
     }
     return HealthReport(
         status=status,

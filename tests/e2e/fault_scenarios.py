@@ -32,9 +32,12 @@ scenario                     symptom            fault / repair
 In the setting faults (``repair`` None) no person acts: the workload goes on unchanged and only the
 operator's own time-boxed override (Auto mode, ``apply-override`` allowed) can clear the symptom.
 
-The health window of the runtime is one minute (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
-symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
-traffic is sized for that, and bounded.
+The runtime judges workload symptoms (hit rate, L1, latency) on the shortest of 10/30/60 s that holds
+``min_requests`` lookups, Redis errors over one minute (``cache_runtime.health.DETECTION_WINDOWS_S``,
+``detection_window``), and whether Redis is down on the engine's state (breaker, its own checks, the
+subscription). So a symptom clears when enough healthy traffic follows the fault (up to a minute of
+it for the Redis error share), not when the fault ends: the "recover" traffic is sized for that, and
+bounded.
 """
 
 from __future__ import annotations
@@ -515,7 +518,8 @@ def _recover_hits(lab: Lab) -> Any:
 
 def _recover_traffic(lab: Lab) -> Any:
     """Healthy traffic in bulk: fast hits, and Redis calls that now succeed, so the fault's share of
-    the one-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
+    the windows (errors per Redis call over a minute, slow calls per GET over the detection window)
+    falls below the thresholds."""
     for _ in range(3):
         _hot_reads(lab)
     _absent_reads(lab, 3 * MISSES_PER_BURST)
