@@ -468,9 +468,10 @@ def base_spec(lab: Lab, mode: str, redis_url: str = "redis://redis:6379/0") -> d
         "redis": {"url": redis_url},
         "runtime": {"replicas": REPLICAS},
         "remediation": {"mode": mode, "cooldownSeconds": 0},
+        "health": {},
     }
     if lab.probes is not None:
-        spec["health"] = dict(lab.probes)
+        spec["health"].update(lab.probes)
     return spec
 
 
