@@ -143,12 +143,18 @@ def evaluate(
     thresholds: Thresholds | Mapping[str, Any] | None = None,
     *,
     now: float | None = None,
+    evidence: Snapshot | Mapping[str, Any] | None = None,
 ) -> HealthReport:
-    """Judge one snapshot (preferably a window) against the thresholds and diagnose the symptoms."""
+    """Judge one snapshot (preferably a window) against the thresholds and diagnose the symptoms.
+
+    ``evidence`` is the window the causes are diagnosed on (default: ``snapshot`` itself). The
+    facade passes the longest window: a cause's evidence (values written uncompressed, re-requests
+    after expiry, key variants) may have been recorded when the fault began, which a short detection
+    window no longer holds by the time the symptom is confirmed."""
     checked = check_snapshot(snapshot)
     limits = thresholds if isinstance(thresholds, Thresholds) else Thresholds.from_mapping(thresholds)
     symptoms = detect_symptoms(checked, limits)
-    causes = diagnose(checked, symptoms, limits)
+    causes = diagnose(checked if evidence is None else check_snapshot(evidence), symptoms, limits)
     if any(s.severity is Severity.CRITICAL for s in symptoms):
         status = Status.UNHEALTHY
     elif symptoms:

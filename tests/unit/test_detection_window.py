@@ -186,3 +186,17 @@ def _outage(scenario: Scenario, *, breaker: str, failed: int, subscribed: bool |
         coherence={"listeners": 0 if subscribed is None else 1, "connected": subscribed},
     )
     return scenario
+
+
+def test_causes_are_diagnosed_on_the_evidence_window() -> None:
+    """The symptom comes from the short window; its cause from the evidence window (the longest),
+    which still holds what was recorded at the fault's onset (here: re-typed question variants)."""
+    from tests.unit.health_scenarios import with_text_variants
+
+    short = with_low_hit_rate(healthy(), hit_rate=0.2, lookups=400).snapshot()
+    longest = with_text_variants(with_low_hit_rate(healthy(), hit_rate=0.2, lookups=1200)).snapshot()
+    alone = evaluate(short)
+    with_evidence = evaluate(short, evidence=longest)
+    assert alone.symptom("LowHitRate") is not None and with_evidence.symptom("LowHitRate") is not None
+    assert "KeyInconsistency" not in [c.name for c in alone.causes]
+    assert with_evidence.causes[0].name == "KeyInconsistency"
