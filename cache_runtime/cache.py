@@ -1471,14 +1471,14 @@ class TieredCache:
         The window is ``window_seconds`` when given, else the shortest of
         :data:`cache_runtime.health.DETECTION_WINDOWS_S` holding ``health.min_requests`` lookups, with
         the Redis figures over the longest (:func:`cache_runtime.health.detection_window`); the causes
-        are diagnosed on the longest window. Each is
+        are diagnosed on both it and the longest window, merged. Each is
         measured from the newest kept snapshot at least that old (everything since start, if younger)."""
         current = self.stats()
         now = self._clock()
         spans = health_module.DETECTION_WINDOWS_S if window_seconds is None else (window_seconds,)
         windows = [self._window.window(current, now=now, window_seconds=span) for span in spans]  # type: ignore[arg-type]
         judged = health_module.detection_window(windows, self._config.health.min_requests)
-        # Causes are diagnosed on the longest window: their evidence may date from the fault's onset.
+        # Causes are diagnosed on the longest window too: their evidence may date from the fault's onset.
         return health_module.evaluate(judged, self._config.health.model_dump(), evidence=windows[-1])
 
 

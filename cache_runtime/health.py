@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cache_runtime.diagnosis import Cause, diagnose
+from cache_runtime.diagnosis import Cause, diagnose, merge_causes
 from cache_runtime.stats import Snapshot
 from cache_runtime.symptoms import (
     JUDGED_LATENCY_OPERATIONS,
@@ -147,14 +147,18 @@ def evaluate(
 ) -> HealthReport:
     """Judge one snapshot (preferably a window) against the thresholds and diagnose the symptoms.
 
-    ``evidence`` is the window the causes are diagnosed on (default: ``snapshot`` itself). The
-    facade passes the longest window: a cause's evidence (values written uncompressed, re-requests
-    after expiry, key variants) may have been recorded when the fault began, which a short detection
-    window no longer holds by the time the symptom is confirmed."""
+    ``evidence`` is a second window the causes are also diagnosed on (the facade passes the longest);
+    both diagnoses are merged (:func:`cache_runtime.diagnosis.merge_causes`, highest score first). A
+    cause's evidence may have been recorded when the fault began (values written uncompressed), which
+    a short window no longer holds when the symptom is confirmed; other evidence (key variants of a
+    fresh fault) is diluted in a long window by the healthy traffic before it. Each window finds its
+    own, and the stronger evidence ranks first."""
     checked = check_snapshot(snapshot)
     limits = thresholds if isinstance(thresholds, Thresholds) else Thresholds.from_mapping(thresholds)
     symptoms = detect_symptoms(checked, limits)
-    causes = diagnose(checked if evidence is None else check_snapshot(evidence), symptoms, limits)
+    causes = diagnose(checked, symptoms, limits)
+    if evidence is not None and evidence is not snapshot:
+        causes = merge_causes(causes, diagnose(check_snapshot(evidence), symptoms, limits))
     if any(s.severity is Severity.CRITICAL for s in symptoms):
         status = Status.UNHEALTHY
     elif symptoms:

@@ -200,3 +200,7 @@ def test_causes_are_diagnosed_on_the_evidence_window() -> None:
     assert alone.symptom("LowHitRate") is not None and with_evidence.symptom("LowHitRate") is not None
     assert "KeyInconsistency" not in [c.name for c in alone.causes]
     assert with_evidence.causes[0].name == "KeyInconsistency"
+    # ... and the other way round: fresh evidence in the short window outranks a diluted long one.
+    reverse = evaluate(longest, evidence=short)
+    assert reverse.causes[0].name == "KeyInconsistency"
+    assert "Undetermined" not in [c.name for c in reverse.causes]
