@@ -204,3 +204,28 @@ def test_causes_are_diagnosed_on_the_evidence_window() -> None:
     reverse = evaluate(longest, evidence=short)
     assert reverse.causes[0].name == "KeyInconsistency"
     assert "Undetermined" not in [c.name for c in reverse.causes]
+
+
+def test_verification_counts_are_the_lifetime_ones() -> None:
+    """Verification takes hits and lookups between probes from the counts since the pod started (exact
+    hits when reported), not from the detection window, whose counts do not grow between probes."""
+    from cache_operator.incidents.remediation import rate_between, rate_counts
+
+    def report(window_lookups: int, hits: int, lookups: int) -> dict[str, Any]:
+        return {
+            "hit_rates": {"overall": 0.1, "l1": 0.1, "lookups": window_lookups},
+            "lifetime_hit_rates": {
+                "overall": 0.0,
+                "l1": 0.0,
+                "lookups": lookups,
+                "hits": hits,
+                "l1_hits": hits,
+            },
+        }
+
+    before = rate_counts("LowHitRate", {"pod-0": report(150, 100_000, 1_000_000)})
+    after = rate_counts("LowHitRate", {"pod-0": report(150, 100_300, 1_000_300)})
+    assert before == {"pod-0": [100_000, 1_000_000]}
+    assert rate_between(before, after) == 1.0  # every lookup since the last probe hit
+    old_runtime = {"pod-0": {"lifetime_hit_rates": {"overall": 0.5, "lookups": 200}}}
+    assert rate_counts("LowHitRate", old_runtime) == {"pod-0": [100.0, 200]}
