@@ -3,16 +3,21 @@
     .venv/bin/python bench/incidents.py                         # fresh devcluster, every scenario once
     .venv/bin/python bench/incidents.py --scenarios redis-slow,short-ttl --runs 2
     .venv/bin/python bench/incidents.py --healing               # the setting faults only
+    .venv/bin/python bench/incidents.py --probes e2e            # the e2e tests' faster probes (5 s x 2)
     .venv/bin/python bench/incidents.py --kubeconfig K          # an existing cluster (CRDs applied here)
 
 The scenarios are the e2e test's (``tests/e2e/fault_scenarios.py``: the faults, the traffic and the
-timeline are defined there once). Each runs in its own namespace: a real Redis pod, a CachePolicy with
-3 runtime pods probed every 5 s with 2 consecutive probes for hysteresis, and the real operator
-(``--resolve-service-hosts``). The clock starts when the fault is injected; milestones are observed by
-this client polling every 0.5 s (so each figure may be up to ~0.5 s late):
+timeline are defined there once), plus the Redis Deployment scaled to 0 with the policy naming its
+Service (``redis-scaled-to-zero``: the cross-layer diagnosis). Each runs in its own namespace: a real
+Redis pod, a CachePolicy with 3 runtime pods and the real operator (``--resolve-service-hosts``). The
+policy's probe settings are the CRD's defaults (every 15 s, 3 consecutive probes to open or clear,
+confirming probes every 5 s while a symptom is pending) unless ``--probes e2e``: detection is timed as
+a user gets it. The clock starts when the fault is injected; milestones are observed by this client
+polling every 0.5 s (so each figure may be up to ~0.5 s late):
 
 - symptom: a pod's own ``GET /internal/cache/health`` shows the symptom;
-- incident: the automatic CacheIncident exists; diagnosed: it carries the causes;
+- incident: the automatic CacheIncident exists; diagnosed: it carries the causes; for the Redis faults
+  also the Kubernetes-level cause the diagnosis named (RedisScaledToZero...) and when it first did;
 - action done: its action finished (Auto) or was recorded as recommended (Recommend); whether it
   helped is a separate question (the per-pod counts are printed after the table);
 - repaired: when the scenario has a person's step (restart Redis, fix the Secret, raise the TTL), when
@@ -44,7 +49,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._operator_harness import Kubectl, Operator, apply_crds, cluster
-from tests.e2e.fault_scenarios import HEALING_SCENARIOS, SCENARIOS, Timeline, lab_for, run_scenario
+from tests.e2e.fault_scenarios import (
+    BENCH_SCENARIOS,
+    E2E_PROBES,
+    HEALING_SCENARIOS,
+    Timeline,
+    lab_for,
+    run_scenario,
+)
+
+SCENARIOS = BENCH_SCENARIOS
+PROBES = {"defaults": None, "e2e": E2E_PROBES}  # --probes: the policy's spec.health probe settings
 
 TARGET_DETECT_S = 30.0
 TARGET_REMEDIATE_S = 60.0
@@ -84,6 +99,26 @@ def _figures(t: Timeline) -> str:
 
 def _fmt_figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
+
+
+def print_detection(rows: list[tuple[str, Timeline]], probes: str) -> None:
+    """Fault -> incident opened -> diagnosed, PASS/MISS against 30 s; for Redis faults the cross-layer
+    cause the diagnosis named and when."""
+    print()
+    print(
+        f"detection at probe settings: {probes} ({PROBES[probes] or 'CRD defaults: every 15 s, 3 in a row'})"
+    )
+    print(
+        "| scenario | symptom | fault -> opened (s) | -> diagnosed (s) | <= 30 s | cross-layer cause (at s) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, t in rows:
+        s = SCENARIOS[name]
+        verdict = "PASS" if t.diagnosed is not None and t.diagnosed <= TARGET_DETECT_S else "MISS"
+        cluster = "-"
+        if s.symptom.startswith("Redis"):
+            cluster = f"{t.cluster_cause} ({_fmt(t.cluster_cause_at)})" if t.cluster_cause else "none named"
+        print(f"| {name} | {s.symptom} | {_fmt(t.incident)} | {_fmt(t.diagnosed)} | {verdict} | {cluster} |")
 
 
 def print_table(rows: list[tuple[str, Timeline]]) -> None:
@@ -132,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the faults a setting fixes: " + ", ".join(HEALING_SCENARIOS),
     )
+    parser.add_argument(
+        "--probes",
+        choices=sorted(PROBES),
+        default="defaults",
+        help="the policies' probe settings: the CRD's defaults (15 s x 3) or the e2e tests' (5 s x 2)",
+    )
     parser.add_argument("--json", help="write the timelines here")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
@@ -154,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(args.runs):
                 for name in names:
                     started = time.monotonic()
-                    with lab_for(kubeconfig, bin_dir, work / f"run{run}", SCENARIOS[name]) as lab:
+                    with lab_for(
+                        kubeconfig, bin_dir, work / f"run{run}", SCENARIOS[name], probes=PROBES[args.probes]
+                    ) as lab:
                         timeline = run_scenario(
                             lab, SCENARIOS[name], log=lambda m: print(f"# {m}", flush=True)
                         )
@@ -169,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             operator.stop()
     print_table(rows)
+    print_detection(rows, args.probes)
     print(f"operator log: {log}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))

@@ -188,7 +188,7 @@ POLICY_COLUMNS = [
     _printer_column(
         "Hit Rate",
         ".status.health.hitRatePercent",
-        description="Hit rate over the detection window (the last minute)",
+        description="Hit rate over the detection window (10-60 s, status.health.windowSeconds)",
     ),
     _printer_column("Redis", ".status.health.redis", description="Redis state"),
     _printer_column("Age", ".metadata.creationTimestamp", "date"),

@@ -65,11 +65,12 @@ Loader = Callable[[], "Awaitable[T] | T"]
 
 _MAX_TTL_S = 7 * 86_400
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# Health judges a window: the newest kept snapshot at least this old is the window's start. One
-# minute (it was 5): the operator's detection reads this window, and a workload fault must show in it
-# within seconds, not after minutes of healthy history are diluted; the operator's hysteresis over
-# consecutive probes keeps a short window from flapping. Snapshots are kept every 5 s (64: 5 minutes).
-_HEALTH_WINDOW_S = 60.0
+# Health judges windows: the newest kept snapshot at least that old is a window's start. This is the
+# longest one (the Redis figures' window); workload symptoms are judged on the shortest of
+# cache_runtime.health.DETECTION_WINDOWS_S holding enough lookups (10 s on a busy pod), so a workload
+# fault shows within seconds; the operator's hysteresis over consecutive probes keeps it from
+# flapping. Snapshots are kept every 5 s (64: 5 minutes).
+_HEALTH_WINDOW_S = health_module.DETECTION_WINDOWS_S[-1]
 # A PackedValue (3 slots: 56 B) and its raw_size int (28 B): what L1 holds besides the lz4 block.
 _PACKED_HOLDER = 84
 _SNAPSHOT_SPACING_S = 5.0
@@ -166,10 +167,14 @@ class TieredCache:
         self._isolated = False
         self._background: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._snapshot_keeper: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._version_task: asyncio.Future[None] | None = None
         self._version_attempt_at = 0.0
         self._redis_memory: dict[str, Any] | None = None
+        # The engine's own Redis checks (the maintenance PING): failures in a row, last success.
+        self._redis_failed_checks = 0
+        self._redis_ok_at: float | None = None
         # Writes broadcast on the coherence channel: those of one event-loop tick share one pipeline.
         self._write_batch: _WriteBatch | None = None
         self._write_tasks: set[asyncio.Task[None]] = set()
@@ -213,6 +218,7 @@ class TieredCache:
         self._start_coarse_clock()
         await self._build_l2(self._config)
         self._maintenance = asyncio.create_task(self._maintain(), name="cachewarden-maintenance")
+        self._snapshot_keeper = asyncio.create_task(self._keep_snapshots(), name="cachewarden-snapshots")
         if self._journal.active:  # journaled before a close(): replay now
             self._journal_task = asyncio.ensure_future(self._replay_outage_loop())
 
@@ -225,6 +231,11 @@ class TieredCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
             self._maintenance = None
+        if self._snapshot_keeper is not None:
+            self._snapshot_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshot_keeper
+            self._snapshot_keeper = None
         if self._version_task is not None and not self._version_task.done():
             self._version_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,11 +336,37 @@ class TieredCache:
                 memory = await l2.memory_info()
                 if memory is not None:
                     self._redis_memory = memory
-                await l2.ping()
+                self._note_redis_check(await l2.ping() is not None)
             except asyncio.CancelledError:
                 raise
             except Exception:  # upkeep must never die; RedisL2 does not raise for Redis trouble anyway
                 logger.exception("cache maintenance step failed")
+
+    async def _keep_snapshots(self) -> None:
+        """Keep a snapshot every _SNAPSHOT_SPACING_S whoever asks for stats: the health windows start
+        at kept snapshots, so the shortest detection window is 10-15 s even if the operator probes
+        only every 15 s (with snapshots only at probes it would be 15-30 s)."""
+        while True:
+            await asyncio.sleep(_SNAPSHOT_SPACING_S)
+            try:
+                self.stats()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # upkeep must never die
+                logger.exception("cache snapshot failed")
+
+    def _note_redis_check(self, ok: bool) -> None:
+        """Count one of the engine's own Redis checks (health judges Redis on them, not on errors)."""
+        if ok:
+            self._redis_failed_checks = 0
+            self._redis_ok_at = self._clock()
+        else:
+            self._redis_failed_checks += 1
+
+    def _redis_checks(self) -> dict[str, Any]:
+        """``{failed, seconds_since_ok}`` of the engine's own Redis checks, for the snapshot."""
+        since = None if self._redis_ok_at is None else max(0.0, self._clock() - self._redis_ok_at)
+        return {"failed": self._redis_failed_checks, "seconds_since_ok": since}
 
     # ------------------------------------------------------------------ properties
 
@@ -1512,7 +1549,7 @@ class TieredCache:
         ``l2_detail`` (RedisL2's own stats) and ``engine`` facts (namespace version, isolation)."""
         self._flush_hot_hits()
         l2 = self._l2
-        l2_raw = l2.stats() if l2 is not None else None
+        l2_raw = {**l2.stats(), "checks": self._redis_checks()} if l2 is not None else None
         snapshot: dict[str, Any] = dict(build_snapshot(
             self._stats, l1=self._l1.stats(), l2=l2_raw, redis_memory=self._redis_memory,
             config=self._config_facts(), isolated=self._isolated))
@@ -1529,12 +1566,22 @@ class TieredCache:
         self._window.remember(snapshot, at=self._clock())  # type: ignore[arg-type]
         return snapshot
 
-    def health(self, window_seconds: float = _HEALTH_WINDOW_S) -> health_module.HealthReport:
-        """Judge the last ``window_seconds`` (or everything since start, if younger) against the
-        config's health thresholds; returns a report with symptoms, causes, evidence, recommendations."""
+    def health(self, window_seconds: float | None = None) -> health_module.HealthReport:
+        """Judge a recent window against the config's health thresholds; returns a report with
+        symptoms, causes, evidence, recommendations and the window's length (``window_seconds``).
+
+        The window is ``window_seconds`` when given, else the shortest of
+        :data:`cache_runtime.health.DETECTION_WINDOWS_S` holding ``health.min_requests`` lookups, with
+        the Redis figures over the longest (:func:`cache_runtime.health.detection_window`); the causes
+        are diagnosed on both it and the longest window, merged. Each is
+        measured from the newest kept snapshot at least that old (everything since start, if younger)."""
         current = self.stats()
-        window = self._window.window(current, now=self._clock(), window_seconds=window_seconds)  # type: ignore[arg-type]
-        return health_module.evaluate(window, self._config.health.model_dump())
+        now = self._clock()
+        spans = health_module.DETECTION_WINDOWS_S if window_seconds is None else (window_seconds,)
+        windows = [self._window.window(current, now=now, window_seconds=span) for span in spans]  # type: ignore[arg-type]
+        judged = health_module.detection_window(windows, self._config.health.min_requests)
+        # Causes are diagnosed on the longest window too: their evidence may date from the fault's onset.
+        return health_module.evaluate(judged, self._config.health.model_dump(), evidence=windows[-1])
 
 
 _AI_HEAD_LENGTH = len(AI_KEY_HEAD)

@@ -848,6 +848,19 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def merge_causes(*diagnoses: Iterable[Cause]) -> list[Cause]:
+    """Several diagnoses of one engine (e.g. over a short and a long window) as one: one entry per
+    cause name with the highest score, most likely first; an ``Undetermined`` is dropped when another
+    cause explains each of its symptoms."""
+    merged = _merge(cause for causes in diagnoses for cause in causes)
+    explained = {symptom for cause in merged if cause.name != "Undetermined" for symptom in cause.symptoms}
+    return [
+        cause
+        for cause in merged
+        if cause.name != "Undetermined" or not set(cause.symptoms) <= explained
+    ]
+
+
 def _undetermined(symptom: str, hint: str) -> Cause:
     return Cause(
         name="Undetermined",

@@ -26,7 +26,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import xxhash
 
@@ -722,6 +722,12 @@ class L2Snapshot(TypedDict):
     rtt_p95_seconds: float | None
     last_error: str | None  # message only (RedisL2 keeps secrets out of it)
     memory: RedisMemorySnapshot | None
+    # The engine's own view of Redis, gauges (see cache_runtime.symptoms.redis_outage): how many of the
+    # engine's periodic Redis checks failed in a row, seconds since one last succeeded (None: never),
+    # and whether the coherence subscription is up (None: no subscription).
+    failed_checks: NotRequired[int]
+    seconds_since_ok: NotRequired[float | None]
+    subscription_connected: NotRequired[bool | None]
 
 
 class ConfigSnapshot(TypedDict, total=False):
@@ -870,7 +876,7 @@ def normalize_l2_stats(
     last_error = l2_stats.get("last_error")
     if isinstance(last_error, Mapping):
         last_error = last_error.get("message")
-    return {
+    normalized: L2Snapshot = {
         "enabled": bool(l2_stats.get("enabled", True)),
         "available": bool(l2_stats.get("available", True)),
         "breaker_state": _enum_text(breaker_state if breaker_state is not None else "closed"),
@@ -886,6 +892,23 @@ def normalize_l2_stats(
         "last_error": str(last_error) if last_error is not None else None,
         "memory": memory,
     }
+    normalized.update(_engine_view(l2_stats))  # type: ignore[typeddict-item]
+    return normalized
+
+
+def _engine_view(l2_stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The gauges of the engine's own Redis view: ``checks`` (``failed``, ``seconds_since_ok``, added
+    by the facade) and the coherence subscription's ``connected``; absent ones are left out."""
+    view: dict[str, Any] = {}
+    checks = l2_stats.get("checks")
+    if isinstance(checks, Mapping):
+        view["failed_checks"] = int(checks.get("failed") or 0)
+        view["seconds_since_ok"] = _number(checks.get("seconds_since_ok"))
+    coherence = l2_stats.get("coherence")
+    if isinstance(coherence, Mapping) and coherence.get("listeners"):
+        connected = coherence.get("connected")
+        view["subscription_connected"] = bool(connected) if connected is not None else None
+    return view
 
 
 def build_snapshot(

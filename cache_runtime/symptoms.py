@@ -257,17 +257,55 @@ def check_snapshot(snapshot: Any) -> Snapshot:
     return snapshot  # type: ignore[return-value]
 
 
+# The engine checks Redis on its own every maintenance interval (10 s): this many failed checks in a
+# row say Redis is unavailable even while the breaker reads closed (one failed check is a blip).
+REDIS_FAILED_CHECKS = 2
+
+
+def redis_outage(snapshot: Snapshot) -> dict[str, Any] | None:
+    """The engine-state evidence that Redis is down, or None: the breaker open or half-open, the
+    engine's own periodic checks failing (:data:`REDIS_FAILED_CHECKS` in a row) or the coherence
+    subscription down. Gauges only, never errors counted in a window: with the breaker open the
+    engine makes almost no Redis call, so a short window of an outage holds no error at all."""
+    l2 = snapshot.get("l2")
+    if not l2 or not l2.get("enabled", True):
+        return None
+    breaker = l2.get("breaker_state", "closed")
+    failed_checks = int(l2.get("failed_checks") or 0)
+    subscription = l2.get("subscription_connected")
+    reasons = []
+    if breaker != "closed":
+        reasons.append(f"breaker {breaker}")
+    elif not l2.get("available", True):
+        reasons.append("no client")
+    if failed_checks >= REDIS_FAILED_CHECKS:
+        reasons.append(f"{failed_checks} checks failed in a row")
+    if subscription is False:
+        reasons.append("coherence subscription down")
+    if not reasons:
+        return None
+    return {
+        "breaker_state": breaker,
+        "failed_checks": failed_checks,
+        "seconds_since_ok": l2.get("seconds_since_ok"),
+        "subscription_connected": subscription,
+        "reasons": reasons,
+    }
+
+
 def redis_state(snapshot: Snapshot) -> str:
-    """``disabled`` | ``connected`` | ``recovering`` (half-open) | ``unavailable``."""
+    """``disabled`` | ``connected`` | ``recovering`` (breaker half-open yet ``available``, nothing else
+    wrong; RedisL2 itself reports half-open as not available) | ``unavailable`` (breaker open, or the
+    engine's checks or subscription down: :func:`redis_outage`)."""
     l2 = snapshot.get("l2")
     if not l2 or not l2.get("enabled", True):
         return "disabled"
-    breaker = l2.get("breaker_state", "closed")
-    if breaker == "open" or not l2.get("available", True):
-        return "unavailable"
-    if breaker == "half_open":
+    outage = redis_outage(snapshot)
+    if outage is None:
+        return "connected"
+    if outage["reasons"] == ["breaker half_open"] and l2.get("available", True):
         return "recovering"
-    return "connected"
+    return "unavailable"
 
 
 def worst_p95(
@@ -359,7 +397,10 @@ def detect_symptoms(snapshot: Snapshot, thresholds: Thresholds) -> list[Symptom]
 
     l2 = snapshot.get("l2")
     state = redis_state(snapshot)
-    if l2 and state in ("unavailable", "recovering"):
+    outage = redis_outage(snapshot)
+    if l2 and outage is not None:
+        since_ok = outage["seconds_since_ok"]
+        last_ok = f"; last successful check {since_ok:.0f} s ago" if since_ok is not None else ""
         symptoms.append(
             Symptom(
                 SymptomName.REDIS_UNAVAILABLE,
@@ -367,8 +408,8 @@ def detect_symptoms(snapshot: Snapshot, thresholds: Thresholds) -> list[Symptom]
                 None,
                 None,
                 "state",
-                f"Redis is {state} (breaker {l2.get('breaker_state')}); the cache serves from L1 only",
-                {"breaker_state": l2.get("breaker_state"), "errors": dict(l2["errors"])},
+                f"Redis is {state} ({', '.join(outage['reasons'])}{last_ok}); the cache serves from L1 only",
+                {**outage, "errors": dict(l2["errors"])},
             )
         )
     elif l2 and state == "connected":

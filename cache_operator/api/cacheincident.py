@@ -342,7 +342,7 @@ class Remediation(ApiModel):
     )
     baseline: dict[str, list[float]] | None = Field(
         default=None,
-        description="Hit-rate figures: per pod [hits, lookups] of its health window at the last probe; the "
+        description="Hit-rate figures: per pod [hits, lookups] since the pod started, at the last probe; the "
         "next probe's figure is the hit rate of the lookups in between.",
     )
     started_at: str | None = Field(

@@ -57,8 +57,9 @@ class HealthSummary(ApiModel):
         default=None,
         ge=0,
         le=1,
-        description="Overall hit rate (0..1) over all tiers, over the pods' health window (the last "
-        "minute, windowSeconds): the figure automatic detection judges (LowHitRate).",
+        description="Overall hit rate (0..1) over all tiers, over the pods' detection window (the "
+        "shortest of 10/30/60 s holding health.thresholds.minRequests lookups, windowSeconds): the "
+        "figure automatic detection judges (LowHitRate).",
     )
     hit_rate_percent: str | None = Field(
         default=None, description="hitRate as a percentage, for `kubectl get`."

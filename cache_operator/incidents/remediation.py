@@ -138,14 +138,18 @@ def symptom_figure(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]
     return round(worst, 6)
 
 
-# Hit-rate figures are judged between probes during verification: the pods' health window is minutes
-# long, so the hit rate over it moves slowly after a fix; hits and lookups since the previous probe
-# (hit rate x lookups of the window, per pod) show the effect at the next probe.
+# Hit-rate figures are judged between probes during verification: hits and lookups since the previous
+# probe (hit rate x lookups since the pod started, per pod) show the effect at the next probe. The
+# lifetime counts, because they only grow: the pods' detection window (10-60 s) is about as long as a
+# probe interval, so the difference of two windows' counts is not the traffic in between.
 RATE_FIGURES = {"LowHitRate": "overall", "L1Thrashing": "l1"}
+# The exact hit count behind each rate in ``lifetime_hit_rates`` (older runtimes: rate x lookups).
+RATE_HITS = {"overall": "hits", "l1": "l1_hits"}
 
 
 def rate_counts(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[float]]:
-    """Per pod ``[hits, lookups]`` of its health window for a hit-rate symptom ({} for others)."""
+    """Per pod ``[hits, lookups]`` since the pod started (``lifetime_hit_rates``; the health window's
+    ``hit_rates`` from a runtime that does not report them) for a hit-rate symptom ({} for others)."""
     key = RATE_FIGURES.get(symptom)
     if key is None:
         return {}
@@ -153,9 +157,12 @@ def rate_counts(symptom: str, reports: Mapping[str, Mapping[str, Any] | None]) -
     for pod, report in sorted(reports.items()):
         if not isinstance(report, Mapping):
             continue
-        rates = report.get("hit_rates") or {}
+        rates = report.get("lifetime_hit_rates") or report.get("hit_rates") or {}
         rate, lookups = _number(rates.get(key)), _number(rates.get("lookups"))
-        if rate is not None and lookups is not None:
+        hits = _number(rates.get(RATE_HITS[key]))
+        if hits is not None and lookups is not None:
+            counts[pod] = [hits, lookups]
+        elif rate is not None and lookups is not None:
             counts[pod] = [round(rate * lookups, 3), lookups]
     return counts
 

@@ -307,6 +307,9 @@ class EngineOps:
                 "l1": _rate(requests.get("l1_hit_rate")),
                 "l2": _rate(requests.get("l2_hit_rate")),
                 "lookups": requests["lookups"],
+                # Exact counts (the rates are rounded): the operator's verification takes differences.
+                "hits": requests["hits"],
+                "l1_hits": requests["hits_l1"],
             },
             "memory": self._memory_view(snapshot),
             "latency": latency,

@@ -32,9 +32,12 @@ scenario                     symptom            fault / repair
 In the setting faults (``repair`` None) no person acts: the workload goes on unchanged and only the
 operator's own time-boxed override (Auto mode, ``apply-override`` allowed) can clear the symptom.
 
-The health window of the runtime is one minute (``cache_runtime.cache._HEALTH_WINDOW_S``), so a
-symptom clears when enough healthy traffic follows the fault, not when the fault ends: the "recover"
-traffic is sized for that, and bounded.
+The runtime judges workload symptoms (hit rate, L1, latency) on the shortest of 10/30/60 s that holds
+``min_requests`` lookups, Redis errors over one minute (``cache_runtime.health.DETECTION_WINDOWS_S``,
+``detection_window``), and whether Redis is down on the engine's state (breaker, its own checks, the
+subscription). So a symptom clears when enough healthy traffic follows the fault (up to a minute of
+it for the Redis error share), not when the fault ends: the "recover" traffic is sized for that, and
+bounded.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from typing import Any
 import httpx
 
 from cache_operator import render
+from cache_operator.incidents.redis_cluster import CAUSE_NAMES as CLUSTER_CAUSES
 from devcluster.podsecurity import namespace_manifest
 from tests.e2e.support import redis_manifest
 
@@ -71,6 +75,12 @@ REPLICAS = 3
 POLL_S = 0.5
 PROBE_INTERVAL_S = 5
 CONSECUTIVE_PROBES = 2
+# The e2e scenarios probe faster than the CRD's defaults (every 15 s, 3 in a row) to keep the tests
+# short; bench/incidents.py times detection at the defaults (``lab_for(..., probes=None)``).
+E2E_PROBES: dict[str, int] = {
+    "probeIntervalSeconds": PROBE_INTERVAL_S,
+    "consecutiveProbes": CONSECUTIVE_PROBES,
+}
 # Upper bounds of every wait (never timing asserts: a loaded machine only makes the figures worse).
 DETECT_TIMEOUT_S = 150.0
 RESOLVE_TIMEOUT_S = 240.0
@@ -79,8 +89,6 @@ REDIS_PASSWORD = "right-password-0123456789"
 WRONG_PASSWORD = "wrong-password-9876543210"
 PROXY_DELAY_MS = 40
 INCIDENTS = "cacheincidents.cachewarden.io"
-
-
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = POLL_S) -> Any:
@@ -104,8 +112,17 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: flo
 class Lab:
     """One namespace of a cluster: kubectl, Redis, the policy's pods and traffic to them."""
 
-    def __init__(self, kubeconfig: Path, bin_dir: Path, namespace: str, work_dir: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        bin_dir: Path,
+        namespace: str,
+        work_dir: Path,
+        probes: dict[str, int] | None = E2E_PROBES,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        # The policy's spec.health probe settings (None: the CRD's defaults).
+        self.probes = probes
         self.bin_dir = bin_dir
         self.namespace = namespace
         self.work_dir = work_dir
@@ -442,16 +459,20 @@ class ProxyProcess:
 
 
 def base_spec(lab: Lab, mode: str, redis_url: str = "redis://redis:6379/0") -> dict[str, Any]:
-    """The policy every scenario starts from: 3 pods, a short probe interval, L1 large enough that it
-    never evicts in these workloads (so L1Thrashing stays out of the way)."""
-    return {
+    """The policy every scenario starts from: 3 pods, the lab's probe settings (the e2e's short
+    interval, or the CRD's defaults), L1 large enough that it never evicts in these workloads (so
+    L1Thrashing stays out of the way)."""
+    spec: dict[str, Any] = {
         "preset": "development",
         "overrides": {"l1": {"max_entries": 20000, "max_bytes": 64 * 1024 * 1024}},
         "redis": {"url": redis_url},
         "runtime": {"replicas": REPLICAS},
-        "health": {"probeIntervalSeconds": PROBE_INTERVAL_S, "consecutiveProbes": CONSECUTIVE_PROBES},
         "remediation": {"mode": mode, "cooldownSeconds": 0},
+        "health": {},
     }
+    if lab.probes is not None:
+        spec["health"].update(lab.probes)
+    return spec
 
 
 @dataclass
@@ -515,7 +536,8 @@ def _recover_hits(lab: Lab) -> Any:
 
 def _recover_traffic(lab: Lab) -> Any:
     """Healthy traffic in bulk: fast hits, and Redis calls that now succeed, so the fault's share of
-    the one-minute window (errors per Redis call, slow calls per GET) falls below the thresholds."""
+    the windows (errors per Redis call over a minute, slow calls per GET over the detection window)
+    falls below the thresholds."""
     for _ in range(3):
         _hot_reads(lab)
     _absent_reads(lab, 3 * MISSES_PER_BURST)
@@ -876,7 +898,8 @@ INCOMPRESSIBLE_MEMORY = Scenario(
 # old address (connections refused) and the operator, which can no longer resolve the Service, keeps
 # probing them. The incident must say RedisScaledToZero with the Deployment, the endpoints and the
 # Events as evidence. The traffic misses much (absent keys) so that LowHitRate shows too: it shares the
-# outage's cause and must join the same incident. Not in SCENARIOS (bench/incidents.py times those).
+# outage's cause and must join the same incident. Not in SCENARIOS (the e2e parametrization of
+# test_incident_faults); bench/incidents.py times it with the others (BENCH_SCENARIOS).
 
 OUTAGE_MISSES_PER_BURST = 60
 
@@ -926,6 +949,8 @@ SCENARIOS: dict[str, Scenario] = {
         UNCOMPRESSED_MEMORY,
     )
 }
+# What bench/incidents.py times: every scenario, and the Redis Deployment scaled to 0 (cross-layer cause).
+BENCH_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, REDIS_SCALED_TO_ZERO.name: REDIS_SCALED_TO_ZERO}
 # Faults whose fix is a setting: the operator's apply-override alone heals them
 # (tests/e2e/test_self_healing.py).
 HEALING_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.action == "apply-override")
@@ -947,6 +972,8 @@ class Timeline:
     resolved: float | None = None  # the incident was resolved (symptom cleared)
     incident_name: str | None = None
     cause: str | None = None  # the incident's diagnosed cause
+    cluster_cause: str | None = None  # the first Kubernetes-level Redis cause its diagnosis named
+    cluster_cause_at: float | None = None  # ... and when (seconds from the fault)
     action_results: list[dict[str, Any]] = field(default_factory=list)  # per pod: result and counts
     final: dict[str, Any] = field(default_factory=dict)
     pod_causes: dict[str, list[str]] = field(default_factory=dict)  # every cause a pod gave while it
@@ -977,9 +1004,22 @@ def auto_incidents(lab: Lab, symptom: str | None = None) -> list[dict[str, Any]]
 
 
 @contextmanager
-def lab_for(kubeconfig: Path, bin_dir: Path, work_dir: Path, scenario: Scenario) -> Iterator[Lab]:
-    """A namespace with the scenario's Redis and policy Ready (3 pods); torn down at the end."""
-    lab = Lab(kubeconfig, bin_dir, f"fault-{scenario.name}-{uuid.uuid4().hex[:5]}", work_dir / scenario.name)
+def lab_for(
+    kubeconfig: Path,
+    bin_dir: Path,
+    work_dir: Path,
+    scenario: Scenario,
+    probes: dict[str, int] | None = E2E_PROBES,
+) -> Iterator[Lab]:
+    """A namespace with the scenario's Redis and policy Ready (3 pods); torn down at the end.
+    ``probes`` is the policy's ``spec.health`` probe settings (None: the CRD's defaults)."""
+    lab = Lab(
+        kubeconfig,
+        bin_dir,
+        f"fault-{scenario.name}-{uuid.uuid4().hex[:5]}",
+        work_dir / scenario.name,
+        probes=probes,
+    )
     lab.create_namespace()
     try:
         lab.apply_policy(scenario.setup(lab))
@@ -1005,8 +1045,13 @@ def run_scenario(lab: Lab, scenario: Scenario, log: Callable[[str], None] = prin
         if timeline.incident is None:
             timeline.incident = now
             timeline.incident_name = incident["metadata"]["name"]
-        if timeline.diagnosed is None and (status.get("diagnosis") or {}).get("causes"):
+        causes = (status.get("diagnosis") or {}).get("causes") or []
+        if timeline.diagnosed is None and causes:
             timeline.diagnosed = now
+        if timeline.cluster_cause is None:
+            named = [c.get("name") for c in causes if isinstance(c, dict) and c.get("name") in CLUSTER_CAUSES]
+            if named:
+                timeline.cluster_cause, timeline.cluster_cause_at = named[0], now
         if timeline.remediated is None and status.get("phase") in ("Succeeded", "Failed", "Recommended"):
             timeline.remediated = now
         if timeline.remediated is None and status.get("resolvedFromPhase") in (
