@@ -100,7 +100,10 @@ def test_at_rest_no_writes_drift_repaired_and_deletion_cleans_up(
     after = versions(kube, namespace, "calm")
     assert after["secret"] == before["secret"] and after["cachepolicy"] == before["cachepolicy"]
 
-    # Deletion: the policy goes at once; the operator deletes the children itself.
+    # Deletion: the policy goes at once (no finalizer); the operator's daemon deletes the children on
+    # its way out, racing the garbage collector, which deletes them by their owner references: either
+    # may win (in a CI run the collector did), so the daemon's pass is checked to have run and the
+    # children to be gone, not who removed them.
     kube.kubectl("delete", "cachepolicy", "calm", "-n", namespace, "--timeout", "60s")
 
     def children_gone() -> bool:
@@ -111,4 +114,6 @@ def test_at_rest_no_writes_drift_repaired_and_deletion_cleans_up(
 
     assert wait_for(children_gone, 60, "the children of calm gone")
     log = operator.log_path.read_text(errors="replace")
-    assert f"deleted children: ConfigMap/{configmap}" in log, log[-3000:]
+    assert (f"deleted children: ConfigMap/{configmap}" in log or "deleted children: none left" in log), (
+        log[-3000:]
+    )
