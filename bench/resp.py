@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Figure, RedisServer, free_port, pin_bench_process, print_table
-from service import TOKEN, VALUE, RuntimeProcess, run_load
+from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
 
 PAYLOAD = json.dumps(VALUE).encode()
 
@@ -122,16 +121,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
         async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                async with http.get("/readyz") as response:
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("runtime not ready within 30 s")
-                await asyncio.sleep(0.05)
-            async with http.put("/data/v1/keys/bench-key", json={"value": VALUE}) as response:
-                assert response.status == 200, await response.text()
+            await wait_ready_and_seed(http)
             redis_port = int(server.url.rsplit(":", 1)[1].split("/")[0])
             direct = aioredis.Redis(host="127.0.0.1", port=redis_port, max_connections=args.concurrency)
             via_runtime = aioredis.Redis(

@@ -187,6 +187,20 @@ async def run_load(call: Callable[[], Awaitable[None]], total: int, concurrency:
     }
 
 
+async def wait_ready_and_seed(http: aiohttp.ClientSession, timeout_s: float = 30.0) -> None:
+    """Wait for the runtime's /readyz, then store the value every data GET of the benches reads."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with http.get("/readyz") as response:
+            if response.status == 200:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"runtime not ready within {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+    async with http.put("/data/v1/keys/bench-key", json={"value": VALUE}) as response:
+        assert response.status == 200, await response.text()
+
+
 async def bench(args: argparse.Namespace) -> list[Figure]:
     placement = pin_bench_process()
     print(placement.describe())
@@ -208,16 +222,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
         async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                async with http.get("/readyz") as response:
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("runtime not ready within 30 s")
-                await asyncio.sleep(0.05)
-            async with http.put("/data/v1/keys/bench-key", json={"value": VALUE}) as response:
-                assert response.status == 200, await response.text()
+            await wait_ready_and_seed(http)
             direct = aioredis.Redis.from_url(server.url, max_connections=args.concurrency)
             await direct.set("bench:raw", json.dumps(VALUE).encode())
 

@@ -6,6 +6,7 @@ test modules import from here, never from each other).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from cache_operator import render
 from cache_operator.api import CachePolicySpec
 from cache_operator.policy_inputs import rewrite_redis_host
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, wait_for
+from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 180.0
@@ -239,6 +240,36 @@ def ready_policy(
     if generation is not None and status.get("observedGeneration") != generation:
         return None
     return policy if condition(policy, "Ready").get("status") == "True" else None
+
+
+@contextlib.contextmanager
+def ready_policy_namespace(
+    dev_cluster: Cluster, kube: KubeTools, log_path: Path, prefix: str, policy: str, spec: dict[str, Any]
+) -> Iterator[str]:
+    """A fresh namespace with the Redis pod and ``policy`` (``spec``, runtime mode) Ready with all its
+    ``spec.runtime.replicas`` pods, the operator running (log at ``log_path``); yields the namespace
+    and removes the policies, the namespace and the operator afterwards."""
+    operator = OperatorProcess(dev_cluster, log_path)
+    name = namespace_name(prefix)
+    api = dev_cluster.api
+    api.request("POST", "/api/v1/namespaces", namespace_manifest(name))
+    replicas = spec["runtime"]["replicas"]
+    try:
+        wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60, "default SA")
+        kube.apply(REDIS, name)
+        kube.apply(policy_yaml(policy, spec), name)
+        wait_dict(
+            lambda: (
+                (p := ready_policy(kube, name, policy)) and p["status"]["pods"]["ready"] == replicas and p
+            ),
+            READY_TIMEOUT,
+            f"policy {policy} Ready with {replicas} pods",
+        )
+        yield name
+    finally:
+        kube.kubectl("delete", "cachepolicies", "--all", "-n", name, "--timeout", "60s", check=False)
+        api.request("DELETE", f"/api/v1/namespaces/{name}")
+        operator.stop()
 
 
 def admin_token(kube: KubeTools, namespace: str, policy_name: str) -> str:

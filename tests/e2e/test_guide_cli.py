@@ -16,17 +16,12 @@ import httpx
 import pytest
 
 from devcluster.cluster import Cluster
-from devcluster.testing import KubeTools, namespace_manifest, namespace_name, wait_for
+from devcluster.testing import KubeTools
 from tests.e2e.support import (
-    READY_TIMEOUT,
-    REDIS,
-    OperatorProcess,
     admin_token,
     crds,
-    policy_yaml,
-    ready_policy,
+    ready_policy_namespace,
     runtime_pods,
-    wait_dict,
 )
 
 __all__ = ["crds"]
@@ -40,31 +35,15 @@ def ns(
     dev_cluster: Cluster, kube: KubeTools, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A namespace with Redis and a Ready 2-pod policy, and the operator running."""
-    operator = OperatorProcess(dev_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    name = namespace_name("guide")
-    api = dev_cluster.api
-    api.request("POST", "/api/v1/namespaces", namespace_manifest(name))
-    try:
-        wait_for(lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60, "default SA")
-        kube.apply(REDIS, name)
-        spec = {
-            "preset": "development",
-            "redis": {"url": "redis://redis:6379/0"},
-            "runtime": {"replicas": REPLICAS},
-        }
-        kube.apply(policy_yaml(POLICY, spec), name)
-        wait_dict(
-            lambda: (
-                (p := ready_policy(kube, name, POLICY)) and p["status"]["pods"]["ready"] == REPLICAS and p
-            ),
-            READY_TIMEOUT,
-            "policy guide Ready with 2 pods",
-        )
+    spec = {
+        "preset": "development",
+        "redis": {"url": "redis://redis:6379/0"},
+        "runtime": {"replicas": REPLICAS},
+    }
+    with ready_policy_namespace(
+        dev_cluster, kube, tmp_path_factory.mktemp("operator") / "operator.log", "guide", POLICY, spec
+    ) as name:
         yield name
-    finally:
-        kube.kubectl("delete", "cachepolicies", "--all", "-n", name, "--timeout", "60s", check=False)
-        api.request("DELETE", f"/api/v1/namespaces/{name}")
-        operator.stop()
 
 
 def guide(kube: KubeTools, ns: str, *args: str) -> dict[str, Any]:
