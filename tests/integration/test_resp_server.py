@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,6 @@ from cache_runtime.service.app import create_app
 from tests.integration.test_runtime_service import (
     ADMIN,
     READ,
-    REPO,
     WRITE,
     WRONG,
     _stop,
@@ -39,6 +35,7 @@ from tests.integration.test_runtime_service import (
     bearer,
     free_port,
     make_settings,
+    start_runtime_process,
 )
 from tests.waiting import eventually as wait_eventually
 
@@ -551,24 +548,14 @@ def test_real_runtime_process_serves_resp_on_its_event_loop(tmp_path: Path, redi
     """`cachewarden runtime` (uvicorn's loop, uvloop when installed) with CACHEWARDEN_RESP_PORT set."""
     http_port, resp_port = free_port(), free_port()
     _, config_path = make_settings(tmp_path, {"preset": "ai-production", "redis_url": redis_url})
-    env = {
-        **os.environ,
-        "CACHEWARDEN_CONFIG_PATH": str(config_path),
-        "CACHEWARDEN_ADMIN_TOKEN_FILE": str(tmp_path / "admin"),
-        "CACHEWARDEN_WRITE_TOKEN_FILE": str(tmp_path / "write"),
-        "CACHEWARDEN_PORT": str(http_port),
-        "CACHEWARDEN_RESP_PORT": str(resp_port),
-    }
-    env.pop("DEVCLUSTER_ROOT", None)
-    log_path = tmp_path / "runtime.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    process, log_path = start_runtime_process(
+        tmp_path,
+        CACHEWARDEN_CONFIG_PATH=str(config_path),
+        CACHEWARDEN_ADMIN_TOKEN_FILE=str(tmp_path / "admin"),
+        CACHEWARDEN_WRITE_TOKEN_FILE=str(tmp_path / "write"),
+        CACHEWARDEN_PORT=str(http_port),
+        CACHEWARDEN_RESP_PORT=str(resp_port),
+    )
     try:
         _wait_http(f"http://127.0.0.1:{http_port}/readyz", process)
         client = redis.Redis(host="127.0.0.1", port=resp_port, password=WRITE, protocol=2)

@@ -812,6 +812,23 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0
     raise AssertionError(f"{url} not ready within {timeout}s")
 
 
+def start_runtime_process(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``cachewarden runtime`` on 127.0.0.1 as a subprocess with ``env`` added to this environment
+    (outside any devcluster), logging to ``tmp_path/runtime.log``; returns the process and the log."""
+    full = {**os.environ, **env}
+    full.pop("DEVCLUSTER_ROOT", None)
+    log_path = tmp_path / "runtime.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    return process, log_path
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
@@ -822,23 +839,13 @@ def test_real_uvicorn_serves_and_shuts_down_gracefully_on_sigterm(tmp_path: Path
     port = free_port()
     settings, config_path = make_settings(tmp_path, {"preset": "ai-production", "redis_url": redis_url})
     del settings
-    env = {
-        **os.environ,
-        "CACHEWARDEN_CONFIG_PATH": str(config_path),
-        "CACHEWARDEN_ADMIN_TOKEN_FILE": str(tmp_path / "admin"),
-        "CACHEWARDEN_READ_TOKEN_FILE": str(tmp_path / "read"),
-        "CACHEWARDEN_PORT": str(port),
-    }
-    env.pop("DEVCLUSTER_ROOT", None)
-    log_path = tmp_path / "runtime.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cachewarden.cli", "runtime", "--host", "127.0.0.1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    process, log_path = start_runtime_process(
+        tmp_path,
+        CACHEWARDEN_CONFIG_PATH=str(config_path),
+        CACHEWARDEN_ADMIN_TOKEN_FILE=str(tmp_path / "admin"),
+        CACHEWARDEN_READ_TOKEN_FILE=str(tmp_path / "read"),
+        CACHEWARDEN_PORT=str(port),
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/readyz", process)
