@@ -177,13 +177,16 @@ class IncidentRun:
             await outcome
 
     async def write(self, **fields: Any) -> None:
-        """Merge ``fields`` into status and write it (results always written whole: a merge patch
-        replaces lists)."""
+        """Merge ``fields`` into the status kept here and write them, with ``results`` (always whole: a
+        merge patch replaces lists) and ``observedGeneration``. Only those: the policy's reconciler
+        writes the incident's detection, diagnosis and joined ``symptoms`` while this runs, and the
+        copy read when the run started must not put their old values back."""
         self.status.update(fields)
         self.status["results"] = self.results
         self.status["observedGeneration"] = self.generation
+        patch = {**fields, "results": self.results, "observedGeneration": self.generation}
         await self.kube.patch_status(
-            API_VERSION, "CacheIncident", self.incident.namespace, self.incident.name, self.status
+            API_VERSION, "CacheIncident", self.incident.namespace, self.incident.name, patch
         )
 
     async def record(self, record: Mapping[str, Any]) -> None:
@@ -221,14 +224,16 @@ class IncidentRun:
         conditions = conds.incident_conditions(
             "Running", "executing", self.status.get("conditions"), now, self.generation, "Executing"
         )
-        await self.write(
-            phase="Running",
-            conditions=conditions,
-            startedAt=self.status.get("startedAt") or now,
-            # Merged into whatever detection the policy's reconciler wrote (a JSON merge patch).
-            detection=self.status.get("detection") or {"source": "Auto" if self.automatic else "Manual"},
-            message="executing",
-        )
+        fields: dict[str, Any] = {
+            "phase": "Running",
+            "conditions": conditions,
+            "startedAt": self.status.get("startedAt") or now,
+            "message": "executing",
+        }
+        if not self.status.get("detection"):
+            # Only when nobody wrote one: the policy's reconciler owns an automatic incident's detection.
+            fields["detection"] = {"source": "Auto" if self.automatic else "Manual"}
+        await self.write(**fields)
 
 
 async def handle_incident(

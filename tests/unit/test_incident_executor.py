@@ -358,3 +358,44 @@ async def test_second_disruptive_action_waits_for_the_first() -> None:
     assert isinstance(outcome, Deferred) and outcome.reason == "DisruptiveActionRunning"
     assert pods.calls == [] and status(kube)["phase"] == "Pending"
     assert "other" in status(kube)["message"]
+
+
+async def test_run_never_puts_back_what_the_reconciler_wrote_while_it_ran() -> None:
+    """The policy's reconciler joins a symptom (``status.symptoms``) and counts a recurrence
+    (``status.detection``) while the executor runs: the executor's later writes carry only its own
+    fields, so neither is overwritten with the copy it read when it started (a CI run lost a joined
+    LowHitRate this way)."""
+    kube = cluster({"policyRef": {"name": "web"}, "action": "clear"})
+    policy_spec = kube.objects[("CachePolicy", "web")]["spec"]
+    policy_spec["remediation"] = {"mode": "Auto", "allowedActions": ["clear"]}
+    status(kube).update(
+        symptoms=["RedisUnavailable"],
+        detection={"source": "Auto", "symptom": "RedisUnavailable", "occurrences": 1},
+    )
+    pods = FakePods()
+    real_call = pods.call
+
+    async def call_and_join(
+        target: PodTarget, token: str, request: PodRequest, key: str | None
+    ) -> PodReply:
+        if target.name == "p-1":
+            await kube.patch_status(
+                "cachewarden.io/v1alpha1",
+                "CacheIncident",
+                NS,
+                "inc",
+                {
+                    "symptoms": ["RedisUnavailable", "LowHitRate"],
+                    "detection": {**status(kube)["detection"], "occurrences": 2},
+                },
+            )
+        return await real_call(target, token, request, key)
+
+    pods.call = call_and_join  # type: ignore[method-assign]
+    phase, _ = await run(kube, pods)
+    assert phase == "Succeeded"
+    st = status(kube)
+    assert st["symptoms"] == ["RedisUnavailable", "LowHitRate"]
+    assert st["detection"]["occurrences"] == 2
+    executor_writes = [w for k, n, w in kube.status_writes if k == "CacheIncident" and "results" in w]
+    assert executor_writes and all("symptoms" not in w and "detection" not in w for w in executor_writes)
