@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
@@ -67,6 +68,9 @@ _FLUSH_BYTES = 256 * 1024
 _GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
 # Bytes a busy connection may hold unparsed beyond one maximal command before reading pauses.
 _PIPELINE_SLACK = 1024 * 1024
+# An authenticated connection checks its token again at most this often (the token files' own recheck
+# interval): a rotated token stops working on open connections too, within about a second.
+TOKEN_RECHECK_S = 1.0
 _SERVER_VERSION = b"7.2.0"  # what HELLO reports: clients gate features on it; we speak RESP2/3 like 7.x
 
 
@@ -207,6 +211,9 @@ class RespConnection(asyncio.Protocol):
         self.parser = RequestParser(max_bulk_bytes=server.max_bytes, max_command_bytes=server.max_bytes)
         self.max_buffer = server.max_bytes + _PIPELINE_SLACK
         self.role: Role | None = Role.ADMIN if server.auth.disabled else None
+        self.token: bytes | None = None  # what AUTH presented; checked again every TOKEN_RECHECK_S
+        self.role_checked_at = 0.0
+        self.token_revoked = False
         self.resp3 = False
         self.null = NULL_RESP2
         self.name: bytes | None = None
@@ -257,7 +264,13 @@ class RespConnection(asyncio.Protocol):
             return
         # The most common request, one GET alone in one read with nothing pending, is answered here
         # when it is an L1 hit of a key seen before; anything else takes the general path below.
-        if data[:13] == _GET_HEAD and self.role is not None and not self.busy and not self.parser.buffered:
+        if (
+            data[:13] == _GET_HEAD
+            and self.role is not None
+            and not self.busy
+            and not self.parser.buffered
+            and (self.token is None or time.monotonic() - self.role_checked_at < TOKEN_RECHECK_S)
+        ):
             reply = self._fast_get(data)
             if reply is not None:
                 self.transport.write(reply)  # type: ignore[union-attr]
@@ -374,8 +387,14 @@ class RespConnection(asyncio.Protocol):
         try:
             required = spec.role
             if required is not None:
-                role = self.role
+                role = self.current_role()
                 if role is None:
+                    if self.token_revoked:
+                        raise CommandError(
+                            "NOAUTH the token this connection authenticated with is no longer one of the "
+                            "data API's tokens (rotated or removed): send AUTH <token> with a current one",
+                            "noauth",
+                        )
                     raise CommandError("NOAUTH Authentication required: send AUTH <token> first", "noauth")
                 if role < required:
                     raise CommandError(
@@ -540,6 +559,22 @@ class RespConnection(asyncio.Protocol):
             return None
         return auth.role_for("Bearer " + text)
 
+    def current_role(self) -> Role | None:
+        """The connection's role now: the token it authenticated with is checked against the token
+        files again once TOKEN_RECHECK_S has passed, so a rotated or removed token loses its role (and
+        a changed file can lower it) on connections that are already open, as on the HTTP API."""
+        token = self.token
+        if token is None or self.role is None:
+            return self.role
+        now = time.monotonic()
+        if now - self.role_checked_at >= TOKEN_RECHECK_S:
+            self.role_checked_at = now
+            self.role = self._role_for(token)
+            if self.role is None:
+                self.token = None
+                self.token_revoked = True
+        return self.role
+
     def _authenticate(self, token: bytes) -> None:
         role = self._role_for(token)
         if role is None:
@@ -549,6 +584,10 @@ class RespConnection(asyncio.Protocol):
                 "wrongpass",
             )
         self.role = role
+        if not self.server.auth.disabled:
+            self.token = bytes(token)
+            self.role_checked_at = time.monotonic()
+            self.token_revoked = False
 
     def _cmd_auth(self, args: list[bytes]) -> bytes:
         # The username is not checked: the token alone decides the role (read, write or admin).
@@ -579,7 +618,7 @@ class RespConnection(asyncio.Protocol):
                         f"ERR HELLO option {show(options[index])} is not accepted; accepted: "
                         "HELLO [2|3 [AUTH username token] [SETNAME name]]"
                     )
-        if self.role is None:
+        if self.current_role() is None:
             raise CommandError(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
                 "HELLO <proto> AUTH <user> <token> option can be used to authenticate the client",

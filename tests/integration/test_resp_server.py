@@ -204,6 +204,33 @@ async def test_wrong_token_is_refused_and_roles_are_enforced(runtime: RespRuntim
     await raw.close()
 
 
+async def test_a_rotated_token_stops_working_on_open_connections(runtime: RespRuntime, tmp_path: Path) -> None:
+    """Rotating the write token (the token file rewritten, as a Secret update does) takes the role
+    away from connections that authenticated with the old token, the fast L1-hit GET included: the
+    next command is refused with a NOAUTH that says why, and AUTH with the new token works again."""
+    raw = await runtime.raw()
+    assert await raw.command("AUTH", WRITE) == "OK"
+    assert await raw.command("SET", "rotated", "v") == "OK"
+    assert await raw.command("GET", "rotated") == b"v"  # now an L1 hit: the fast path answers it
+    new_token = "n" * 40
+    (tmp_path / "write").write_text(new_token + "\n")
+
+    async def refused() -> Any:
+        answer = await raw.command("GET", "rotated")
+        return answer if isinstance(answer, Error) else None
+
+    answer = await eventually(refused)
+    assert answer.text.startswith("NOAUTH") and "no longer" in answer.text, answer
+    assert (await raw.command("SET", "rotated", "w")).text.startswith("NOAUTH")
+    assert await runtime.engine.get(runtime.engine.data_key("rotated")) == b"v"  # the refused SET did nothing
+    wrong = await raw.command("AUTH", WRITE)
+    assert isinstance(wrong, Error) and wrong.text.startswith("WRONGPASS")
+    assert await raw.command("AUTH", new_token) == "OK"
+    assert await raw.command("SET", "rotated", "w") == "OK"
+    assert await raw.command("GET", "rotated") == b"w"
+    await raw.close()
+
+
 async def test_redis_py_with_a_wrong_password_cannot_connect(runtime: RespRuntime) -> None:
     client = runtime.client(WRONG)
     with pytest.raises(aioredis.AuthenticationError):
