@@ -204,7 +204,9 @@ async def test_wrong_token_is_refused_and_roles_are_enforced(runtime: RespRuntim
     await raw.close()
 
 
-async def test_a_rotated_token_stops_working_on_open_connections(runtime: RespRuntime, tmp_path: Path) -> None:
+async def test_a_rotated_token_stops_working_on_open_connections(
+    runtime: RespRuntime, tmp_path: Path
+) -> None:
     """Rotating the write token (the token file rewritten, as a Secret update does) takes the role
     away from connections that authenticated with the old token, the fast L1-hit GET included: the
     next command is refused with a NOAUTH that says why, and AUTH with the new token works again."""
