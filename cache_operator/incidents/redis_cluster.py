@@ -17,6 +17,9 @@ RedisPodOOMKilled        a Redis container's last termination was OOMKilled (the
 RedisCrashLooping        a Redis container waits in CrashLoopBackOff or restarted repeatedly
 RedisServiceNoReadyPod   the Service has no ready endpoint (pods not Ready, or its selector
                          matches no pod at all)
+RedisPasswordChanged     Redis refuses the pods' password (RedisAuthFailure) and the Secret it comes
+                         from (``spec.redis.passwordSecretRef``, else ``secretRef``) changed in the
+                         last 15 minutes: the pods took up a password Redis does not know
 ======================== ========================================================================
 
 Causes have the shape of the runtime engine's (``name``, ``symptoms``, ``summary``, ``score``,
@@ -40,6 +43,8 @@ LAYER = "kubernetes"
 # Symptoms whose incident gets the cluster's view of Redis (plus any symptom one of whose engine
 # causes is RedisUnreachable, e.g. LowHitRate while L2 is gone).
 REDIS_SYMPTOMS = ("RedisUnavailable", "RedisOutOfMemory")
+# Its incident gets the history of the Secret the password comes from instead of the Service's state.
+AUTH_SYMPTOM = "RedisAuthFailure"
 UNREACHABLE_CAUSE = "RedisUnreachable"
 CRASH_RESTARTS = 3
 EVENT_WINDOW_S = 900.0
@@ -50,6 +55,7 @@ CAUSE_NAMES = (
     "RedisPodOOMKilled",
     "RedisCrashLooping",
     "RedisServiceNoReadyPod",
+    "RedisPasswordChanged",
 )
 _CLUSTER_DOMAINS: tuple[list[str], ...] = ([], ["svc"], ["svc", "cluster", "local"])
 
@@ -85,7 +91,78 @@ class RedisClusterState:
 def wants_cluster_view(symptom: str, causes: Sequence[Mapping[str, Any]]) -> bool:
     """Whether the incident of ``symptom`` (with the engine's ``causes``) needs Redis's cluster state:
     a Redis symptom, or a symptom the engine explains by Redis being unreachable."""
-    return symptom in REDIS_SYMPTOMS or any(c.get("name") == UNREACHABLE_CAUSE for c in causes)
+    return (
+        symptom in REDIS_SYMPTOMS
+        or symptom == AUTH_SYMPTOM
+        or any(c.get("name") == UNREACHABLE_CAUSE for c in causes)
+    )
+
+
+def password_source(spec: CachePolicySpec) -> tuple[str, str] | None:
+    """(Secret name, key) the pods' Redis password comes from: ``spec.redis.passwordSecretRef``, else
+    ``spec.redis.secretRef`` (a URL that may carry it); None when the password is not in a Secret."""
+    redis = spec.redis
+    if redis is None:
+        return None
+    ref = redis.password_secret_ref or redis.secret_ref
+    return (ref.name, ref.key) if ref is not None else None
+
+
+def last_changed(obj: Mapping[str, Any]) -> tuple[float, str | None] | None:
+    """(Unix seconds, field manager) of the object's last write: the newest ``managedFields`` entry
+    (the API server stamps each writer's last change), else its creation; None when neither parses."""
+    meta = _meta(obj)
+    newest: tuple[float, str | None] | None = None
+    for entry in meta.get("managedFields") or []:
+        if not isinstance(entry, Mapping) or not entry.get("time"):
+            continue
+        try:
+            when = parse_rfc3339(entry["time"], "metadata.managedFields[].time")
+        except ValueError:
+            continue
+        if newest is None or when > newest[0]:
+            newest = (when, str(entry.get("manager")) if entry.get("manager") else None)
+    if newest is not None:
+        return newest
+    try:
+        created = meta.get("creationTimestamp")
+        return (parse_rfc3339(created, "metadata.creationTimestamp"), None) if created else None
+    except ValueError:
+        return None
+
+
+def password_secret_cause(
+    secret: Mapping[str, Any] | None, key: str, namespace: str, now: float, symptoms: Sequence[str]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(cause, observed) for Redis refusing the pods' password, from the Secret it comes from (only
+    its metadata is read into the evidence, never its data): RedisPasswordChanged when the Secret
+    was written in the last 15 minutes (the operator rolls its pods when the Secret changes, so the
+    new password is what Redis refuses); None when it is older (then it is more likely Redis's
+    password that changed, and the engine's own RedisAuthenticationFailure stands) or missing."""
+    if secret is None:
+        return None, {"passwordSecret": None}
+    name = _name(secret)
+    changed = last_changed(secret)
+    observed: dict[str, Any] = {"passwordSecret": f"{namespace}/{name}", "key": key}
+    if changed is None:
+        return None, observed
+    when, manager = changed
+    age = max(0, int(now - when))
+    observed.update(secretChangedSecondsAgo=age, secretChangedBy=manager)
+    if now - when > EVENT_WINDOW_S:
+        return None, observed
+    by = f" by {manager}" if manager else ""
+    cause = _cause(
+        "RedisPasswordChanged",
+        symptoms,
+        f"Secret {namespace}/{name} (key {key}), where the pods' Redis password comes from, changed "
+        f"{age} s ago{by}, and Redis refuses the password the pods now use",
+        observed,
+        f"put the password Redis expects back into Secret {namespace}/{name} key {key} (compare with "
+        "Redis's requirepass or ACL user), or give Redis the new one; the operator rolls the pods when "
+        "the Secret changes",
+    )
+    return cause, observed
 
 
 def redis_target(spec: CachePolicySpec, namespace: str) -> RedisTarget:

@@ -15,7 +15,14 @@ from typing import Any
 
 from cache_operator import selectors
 from cache_operator.api.cachepolicy import CachePolicySpec
-from cache_operator.incidents.redis_cluster import RedisClusterState, diagnose_cluster, redis_target
+from cache_operator.incidents.redis_cluster import (
+    AUTH_SYMPTOM,
+    RedisClusterState,
+    diagnose_cluster,
+    password_secret_cause,
+    password_source,
+    redis_target,
+)
 from cache_operator.k8s import KubeError
 from cache_operator.ports import KubeIO
 
@@ -72,6 +79,19 @@ async def read_redis_cluster(kube: KubeIO, spec: CachePolicySpec, namespace: str
 async def cluster_causes(
     kube: KubeIO, spec: CachePolicySpec, namespace: str, now: float, symptoms: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`.redis_cluster.diagnose_cluster` over :func:`read_redis_cluster`: (causes, observed)."""
+    """:func:`.redis_cluster.diagnose_cluster` over :func:`read_redis_cluster`: (causes, observed).
+    For RedisAuthFailure, :func:`.redis_cluster.password_secret_cause` over the password Secret (one
+    read by name) instead: Redis answers, so its Service and pods are not the question."""
+    if AUTH_SYMPTOM in symptoms:
+        source = password_source(spec)
+        if source is None:
+            return [], {"passwordSecret": None, "why": "the password is not in a Secret"}
+        name, key = source
+        try:
+            secret = await kube.get("v1", "Secret", namespace, name)
+        except KubeError as exc:
+            return [], {"unreadable": {"secret": str(exc)[:300]}}
+        cause, observed = password_secret_cause(secret, key, namespace, now, symptoms)
+        return ([cause] if cause else []), observed
     state = await read_redis_cluster(kube, spec, namespace)
     return diagnose_cluster(state, now, symptoms)

@@ -481,7 +481,7 @@ class Scenario:
 
     name: str
     symptom: str
-    causes: tuple[str, ...]  # acceptable top causes (the first is expected)
+    causes: tuple[str, ...]  # the pods' causes (the first is expected, and the incident's top cause ...)
     mode: str  # the policy's remediation mode
     description: str
     setup: Callable[[Lab], dict[str, Any]]  # -> the policy spec (Redis applied, Secrets created)
@@ -492,6 +492,8 @@ class Scenario:
     action: str = "reconnect-redis"  # the incident's action (run in Auto, recommended in Recommend)
     allowed_actions: tuple[str, ...] = ("gc", "reconnect-redis", "diagnose")
     action_applies: bool = True  # a runbook action addresses it (remediation time is meaningful)
+    # ... unless the operator's cross-layer view names this one ahead of them (then action diagnose)
+    incident_cause: str | None = None
 
 
 def _keys(prefix: str, count: int) -> list[str]:
@@ -645,6 +647,10 @@ AUTH_FAILURE = Scenario(
     causes=("RedisAuthenticationFailure",),
     mode="Recommend",
     description="the password Secret is rotated to a wrong password (pods roll onto it), later fixed",
+    # The pods see Redis refuse them; the operator sees the Secret changed minutes ago: that is the cause
+    # and the fix is a person's (reconnect-redis with the same wrong password changes nothing).
+    incident_cause="RedisPasswordChanged",
+    action="diagnose",
     setup=_auth_setup,
     inject=lambda lab: lab.set_password_secret(WRONG_PASSWORD),
     fault_traffic=_mixed_traffic,

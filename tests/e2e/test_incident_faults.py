@@ -69,7 +69,7 @@ def check_timeline(lab: Lab, scenario: Scenario, timeline: Timeline) -> None:
     shown = json.dumps({"timeline": timeline.__dict__, "incident": incident}, indent=1, default=str)[:12000]
     assert status["detection"]["source"] == "Auto", shown
     assert status["detection"]["symptom"] == scenario.symptom, shown
-    assert status["cause"] == scenario.causes[0], shown
+    assert status["cause"] == (scenario.incident_cause or scenario.causes[0]), shown
     assert scenario.causes[0] in [c["name"] for c in status["diagnosis"]["causes"]], shown
     assert incident["spec"]["action"] == scenario.action, shown
     assert status.get("recommendedAction") == scenario.action, shown

@@ -13,6 +13,9 @@ from cache_operator.incidents.redis_cluster import (
     RedisClusterState,
     RedisTarget,
     diagnose_cluster,
+    last_changed,
+    password_secret_cause,
+    password_source,
     recent_events,
     redis_target,
     wants_cluster_view,
@@ -213,6 +216,82 @@ def test_wants_cluster_view() -> None:
     assert wants_cluster_view("RedisUnavailable", [])
     assert wants_cluster_view("LowHitRate", [{"name": "RedisUnreachable"}])
     assert not wants_cluster_view("LowHitRate", [{"name": "TtlTooShort"}])
+    assert wants_cluster_view("RedisAuthFailure", [])
+
+
+def secret(changes: list[tuple[float, str]], created: float = NOW - 86400) -> dict[str, Any]:
+    """A Secret's metadata as the API server returns it, with ``data`` that must never leak."""
+    return {
+        "metadata": {
+            "name": "redis-auth",
+            "creationTimestamp": rfc3339(created),
+            "managedFields": [
+                {"manager": manager, "operation": "Update", "time": rfc3339(when)}
+                for when, manager in changes
+            ],
+        },
+        "data": {"password": "c2VjcmV0LXZhbHVl"},
+    }
+
+
+def test_password_source_prefers_the_password_secret() -> None:
+    both = CachePolicySpec.model_validate(
+        {
+            "preset": "development",
+            "runtime": {"replicas": 1},
+            "redis": {
+                "secretRef": {"name": "redis-url", "key": "url"},
+                "passwordSecretRef": {"name": "redis-auth", "key": "password"},
+            },
+        }
+    )
+    assert password_source(both) == ("redis-auth", "password")
+    url_only = CachePolicySpec.model_validate(
+        {
+            "preset": "development",
+            "runtime": {"replicas": 1},
+            "redis": {"secretRef": {"name": "redis-url", "key": "url"}},
+        }
+    )
+    assert password_source(url_only) == ("redis-url", "url")
+    assert password_source(spec("redis://redis:6379/0")) is None
+    assert password_source(spec(None)) is None
+
+
+def test_last_changed_is_the_newest_writer() -> None:
+    obj = secret([(NOW - 500, "helm"), (NOW - 90, "kubectl-edit"), (NOW - 3000, "argocd")])
+    assert last_changed(obj) == (NOW - 90, "kubectl-edit")
+    assert last_changed(secret([], created=NOW - 40)) == (NOW - 40, None)
+    assert last_changed({"metadata": {"managedFields": [{"time": "yesterday"}]}}) is None
+
+
+def test_a_recently_changed_password_secret_is_the_cause_without_its_data() -> None:
+    cause, observed = password_secret_cause(
+        secret([(NOW - 3000, "helm"), (NOW - 95, "kubectl-client-side-apply")]),
+        "password",
+        "shop",
+        NOW,
+        ["RedisAuthFailure"],
+    )
+    assert cause is not None and cause["name"] == "RedisPasswordChanged"
+    assert cause["symptoms"] == ["RedisAuthFailure"]
+    assert cause["layer"] == "kubernetes" and cause["score"] == 1.0
+    assert "shop/redis-auth" in cause["summary"]
+    assert "95 s ago by kubectl-client-side-apply" in cause["summary"]
+    assert observed == {
+        "passwordSecret": "shop/redis-auth",
+        "key": "password",
+        "secretChangedSecondsAgo": 95,
+        "secretChangedBy": "kubectl-client-side-apply",
+    }
+    assert "c2VjcmV0LXZhbHVl" not in repr(cause) and "secret-value" not in repr(cause)
+    assert cause["recommendations"][0]["action"] is None  # a person's fix
+
+
+def test_an_old_or_missing_password_secret_is_no_cause() -> None:
+    cause, observed = password_secret_cause(secret([(NOW - 7200, "helm")]), "password", "shop", NOW, ["X"])
+    assert cause is None and observed["secretChangedSecondsAgo"] == 7200
+    assert password_secret_cause(None, "password", "shop", NOW, ["X"]) == (None, {"passwordSecret": None})
 
 
 def incident(name: str, symptom: str, causes: list[str], resolved: bool = False) -> dict[str, Any]:
