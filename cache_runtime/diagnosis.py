@@ -784,6 +784,11 @@ def _mib_text(value: Any) -> str:
     return f"{value / MIB:.1f} MiB"
 
 
+# Redis's overhead (used_memory minus the dataset) at this share of maxmemory or more: evicting keys
+# cannot bring used_memory under the limit.
+OVERHEAD_SHARE = 0.8
+
+
 def _raised(limit: Any) -> int | None:
     """A maxmemory twice ``limit`` (bytes, at least 64 MiB), or None without a limit."""
     if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit <= 0:
@@ -799,10 +804,27 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
     memory = l2.get("memory") or {}
     policy = memory.get("maxmemory_policy")
     used, limit = memory.get("used_memory"), memory.get("maxmemory")
+    dataset = memory.get("used_memory_dataset")
+    overhead = used - dataset if isinstance(used, int) and isinstance(dataset, int) else None
     used_text = _mib_text(used)
     limit_text = _mib_text(limit)
     figures = f"used_memory {used_text} of maxmemory {limit_text}"
-    if policy == "noeviction":
+    if overhead is not None and isinstance(limit, int) and limit > 0 and overhead >= OVERHEAD_SHARE * limit:
+        # Evicting every key would free only the dataset: Redis's own overhead (connections, their
+        # buffers, replication backlog) already fills maxmemory, so no eviction policy makes room.
+        summary = (
+            f"Redis is full ({figures}) and its own overhead alone ({_mib_text(overhead)}: connections "
+            f"and buffers, not keys) takes {_share(overhead, limit):.0%} of maxmemory: no eviction policy "
+            "can make room"
+        )
+        first = Recommendation(
+            None,
+            f"raise Redis maxmemory above {limit_text} (e.g. to {_mib_text(_raised(limit))}, CONFIG SET "
+            "maxmemory) within the Redis container's memory limit, and set maxmemory-policy volatile-lru "
+            "(every cache key has a TTL)",
+            {"maxmemory": _raised(limit), "maxmemory_policy": "volatile-lru"},
+        )
+    elif policy == "noeviction":
         summary = (
             f"Redis is full ({figures}) and its maxmemory-policy is noeviction, so it refuses every write"
         )
@@ -834,6 +856,8 @@ def redis_out_of_memory(snapshot: Snapshot) -> Cause | None:
             "used_memory": used,
             "maxmemory": limit,
             "used_share": _share(used, limit) if used is not None and limit else None,
+            "used_memory_dataset": dataset,
+            "overhead": overhead,
             "maxmemory_policy": policy,
             "evicted_keys": memory.get("evicted_keys"),
         },

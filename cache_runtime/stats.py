@@ -695,6 +695,7 @@ class RedisMemorySnapshot(TypedDict, total=False):
     """Redis INFO memory/stats fields (RedisL2.memory_info()); any may be missing."""
 
     used_memory: int
+    used_memory_dataset: int  # what the keys take; used_memory minus this is Redis's overhead
     maxmemory: int
     maxmemory_policy: str
     evicted_keys: int
@@ -866,7 +867,7 @@ def normalize_l2_stats(
     source_memory = memory_info if memory_info is not None else l2_stats.get("memory")
     if isinstance(source_memory, Mapping):
         memory = {}
-        for name in ("used_memory", "maxmemory", "evicted_keys", "expired_keys"):
+        for name in ("used_memory", "used_memory_dataset", "maxmemory", "evicted_keys", "expired_keys"):
             value = _number(source_memory.get(name))
             if value is not None:
                 memory[name] = int(value)  # type: ignore[literal-required]

@@ -128,6 +128,7 @@ _CLIENT_BUILD_FIELDS = ("max_connections", "connect_timeout_s", "socket_timeout_
 #: Fields of INFO memory / INFO stats that memory_info() reports (numbers unless noted).
 _MEMORY_FIELDS = (
     "used_memory",
+    "used_memory_dataset",  # the keys' share of used_memory; the rest is Redis's own overhead
     "used_memory_rss",
     "used_memory_peak",
     "maxmemory",

@@ -99,6 +99,10 @@ async def test_full_redis_under_noeviction_is_diagnosed_with_its_policy(redis_fa
     assert cause.evidence["maxmemory_policy"] == "noeviction"
     assert cause.evidence["maxmemory"] == 2 * 1024 * 1024
     assert "noeviction" in cause.summary
+    # INFO's dataset figure tells keys from Redis's own overhead (here the keys fill most of it).
+    dataset, overhead = cause.evidence["used_memory_dataset"], cause.evidence["overhead"]
+    assert isinstance(dataset, int) and dataset > 1024 * 1024
+    assert overhead == cause.evidence["used_memory"] - dataset and overhead > 0
 
 
 def test_error_kinds_agree_with_redis_l2() -> None:

@@ -390,6 +390,29 @@ def test_redis_oom_tells_noeviction_apart() -> None:
     assert "allkeys-lru" in other.summary
 
 
+def test_redis_oom_whose_overhead_fills_maxmemory_asks_for_more_memory_first() -> None:
+    """maxmemory 1 MiB (what a new user tried): Redis's own overhead (connections, buffers) fills it,
+    so evicting every key cannot make room; the fix named first is more maxmemory, then a policy."""
+    scenario = redis_full_noeviction()
+    scenario.redis_memory = {
+        "used_memory": int(1.3 * MIB),
+        "used_memory_dataset": int(0.2 * MIB),
+        "maxmemory": MIB,
+        "maxmemory_policy": "noeviction",
+    }
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "RedisOutOfMemory")
+    assert "overhead" in cause.summary and "no eviction policy can make room" in cause.summary
+    first = cause.recommendations[0]
+    assert first.action is None and first.description.startswith("raise Redis maxmemory above 1.0 MiB")
+    assert first.parameters == {"maxmemory": 64 * MIB, "maxmemory_policy": "volatile-lru"}
+    assert cause.evidence["overhead"] == int(1.3 * MIB) - int(0.2 * MIB)
+    assert all(r.action != "clear" for r in cause.recommendations)
+    # With room to free (the dataset is most of it) the policy comes first, as before.
+    scenario.redis_memory = {**scenario.redis_memory, "used_memory_dataset": int(1.0 * MIB)}
+    cause = next(c for c in evaluate(scenario.snapshot()).causes if c.name == "RedisOutOfMemory")
+    assert "volatile-lru" in cause.recommendations[0].description and "overhead" not in cause.summary
+
+
 def test_disruptive_actions_are_flagged() -> None:
     assert Recommendation("clear", "x").disruptive
     assert Recommendation("apply-preset", "x", {"preset": "conservative"}).disruptive
