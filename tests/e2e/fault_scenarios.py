@@ -17,6 +17,8 @@ scenario                     symptom            fault / repair
 ``redis-stopped``            RedisUnavailable   Redis scaled to 0 / back to 1 (behind a stable address)
 ``redis-slow``               SlowOperations     40 ms each way through ``devcluster.faultproxy`` / 0 ms
 ``redis-wrong-password``     RedisAuthFailure   the password Secret holds a wrong password / fixed
+``redis-out-of-memory``      RedisOutOfMemory   maxmemory 1mb with noeviction, Redis filled / a person
+                                                raises maxmemory, sets volatile-lru (never clear)
 ``short-ttl``                LowHitRate         ttl.default_s 2 s, re-requests after 3 s / the operator's
                                                 TTL override (apply-override)
 ``whitespace-variants``      LowHitRate         questions re-typed with other whitespace, normalization
@@ -660,6 +662,83 @@ AUTH_FAILURE = Scenario(
 )
 
 
+# (c2) Redis full, maxmemory-policy noeviction ----------------------------------------------------------
+#
+# What a new user tried on `make demo` (issue 13): Redis at `maxmemory 1mb` with `noeviction` refuses
+# every write. The fix is Redis's eviction policy or memory (a person's, by CONFIG SET here), never
+# `clear`: dropping everyone's data frees room for a moment and the next writes fill it again.
+
+OOM_MAXMEMORY = "1mb"
+OOM_FILL_VALUES = 400  # bounded: 400 x 4 KiB is more than 1 MiB, the fill stops at the first refusal
+OOM_WRITES_PER_BURST = 20  # per pod: new keys, each a miss and a write Redis refuses
+
+
+def _redis_direct(lab: Lab) -> Any:
+    """A redis-py client on the Redis pod itself (what a person's redis-cli does)."""
+    import redis
+
+    return redis.Redis(host=lab.redis_pod_ip(), port=6379, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _oom_inject(lab: Lab) -> None:
+    import redis
+
+    client = _redis_direct(lab)
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", OOM_MAXMEMORY)
+        for index in range(OOM_FILL_VALUES):
+            try:
+                client.set(f"filler-{index}", b"x" * 4096)
+            except redis.exceptions.OutOfMemoryError:
+                return  # full: Redis refuses writes now
+        raise AssertionError(f"Redis took {OOM_FILL_VALUES} x 4 KiB under maxmemory {OOM_MAXMEMORY}")
+    finally:
+        client.close()
+
+
+def _oom_repair(lab: Lab) -> None:
+    """The diagnosis's fix: at 1 MiB Redis's own overhead (the pods' connections and buffers) fills
+    maxmemory, so an eviction policy alone frees nothing (tried: the pods kept seeing OOM); more
+    memory and volatile-lru (every cache key has a TTL)."""
+    client = _redis_direct(lab)
+    try:
+        client.config_set("maxmemory", "64mb")
+        client.config_set("maxmemory-policy", "volatile-lru")
+    finally:
+        client.close()
+
+
+def _oom_traffic(lab: Lab) -> Any:
+    """Hot reads plus new keys each pod stores (a miss, then a write that Redis refuses while full)."""
+    hot = _hot_reads(lab)
+    lab.get_or_put(_keys(f"new-{uuid.uuid4().hex[:8]}", OOM_WRITES_PER_BURST), {"v": "n" * 512}, workers=6)
+    return hot
+
+
+def _oom_recover(lab: Lab) -> Any:
+    """Healthy traffic, and writes that Redis now takes (evicting), so the refusals age out."""
+    _recover_traffic(lab)
+    return lab.get_or_put(_keys(f"new-{uuid.uuid4().hex[:8]}", OOM_WRITES_PER_BURST), {"v": "n"}, workers=6)
+
+
+REDIS_OUT_OF_MEMORY = Scenario(
+    name="redis-out-of-memory",
+    symptom="RedisOutOfMemory",
+    causes=("RedisOutOfMemory",),
+    mode="Auto",
+    description=f"Redis at maxmemory {OOM_MAXMEMORY} with noeviction refuses every write; a person raises "
+    "maxmemory and sets an eviction policy, as the diagnosis says (never clear)",
+    setup=lambda lab: (lab.apply(redis_manifest()), lab.redis_pod_ip(), base_spec(lab, "Auto"))[-1],
+    inject=_oom_inject,
+    fault_traffic=_oom_traffic,
+    repair=_oom_repair,
+    recover_traffic=_oom_recover,
+    action="diagnose",  # recommend-only even in Auto: no runbook action fixes Redis's memory
+    action_applies=False,
+)
+
+
 # (d) low hit rate: TTL too short ---------------------------------------------------------------------
 
 SHORT_TTL_S = 2
@@ -944,6 +1023,7 @@ SCENARIOS: dict[str, Scenario] = {
         REDIS_STOPPED,
         REDIS_SLOW,
         AUTH_FAILURE,
+        REDIS_OUT_OF_MEMORY,
         SHORT_TTL,
         WHITESPACE_VARIANTS,
         L1_TOO_SMALL,

@@ -89,6 +89,14 @@ def check_timeline(lab: Lab, scenario: Scenario, timeline: Timeline) -> None:
         assert outcome == "Recommended", shown
         executed = _executions(lab, scenario.action, incident["metadata"]["uid"])
         assert set(executed.values()) <= {0}, (shown, executed)
+    if scenario.symptom == "RedisOutOfMemory":
+        # The fix named is Redis's eviction policy or memory, with INFO's figures; clear never.
+        causes = {c["name"]: c for c in status["diagnosis"]["causes"]}
+        oom = causes["RedisOutOfMemory"]
+        assert "maxmemory" in oom["recommendation"] and "volatile-lru" in oom["recommendation"], shown
+        assert oom["evidence"]["maxmemory_policy"] == "noeviction" and oom["evidence"]["maxmemory"], shown
+        assert incident["spec"]["action"] != "clear", shown
+        assert "clear" not in json.dumps(status.get("recommendedAction")), shown
     # Resolved once the fault was gone.
     assert timeline.resolved is not None, shown
     assert status.get("resolvedAt"), shown
