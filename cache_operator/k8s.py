@@ -18,6 +18,7 @@ from kubernetes import config as kube_config
 from kubernetes import dynamic
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
 FIELD_MANAGER = "cachewarden"
 # Threads that may call the API at once (the operator's default executor) and pooled connections.
@@ -43,7 +44,9 @@ class KubeError(RuntimeError):
     """A Kubernetes API call failed with something other than the expected 404.
 
     ``body`` is the API server's ``Status`` object when it sent one (a 422 carries
-    ``details.causes`` naming each refused field), else None.
+    ``details.causes`` naming each refused field), else None. ``status`` is None when no answer
+    came at all (the API server unreachable: refused, reset, timed out), which callers treat like
+    any other failed call: logged, and tried again on the next pass.
     """
 
     def __init__(
@@ -51,7 +54,12 @@ class KubeError(RuntimeError):
     ) -> None:
         self.status = status
         self.body = body
-        super().__init__(f"{what}: HTTP {status}: {detail}")
+        super().__init__(f"{what}: HTTP {status}: {detail}" if status is not None else f"{what}: {detail}")
+
+
+def _unreachable(what: str, exc: BaseException) -> KubeError:
+    """A call that got no answer from the API server, as a KubeError without a status."""
+    return KubeError(what, None, f"no answer from the API server ({type(exc).__name__}: {str(exc)[:300]})")
 
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
@@ -100,6 +108,8 @@ class Kube:
             if exc.status == 404:
                 return None
             raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
+        except (TransportError, OSError) as exc:
+            raise _unreachable(what, exc) from None
         return result if isinstance(result, dict) else {}
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,6 +147,8 @@ class Kube:
                 if exc.status == 409:
                     return False
                 raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
+            except (TransportError, OSError) as exc:
+                raise _unreachable(what, exc) from None
             return True
 
         return await asyncio.to_thread(call)

@@ -107,7 +107,19 @@ def _gone(memo: kopf.Memo, uid: str) -> bool:
 DELETE_GRACE_S = 20.0
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_backoff=DELETE_GRACE_S, cancellation_timeout=10.0)
+# A daemon that raised anyway starts again this soon (kopf's default is 60 s: a policy unprobed for a
+# minute after an API server restart, as the soak showed before connection errors became KubeErrors).
+DAEMON_RETRY_S = 5.0
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    backoff=DAEMON_RETRY_S,
+    cancellation_backoff=DELETE_GRACE_S,
+    cancellation_timeout=10.0,
+)
 async def policy_reconciler(
     name: str,
     namespace: str | None,

@@ -12,7 +12,7 @@ import kopf
 
 from cache_operator import main  # noqa: F401  (registers every handler)
 from cache_operator.api.cachepolicy import PLURAL
-from cache_operator.handlers.cachepolicy import policy_reconciler
+from cache_operator.handlers.cachepolicy import DAEMON_RETRY_S, policy_reconciler
 
 
 def test_the_policy_daemon_is_registered_without_the_finalizer() -> None:
@@ -20,6 +20,8 @@ def test_the_policy_daemon_is_registered_without_the_finalizer() -> None:
     daemons = [h for h in registry._spawning._handlers if h.fn is policy_reconciler]
     assert len(daemons) == 1
     assert daemons[0].requires_finalizer is False
+    # A daemon that raised starts again in seconds, not kopf's default minute.
+    assert daemons[0].backoff == DAEMON_RETRY_S <= 5.0
 
 
 def test_no_create_update_or_delete_handler_on_policies() -> None:
