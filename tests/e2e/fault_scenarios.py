@@ -680,6 +680,13 @@ def _redis_direct(lab: Lab) -> Any:
     return redis.Redis(host=lab.redis_pod_ip(), port=6379, socket_timeout=5, socket_connect_timeout=5)
 
 
+def _oom_setup(lab: Lab) -> dict[str, Any]:
+    """A plain Redis (full only once the fault sets its maxmemory), the policy in Auto mode."""
+    lab.apply(redis_manifest())
+    lab.redis_pod_ip()
+    return base_spec(lab, "Auto")
+
+
 def _oom_inject(lab: Lab) -> None:
     import redis
 
@@ -729,7 +736,7 @@ REDIS_OUT_OF_MEMORY = Scenario(
     mode="Auto",
     description=f"Redis at maxmemory {OOM_MAXMEMORY} with noeviction refuses every write; a person raises "
     "maxmemory and sets an eviction policy, as the diagnosis says (never clear)",
-    setup=lambda lab: (lab.apply(redis_manifest()), lab.redis_pod_ip(), base_spec(lab, "Auto"))[-1],
+    setup=_oom_setup,
     inject=_oom_inject,
     fault_traffic=_oom_traffic,
     repair=_oom_repair,
