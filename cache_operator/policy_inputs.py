@@ -99,8 +99,12 @@ async def resolve_redis_url(
     return rewrite_redis_host(url, ready[0]["status"]["podIP"])
 
 
-async def current_tokens(kube: KubeIO, policy: PolicyRef, create: bool) -> tuple[dict[str, str], bool]:
-    """The admin/read tokens and whether this call created the token Secret.
+async def current_tokens(
+    kube: KubeIO, policy: PolicyRef, create: bool
+) -> tuple[dict[str, str], bool, dict[str, Any] | None]:
+    """The admin/read tokens, whether this call created the token Secret, and the Secret as read
+    (None when it was created here or does not exist), so a drift check in the same pass need not
+    read it again.
 
     Tokens are generated once and kept in the policy's Secret. With ``create`` (a policy never
     reconciled before, not paused) the Secret is created with new tokens in one call, and read only
@@ -110,9 +114,9 @@ async def current_tokens(kube: KubeIO, policy: PolicyRef, create: bool) -> tuple
     if create:
         tokens = render.new_tokens()
         if await kube.create(render.render_token_secret(policy, tokens)):
-            return tokens, True
+            return tokens, True, None
     existing = await kube.get("v1", "Secret", policy.namespace, render.token_secret_name(policy.name))
-    return render.tokens_from_secret(existing) or render.new_tokens(), False
+    return render.tokens_from_secret(existing) or render.new_tokens(), False, existing
 
 
 async def secrets_digest(kube: KubeIO, namespace: str, spec: CachePolicySpec) -> str | None:

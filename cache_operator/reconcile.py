@@ -366,6 +366,7 @@ class ReconcilePass:
     config_hash: str = field(init=False, default="")
     tokens: Mapping[str, str] = field(init=False, default_factory=dict)
     secret_created: bool = field(init=False, default=False)
+    token_secret: dict[str, Any] | None = field(init=False, default=None)  # as read by read_tokens
 
     @property
     def gen(self) -> int | None:
@@ -474,7 +475,9 @@ class ReconcilePass:
             self.tokens = self.known_tokens
             return
         try:
-            self.tokens, self.secret_created = await current_tokens(self.kube, self.policy, create=first_pass)
+            self.tokens, self.secret_created, self.token_secret = await current_tokens(
+                self.kube, self.policy, create=first_pass
+            )
         except render.TokenSecretError as exc:
             # A value in the token Secret that is not a token list (a person's rotation gone wrong):
             # never overwritten (that would lock out the clients holding it), reported until fixed.
@@ -504,6 +507,7 @@ class ReconcilePass:
                     self.policy, self.model, self.config, self.tokens, self.kube,
                     delete_stale=self.delete_stale, skip_secret=self.secret_created,
                     only_if_drifted=self.verify_children and unchanged,
+                    already_read=[self.token_secret] if self.token_secret is not None else (),
                 )
             except ChildRejectedError as exc:
                 # The API server refused a rendered child as invalid (422): the same spec can never
@@ -676,7 +680,7 @@ async def _probe_while_waiting(
     becomes a RedisUnavailable incident instead of a silent wait. Returns the detection outcome (None
     when detection did not run)."""
     config_hash = str(status["configHash"])
-    tokens, _ = await current_tokens(kube, policy, create=False)
+    tokens, _, _ = await current_tokens(kube, policy, create=False)
     targets, _ = await select_targets(policy, model, kube, pods_in_namespace)
     views = await probe_and_push(
         pods_io, targets, tokens[render.ADMIN_TOKEN_KEY], None, config_hash, push=False
@@ -817,18 +821,23 @@ async def apply_children_of(
     delete_stale: bool = True,
     skip_secret: bool = False,
     only_if_drifted: bool = False,
+    already_read: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Server-side apply every child (Secret and ConfigMap first: the pods mount them), and delete the
     runtime Deployment and Service of a policy that switched to selector mode. ``only_if_drifted``:
     read each child first and apply only those that no longer hold what is rendered, and delete a
-    stale one only if it exists (drift repair at rest costs reads, not writes)."""
+    stale one only if it exists (drift repair at rest costs reads, not writes); a child in
+    ``already_read`` (read earlier in the same pass, e.g. the token Secret) is not read again."""
     digest = await secrets_digest(kube, policy.namespace, model) if model.runtime is not None else None
+    known = {(o.get("kind"), (o.get("metadata") or {}).get("name")): o for o in already_read}
     for obj in render.render_children(policy, model, config, tokens, digest):
         if skip_secret and obj["kind"] == "Secret":
             continue  # created a moment ago with exactly this content
         if only_if_drifted:
             meta = obj["metadata"]
-            live = await kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+            live = known.get((obj["kind"], meta["name"]))
+            if live is None:
+                live = await kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
             if not drifted(live, obj):
                 continue
         try:

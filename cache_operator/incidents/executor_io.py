@@ -481,7 +481,7 @@ async def _decide_and_start(
             f"restored by the operator at {isolation['expiresAt'] if isolation else '?'}",
         )
     await run.start()
-    tokens, _ = await current_tokens(kube, PolicyRef(policy_name, incident.namespace, ""), create=False)
+    tokens, _, _ = await current_tokens(kube, PolicyRef(policy_name, incident.namespace, ""), create=False)
     token = tokens[render.ADMIN_TOKEN_KEY]
     return plan, targets, token
 

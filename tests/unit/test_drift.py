@@ -44,3 +44,54 @@ def test_lists_compare_element_by_element_with_their_length() -> None:
     assert covers(live, [{"name": "c", "image": "i"}])
     assert not covers([{"name": "c"}, {"name": "d"}], [{"name": "c"}])
     assert not covers({"x": 1}, [1])
+
+
+async def test_drift_repair_reads_each_child_once_and_not_what_the_pass_already_read() -> None:
+    """A drift-repair pass has already read the token Secret (for the tokens): apply_children_of
+    reads only the other children, and applies none of them when nothing drifted (selector mode:
+    the token Secret and the ConfigMap; stale runtime children not looked for here)."""
+    from cache_operator import render
+    from cache_operator.api.cachepolicy import CachePolicySpec
+    from cache_operator.ports import PolicyRef
+    from cache_operator.reconcile import apply_children_of
+
+    policy = PolicyRef("web", "ns", "uid-1")
+    model = CachePolicySpec.model_validate(
+        {"preset": "development", "selector": {"matchLabels": {"app": "web"}}}
+    )
+    config = render.resolve_policy_config(model)
+    tokens = render.new_tokens()
+    children = {
+        (obj["kind"], obj["metadata"]["name"]): obj
+        for obj in render.render_children(policy, model, config, tokens, None)
+    }
+
+    class Recording:
+        """FAKE kube: answers reads with the rendered children, records reads and applies."""
+
+        def __init__(self) -> None:
+            self.reads: list[str] = []
+            self.applied: list[str] = []
+
+        async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+            self.reads.append(kind)
+            return copy.deepcopy(children.get((kind, name)))
+
+        async def apply(self, obj: dict) -> dict:
+            self.applied.append(obj["kind"])
+            return obj
+
+    kube = Recording()
+    secret = copy.deepcopy(children[("Secret", render.token_secret_name("web"))])
+    await apply_children_of(
+        policy,
+        model,
+        config,
+        tokens,
+        kube,  # type: ignore[arg-type]
+        delete_stale=False,
+        only_if_drifted=True,
+        already_read=[secret],
+    )
+    assert kube.reads == ["ConfigMap"]
+    assert kube.applied == []
