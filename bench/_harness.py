@@ -7,9 +7,11 @@ offers the timing helpers every scenario uses. Nothing in here asserts on a timi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import shutil
@@ -22,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 REDIS_SERVER_BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -444,6 +447,30 @@ def format_value(value: float | int | str | None) -> str:
     if magnitude >= 1:
         return f"{value:.2f}"
     return f"{value:.3f}"
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, requests: int, rounds: int) -> None:
+    """The options every load bench takes: requests per load and round, rounds, concurrency, --quick
+    (a tiny run of every path: see :func:`apply_quick`) and --json."""
+    parser.add_argument("--requests", type=int, default=requests, help="requests per load per round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+
+
+def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with --quick applied: 200 requests, one round."""
+    if args.quick:
+        args.requests, args.rounds = 200, 1
+    return args
+
+
+def report(figures: list[Figure], json_path: Path | None) -> None:
+    """Print the figures (:func:`print_table`) and, with ``json_path``, write them there as JSON."""
+    print_table(figures)
+    if json_path:
+        json_path.write_text(json.dumps([figure.as_dict() for figure in figures], indent=2))
 
 
 def print_table(figures: list[Figure]) -> None:

@@ -37,7 +37,15 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Figure, RedisServer, free_port, pin_bench_process, print_table
+from _harness import (
+    Figure,
+    RedisServer,
+    add_load_arguments,
+    apply_quick,
+    free_port,
+    pin_bench_process,
+    report,
+)
 from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
 
 PAYLOAD = json.dumps(VALUE).encode()
@@ -248,18 +256,9 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (optionally save) the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per load per round")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.requests, args.rounds = 200, 1
-    figures = asyncio.run(bench(args))
-    print_table(figures)
-    if args.json:
-        args.json.write_text(json.dumps([figure.as_dict() for figure in figures], indent=2))
+    add_load_arguments(parser, requests=2000, rounds=10)
+    args = apply_quick(parser.parse_args(argv))
+    report(asyncio.run(bench(args)), args.json)
     return 0
 
 

@@ -45,12 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     Figure,
     RedisServer,
+    add_load_arguments,
+    apply_quick,
     die_with_parent,
     free_port,
     percentile,
     pin_bench_process,
     pin_process,
-    print_table,
+    report,
     wait_for_port,
 )
 
@@ -289,11 +291,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (optionally save) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=5000, help="requests per load per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="tiny run: every path once")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    add_load_arguments(parser, requests=5000, rounds=3)
     parser.add_argument(
         "--http",
         choices=["auto", "h11", "httptools"],
@@ -311,13 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve a trivial ASGI app instead of the runtime: uvicorn's floor",
     )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.requests, args.rounds = 200, 1
-    figures = asyncio.run(bench(args))
-    print_table(figures)
-    if args.json:
-        args.json.write_text(json.dumps([figure.as_dict() for figure in figures], indent=2))
+    args = apply_quick(parser.parse_args(argv))
+    report(asyncio.run(bench(args)), args.json)
     return 0
 
 
