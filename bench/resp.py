@@ -13,6 +13,9 @@ connection at a time (no pipelining). Loads, interleaved round by round:
 * redis-py asyncio -> redis-server ``GET`` (the anchor) and redis-py -> runtime ``GET`` (L1 hit);
 * a minimal asyncio RESP client (one pre-encoded GET per request, one connection per worker: the
   client costs less, so the servers' own cost shows more) -> redis-server and -> runtime;
+* ``redis-benchmark`` (Redis's own C client, pinned to the bench core; skipped when it is not installed)
+  -> redis-server and -> runtime: a client that costs far less than either server, so both servers
+  run at their own ceiling and the ratio is their cost per GET, not the client's;
 * aiohttp -> runtime ``GET /data/v1/keys/{key}`` (the HTTP data API, L1 hit) and ``/healthz``.
 
 Each runtime-vs-Redis ratio compares the same client against both servers, run back to back in each
@@ -25,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,6 +55,7 @@ from _harness import (
 from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
 
 PAYLOAD = json.dumps(VALUE).encode()
+C_CLIENT_SCALE = 10  # requests per round of the C client, as a multiple of --requests
 
 
 def process_cpu_s(pid: int) -> float:
@@ -112,6 +119,28 @@ async def run_raw_load(clients: list[RawRespClient], command: bytes, total: int)
     return await run_load(call, total, len(clients))
 
 
+async def run_c_client(
+    port: int, password: str | None, key: str, total: int, concurrency: int, cores: list[int]
+) -> dict[str, float]:
+    """``redis-benchmark`` GET ``key``: ``concurrency`` connections, one request in flight on each."""
+    command = ["taskset", "-c", ",".join(map(str, cores)), "redis-benchmark", "-h", "127.0.0.1"]
+    command += ["-p", str(port), "-c", str(concurrency), "-n", str(total), "-P", "1", "--csv"]
+    if password is not None:
+        command += ["-a", password]
+    process = await asyncio.create_subprocess_exec(
+        *command, "GET", key, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    rows = [row for row in csv.DictReader(out.decode().splitlines()) if row.get("rps")]
+    if process.returncode != 0 or not rows:
+        raise RuntimeError(f"redis-benchmark failed ({process.returncode}): {err.decode()[-500:]}")
+    return {
+        "rps": float(rows[0]["rps"]),
+        "p50_ms": float(rows[0]["p50_latency_ms"]),
+        "p99_ms": float(rows[0]["p99_latency_ms"]),
+    }
+
+
 async def bench(args: argparse.Namespace) -> list[Figure]:
     placement = pin_bench_process()
     print(placement.describe())
@@ -170,6 +199,19 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 ),
                 "aiohttp -> runtime /healthz (HTTP floor)": lambda n: run_load(healthz, n, args.concurrency),
             }
+            if shutil.which("redis-benchmark"):
+                conc, cores = args.concurrency, placement.bench_cores
+                # 10x the requests: the C client finishes a round in tens of milliseconds otherwise.
+                loads["redis-benchmark (C) -> Redis GET (anchor)"] = lambda n: run_c_client(
+                    redis_port, None, "bench:raw", n * C_CLIENT_SCALE, conc, cores
+                )
+                loads["redis-benchmark (C) -> runtime RESP GET (L1 hit)"] = lambda n: run_c_client(
+                    resp_port, TOKEN, "bench:resp", n * C_CLIENT_SCALE, conc, cores
+                )
+            else:
+                print(
+                    "redis-benchmark not installed (Debian package redis-tools): the C-client lane is skipped"
+                )
             for load in loads.values():  # warm-up: connections, code paths
                 await load(min(500, args.requests))
             results: dict[str, list[dict[str, float]]] = {name: [] for name in loads}
@@ -206,12 +248,16 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 Figure(
                     "R1",
                     f"{name}: server CPU per request",
-                    cpu_s[name] / (len(rounds) * args.requests) * 1e6,
+                    cpu_s[name]
+                    / (len(rounds) * args.requests * (C_CLIENT_SCALE if "(C)" in name else 1))
+                    * 1e6,
                     "us",
                     note="user+system time of the answering process (10 ms ticks, summed over the rounds)",
                 ),
             ]
-        for client in ("redis-py", "raw RESP"):
+        for client in ("redis-py", "raw RESP", "redis-benchmark (C)"):
+            if f"{client} -> Redis GET (anchor)" not in results:
+                continue
             runtime_rounds = results[f"{client} -> runtime RESP GET (L1 hit)"]
             redis_rounds = results[f"{client} -> Redis GET (anchor)"]
             per_round = sorted(a["rps"] / b["rps"] for a, b in zip(runtime_rounds, redis_rounds, strict=True))
