@@ -17,6 +17,9 @@ from typing import Any
 import kopf
 
 from cache_operator import handlers  # noqa: F401  (registers the resource handlers)
+from cache_operator.api.cachepolicy import KIND as POLICY_KIND
+from cache_operator.api.common import API_VERSION
+from cache_operator.diffbase import LeanDiffBaseStorage
 from cache_operator.k8s import POOL_SIZE, Kube
 from cache_operator.metrics import OperatorMetrics
 from cache_operator.podclient import PodClient
@@ -38,16 +41,23 @@ def options_from_env() -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def configure_persistence(settings: kopf.OperatorSettings) -> None:
+    """Where kopf keeps its state: the project's finalizer and annotation prefix, and a diff-base that
+    does not deep-copy every CachePolicy event (:mod:`cache_operator.diffbase`)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(
+        prefix=STORAGE_PREFIX,
+        key="last-handled-configuration",
+        lean_kinds={(API_VERSION, POLICY_KIND)},  # no changing handlers: see cache_operator.diffbase
+    )
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Project-owned finalizer and storage prefixes, watch timeouts, event posting; build memo."""
     options = options_from_env()
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=STORAGE_PREFIX,
-        key="last-handled-configuration",
-    )
+    configure_persistence(settings)
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
     settings.watching.connect_timeout = 10
