@@ -25,8 +25,11 @@ from cache_operator.policy_inputs import rewrite_redis_host
 from devcluster.cluster import Cluster
 from devcluster.pki import pki_layout
 from devcluster.testing import KubeTools, namespace_manifest, wait_for
+from tests.e2e.support import crds
 
 REPO = Path(__file__).resolve().parents[2]
+__all__ = ["crds"]  # a fixture, reused
+
 CHART = REPO / "charts" / "cachewarden"
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 FINALIZER = "cachewarden.io/finalizer"
@@ -323,8 +326,10 @@ FORBIDDEN_IN_SCOPE = [
 
 
 def test_rbac_namespace_scope_with_a_real_token(
-    dev_cluster: Cluster, kube: KubeTools, namespace: str, release_namespace: str
+    dev_cluster: Cluster, crds: None, kube: KubeTools, namespace: str, release_namespace: str
 ) -> None:
+    # crds: `kubectl auth can-i` on cachepolicies.cachewarden.io needs the CRDs to resolve the resource;
+    # without them (this test run alone) every answer is "no" and the test fails for the wrong reason.
     release = f"cw{uuid.uuid4().hex[:5]}"
     manifest = apply_chart_rbac(kube, release, release_namespace, "rbac.scope=namespace",
                                 f"rbac.watchNamespaces={{{namespace}}}")
@@ -353,8 +358,10 @@ def test_rbac_namespace_scope_with_a_real_token(
 
 
 def test_rbac_cluster_scope_with_a_real_token(
-    dev_cluster: Cluster, kube: KubeTools, namespace: str, release_namespace: str
+    dev_cluster: Cluster, crds: None, kube: KubeTools, namespace: str, release_namespace: str
 ) -> None:
+    # crds: `kubectl auth can-i` on cachepolicies.cachewarden.io needs the CRDs to resolve the resource;
+    # without them (this test run alone) every answer is "no" and the test fails for the wrong reason.
     release = f"cw{uuid.uuid4().hex[:5]}"
     manifest = apply_chart_rbac(kube, release, release_namespace, "replicas=2")
     try:
