@@ -6,6 +6,7 @@ calls (from the kube-apiserver's audit log), its writes at rest, and its RSS.
     .venv/bin/python bench/scale.py --policies 1000 --modes selector,managed --at-rest 150
                                                       # the large run (not in CI: ~10 minutes)
     .venv/bin/python bench/scale.py --kubeconfig K    # an existing cluster (no other operator running!)
+    .venv/bin/python bench/scale.py --profile DIR     # + CPU profiles of the apply (bench/_profile.py)
 
 1. Floor: the same client (one ``kubectl apply -f -`` of a List) creates N ConfigMaps directly; the
    time until kubectl returns (every object created) is what the API server needs for N writes. The CR
@@ -57,6 +58,7 @@ from bench._operator_harness import (
     process_cpu_s,
     wait_until,
 )
+from bench._profile import APISERVER_ARGS, PhaseProfile
 from cache_operator import render
 
 TARGET_RATIO = 3.0
@@ -66,6 +68,7 @@ OPERATOR_CLIENTS = ("kopf", "python-client")
 # After the last policy is Ready, the operator's last writes (Events, a late status) land within this.
 SETTLE_S = 5.0
 SERVICE_CIDR = "10.0.0.0/20"
+PROFILE_S = 8  # seconds of CPU profile from the apply on (--profile): the whole burst on a quiet machine
 
 
 def as_list(items: list[dict[str, Any]]) -> str:
@@ -151,6 +154,8 @@ def run_mode(
     at_rest_s: float,
     settle_s: float,
     api_pid: int | None,
+    profile_dir: Path | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """One operator (watching ``policy_ns`` only) and ``count`` new policies in ``mode``: seconds until
     all are Ready with their ConfigMaps, RSS, and the wall-clock windows of creation and rest."""
@@ -163,6 +168,11 @@ def run_mode(
         api_cpu_start = apiserver_cpu(api_pid)
         wall_start = time.time()
         started = time.perf_counter()
+        profile = None
+        if profile_dir is not None and operator.process is not None:
+            profile = PhaseProfile(
+                profile_dir, tag, kubectl.path, kubeconfig, operator.process.pid, PROFILE_S
+            )
         kubectl("apply", "-n", policy_ns, "-f", "-", stdin=as_list(policies))
         applied_s = time.perf_counter() - started
         print(f"{mode}: {count} CachePolicies applied by one kubectl apply in {applied_s:.2f} s", flush=True)
@@ -187,6 +197,8 @@ def run_mode(
         wall_ready = time.time()
         cpu_ready = operator.cpu_s() - cpu_start
         api_cpu_ready = apiserver_cpu(api_pid) - api_cpu_start
+        if profile is not None:
+            print("\n".join(profile.wait()), flush=True)
         # No API call from the bench from here on: the operator alone, for the rest window.
         time.sleep(settle_s)
         rest_start = time.time()
@@ -288,7 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write CPU profiles of each apply here: the API server's (pprof; needs the bench's own "
+        "devcluster) and the operator's (py-spy, when installed)",
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None and args.kubeconfig:
+        parser.error(
+            "--profile: needs the bench's own devcluster (the API server's profiling is off "
+            "by default); accepted: --profile without --kubeconfig"
+        )
     if not 1 <= args.policies <= 5000:
         parser.error(f"--policies: {args.policies} is out of range; accepted: 1..5000")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -316,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             audit_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cachewarden-audit-")))
             every = [ns for run in namespaces.values() for ns in run.values()]
             extra, audit_log = _audit.apiserver_args(audit_dir, every)
+            if args.profile is not None:
+                extra["kube-apiserver"] += APISERVER_ARGS
             if "managed" in modes:
                 # One Service per managed policy: devcluster's /24 holds 254 (same first address).
                 wide = f"--service-cluster-ip-range={SERVICE_CIDR}"
@@ -344,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.at_rest,
                         SETTLE_S,
                         api_pid,
+                        args.profile,
+                        f"run{run + 1}-{mode}",
                     )
                     result.update(
                         run=run + 1,
