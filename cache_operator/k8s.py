@@ -100,12 +100,14 @@ class Kube:
         self.api_client.close()
 
     def _request(
-        self, what: str, method: str, path: str, body: Any = None, **params: Any
+        self, what: str, method: str, path: str, body: Any = None, *, absent: int = 404, **params: Any
     ) -> dict[str, Any] | None:
+        """The answer, or None when the API server answered ``absent`` (404: no such object; 409 for a
+        create: it exists already); any other failure, and no answer at all, is a :class:`KubeError`."""
         try:
             result = self._dynamic.request(method, path, body=body, serializer=_plain, **params)
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status == absent:
                 return None
             raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
         except (TransportError, OSError) as exc:
@@ -137,21 +139,10 @@ class Kube:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"])
         what = f"create {obj['kind']} {meta['namespace']}/{meta['name']}"
-
-        def call() -> bool:
-            try:
-                self._dynamic.request(
-                    "post", path, body=dict(obj), field_manager=FIELD_MANAGER, serializer=_plain
-                )
-            except ApiException as exc:
-                if exc.status == 409:
-                    return False
-                raise KubeError(what, exc.status, _api_detail(exc), _api_status(exc)) from None
-            except (TransportError, OSError) as exc:
-                raise _unreachable(what, exc) from None
-            return True
-
-        return await asyncio.to_thread(call)
+        result = await asyncio.to_thread(
+            self._request, what, "post", path, dict(obj), absent=409, field_manager=FIELD_MANAGER
+        )
+        return result is not None
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
