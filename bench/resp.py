@@ -199,6 +199,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 ),
                 "aiohttp -> runtime /healthz (HTTP floor)": lambda n: run_load(healthz, n, args.concurrency),
             }
+            scale: dict[str, int] = {}  # requests per round as a multiple of --requests, where not 1
             if shutil.which("redis-benchmark"):
                 conc, cores = args.concurrency, placement.bench_cores
                 # 10x the requests: the C client finishes a round in tens of milliseconds otherwise.
@@ -208,6 +209,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 loads["redis-benchmark (C) -> runtime RESP GET (L1 hit)"] = lambda n: run_c_client(
                     resp_port, TOKEN, "bench:resp", n * C_CLIENT_SCALE, conc, cores
                 )
+                scale.update(dict.fromkeys(list(loads)[-2:], C_CLIENT_SCALE))
             else:
                 print(
                     "redis-benchmark not installed (Debian package redis-tools): the C-client lane is skipped"
@@ -248,9 +250,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 Figure(
                     "R1",
                     f"{name}: server CPU per request",
-                    cpu_s[name]
-                    / (len(rounds) * args.requests * (C_CLIENT_SCALE if "(C)" in name else 1))
-                    * 1e6,
+                    cpu_s[name] / (len(rounds) * args.requests * scale.get(name, 1)) * 1e6,
                     "us",
                     note="user+system time of the answering process (10 ms ticks, summed over the rounds)",
                 ),
