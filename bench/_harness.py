@@ -487,19 +487,31 @@ def print_table(figures: list[Figure]) -> None:
         print("  " + line.rstrip())
 
 
+def rotation(names: list[str], repeat: int) -> list[str]:
+    """``names`` in the order repeat number ``repeat`` runs them: started ``repeat`` places further on.
+
+    A fixed order puts each candidate always right after the same neighbour, whose after-effects
+    (a burst of large MGET replies, a full socket buffer, the idle state the core was left in) then
+    land on that one candidate only.
+    """
+    shift = repeat % len(names) if names else 0
+    return names[shift:] + names[:shift]
+
+
 async def time_async_interleaved(
     candidates: dict[str, Callable[[int], Awaitable[None]]], iterations: int, repeats: int
 ) -> dict[str, Timing]:
     """Time several async loops in rotation (a, b, a, b, ...) so a burst of noise from a neighbour
-    on the shared machine lands on all of them instead of biasing the ratio."""
+    on the shared machine lands on all of them instead of biasing the ratio. Each repeat starts one
+    candidate further on (see :func:`rotation`), so none always runs right after the same one."""
     for fn in candidates.values():
         await fn(min(iterations, 1000))
     results: dict[str, list[float]] = {name: [] for name in candidates}
     with gc_paused():
-        for _ in range(repeats):
-            for name, fn in candidates.items():
+        for repeat in range(repeats):
+            for name in rotation(list(candidates), repeat):
                 start = time.perf_counter_ns()
-                await fn(iterations)
+                await candidates[name](iterations)
                 results[name].append((time.perf_counter_ns() - start) / iterations)
     return {name: Timing(values) for name, values in results.items()}
 
@@ -512,9 +524,9 @@ def time_sync_interleaved(
         fn(min(iterations, 1000))
     results: dict[str, list[float]] = {name: [] for name in candidates}
     with gc_paused():
-        for _ in range(repeats):
-            for name, fn in candidates.items():
+        for repeat in range(repeats):
+            for name in rotation(list(candidates), repeat):
                 start = time.perf_counter_ns()
-                fn(iterations)
+                candidates[name](iterations)
                 results[name].append((time.perf_counter_ns() - start) / iterations)
     return {name: Timing(values) for name, values in results.items()}

@@ -47,6 +47,7 @@ from _harness import (
     percentile,
     pin_bench_process,
     print_table,
+    rotation,
     time_async_interleaved,
     time_sync_interleaved,
 )
@@ -352,10 +353,10 @@ async def cpu_per_op(
     """Median CPU time (ns, time.process_time_ns of this process) per iteration of each loop,
     interleaved like time_async_interleaved."""
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    for repeat in range(repeats):
+        for name in rotation(list(candidates), repeat):
             started = time.process_time_ns()
-            await fn(iterations)
+            await candidates[name](iterations)
             samples[name].append((time.process_time_ns() - started) / iterations)
     return {name: statistics.median(values) for name, values in samples.items()}
 
