@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache_runtime.l2.breaker import BreakerState, CircuitBreaker
 from cache_runtime.l2.coherence import (
@@ -143,6 +145,14 @@ _STATS_FIELDS = (
     "instantaneous_ops_per_sec",
     "total_connections_received",
 )
+
+
+def _where(connection: Any) -> str:
+    """Where a redis-py connection points (host:port, or its unix socket path), for error messages."""
+    path = getattr(connection, "path", None)
+    if path:
+        return str(path)
+    return f"{getattr(connection, 'host', '?')}:{getattr(connection, 'port', '?')}"
 
 
 def _probe_timeout(settings: RedisSettings) -> float:
@@ -703,8 +713,10 @@ class RedisL2:
         after a GET that finds the pool exhausted; a pool of one connection has no lane), same socket
         timeouts (``tune`` retunes in-use connections too) as ``client.get``. What it skips is
         redis-py 8's per-command machinery (the no-retry retry wrapper, observability hooks, the
-        pool's lock and its "has the socket data?" check on every checkout): 15-30 us of CPU per GET
-        on this machine, more than the whole facade. :meth:`get` only comes here with nothing else
+        pool's lock and its "has the socket data?" check on every checkout, and the Task that
+        send_packed_command's asyncio.wait_for creates for every write): 40-55 us of CPU per GET on
+        this machine, more than the whole facade. The socket timeout is one deadline over the send
+        and the read instead of one each. :meth:`get` only comes here with nothing else
         in flight, so the lane never carries two commands; ``_lane_busy`` makes that explicit (a busy
         lane sends the GET through the pool). Failure handling is ``execute_command``'s with retries
         off: a Redis error reply (``ResponseError``) leaves the connection usable; any other error,
@@ -724,8 +736,17 @@ class RedisL2:
                 lane = self._lane = await pool.get_connection()
             idle_since = self._lane_used_at
             try:
-                await lane.send_packed_command(lane.pack_command("GET", key))
-                value = await lane.read_response()
+                # One deadline (the socket timeout) over the send and the read. redis-py's
+                # send_packed_command would wrap the write in asyncio.wait_for: a Task and two more
+                # event-loop passes per GET, about 25 us of CPU here. The write itself is the same
+                # writelines + drain, and a timeout closes the lane just as redis-py closes the
+                # connection on one (below).
+                async with asyncio.timeout(lane.socket_timeout):
+                    try:
+                        await lane._send_packed_command(lane.pack_command("GET", key))
+                    except OSError as exc:  # what send_packed_command reports as a ConnectionError
+                        raise RedisConnectionError(f"Error while writing to {_where(lane)}: {exc}") from exc
+                    value = await lane.read_response(timeout=math.inf)  # the deadline above bounds it
                 self._lane_used_at = time.monotonic()
                 if pool.exhausted:  # others need the slot more than the lane does: hand it back
                     self._lane = None
@@ -733,6 +754,9 @@ class RedisL2:
                 return value  # type: ignore[no-any-return]
             except ResponseError:
                 raise
+            except TimeoutError:  # the deadline above (redis-py's own timeouts raise its TimeoutError)
+                await self._retire_lane(pool, lane)
+                raise RedisTimeoutError(f"Timeout reading from {_where(lane)}") from None
             except RedisConnectionError:
                 await self._retire_lane(pool, lane)
                 if time.monotonic() - idle_since < _LANE_IDLE_RETRY_S:

@@ -96,6 +96,30 @@ async def test_a_get_cancelled_on_the_lane_does_not_leave_its_reply_for_the_next
         assert await l2.get("cw:a") == b"a"
 
 
+async def test_a_get_that_times_out_on_the_lane_closes_it_and_names_the_server(
+    redis_factory: RedisFactory,
+) -> None:
+    server = redis_factory.start()
+    server.command("SET", "cw:a", "a")
+    server.command("SET", "cw:b", "b")
+    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings(server.url, socket_timeout_s=0.3)) as l2:
+        assert await l2.get("cw:b") == b"b"  # the lane exists
+        server.pause()  # SIGSTOP: the GET below is sent and never answered until resume
+        try:
+            assert await l2.get("cw:a") is None  # the socket timeout ends it: a miss, not a hang
+        finally:
+            server.resume()
+        stats = l2.stats()
+        assert stats["errors"]["timeout"] == 1
+        assert stats["last_errors"]["timeout"]["message"].endswith(
+            f"Timeout reading from 127.0.0.1:{server.port}"
+        ), stats["last_errors"]["timeout"]
+        # Redis answers the timed-out GET once it resumes; that "a" must not become the answer to
+        # the next GET: the lane was closed, the next GET goes out on a fresh connection.
+        assert await l2.get("cw:b") == b"b"
+        assert await l2.get("cw:a") == b"a"
+
+
 async def test_the_lane_gives_its_slot_back_when_the_pool_is_exhausted(redis_factory: RedisFactory) -> None:
     server = redis_factory.start()
     server.command("SET", "cw:k", "v")
