@@ -18,6 +18,12 @@ connection at a time (no pipelining). Loads, interleaved round by round:
   run at their own ceiling and the ratio is their cost per GET, not the client's;
 * aiohttp -> runtime ``GET /data/v1/keys/{key}`` (the HTTP data API, L1 hit) and ``/healthz``.
 
+Each load also prints its client's CPU per request and how busy the client was (this process, or
+redis-benchmark's own CPU): a client busy ~100% of the time sets the pace itself, and the ratio then
+says how much more or less client CPU each request costs against one server than the other (the
+ratio's note says "client-bound"). redis-py speaks RESP2 to both servers (left to itself it speaks
+RESP3 to Redis: another parser path, so not the same client).
+
 Each runtime-vs-Redis ratio compares the same client against both servers, run back to back in each
 round (alternating which goes first), as the median of the per-round ratios; the target (issue 16) is
 runtime GET >= 1.0x Redis-direct GET throughput on the recommended protocol. Other figures are
@@ -31,10 +37,12 @@ import asyncio
 import csv
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -56,6 +64,15 @@ from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
 
 PAYLOAD = json.dumps(VALUE).encode()
 C_CLIENT_SCALE = 10  # requests per round of the C client, as a multiple of --requests
+# A client busy this share of the wall time (of its one core) on both sides sets the pace itself.
+CLIENT_BOUND_BUSY = 0.95
+
+
+def client_cpu_s() -> float:
+    """CPU seconds of the load generators so far: this process, plus the redis-benchmark runs that
+    finished (waited-for children; the servers it started are still running, so not counted)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def process_cpu_s(pid: int) -> float:
@@ -160,10 +177,12 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
         async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
             await wait_ready_and_seed(http)
             redis_port = int(server.url.rsplit(":", 1)[1].split("/")[0])
-            direct = aioredis.Redis(host="127.0.0.1", port=redis_port, max_connections=args.concurrency)
-            via_runtime = aioredis.Redis(
-                host="127.0.0.1", port=resp_port, password=TOKEN, max_connections=args.concurrency, protocol=2
-            )
+            # The same client settings on both sides. RESP2 explicitly: redis-py 8 left to itself
+            # speaks RESP3 to Redis (HELLO 3, maintenance notifications on), another parser path
+            # than the RESP2 it speaks to the runtime, so the anchor would not be the same client.
+            same = {"host": "127.0.0.1", "max_connections": args.concurrency, "protocol": 2}
+            direct = aioredis.Redis(port=redis_port, **same)
+            via_runtime = aioredis.Redis(port=resp_port, password=TOKEN, **same)
             await direct.set("bench:raw", PAYLOAD)
             await via_runtime.set("bench:resp", PAYLOAD)  # bytes in, bytes out: the same payload size
             assert await via_runtime.get("bench:resp") == PAYLOAD
@@ -218,6 +237,8 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 await load(min(500, args.requests))
             results: dict[str, list[dict[str, float]]] = {name: [] for name in loads}
             cpu_s = dict.fromkeys(loads, 0.0)  # CPU time of the server process that answered the load
+            client_s = dict.fromkeys(loads, 0.0)  # CPU time of the client (this process or redis-benchmark)
+            wall_s = dict.fromkeys(loads, 0.0)
             runtime_pid = runtime.process.pid if runtime.process else 0
             redis_pid = server.pid or 0
             names = list(loads)
@@ -231,8 +252,10 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 )
                 for name in order:
                     pid = runtime_pid if "runtime" in name else redis_pid
-                    before = process_cpu_s(pid)
+                    before, client_before, started = process_cpu_s(pid), client_cpu_s(), time.perf_counter()
                     results[name].append(await loads[name](args.requests))
+                    wall_s[name] += time.perf_counter() - started
+                    client_s[name] += client_cpu_s() - client_before
                     cpu_s[name] += process_cpu_s(pid) - before
             await direct.aclose()
             await via_runtime.aclose()
@@ -241,8 +264,10 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             async with http.get("/internal/cache/metrics") as response:
                 hits = (await response.json())["cache_metrics"]
         medians: dict[str, float] = {}
+        busy = {name: client_s[name] / wall_s[name] if wall_s[name] else 0.0 for name in results}
         for name, rounds in results.items():
             rps = medians[name] = statistics.median(r["rps"] for r in rounds)
+            requests = len(rounds) * args.requests * scale.get(name, 1)
             figures += [
                 Figure("R1", f"{name}: throughput", rps, "req/s"),
                 Figure("R1", f"{name}: p50", statistics.median(r["p50_ms"] for r in rounds), "ms"),
@@ -250,18 +275,35 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 Figure(
                     "R1",
                     f"{name}: server CPU per request",
-                    cpu_s[name] / (len(rounds) * args.requests * scale.get(name, 1)) * 1e6,
+                    cpu_s[name] / requests * 1e6,
                     "us",
                     note="user+system time of the answering process (10 ms ticks, summed over the rounds)",
                 ),
+                Figure(
+                    "R1",
+                    f"{name}: client CPU per request",
+                    client_s[name] / requests * 1e6,
+                    "us",
+                    note=f"client busy {busy[name]:.0%} of the load's wall time (1 core: 100%)",
+                ),
             ]
         for client in ("redis-py", "raw RESP", "redis-benchmark (C)"):
-            if f"{client} -> Redis GET (anchor)" not in results:
+            runtime_name = f"{client} -> runtime RESP GET (L1 hit)"
+            redis_name = f"{client} -> Redis GET (anchor)"
+            if redis_name not in results:
                 continue
-            runtime_rounds = results[f"{client} -> runtime RESP GET (L1 hit)"]
-            redis_rounds = results[f"{client} -> Redis GET (anchor)"]
+            runtime_rounds, redis_rounds = results[runtime_name], results[redis_name]
             per_round = sorted(a["rps"] / b["rps"] for a, b in zip(runtime_rounds, redis_rounds, strict=True))
             ratio = statistics.median(per_round)
+            bound = ""
+            if min(busy[runtime_name], busy[redis_name]) >= CLIENT_BOUND_BUSY:
+                # The client's own CPU sets the pace on both sides: the ratio is its cost per request
+                # against each server (reply timing, a busier neighbour core), not the servers' speed.
+                per_request = client_s[runtime_name] / client_s[redis_name] if client_s[redis_name] else 0.0
+                bound = (
+                    f"; client-bound (busy {busy[redis_name]:.0%} / {busy[runtime_name]:.0%}), its CPU per "
+                    f"request against the runtime {per_request:.2f}x that against Redis"
+                )
             figures.append(
                 Figure(
                     "R1",
@@ -271,7 +313,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                     ">= 1.0x",
                     ratio >= 1.0,
                     note=f"median of {len(per_round)} per-round ratios, "
-                    f"range {per_round[0]:.2f}-{per_round[-1]:.2f}",
+                    f"range {per_round[0]:.2f}-{per_round[-1]:.2f}{bound}",
                 )
             )
         http_ratio = (
