@@ -123,6 +123,7 @@ def redis_settings_for(config: CacheConfig) -> RedisSettings | None:
         breaker_open_seconds=redis.breaker_open_s,
         breaker_half_open_probes=redis.breaker_half_open_probes,
         scan_count=redis.scan_count,
+        spin_wait_us=redis.spin_wait_us,
         # scan_unlink then refuses any pattern outside this cache's keys.
         key_prefix=config.keys.prefix,
     )

@@ -54,6 +54,8 @@ T = TypeVar("T")
 _CLOSED = BreakerState.CLOSED
 # A lane idle this long may have been closed by a server `timeout` or a proxy: see _lane_get.
 _LANE_IDLE_RETRY_S = 1.0
+# Weight of a new sample in the lane's round-trip average (1/8: the last few dozen GETs count).
+_LANE_RTT_WEIGHT = 8
 
 #: Keys of one coalesced MGET, each with the futures of the gets waiting for it.
 _Batch = dict[str, list["asyncio.Future[bytes | None]"]]
@@ -145,6 +147,17 @@ _STATS_FIELDS = (
     "instantaneous_ops_per_sec",
     "total_connections_received",
 )
+
+
+async def _poll_for_reply(connection: Any, until: float) -> None:
+    """Yield to the event loop until ``connection`` has bytes to read or ``until`` (perf_counter) passes.
+
+    Each yield is one loop pass: other ready callbacks run, and the selector is polled without
+    sleeping, so a reply that arrives within the budget is read without a wake-up.
+    """
+    perf_counter = time.perf_counter
+    while perf_counter() < until and not await connection.can_read():
+        await asyncio.sleep(0)
 
 
 def _where(connection: Any) -> str:
@@ -239,6 +252,7 @@ class RedisL2:
         "_in_flight",
         "_lane",
         "_lane_busy",
+        "_lane_rtt",
         "_lane_used_at",
         "_last_error",
         "_last_errors",
@@ -274,6 +288,7 @@ class RedisL2:
         self._lane: Any = None
         self._lane_busy = False
         self._lane_used_at = 0.0
+        self._lane_rtt = 0.0  # moving average of lone GETs' round trips (s), for the spin budget
         self._release_script: Any = None
         self._set_publish_script: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -716,7 +731,11 @@ class RedisL2:
         pool's lock and its "has the socket data?" check on every checkout, and the Task that
         send_packed_command's asyncio.wait_for creates for every write): 40-55 us of CPU per GET on
         this machine, more than the whole facade. The socket timeout is one deadline over the send
-        and the read instead of one each. :meth:`get` only comes here with nothing else
+        and the read instead of one each. After the send it polls the event loop for the reply for
+        up to ``spin_wait_us`` (see :class:`RedisSettings`) before it sleeps on the socket: a lone GET
+        that sleeps pays the wake-up, 40-60 us on this machine, more than the round trip itself, and
+        the redis-py machinery it skips had been keeping it awake by accident (two loop passes for
+        the write's Task). :meth:`get` only comes here with nothing else
         in flight, so the lane never carries two commands; ``_lane_busy`` makes that explicit (a busy
         lane sends the GET through the pool). Failure handling is ``execute_command``'s with retries
         off: a Redis error reply (``ResponseError``) leaves the connection usable; any other error,
@@ -742,11 +761,16 @@ class RedisL2:
                 # writelines + drain, and a timeout closes the lane just as redis-py closes the
                 # connection on one (below).
                 async with asyncio.timeout(lane.socket_timeout):
+                    sent = time.perf_counter()
                     try:
                         await lane._send_packed_command(lane.pack_command("GET", key))
                     except OSError as exc:  # what send_packed_command reports as a ConnectionError
                         raise RedisConnectionError(f"Error while writing to {_where(lane)}: {exc}") from exc
+                    spin = self._settings.spin_wait_us / 1e6
+                    if spin and self._lane_rtt <= 2 * spin:  # a far Redis answers later: sleep at once
+                        await _poll_for_reply(lane, sent + spin)
                     value = await lane.read_response(timeout=math.inf)  # the deadline above bounds it
+                    self._lane_rtt += (time.perf_counter() - sent - self._lane_rtt) / _LANE_RTT_WEIGHT
                 self._lane_used_at = time.monotonic()
                 if pool.exhausted:  # others need the slot more than the lane does: hand it back
                     self._lane = None

@@ -68,6 +68,12 @@ class RedisSettings:
     pool_timeout_s: float = 1.0
     #: Idle pooled connections are PINGed before reuse after this many seconds (0 disables).
     health_check_interval_s: float = 30.0
+    #: A lone GET polls the event loop for its reply up to this many microseconds before it sleeps
+    #: on the socket, while lone GETs are answered within twice that on average (0: never polls).
+    #: Waking a sleeping process can cost more than a round trip to a nearby Redis (60 us against
+    #: 30 us on the 2-vCPU VM of docs/benchmarks.md); the polling only runs while nothing else on
+    #: the event loop is ready, and stops as soon as the reply is there.
+    spin_wait_us: int = 200
     client_name: str | None = "cachewarden"
     # TLS (rediss://, rediss+sentinel://, rediss+cluster://)
     tls_ca_file: str | None = None
@@ -124,6 +130,7 @@ class RedisSettings:
         _check_number("socket_timeout_s", self.socket_timeout_s, 0.01, 60)
         _check_number("pool_timeout_s", self.pool_timeout_s, 0.01, 60)
         _check_number("health_check_interval_s", self.health_check_interval_s, 0, 3600)
+        _check_number("spin_wait_us", self.spin_wait_us, 0, 10_000, integer=True)
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file", "sentinel_master", "sentinel_username"):
             _check_optional_text(name, getattr(self, name))
         _check_optional_text("sentinel_password", self.sentinel_password, secret=True)

@@ -102,7 +102,11 @@ async def test_a_get_that_times_out_on_the_lane_closes_it_and_names_the_server(
     server = redis_factory.start()
     server.command("SET", "cw:a", "a")
     server.command("SET", "cw:b", "b")
-    async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings(server.url, socket_timeout_s=0.3)) as l2:
+    # A polling budget longer than the socket timeout: the timeout still ends the GET.
+    async with (
+        asyncio.timeout(HANG_GUARD_S),
+        RedisL2(settings(server.url, socket_timeout_s=0.3, spin_wait_us=10_000)) as l2,
+    ):
         assert await l2.get("cw:b") == b"b"  # the lane exists
         server.pause()  # SIGSTOP: the GET below is sent and never answered until resume
         try:
@@ -118,6 +122,37 @@ async def test_a_get_that_times_out_on_the_lane_closes_it_and_names_the_server(
         # the next GET: the lane was closed, the next GET goes out on a fresh connection.
         assert await l2.get("cw:b") == b"b"
         assert await l2.get("cw:a") == b"a"
+
+
+@pytest.mark.parametrize("spin_wait_us", [0, 200, 10_000])
+async def test_a_lone_get_waiting_for_its_reply_lets_the_rest_of_the_loop_run(
+    redis_factory: RedisFactory, spin_wait_us: int
+) -> None:
+    # While a lone GET waits (polling for up to spin_wait_us, then sleeping on the socket), every
+    # other task on the event loop keeps running: the polling yields on every pass.
+    server = redis_factory.start()
+    server.command("SET", "cw:k", "v")
+    async with (
+        asyncio.timeout(HANG_GUARD_S),
+        RedisL2(settings(server.url, socket_timeout_s=5.0, spin_wait_us=spin_wait_us)) as l2,
+    ):
+        assert await l2.get("cw:k") == b"v"
+        server.command("CLIENT", "PAUSE", "1000", "ALL")  # the next reply is held back for 1 s
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        pending = asyncio.create_task(l2.get("cw:k"))
+        await asyncio.sleep(0)  # the GET is sent and waiting
+        await ticker()
+        assert not pending.done()  # the ticker ran to the end while the GET was still waiting
+        assert ticks == 20
+        assert await pending == b"v"
+        assert l2.stats()["errors_total"] == 0
 
 
 async def test_the_lane_gives_its_slot_back_when_the_pool_is_exhausted(redis_factory: RedisFactory) -> None:

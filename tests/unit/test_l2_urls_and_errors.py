@@ -174,6 +174,9 @@ def test_default_settings_are_valid_and_hide_the_password_in_repr() -> None:
         ({"breaker_open_seconds": 0}, "redis.breaker_open_seconds", "0.01 to 600"),
         ({"breaker_half_open_probes": 0}, "redis.breaker_half_open_probes", "1 to 100"),
         ({"scan_count": 1}, "redis.scan_count", "10 to 1e+06"),
+        ({"spin_wait_us": -1}, "redis.spin_wait_us", "an integer from 0 to 10000"),
+        ({"spin_wait_us": 10_001}, "redis.spin_wait_us", "an integer from 0 to 10000"),
+        ({"spin_wait_us": 0.5}, "redis.spin_wait_us", "an integer"),
         ({"key_prefix": "cw*"}, "redis.key_prefix", "without glob characters"),
         ({"key_prefix": ""}, "redis.key_prefix", "without glob characters"),
         (
