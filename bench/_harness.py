@@ -487,6 +487,21 @@ def print_table(figures: list[Figure]) -> None:
         print("  " + line.rstrip())
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far, from /proc/<pid>/stat (10 ms ticks).
+
+    0.0 when ``pid`` is None or the process cannot be read (gone, or not ours to read): a figure
+    that reads 0 says so plainly, where an exception would lose the rest of the run's results.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rotation(names: list[str], repeat: int) -> list[str]:
     """``names`` in the order repeat number ``repeat`` runs them: started ``repeat`` places further on.
 

@@ -26,6 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._harness import process_cpu_s  # noqa: E402  (re-exported for scale.py)
 from devcluster import binaries  # noqa: E402
 from devcluster.cluster import Cluster  # noqa: E402
 from devcluster.podsecurity import namespace_manifest  # noqa: E402
@@ -93,12 +94,6 @@ def cluster(
             yield dev.kubeconfig, bin_dir
         finally:
             dev.stop()
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def apiserver_pid(kubeconfig: Path) -> int | None:

@@ -58,6 +58,7 @@ from _harness import (
     apply_quick,
     free_port,
     pin_bench_process,
+    process_cpu_s,
     report,
 )
 from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
@@ -73,15 +74,6 @@ def client_cpu_s() -> float:
     finished (waited-for children; the servers it started are still running, so not counted)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0.0 when it cannot be read)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RawRespClient:

@@ -83,11 +83,6 @@ def spec_for(mode: str, i: int) -> dict[str, Any]:
     return {"preset": "production", "selector": {"matchLabels": {"bench": f"none-{i}"}}}
 
 
-def apiserver_cpu(pid: int | None) -> float:
-    """The API server's CPU seconds so far (0 when its process is not ours to read)."""
-    return process_cpu_s(pid) if pid is not None else 0.0
-
-
 def run_floor(
     kubectl: Kubectl, count: int, floor_ns: str, cr_floor_ns: str, api_pid: int | None
 ) -> tuple[float, float, float, float]:
@@ -102,18 +97,18 @@ def run_floor(
         }
         for i in range(count)
     ]
-    cpu = apiserver_cpu(api_pid)
+    cpu = process_cpu_s(api_pid)
     started = time.perf_counter()
     kubectl("apply", "-n", floor_ns, "-f", "-", stdin=as_list(configmaps))
     floor_s = time.perf_counter() - started
-    floor_cpu = apiserver_cpu(api_pid) - cpu
+    floor_cpu = process_cpu_s(api_pid) - cpu
     print(f"floor: {count} ConfigMaps created by one kubectl apply in {floor_s:.2f} s", flush=True)
     policies = [policy_manifest(f"p{i}", spec_for("selector", i)) for i in range(count)]
-    cpu = apiserver_cpu(api_pid)
+    cpu = process_cpu_s(api_pid)
     started = time.perf_counter()
     kubectl("apply", "-n", cr_floor_ns, "-f", "-", stdin=as_list(policies))
     cr_floor_s = time.perf_counter() - started
-    cr_floor_cpu = apiserver_cpu(api_pid) - cpu
+    cr_floor_cpu = process_cpu_s(api_pid) - cpu
     print(
         f"CR floor: {count} CachePolicies created by one kubectl apply in {cr_floor_s:.2f} s "
         "(no operator watching that namespace)",
@@ -165,7 +160,7 @@ def run_mode(
         time.sleep(3)  # let the operator start its watches before anything is timed
         policies = [policy_manifest(f"p{i}", spec_for(mode, i)) for i in range(count)]
         cpu_start = operator.cpu_s()
-        api_cpu_start = apiserver_cpu(api_pid)
+        api_cpu_start = process_cpu_s(api_pid)
         wall_start = time.time()
         started = time.perf_counter()
         profile = None
@@ -196,7 +191,7 @@ def run_mode(
         operator_s = time.perf_counter() - started
         wall_ready = time.time()
         cpu_ready = operator.cpu_s() - cpu_start
-        api_cpu_ready = apiserver_cpu(api_pid) - api_cpu_start
+        api_cpu_ready = process_cpu_s(api_pid) - api_cpu_start
         if profile is not None:
             print("\n".join(profile.wait()), flush=True)
         # No API call from the bench from here on: the operator alone, for the rest window.
