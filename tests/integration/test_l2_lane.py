@@ -33,6 +33,14 @@ def connections_received(server: RedisProcess) -> int:
         return int(conn.info("stats")["total_connections_received"])
 
 
+def server_with_a_and_b(redis_factory: RedisFactory) -> RedisProcess:
+    """A fresh server holding cw:a = "a" and cw:b = "b": two keys whose replies cannot be mistaken."""
+    server = redis_factory.start()
+    server.command("SET", "cw:a", "a")
+    server.command("SET", "cw:b", "b")
+    return server
+
+
 async def test_sequential_gets_reuse_one_connection_and_return_each_keys_value(
     redis_factory: RedisFactory,
 ) -> None:
@@ -80,9 +88,7 @@ async def test_a_lane_closed_by_the_server_while_idle_costs_no_miss(redis_factor
 async def test_a_get_cancelled_on_the_lane_does_not_leave_its_reply_for_the_next_one(
     redis_factory: RedisFactory,
 ) -> None:
-    server = redis_factory.start()
-    server.command("SET", "cw:a", "a")
-    server.command("SET", "cw:b", "b")
+    server = server_with_a_and_b(redis_factory)
     async with asyncio.timeout(HANG_GUARD_S), RedisL2(settings(server.url)) as l2:
         assert await l2.get("cw:b") == b"b"  # the lane exists
         server.command("CLIENT", "PAUSE", "300", "ALL")  # the GET below is sent, its reply held back
@@ -99,10 +105,8 @@ async def test_a_get_cancelled_on_the_lane_does_not_leave_its_reply_for_the_next
 async def test_a_get_that_times_out_on_the_lane_closes_it_and_names_the_server(
     redis_factory: RedisFactory,
 ) -> None:
-    server = redis_factory.start()
-    server.command("SET", "cw:a", "a")
-    server.command("SET", "cw:b", "b")
-    # A polling budget longer than the socket timeout: the timeout still ends the GET.
+    server = server_with_a_and_b(redis_factory)
+    # With the longest polling budget (10 ms) too: past it the GET sleeps, and the timeout ends it.
     async with (
         asyncio.timeout(HANG_GUARD_S),
         RedisL2(settings(server.url, socket_timeout_s=0.3, spin_wait_us=10_000)) as l2,
