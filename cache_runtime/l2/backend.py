@@ -160,14 +160,6 @@ async def _poll_for_reply(connection: Any, until: float) -> None:
         await asyncio.sleep(0)
 
 
-def _where(connection: Any) -> str:
-    """Where a redis-py connection points (host:port, or its unix socket path), for error messages."""
-    path = getattr(connection, "path", None)
-    if path:
-        return str(path)
-    return f"{getattr(connection, 'host', '?')}:{getattr(connection, 'port', '?')}"
-
-
 def _probe_timeout(settings: RedisSettings) -> float:
     # A probe is one PING: it reports within pool wait + connect + handshake and reply reads.
     return settings.pool_timeout_s + settings.connect_timeout_s + 2 * settings.socket_timeout_s
@@ -765,7 +757,8 @@ class RedisL2:
                     try:
                         await lane._send_packed_command(lane.pack_command("GET", key))
                     except OSError as exc:  # what send_packed_command reports as a ConnectionError
-                        raise RedisConnectionError(f"Error while writing to {_where(lane)}: {exc}") from exc
+                        where = lane._host_error()  # redis-py's own name for the server in its messages
+                        raise RedisConnectionError(f"Error while writing to {where}: {exc}") from exc
                     spin = self._settings.spin_wait_us / 1e6
                     if spin and self._lane_rtt <= 2 * spin:  # a far Redis answers later: sleep at once
                         await _poll_for_reply(lane, sent + spin)
@@ -780,7 +773,7 @@ class RedisL2:
                 raise
             except TimeoutError:  # the deadline above (redis-py's own timeouts raise its TimeoutError)
                 await self._retire_lane(pool, lane)
-                raise RedisTimeoutError(f"Timeout reading from {_where(lane)}") from None
+                raise RedisTimeoutError(f"Timeout reading from {lane._host_error()}") from None
             except RedisConnectionError:
                 await self._retire_lane(pool, lane)
                 if time.monotonic() - idle_since < _LANE_IDLE_RETRY_S:
