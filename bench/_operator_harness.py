@@ -26,7 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._harness import process_cpu_s  # noqa: E402  (re-exported for scale.py)
+from bench._harness import process_cpu_s  # noqa: E402
 from devcluster import binaries  # noqa: E402
 from devcluster.cluster import Cluster  # noqa: E402
 from devcluster.podsecurity import namespace_manifest  # noqa: E402

@@ -47,7 +47,6 @@ from _harness import (
     percentile,
     pin_bench_process,
     print_table,
-    rotation,
     time_async_interleaved,
     time_sync_interleaved,
 )
@@ -347,20 +346,6 @@ async def scenario_b1(run: Run) -> None:
             await cache.__aexit__(None, None, None)
 
 
-async def cpu_per_op(
-    candidates: dict[str, Callable[[int], Awaitable[None]]], iterations: int, repeats: int
-) -> dict[str, float]:
-    """Median CPU time (ns, time.process_time_ns of this process) per iteration of each loop,
-    interleaved like time_async_interleaved."""
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for repeat in range(repeats):
-        for name in rotation(list(candidates), repeat):
-            started = time.process_time_ns()
-            await candidates[name](iterations)
-            samples[name].append((time.process_time_ns() - started) / iterations)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 async def b1_parts(run: Run, cache: Any, key: str, n: int, repeats: int) -> None:
     """Diagnostic: what each part of the L1-hit path costs over the await itself.
 
@@ -603,9 +588,13 @@ async def scenario_b2(run: Run) -> None:
                         f"{(eng.median - l2_t.median) / 1000:+.1f} us",
                     )
                 )
-            cpu = await cpu_per_op(
-                {"raw GET": raw_sequential, "engine get": engine_sequential}, min(iterations, 2000), repeats
+            cpu_timings = await time_async_interleaved(
+                {"raw GET": raw_sequential, "engine get": engine_sequential},
+                min(iterations, 2000),
+                repeats,
+                clock=time.process_time_ns,  # this process's CPU time, not wall time
             )
+            cpu = {name: timing.median for name, timing in cpu_timings.items()}
             run.add(
                 Figure(
                     "B2",

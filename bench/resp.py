@@ -231,8 +231,8 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             cpu_s = dict.fromkeys(loads, 0.0)  # CPU time of the server process that answered the load
             client_s = dict.fromkeys(loads, 0.0)  # CPU time of the client (this process or redis-benchmark)
             wall_s = dict.fromkeys(loads, 0.0)
-            runtime_pid = runtime.process.pid if runtime.process else 0
-            redis_pid = server.pid or 0
+            runtime_pid = runtime.process.pid if runtime.process else None
+            redis_pid = server.pid
             names = list(loads)
             for round_index in range(args.rounds):
                 # Pairs run back to back, in alternating order, so drift from a neighbour's load lands

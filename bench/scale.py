@@ -46,6 +46,7 @@ from kubernetes import dynamic
 from kubernetes.client import ApiClient, Configuration
 
 from bench import _audit
+from bench._harness import process_cpu_s
 from bench._operator_harness import (
     Kubectl,
     Operator,
@@ -55,7 +56,6 @@ from bench._operator_harness import (
     create_namespace,
     is_ready,
     policy_manifest,
-    process_cpu_s,
     wait_until,
 )
 from bench._profile import APISERVER_ARGS, PhaseProfile
