@@ -39,7 +39,7 @@ from cache_runtime import health as health_module
 from cache_runtime.codec import HEADER, Codec, DecodeError, EncodeError, Envelope, decode, packed_value
 from cache_runtime.config import OPERATIONS, CacheConfig, resolve_config
 from cache_runtime.keys import AI_KEY_HEAD, KeyBuilder, redis_glob_to_regex, rules_that_change
-from cache_runtime.l1 import MISSING, DeferredValue, L1Cache, PackedValue
+from cache_runtime.l1 import MISSING, DeferredValue, L1Cache, L1Entry, PackedValue
 from cache_runtime.l2 import RedisL2, RedisSettings, lag_seconds
 from cache_runtime.l2.coherence import (
     CoherenceListener,
@@ -447,6 +447,20 @@ class TieredCache:
             return entry.value
         return default
 
+    def local_entry(self, key: str) -> L1Entry | None:
+        """Like :meth:`get_local`, but the L1 entry itself (None on a miss), counted the same way.
+
+        An entry is never changed once stored (a write stores a new one), so a front end may keep
+        what it derived from an entry's value (the Redis protocol keeps the encoded reply) and reuse
+        it while this returns the same object. Replaced per instance like :meth:`get_local`.
+        """
+        entry = self._l1_data.get(key)
+        if entry is not None and entry.deadline > self._clock():
+            self._l1_data.move_to_end(key)
+            self._stats.hits_l1 += 1
+            return entry
+        return None
+
     def _start_coarse_clock(self) -> None:
         """Serve get_local from a clock the event loop refreshes every few milliseconds.
 
@@ -478,9 +492,19 @@ class TieredCache:
                 return entry.value
             return default
 
+        def local_entry(key: str) -> L1Entry | None:
+            entry = lookup(key)
+            if entry is not None and entry.deadline > now[0]:
+                move_to_end(key)
+                stats.hits_l1 += 1
+                return entry  # type: ignore[no-any-return]
+            return None
+
         get_local.__doc__ = TieredCache.get_local.__doc__
+        local_entry.__doc__ = TieredCache.local_entry.__doc__
         self._ticker = loop.call_later(_COARSE_TICK_S, tick)
         self.get_local = get_local  # type: ignore[method-assign]
+        self.local_entry = local_entry  # type: ignore[method-assign]
         self._coarse_now = now
         self._install_fast_get()
 
@@ -488,7 +512,8 @@ class TieredCache:
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
-        self.__dict__.pop("get_local", None)  # back to the exact method
+        self.__dict__.pop("get_local", None)  # back to the exact methods
+        self.__dict__.pop("local_entry", None)
         self._coarse_now = None
         self._install_fast_get()  # and get() back to the exact clock
 

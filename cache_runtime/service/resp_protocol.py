@@ -76,6 +76,7 @@ class RequestParser:
         "_chunks",
         "_need",
         "_pos",
+        "empty",
         "max_array_length",
         "max_bulk_bytes",
         "max_command_bytes",
@@ -93,12 +94,17 @@ class RequestParser:
         self._chunks: list[bytes] = []
         self._chunked = 0
         self._need = 0  # > 0: bytes the chunk list must reach before parsing resumes
+        # Nothing buffered (buffered == 0): a plain attribute, kept by feed and next_command, for the
+        # server's per-read fast path.
+        self.empty = True
         self.max_bulk_bytes = max_bulk_bytes
         self.max_command_bytes = max_command_bytes if max_command_bytes is not None else max_bulk_bytes
         self.max_array_length = max_array_length
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
+        if data:
+            self.empty = False
         if self._need:
             self._chunks.append(data)
             self._chunked += len(data)
@@ -122,6 +128,12 @@ class RequestParser:
 
         An empty inline line (a bare CRLF) and an empty array (``*0``) are skipped, as Redis does.
         """
+        try:
+            return self._next_command()
+        finally:
+            self.empty = len(self._buf) - self._pos + self._chunked == 0
+
+    def _next_command(self) -> list[bytes] | None:
         if self._need:
             return None
         buf = self._buf

@@ -27,6 +27,7 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cache_runtime.l1 import L1Entry, is_packed
 from cache_runtime.service.auth import Authenticator, Role
 from cache_runtime.service.engine_ops import EngineUnavailable
 from cache_runtime.service.resp_commands import (
@@ -66,6 +67,10 @@ _KEY_CACHE_MAX_KEY_BYTES = 256  # longer keys are escaped each time: the cache s
 # Answers of one batch are written at least this often, so a client that stops reading pauses us soon.
 _FLUSH_BYTES = 256 * 1024
 _GET_HEAD = b"*2\r\n$3\r\nGET\r\n"
+# Encoded GET replies kept per exact request (RespServer.remember_reply): small values, a few MiB at most.
+_REPLY_MAX_BYTES = 16 * 1024
+_REPLY_CACHE_BYTES = 2 * 1024 * 1024
+_REPLY_CACHE_ENTRIES = 4096
 # Bytes a busy connection may hold unparsed beyond one maximal command before reading pauses.
 _PIPELINE_SLACK = 1024 * 1024
 # An authenticated connection checks its token again at most this often (the token files' own recheck
@@ -78,12 +83,20 @@ class RespStats:
     """Counters of the Redis-protocol front end (rendered by :class:`RespCollector` at scrape time)."""
 
     def __init__(self) -> None:
-        self.ok: Counter[str] = Counter()  # answered commands by name
+        self.ok: Counter[str] = Counter()  # answered commands by name (but the fast GETs below)
+        self.fast_gets = 0  # GETs answered by the fast path: a plain int there, added to ok["GET"] when read
         self.failed: Counter[str] = Counter()  # refused commands by name ("unknown" for unknown ones)
         self.errors: Counter[str] = Counter()  # error kind
         self.connections_open = 0
         self.connections_total = 0
         self.connections_rejected = 0
+
+    def answered(self) -> Counter[str]:
+        """Answered commands by name, the fast path's GETs included."""
+        answered = Counter(self.ok)
+        if self.fast_gets:
+            answered["GET"] += self.fast_gets
+        return answered
 
     def error(self, command: str, kind: str) -> None:
         """Count one refused command."""
@@ -106,7 +119,7 @@ class RespCollector(Collector):
             "Redis-protocol commands by command and outcome (ok, error).",
             labels=["command", "outcome"],
         )
-        for outcome, counts in (("ok", stats.ok), ("error", stats.failed)):
+        for outcome, counts in (("ok", stats.answered()), ("error", stats.failed)):
             for command, count in sorted(counts.items()):
                 commands.add_metric([command, outcome], count)
         yield commands
@@ -155,12 +168,16 @@ class RespServer:
         self._server: asyncio.Server | None = None
         self._key_cache: dict[bytes, str] = {}
         self._key_engine: Any = None
+        # Exact GET request -> (its key's L1 entry, data key, encoded reply): see remember_reply.
+        self._replies: dict[bytes, tuple[L1Entry, str, bytes]] = {}
+        self._reply_bytes = 0
 
     def data_key(self, engine: Any, command: str, raw: bytes) -> str:
         """``engine.data_key`` of a key argument, remembered (bounded) for the keys clients repeat."""
         cache = self._key_cache
         if engine is not self._key_engine:
             cache.clear()
+            self._forget_replies()
             self._key_engine = engine
         full = cache.get(raw)
         if full is None:
@@ -170,6 +187,30 @@ class RespServer:
                     cache.clear()
                 cache[raw] = full
         return full
+
+    def remember_reply(self, request: bytes, entry: L1Entry, full: str, reply: bytes) -> None:
+        """Keep ``reply`` for the exact ``request`` bytes while the key's L1 entry is ``entry``.
+
+        Bounded: at most ``_REPLY_CACHE_ENTRIES`` replies of ``_REPLY_MAX_BYTES`` each and
+        ``_REPLY_CACHE_BYTES`` in all (cleared whole when full); only bytes values, which the entry
+        holds as they are, so an entry kept alive here after L1 dropped it costs no more than its reply.
+        """
+        replies = self._replies
+        self.forget_reply(request)
+        if len(replies) >= _REPLY_CACHE_ENTRIES or self._reply_bytes + len(reply) > _REPLY_CACHE_BYTES:
+            self._forget_replies()
+        replies[request] = (entry, full, reply)
+        self._reply_bytes += len(reply)
+
+    def forget_reply(self, request: bytes) -> None:
+        """Drop the reply kept for ``request``, if any."""
+        old = self._replies.pop(request, None)
+        if old is not None:
+            self._reply_bytes -= len(old[2])
+
+    def _forget_replies(self) -> None:
+        self._replies.clear()
+        self._reply_bytes = 0
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (port 0: a free one; read :attr:`port`)."""
@@ -268,7 +309,7 @@ class RespConnection(asyncio.Protocol):
             data[:13] == _GET_HEAD
             and self.role is not None
             and not self.busy
-            and not self.parser.buffered
+            and self.parser.empty
             and (self.token is None or time.monotonic() - self.role_checked_at < TOKEN_RECHECK_S)
         ):
             reply = self._fast_get(data)
@@ -430,17 +471,11 @@ class RespConnection(asyncio.Protocol):
     # ---- data commands -------------------------------------------------------------------------
 
     def _fast_get(self, data: bytes) -> bytes | None:
-        """The answer to ``data`` = exactly one ``GET key`` when it is an L1 hit of a remembered key."""
-        newline = data.find(CRLF, 14, 40)  # _GET_HEAD is 13 bytes; then "$<length>\r\n"
-        if newline < 0 or data[13] != 0x24:  # b"$"
-            return None
-        length = data[14:newline]
-        if not length.isdigit():
-            return None
-        start = newline + 2
-        end = start + int(length)
-        if end + 2 != len(data) or data[end:] != CRLF:
-            return None
+        """The answer to ``data`` = exactly one ``GET key`` when it is an L1 hit of a remembered key.
+
+        A request seen before whose L1 entry is still the same object is answered with the reply
+        kept for it (:meth:`RespServer.remember_reply`): no parsing, no encoding.
+        """
         server = self.server
         try:
             engine = server.get_cache()
@@ -448,14 +483,37 @@ class RespConnection(asyncio.Protocol):
             return None
         if engine is None or engine is not server._key_engine:
             return None
-        full = server._key_cache.get(data[start:end])
-        if full is None:
+        kept = server._replies.get(data)
+        if kept is not None:
+            full = kept[1]
+        else:
+            newline = data.find(CRLF, 14, 40)  # _GET_HEAD is 13 bytes; then "$<length>\r\n"
+            if newline < 0 or data[13] != 0x24:  # b"$"
+                return None
+            length = data[14:newline]
+            if not length.isdigit():
+                return None
+            start = newline + 2
+            end = start + int(length)
+            if end + 2 != len(data) or data[end:] != CRLF:
+                return None
+            remembered = server._key_cache.get(data[start:end])
+            if remembered is None:
+                return None
+            full = remembered
+        entry = engine.local_entry(full)  # counts the hit; a miss is not counted here
+        if entry is None:
             return None
-        value = engine.get_local(full, _MISS)  # counts the hit; a miss is not counted here
-        if value is _MISS:
-            return None
-        self.stats.ok["GET"] += 1
-        return encode_bulk(as_resp_bytes(value))
+        self.stats.fast_gets += 1
+        if kept is not None and kept[0] is entry:
+            return kept[2]
+        value = entry.value
+        reply = encode_bulk(as_resp_bytes(value))
+        if type(value) is bytes and len(reply) <= _REPLY_MAX_BYTES and not is_packed(entry):
+            server.remember_reply(data, entry, full, reply)
+        elif kept is not None:
+            server.forget_reply(data)  # the key now holds what is not kept: do not hold the old entry
+        return reply
 
     def _cmd_get(self, args: list[bytes]) -> bytes | Awaitable[bytes]:
         engine = self._engine()

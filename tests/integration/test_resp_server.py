@@ -558,8 +558,15 @@ async def test_metrics_count_commands_and_errors(runtime: RespRuntime) -> None:
     await raw.command("GET", "k")
     await raw.command("BOGUS")
     await raw.close()
+    writer = await runtime.raw()
+    await writer.command("AUTH", WRITE)
+    await writer.command("SET", "k", "v")
+    for _ in range(3):  # L1 hits: the fast path, then the kept reply, count the same
+        assert await writer.command("GET", "k") == b"v"
+    await writer.close()
     metrics = (await runtime.http.get("/metrics")).text
-    assert 'cachewarden_runtime_resp_commands_total{command="GET",outcome="ok"} 1.0' in metrics
+    assert 'cachewarden_runtime_resp_commands_total{command="GET",outcome="ok"} 4.0' in metrics
+    assert 'cachewarden_runtime_resp_commands_total{command="SET",outcome="ok"} 1.0' in metrics
     assert 'cachewarden_runtime_resp_commands_total{command="GET",outcome="error"} 1.0' in metrics
     assert 'cachewarden_runtime_resp_errors_total{kind="noauth"} 1.0' in metrics
     assert 'cachewarden_runtime_resp_errors_total{kind="unknown_command"} 1.0' in metrics
@@ -599,10 +606,60 @@ def test_real_runtime_process_serves_resp_on_its_event_loop(tmp_path: Path, redi
     assert "Traceback" not in log_path.read_text()
 
 
+async def test_a_kept_reply_follows_every_change_of_its_key(runtime: RespRuntime) -> None:
+    """A GET answered from L1 keeps its encoded reply for the exact request; every change of the key
+    (a write here or over HTTP, another pod's write, DEL, expiry) is answered with the new state."""
+    replies = runtime.app.state.runtime.resp_server._replies
+    request = encode("GET", "kept")
+    client = runtime.client()
+    assert await client.set("kept", b"v1") is True
+    assert await client.get("kept") == b"v1"
+    assert await client.get("kept") == b"v1"
+    assert replies[request][2] == b"$2\r\nv1\r\n"  # the second GET was answered from it
+    assert await client.set("kept", b"v2") is True
+    assert [await client.get("kept") for _ in range(3)] == [b"v2"] * 3
+    assert replies[request][2] == b"$2\r\nv2\r\n"
+    # A JSON value (written over HTTP) is encoded on every read; the bytes value's reply is dropped.
+    await runtime.http.put("/data/v1/keys/kept", json={"value": {"a": 1}}, headers=bearer(WRITE))
+    assert [await client.get("kept") for _ in range(2)] == [b'{"a":1}'] * 2
+    assert request not in replies
+    # Another pod's write: coherence drops this pod's L1 copy, and the next GET reads the new value.
+    await client.set("kept", b"v3")
+    assert [await client.get("kept") for _ in range(2)] == [b"v3"] * 2
+    other = TieredCache(resolve_config(**runtime.config))
+    await other.start()
+    try:
+        await other.set(other.data_key("kept"), b"from another pod")
+
+        async def sees_the_other_write() -> bool:
+            return await client.get("kept") == b"from another pod"
+
+        await eventually(sees_the_other_write)
+    finally:
+        await other.close()
+    assert await client.delete("kept") == 1
+    assert await client.get("kept") is None
+    # Expiry: a kept reply is not answered past its entry's deadline.
+    assert await client.set("kept", b"short", px=400) is True
+    assert [await client.get("kept") for _ in range(2)] == [b"short"] * 2
+
+    async def expired() -> bool:
+        return await client.get("kept") is None
+
+    await eventually(expired)
+    # Values past the kept size are answered, and not kept.
+    big = bytes(range(256)) * 80  # 20 KiB
+    assert await client.set("big", big) is True
+    assert [await client.get("big") for _ in range(2)] == [big] * 2
+    assert encode("GET", "big") not in replies
+    await client.aclose()
+
+
 async def test_reads_follow_an_in_process_engine_restart(runtime: RespRuntime) -> None:
     client = runtime.client()
     await client.set("survives", "v1")
     assert await client.get("survives") == b"v1"  # an L1 hit of the first engine
+    assert await client.get("survives") == b"v1"  # answered from the reply kept for it
     old = runtime.engine
     await runtime.app.state.runtime.restart_engine()
     assert runtime.engine is not old

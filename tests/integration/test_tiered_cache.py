@@ -768,15 +768,26 @@ async def test_namespace_version_unknown_keeps_l2_out_until_it_is_read(redis_fac
 
 async def test_get_local_uses_a_coarse_clock_only_while_running(redis_url: str) -> None:
     engine = TieredCache(config(redis_url))
-    assert "get_local" not in vars(engine)
+    assert "get_local" not in vars(engine) and "local_entry" not in vars(engine)
     async with engine:
-        assert "get_local" in vars(engine)  # the closure over the event loop's coarse clock
+        # the closures over the event loop's coarse clock
+        assert "get_local" in vars(engine) and "local_entry" in vars(engine)
         await engine.set("short", "v", ttl=0.05)
         assert engine.get_local("short") == "v"
         assert engine.stats()["requests"]["hits_l1"] == 1
+        entry = engine.local_entry("short")
+        assert entry is not None and entry.value == "v"
+        assert engine.local_entry("short") is entry  # the same object until the key changes
+        assert engine.stats()["requests"]["hits_l1"] == 3  # counted like get_local
         await eventually(lambda: engine.get_local("short", "gone") == "gone", what="coarse expiry")
-    assert "get_local" not in vars(engine)  # closed: back to the exact method
+        assert engine.local_entry("short") is None
+        await engine.set("short", "w")
+        rewritten = engine.local_entry("short")
+        assert rewritten is not None and rewritten is not entry and rewritten.value == "w"
+    assert "get_local" not in vars(engine)  # closed: back to the exact methods
+    assert "local_entry" not in vars(engine)
     assert engine.get_local("absent", "d") == "d"
+    assert engine.local_entry("absent") is None
 
 
 async def test_group_redis_tls_files_and_verification(redis_tls: Any, tls_material: Any) -> None:

@@ -32,11 +32,16 @@ def test_a_pipeline_fed_one_byte_at_a_time_comes_out_whole_and_in_order() -> Non
     )
     parser = RequestParser(max_bulk_bytes=1024)
     seen: list[list[bytes]] = []
+    assert parser.empty
     for index in range(len(stream)):
         parser.feed(stream[index : index + 1])
+        assert not parser.empty
         seen += commands(parser)
+        # The server's fast path reads `empty`, a plain attribute: it must agree with `buffered`.
+        assert parser.empty is (parser.buffered == 0)
     assert seen == [[b"GET", b"k"], [b"SET", b"k", b""], [b"PING"], [b"ECHO", b"a", b"b"]]
     assert parser.buffered == 0
+    assert parser.empty
 
 
 def test_binary_values_with_crlf_inside_survive() -> None:
@@ -131,7 +136,10 @@ def test_a_large_argument_in_many_reads_is_collected_then_parsed_once() -> None:
     seen: list[list[bytes]] = []
     for index in range(0, len(stream), 1000):
         parser.feed(stream[index : index + 1000])
+        assert not parser.empty
         seen += commands(parser)
         assert parser.buffered <= len(stream)
+        assert parser.empty is (parser.buffered == 0)
     assert seen == [[b"SET", b"k", value], [b"PING"]]
     assert parser.buffered == 0
+    assert parser.empty
