@@ -16,7 +16,11 @@ connection at a time (no pipelining). Loads, interleaved round by round:
 * ``redis-benchmark`` (Redis's own C client, pinned to the bench core; skipped when it is not installed)
   -> redis-server and -> runtime: a client that costs far less than either server, so both servers
   run at their own ceiling and the ratio is their cost per GET, not the client's;
-* aiohttp -> runtime ``GET /data/v1/keys/{key}`` (the HTTP data API, L1 hit) and ``/healthz``.
+* aiohttp -> runtime ``GET /data/v1/keys/{key}`` (the HTTP data API, L1 hit) and ``/healthz``;
+* redis-py and redis-benchmark -> the *Python floor*: a process with the runtime's event loop (uvloop
+  when installed) whose protocol answers every GET with one constant, pre-encoded reply (no parsing,
+  no lookup, no auth). No Python front end on that loop can answer faster, so "floor / Redis" bounds
+  what any Python implementation of the RESP front end can reach with that client on this machine.
 
 Each load also prints its client's CPU per request and how busy the client was (this process, or
 redis-benchmark's own CPU): a client busy ~100% of the time sets the pace itself, and the ratio then
@@ -56,8 +60,10 @@ from _harness import (
     RedisServer,
     add_load_arguments,
     apply_quick,
+    die_with_parent,
     free_port,
     pin_bench_process,
+    pin_process,
     process_cpu_s,
     report,
 )
@@ -67,6 +73,72 @@ PAYLOAD = json.dumps(VALUE).encode()
 C_CLIENT_SCALE = 10  # requests per round of the C client, as a multiple of --requests
 # A client busy this share of the wall time (of its one core) on both sides sets the pace itself.
 CLIENT_BOUND_BUSY = 0.95
+
+
+# The Python floor's server: one constant reply per GET read, +OK per command of anything else (the
+# client's AUTH and CLIENT SETINFO hand-shake); runs as its own pinned process like redis-server.
+_FLOOR_SOURCE = r"""
+import asyncio, sys
+try:
+    import uvloop
+    new_loop = uvloop.new_event_loop
+except ImportError:
+    new_loop = asyncio.new_event_loop
+payload = sys.stdin.buffer.read()
+reply = b"$%d\r\n%b\r\n" % (len(payload), payload)
+get_head = b"*2\r\n$3\r\nGET\r\n"
+
+class Floor(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if data[:13] == get_head:
+            self.transport.write(reply)
+        else:
+            self.transport.write(b"+OK\r\n" * (data.count(b"\r\n*") + (data[:1] == b"*")))
+
+async def serve():
+    server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+
+loop = new_loop()
+loop.run_until_complete(serve())
+"""
+
+
+class FloorServer:
+    """The Python floor (see the module docstring): started pinned to ``cores``, killed by ``stop``."""
+
+    def __init__(self, payload: bytes, cores: list[int] | None) -> None:
+        self.port = free_port()
+        self.payload = payload
+        self.cores = cores
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it and wait for its "ready" line; raises RuntimeError if it does not come up."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _FLOOR_SOURCE, str(self.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        pin_process(self.process.pid, self.cores)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(self.payload)
+        self.process.stdin.close()
+        if not self.process.stdout.readline().startswith(b"ready"):
+            self.stop()
+            raise RuntimeError("the Python floor server did not start")
+
+    def stop(self) -> None:
+        """Kill it and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
 
 def client_cpu_s() -> float:
@@ -161,9 +233,11 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
         placement.server_cores,
         extra_env={"CACHEWARDEN_RESP_PORT": str(resp_port), "CACHEWARDEN_RESP_MAX_CONNECTIONS": "1000"},
     )
+    floor = FloorServer(PAYLOAD, placement.server_cores)
     figures: list[Figure] = []
     try:
         runtime.start()
+        floor.start()
         headers = {"Authorization": f"Bearer {TOKEN}"}
         connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)
         async with aiohttp.ClientSession(base_url=runtime.base, connector=connector, headers=headers) as http:
@@ -175,9 +249,11 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             same = {"host": "127.0.0.1", "max_connections": args.concurrency, "protocol": 2}
             direct = aioredis.Redis(port=redis_port, **same)
             via_runtime = aioredis.Redis(port=resp_port, password=TOKEN, **same)
+            to_floor = aioredis.Redis(port=floor.port, **same)
             await direct.set("bench:raw", PAYLOAD)
             await via_runtime.set("bench:resp", PAYLOAD)  # bytes in, bytes out: the same payload size
             assert await via_runtime.get("bench:resp") == PAYLOAD
+            assert await to_floor.get("bench:floor") == PAYLOAD
             raw_direct = [await RawRespClient.connect(redis_port, None) for _ in range(args.concurrency)]
             raw_runtime = [await RawRespClient.connect(resp_port, TOKEN) for _ in range(args.concurrency)]
             get_raw, get_resp = encode_get(b"bench:raw"), encode_get(b"bench:resp")
@@ -198,11 +274,15 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             async def redis_py_runtime() -> None:
                 await via_runtime.get("bench:resp")
 
+            async def redis_py_floor() -> None:
+                await to_floor.get("bench:floor")
+
             loads: dict[str, Callable[[int], Awaitable[dict[str, float]]]] = {
                 "redis-py -> Redis GET (anchor)": lambda n: run_load(redis_py_direct, n, args.concurrency),
                 "redis-py -> runtime RESP GET (L1 hit)": lambda n: run_load(
                     redis_py_runtime, n, args.concurrency
                 ),
+                "redis-py -> Python floor GET": lambda n: run_load(redis_py_floor, n, args.concurrency),
                 "raw RESP -> Redis GET (anchor)": lambda n: run_raw_load(raw_direct, get_raw, n),
                 "raw RESP -> runtime RESP GET (L1 hit)": lambda n: run_raw_load(raw_runtime, get_resp, n),
                 "aiohttp -> runtime HTTP data GET (L1 hit)": lambda n: run_load(
@@ -220,7 +300,10 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                 loads["redis-benchmark (C) -> runtime RESP GET (L1 hit)"] = lambda n: run_c_client(
                     resp_port, TOKEN, "bench:resp", n * C_CLIENT_SCALE, conc, cores
                 )
-                scale.update(dict.fromkeys(list(loads)[-2:], C_CLIENT_SCALE))
+                loads["redis-benchmark (C) -> Python floor GET"] = lambda n: run_c_client(
+                    floor.port, None, "bench:floor", n * C_CLIENT_SCALE, conc, cores
+                )
+                scale.update(dict.fromkeys(list(loads)[-3:], C_CLIENT_SCALE))
             else:
                 print(
                     "redis-benchmark not installed (Debian package redis-tools): the C-client lane is skipped"
@@ -231,19 +314,25 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             cpu_s = dict.fromkeys(loads, 0.0)  # CPU time of the server process that answered the load
             client_s = dict.fromkeys(loads, 0.0)  # CPU time of the client (this process or redis-benchmark)
             wall_s = dict.fromkeys(loads, 0.0)
-            runtime_pid = runtime.process.pid if runtime.process else None
-            redis_pid = server.pid
-            names = list(loads)
+            pids = {
+                "runtime": runtime.process.pid if runtime.process else None,
+                "Redis": server.pid,
+                "Python floor": floor.process.pid if floor.process else None,
+            }
+            # The loads one client runs against each server, compared with each other.
+            groups: dict[str, list[str]] = {}
+            for name in loads:
+                groups.setdefault(name.split(" -> ")[0], []).append(name)
             for round_index in range(args.rounds):
-                # Pairs run back to back, in alternating order, so drift from a neighbour's load lands
-                # on both sides of each ratio.
-                order = (
-                    names
-                    if round_index % 2 == 0
-                    else [n for pair in zip(names[1::2], names[::2], strict=True) for n in pair]
-                )
+                # A client's loads run back to back, their order rotated every round, so drift from a
+                # neighbour's load lands on every side of each ratio.
+                order = [
+                    name
+                    for group in groups.values()
+                    for name in group[round_index % len(group) :] + group[: round_index % len(group)]
+                ]
                 for name in order:
-                    pid = runtime_pid if "runtime" in name else redis_pid
+                    pid = next(pid for server_name, pid in pids.items() if f"-> {server_name}" in name)
                     before, client_before, started = process_cpu_s(pid), client_cpu_s(), time.perf_counter()
                     results[name].append(await loads[name](args.requests))
                     wall_s[name] += time.perf_counter() - started
@@ -251,6 +340,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                     cpu_s[name] += process_cpu_s(pid) - before
             await direct.aclose()
             await via_runtime.aclose()
+            await to_floor.aclose()
             for client in raw_direct + raw_runtime:
                 await client.close()
             async with http.get("/internal/cache/metrics") as response:
@@ -308,6 +398,22 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
                     f"range {per_round[0]:.2f}-{per_round[-1]:.2f}{bound}",
                 )
             )
+            floor_name = f"{client} -> Python floor GET"
+            if floor_name in results:
+                floor_rounds = sorted(
+                    a["rps"] / b["rps"] for a, b in zip(results[floor_name], redis_rounds, strict=True)
+                )
+                figures.append(
+                    Figure(
+                        "R1",
+                        f"Python floor GET / Redis GET, {client} client",
+                        statistics.median(floor_rounds),
+                        "x",
+                        note=f"median of {len(floor_rounds)} per-round ratios, range "
+                        f"{floor_rounds[0]:.2f}-{floor_rounds[-1]:.2f}: the most a Python front end on "
+                        "this event loop reaches with this client (constant reply, no parsing or lookup)",
+                    )
+                )
         http_ratio = (
             medians["aiohttp -> runtime HTTP data GET (L1 hit)"] / medians["redis-py -> Redis GET (anchor)"]
         )
@@ -324,6 +430,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             Figure("R1", "runtime L1 hit rate during the run", hits["l1_hit_rate"], ""),
         ]
     finally:
+        floor.stop()
         runtime.stop()
         server.close()
     print(
