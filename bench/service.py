@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -116,6 +117,7 @@ class RuntimeProcess:
             json.dumps({"preset": "production", "redis_url": redis_url})
         )
         self.process: subprocess.Popen[bytes] | None = None
+        self.failed = False
 
     @property
     def base(self) -> str:
@@ -151,11 +153,13 @@ class RuntimeProcess:
         )
         pin_process(self.process.pid, self.cores)
         if not wait_for_port(self.port, 30.0, expect_redis=False):
+            self.failed = True  # its directory, with the log, stays for the reader of this error
             self.stop()
             raise RuntimeError(f"runtime did not listen within 30 s; log in {self.directory / 'runtime.log'}")
 
     def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL if it does not stop within 10 s."""
+        """SIGTERM (graceful), then SIGKILL if it does not stop within 10 s; then remove its directory
+        (config, token, log) unless it failed to start."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -164,6 +168,8 @@ class RuntimeProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+        if not self.failed:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 async def run_load(call: Callable[[], Awaitable[None]], total: int, concurrency: int) -> dict[str, float]:
