@@ -240,6 +240,40 @@ while True:
 """
 
 
+def spawn_ready(
+    source: str, argv: list[str], cores: list[int] | None, stdin_data: bytes | None = None
+) -> subprocess.Popen[bytes] | None:
+    """Run ``python -c source *argv`` pinned to ``cores`` (``stdin_data`` written to its stdin), and
+    wait for the "ready" line it prints once it listens. The process, or None (reaped) if it exited
+    without that line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", source, *argv],
+        stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    pin_process(process.pid, cores)
+    assert process.stdout is not None
+    if stdin_data is not None:
+        assert process.stdin is not None
+        process.stdin.write(stdin_data)
+        process.stdin.close()
+    if process.stdout.readline().startswith(b"ready"):
+        return process
+    kill_and_reap(process)
+    return None
+
+
+def kill_and_reap(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a process we started (if it still runs) and wait for it, bounded."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    if process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+
+
 class Blackhole:
     """A process that accepts TCP connections on a port and never replies."""
 
@@ -252,29 +286,17 @@ class Blackhole:
         """Start listening; raises RuntimeError if the port cannot be taken in time."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _BLACKHOLE_SOURCE, str(self.port)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-            pin_process(self._proc.pid, self.cores)
-            assert self._proc.stdout is not None
-            line = self._proc.stdout.readline()
-            if line.startswith(b"ready"):
+            self._proc = spawn_ready(_BLACKHOLE_SOURCE, [str(self.port)], self.cores)
+            if self._proc is not None:
                 return
             # The port may linger for a moment after redis-server died; retry within the bound.
-            self._proc.wait(timeout=5)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"blackhole could not listen on port {self.port}")
             time.sleep(0.05)
 
     def stop(self) -> None:
         """Kill the listener; its open connections are reset by the kernel."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
+        kill_and_reap(self._proc)
         self._proc = None
 
 

@@ -60,12 +60,12 @@ from _harness import (
     RedisServer,
     add_load_arguments,
     apply_quick,
-    die_with_parent,
     free_port,
+    kill_and_reap,
     pin_bench_process,
-    pin_process,
     process_cpu_s,
     report,
+    spawn_ready,
 )
 from service import TOKEN, VALUE, RuntimeProcess, run_load, wait_ready_and_seed
 
@@ -119,25 +119,13 @@ class FloorServer:
 
     def start(self) -> None:
         """Start it and wait for its "ready" line; raises RuntimeError if it does not come up."""
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _FLOOR_SOURCE, str(self.port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
-        pin_process(self.process.pid, self.cores)
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(self.payload)
-        self.process.stdin.close()
-        if not self.process.stdout.readline().startswith(b"ready"):
-            self.stop()
+        self.process = spawn_ready(_FLOOR_SOURCE, [str(self.port)], self.cores, stdin_data=self.payload)
+        if self.process is None:
             raise RuntimeError("the Python floor server did not start")
 
     def stop(self) -> None:
         """Kill it and reap it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        kill_and_reap(self.process)
         self.process = None
 
 
@@ -341,8 +329,8 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             await direct.aclose()
             await via_runtime.aclose()
             await to_floor.aclose()
-            for client in raw_direct + raw_runtime:
-                await client.close()
+            for raw_client in raw_direct + raw_runtime:
+                await raw_client.close()
             async with http.get("/internal/cache/metrics") as response:
                 hits = (await response.json())["cache_metrics"]
         medians: dict[str, float] = {}
