@@ -84,6 +84,7 @@ check-imports: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy cachewarden cache_runtime cache_operator devcluster
+	$(VENV)/bin/mypy --explicit-package-bases bench   # bench/ holds scripts, not a package (no __init__.py); they import each other as bench._x
 
 # Regenerate what is generated from the code (the tests fail when the checked-in copies drift).
 generate: setup

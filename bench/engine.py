@@ -822,7 +822,7 @@ class CashewsOutageClient(OutageClient):
     ) -> None:
         self.url = url
         self.client_side = client_side
-        self.kwargs = {
+        self.kwargs: dict[str, Any] = {
             "socket_timeout": socket_timeout_s,
             "socket_connect_timeout": connect_timeout_s,
             "client_side": client_side,
@@ -1007,10 +1007,10 @@ async def outage_run(run: Run, client: OutageClient, kind: str) -> OutageResult:
         if returned_at is not None and result.recovery_s is None:
             deadline = time.perf_counter() + recovery_cap_s
             while time.perf_counter() < deadline:
-                key = next(cold_iter, None)
-                if key is None:
+                cold_key = next(cold_iter, None)
+                if cold_key is None:
                     break
-                _, got = await one_get(key, True)
+                _, got = await one_get(cold_key, True)
                 if result.breaker_closed_after_s is None and client.breaker_open() is False:
                     result.breaker_closed_after_s = time.perf_counter() - returned_at
                 if got is not None:
