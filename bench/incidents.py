@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, Timeline]] = []
     results: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="cachewarden-bench-incidents-"))
+    # Kept after the run (the operator's log explains a slow or missed milestone): say where it is
+    # first, so a run that fails or is interrupted still names it.
+    print(f"# work directory (operator log, per-scenario files; kept, remove when read): {work}", flush=True)
     with cluster(args.kubeconfig) as (kubeconfig, bin_dir):
         kubectl = Kubectl(kubeconfig, bin_dir)
         apply_crds(kubectl)
