@@ -19,29 +19,53 @@ Operations: single GET, mget of several keys, PUT, DELETE, and every ``invalidat
 invalidation of one key group through the admin API (``POST /internal/cache/invalidate``). Writes of a
 key are serialised (one at a time per key; an invalidation holds every key of its group), so a key's
 sequence order is its acknowledgement order and the ledger is exact.
+
+With ``resp_port`` set, a share (``resp_share``) of the reads, mgets, writes and deletes goes through
+the pods' Redis protocol instead (``GET``, ``MGET``, ``SET ... EX``, ``DEL``; redis-py, one client per
+pod and role, its own retries off so this module's retry and ejection apply to both protocols). A
+value SET that way is stored as bytes (its JSON text), so either protocol may read back a value the
+other wrote: RESP answers a JSON value as its JSON text, HTTP a bytes value as text with
+``"encoding": "utf-8"``; :func:`bench._soak_model.value_read_back` parses both back for the judge.
+This runs the RESP front end's kept replies (bytes values only) under every fault, against the same
+ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from bench._soak_model import Ledger, PhaseBook, make_value
+from bench._soak_model import Ledger, PhaseBook, make_value, value_read_back
 
 ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.05
 EJECT_S = 3.0
 REQUEST_TIMEOUT_S = 10.0
 RETRY_STATUSES = frozenset({502, 503, 504})
+# A failed attempt that is retried on another pod and ejects this one. redis-py raises its
+# ConnectionError for a refused or reset connection and for a pod still starting (LOADING is its
+# BusyLoadingError), its TimeoutError for a reply that did not come.
+CONNECTION_FAILURES = (
+    aiohttp.ClientError,
+    TimeoutError,
+    ValueError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 @dataclass
@@ -60,6 +84,8 @@ class LoadSettings:
     invalidate_every_s: float = 10.0
     ttl_s: int = 3600
     port: int = 8080
+    resp_port: int | None = None  # the pods' Redis-protocol port (spec.runtime.respPort); None: HTTP only
+    resp_share: float = 0.0  # with resp_port: share of GET, mget, PUT and DELETE sent over the Redis protocol
 
 
 @dataclass
@@ -139,6 +165,9 @@ class LoadGenerator:
         self._rr = 0
         self._ejected: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._tokens = {"read": read_token, "write": write_token}
+        self._resp_clients: dict[tuple[str, str], redis.asyncio.Redis] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self.started_ops = 0
 
     # --- one request with retries ---------------------------------------------------------------
@@ -156,17 +185,13 @@ class LoadGenerator:
         self._rr = (self._rr + 1) % 1_000_003
         return candidates[self._rr % len(candidates)]
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        body: Any = None,
-        expect: tuple[int, ...] = (200,),
-    ) -> tuple[int, Any, float, float, str] | None:
-        """(status, JSON body, start of the first attempt, start of the answering attempt, the
-        answering pod's IP), or None after ``ATTEMPTS`` failed attempts (the error is counted)."""
-        assert self._session is not None
+    async def _attempts(
+        self, what: str, send: Callable[[str], Awaitable[tuple[str, Any]]]
+    ) -> tuple[Any, float, float, str] | None:
+        """Run ``send(pod IP)`` until a pod answers, at most ``ATTEMPTS`` times (see the module
+        docstring); ``send`` answers ``("ok", result)``, ``("retry", problem)`` or ``("error",
+        problem)``, or raises one of ``CONNECTION_FAILURES``. (result, start of the first attempt,
+        start of the answering attempt, the answering pod's IP), or None when it failed (counted)."""
         first = time.monotonic()
         last_problem = "no Ready pod known"
         tried: set[str] = set()
@@ -181,35 +206,108 @@ class LoadGenerator:
             tried.add(ip)
             started = time.monotonic()
             try:
-                async with self._session.request(
-                    method,
-                    f"http://{ip}:{self.settings.port}{path}",
-                    json=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                ) as response:
-                    payload = await response.json(content_type=None)
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                last_problem = f"{method} {path.split('?')[0][:40]} on {ip}: {type(exc).__name__}: {exc}"
+                outcome, result = await send(ip)
+            except CONNECTION_FAILURES as exc:
+                last_problem = f"{what} on {ip}: {type(exc).__name__}: {exc}"
                 self.counters.attempts_failed += 1
                 self._ejected[ip] = time.monotonic() + EJECT_S
                 continue
-            if status in RETRY_STATUSES:
-                last_problem = f"{method} on {ip}: HTTP {status}"
+            if outcome == "retry":
+                last_problem = f"{what} on {ip}: {result}"
                 self.counters.attempts_failed += 1
                 continue
             if attempt:
                 self.counters.retried += 1
-            if status not in expect:
-                self.counters.note_error(f"{method} on {ip}: HTTP {status}: {str(payload)[:200]}")
+            if outcome != "ok":
+                self.counters.note_error(f"{what} on {ip}: {result}")
                 self.book.record(first, time.monotonic() - first, False, attempt > 0)
                 return None
             self.book.record(first, time.monotonic() - first, True, attempt > 0)
-            return status, payload, first, started, ip
+            return result, first, started, ip
         self.counters.note_error(f"after {ATTEMPTS} attempts: {last_problem}")
         self.book.record(first, time.monotonic() - first, False, True)
         return None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any, float, float, str] | None:
+        """An HTTP request with retries: (status, JSON body, start of the first attempt, start of the
+        answering attempt, the answering pod's IP), or None (the error is counted)."""
+        session = self._session
+        assert session is not None
+
+        async def send(ip: str) -> tuple[str, Any]:
+            async with session.request(
+                method,
+                f"http://{ip}:{self.settings.port}{path}",
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+            ) as response:
+                payload = await response.json(content_type=None)
+                status = response.status
+            if status in RETRY_STATUSES:
+                return "retry", f"HTTP {status}"
+            if status not in expect:
+                return "error", f"HTTP {status}: {str(payload)[:200]}"
+            return "ok", (status, payload)
+
+        answer = await self._attempts(f"{method} {path.split('?')[0][:40]}", send)
+        if answer is None:
+            return None
+        (status, payload), first, started, ip = answer
+        return status, payload, first, started, ip
+
+    def _resp_client(self, ip: str, role: str) -> redis.asyncio.Redis:
+        """The Redis-protocol client of one pod and role (``read`` or ``write`` token), made on first
+        use; clients of pods no longer listed are closed then."""
+        client = self._resp_clients.get((ip, role))
+        if client is None:
+            listed = set(self.pods.ips)
+            for gone in [k for k in self._resp_clients if k[0] not in listed]:
+                task = asyncio.create_task(self._resp_clients.pop(gone).aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            assert self.settings.resp_port is not None
+            client = self._resp_clients[(ip, role)] = redis.asyncio.Redis(
+                host=ip,
+                port=self.settings.resp_port,
+                username="soak",  # not checked: the token decides the role
+                password=self._tokens[role],
+                protocol=2,
+                socket_timeout=REQUEST_TIMEOUT_S,
+                socket_connect_timeout=REQUEST_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),  # this module retries, on another pod
+            )
+        return client
+
+    async def _command(
+        self, role: str, args: tuple[Any, ...], valid: Callable[[Any], bool]
+    ) -> tuple[Any, float, float, str] | None:
+        """A Redis-protocol command with retries: (reply, start of the first attempt, start of the
+        answering attempt, the answering pod's IP), or None (the error is counted). An error reply
+        (``-ERR ...``) or a reply ``valid`` refuses is an error returned to the client."""
+
+        async def send(ip: str) -> tuple[str, Any]:
+            try:
+                reply = await self._resp_client(ip, role).execute_command(*args)
+            except redis.exceptions.ResponseError as exc:
+                return "error", f"-{exc}"
+            if not valid(reply):
+                return "error", f"unexpected reply {reply!r:.200}"
+            return "ok", reply
+
+        return await self._attempts(f"RESP {args[0]}", send)
+
+    async def close_resp_clients(self) -> None:
+        """Close every Redis-protocol client (the end of the run)."""
+        clients, self._resp_clients = list(self._resp_clients.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), *self._closing, return_exceptions=True)
 
     # --- operations ------------------------------------------------------------------------------
 
@@ -219,7 +317,8 @@ class LoadGenerator:
         if answer is None:
             return
         status, body, _, started, pod = answer
-        self._judge(key, started, body.get("value") if status == 200 else None, pod)
+        value = value_read_back(body.get("value"), body.get("encoding")) if status == 200 else None
+        self._judge(key, started, value, pod)
 
     async def read_many(self, keys: list[str]) -> None:
         """mget several keys and judge each."""
@@ -228,8 +327,30 @@ class LoadGenerator:
             return
         _, body, _, started, pod = answer
         values = body.get("values") or {}
+        encodings = body.get("encodings") or {}
         for key in keys:
-            self._judge(key, started, values.get(key), pod)
+            self._judge(key, started, value_read_back(values.get(key), encodings.get(key)), pod)
+
+    async def resp_read_one(self, key: str) -> None:
+        """GET one key over the Redis protocol and judge the answer."""
+        answer = await self._command(
+            "read", ("GET", key), lambda reply: reply is None or isinstance(reply, bytes)
+        )
+        if answer is None:
+            return
+        reply, _, started, pod = answer
+        self._judge(key, started, value_read_back(reply), pod)
+
+    async def resp_read_many(self, keys: list[str]) -> None:
+        """MGET several keys over the Redis protocol and judge each."""
+        answer = await self._command(
+            "read", ("MGET", *keys), lambda replies: isinstance(replies, list) and len(replies) == len(keys)
+        )
+        if answer is None:
+            return
+        replies, _, started, pod = answer
+        for key, reply in zip(keys, replies, strict=True):
+            self._judge(key, started, value_read_back(reply), pod)
 
     def _judge(self, key: str, started: float, value: Any, pod: str) -> None:
         verdict = self.ledger.check_read(key, started, value, pod)
@@ -257,6 +378,29 @@ class LoadGenerator:
             seq = self.ledger.begin_delete(key)
             answer = await self._call("DELETE", f"/data/v1/keys/{quote(key)}", self.write_headers)
             self._acknowledge([key], [seq], answer)
+
+    async def resp_write(self, key: str) -> None:
+        """SET the next version of ``key`` over the Redis protocol: the bytes of its JSON text."""
+        async with self.locks[key]:
+            seq = self.ledger.begin_write(key)
+            text = json.dumps(make_value(key, seq, self.settings.value_pad), separators=(",", ":"))
+            answer = await self._command(
+                "write", ("SET", key, text.encode(), "EX", self.settings.ttl_s), lambda reply: reply is True
+            )
+            self._acknowledge_resp(key, seq, answer)
+
+    async def resp_delete(self, key: str) -> None:
+        """DEL ``key`` over the Redis protocol."""
+        async with self.locks[key]:
+            seq = self.ledger.begin_delete(key)
+            answer = await self._command("write", ("DEL", key), lambda reply: reply in (0, 1))
+            self._acknowledge_resp(key, seq, answer)
+
+    def _acknowledge_resp(self, key: str, seq: int, answer: tuple[Any, float, float, str] | None) -> None:
+        # In _acknowledge's shape (status, body, first attempt, answering attempt, pod): a RESP reply
+        # has no body, so no "degraded" note (the ledger judges by the Redis fault windows anyway).
+        shaped = None if answer is None else (0, None, answer[1], answer[2], answer[3])
+        self._acknowledge([key], [seq], shaped)
 
     async def invalidate_group(self, group: int) -> None:
         """Pattern-invalidate every key of ``group`` on one pod (the others follow by coherence)."""
@@ -292,26 +436,33 @@ class LoadGenerator:
     def _pick(self) -> tuple[str, Any]:
         s = self.settings
         roll = self.rng.random()
+        arg: Any
         if roll < s.read_share:
-            return "get", self.rng.choice(self.keys)
-        if roll < s.read_share + s.mget_share:
-            return "mget", self.rng.sample(self.keys, s.mget_size)
-        if roll < s.read_share + s.mget_share + s.write_share:
-            return "put", self.rng.choice(self.keys)
-        return "delete", self.rng.choice(self.keys)
+            op, arg = "get", self.rng.choice(self.keys)
+        elif roll < s.read_share + s.mget_share:
+            op, arg = "mget", self.rng.sample(self.keys, s.mget_size)
+        elif roll < s.read_share + s.mget_share + s.write_share:
+            op, arg = "put", self.rng.choice(self.keys)
+        else:
+            op, arg = "delete", self.rng.choice(self.keys)
+        if s.resp_port is not None and self.rng.random() < s.resp_share:
+            op = f"resp {op}"
+        return op, arg
 
     async def _run_op(self, op: str, arg: Any, slots: asyncio.Semaphore) -> None:
+        operations: dict[str, Callable[[Any], Awaitable[None]]] = {
+            "get": self.read_one,
+            "mget": self.read_many,
+            "put": self.write,
+            "delete": self.delete,
+            "invalidate": self.invalidate_group,
+            "resp get": self.resp_read_one,
+            "resp mget": self.resp_read_many,
+            "resp put": self.resp_write,
+            "resp delete": self.resp_delete,
+        }
         try:
-            if op == "get":
-                await self.read_one(arg)
-            elif op == "mget":
-                await self.read_many(arg)
-            elif op == "put":
-                await self.write(arg)
-            elif op == "delete":
-                await self.delete(arg)
-            else:
-                await self.invalidate_group(arg)
+            await operations[op](arg)
         except Exception as exc:  # a bug in the generator must show, not vanish in a task
             self.counters.note_error(f"generator {op}: {type(exc).__name__}: {exc}")
         finally:
@@ -355,3 +506,4 @@ class LoadGenerator:
             if tasks:
                 await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S * ATTEMPTS + 5)
         self._session = None
+        await self.close_resp_clients()

@@ -26,6 +26,7 @@ A miss is never wrong (an entry may be evicted, expire, or be lost with a restar
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -117,6 +118,20 @@ def checksum(key: str, seq: int) -> str:
 def make_value(key: str, seq: int, pad: int = 0) -> dict[str, Any]:
     """The value the soak stores for write ``seq`` of ``key`` (``pad`` bytes of filler)."""
     return {"key": key, "seq": seq, "sum": checksum(key, seq), "pad": "x" * pad}
+
+
+def value_read_back(value: Any, encoding: str | None = None) -> Any:
+    """A read's answer as the judge takes it. A JSON value (an HTTP ``PUT``) is as it is; a value the
+    load generator SET over the Redis protocol is the bytes of its JSON text, answered as those bytes
+    by a Redis-protocol read or as text with ``encoding`` ``"utf-8"`` by an HTTP read, and is parsed
+    back here. Anything else (base64 text, bytes that are not JSON) is returned as it is, for the judge
+    to call a phantom; None (a miss) stays None."""
+    if isinstance(value, bytes) or (encoding == "utf-8" and isinstance(value, str)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 @dataclass

@@ -7,7 +7,10 @@
 Everything runs on its own devcluster (a temporary directory): the control plane, the process
 kubelet running the runtime pods, a redis-server started here (no persistence), and ``cachewarden
 operator`` as a subprocess. The load generator (``bench/_soak_load.py``) is a client of the pods'
-data API with its own ledger (``bench/_soak_model.py``), so every read is judged.
+data API with its own ledger (``bench/_soak_model.py``), so every read is judged. The policy opens
+the pods' Redis-protocol port (``spec.runtime.respPort``), and ``--resp-share`` (default 0.3) of the
+reads, mgets, writes and deletes go through it (GET, MGET, SET, DEL with redis-py), so the two front
+ends read each other's writes under every fault.
 
 Faults, in seeded rounds of every kind (``bench/_soak_model.build_schedule``):
 
@@ -80,6 +83,7 @@ from devcluster.podsecurity import namespace_manifest  # noqa: E402
 NAMESPACE = "soak"
 POLICY = "soak"
 REPLICAS = 3
+RESP_PORT = 6380  # spec.runtime.respPort of the soak's policy (when --resp-share is above 0)
 PRESETS = ("production", "performance")  # same key layout: a pure tuning change, as GitOps makes
 # Targets of issue 8 (and generous bounds for what it leaves open).
 RSS_GROWTH_TARGET = 1.5  # end / start, per process that lived the whole run
@@ -100,6 +104,7 @@ class SoakOptions:
     blackhole_s: float = 8.0
     redis_down_s: float = 1.0
     redis_settle_s: float = 3.0
+    resp_share: float = 0.3  # share of the data operations sent over the Redis protocol (0: HTTP only)
     converge_timeout_s: float = 180.0
     rss_every_s: float = 10.0
     kinds: tuple[str, ...] = FAULT_KINDS
@@ -207,7 +212,7 @@ class Soak:
             self.spec = {
                 "preset": PRESETS[0],
                 "redis": {"url": self.redis.url},
-                "runtime": {"replicas": REPLICAS},
+                "runtime": {"replicas": REPLICAS, **({"respPort": RESP_PORT} if self.o.resp_share else {})},
                 "health": {"probeIntervalSeconds": 5},
             }
             self._apply_policy()
@@ -248,7 +253,12 @@ class Soak:
         start = time.monotonic()
         self.book = PhaseBook(start)
         self.ledger.origin = start  # a wrong answer's history in the run's seconds, like at_s
-        settings = LoadSettings(rate=self.o.rate, keys=self.o.keys)
+        settings = LoadSettings(
+            rate=self.o.rate,
+            keys=self.o.keys,
+            resp_port=RESP_PORT if self.o.resp_share else None,
+            resp_share=self.o.resp_share,
+        )
         self.generator = LoadGenerator(
             settings, self.ledger, self.book, directory, self.read_token, self.admin_token, self.o.seed
         )
@@ -466,6 +476,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"requests started {req['started']}, served {req['served']} ({req['achieved_rate_per_s']}/s), "
         f"errors returned to clients {req['errors']}, answered after a retry {req['retried_ok']} "
         f"(failed attempts {req['failed_attempts']})",
+        f"operations by kind: {req['by_op']}",
         f"reads judged: {ledger['reads_by_verdict']}",
         f"wrong answers {ledger['wrong_answers']} "
         f"(foreign/phantom/stale beyond {ledger['coherence_bound_s']}s); "
@@ -553,6 +564,13 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="keep the cluster and logs here (new dir)"
     )
+    parser.add_argument(
+        "--resp-share",
+        type=float,
+        default=0.3,
+        help="share of reads, mgets, writes and deletes sent over the pods' Redis protocol (default "
+        "0.3; 0: HTTP only, and the policy opens no Redis-protocol port)",
+    )
     args = parser.parse_args(argv)
     checks = [
         ("--minutes", args.minutes, 1, 24 * 60),
@@ -562,6 +580,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
         ("--slot", args.slot, 10, 3600),
         ("--blackhole", args.blackhole, 0.5, 300),
         ("--redis-down", args.redis_down, 0, 300),
+        ("--resp-share", args.resp_share, 0, 1),
     ]
     for flag, value, low, high in checks:
         if not low <= value <= high:
@@ -578,6 +597,7 @@ def parse_args(argv: list[str] | None = None) -> SoakOptions:
         json_path=args.json,
         kinds=tuple(kind.strip() for kind in args.faults.split(",") if kind.strip()),
         work_dir=args.work_dir,
+        resp_share=args.resp_share,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -16,6 +17,7 @@ from bench._soak_model import (
     make_value,
     percentile,
     rss_rows,
+    value_read_back,
 )
 
 # --- schedule -------------------------------------------------------------------------------------
@@ -60,6 +62,31 @@ def test_value_binds_key_and_sequence() -> None:
     value = make_value("g1-k2", 5, pad=3)
     assert value == {"key": "g1-k2", "seq": 5, "sum": checksum("g1-k2", 5), "pad": "xxx"}
     assert checksum("g1-k2", 5) != checksum("g1-k2", 6) != checksum("g1-k3", 5)
+
+
+def test_a_value_set_over_the_redis_protocol_reads_back_through_either_protocol() -> None:
+    value = make_value("g1-k2", 5, pad=3)
+    text = json.dumps(value, separators=(",", ":"))
+    assert value_read_back(text.encode()) == value  # RESP GET of a bytes value: the bytes
+    assert value_read_back(text, "utf-8") == value  # HTTP GET of a bytes value: text + its encoding
+    assert value_read_back(value) == value  # a JSON value through HTTP: as it is
+    assert value_read_back(None) is None and value_read_back(None, None) is None  # a miss
+
+
+def test_what_does_not_parse_reaches_the_judge_as_it_came() -> None:
+    ledger = Ledger(1.0)
+    seq = ledger.begin_write("a")
+    ledger.acknowledge("a", seq, 1.0, 1.1)
+    # A JSON string value through HTTP is never parsed, even when it looks like JSON.
+    looks_like_json = json.dumps(make_value("a", seq))
+    assert value_read_back(looks_like_json) == looks_like_json
+    assert ledger.check_read("a", 5.0, value_read_back(looks_like_json)).kind == "phantom"
+    # Bytes that are not JSON (or not UTF-8), and base64 text, stay as they are: phantoms.
+    for raw, encoding in ((b"\xff\xfe", None), (b"not json", None), ("bm90IGpzb24=", "base64")):
+        read = value_read_back(raw, encoding)
+        assert read == raw
+        assert ledger.check_read("a", 5.0, read).kind == "phantom"
+    assert ledger.wrong_total == 4
 
 
 def test_fresh_value_miss_and_in_flight_write_are_fine() -> None:
