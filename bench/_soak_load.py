@@ -56,6 +56,9 @@ RETRY_BACKOFF_S = 0.05
 EJECT_S = 3.0
 REQUEST_TIMEOUT_S = 10.0
 RETRY_STATUSES = frozenset({502, 503, 504})
+# What a request with retries answers: (its result, start of the first attempt, start of the answering
+# attempt, the answering pod's IP). The result is (status, JSON body) over HTTP, the reply over RESP.
+Answer = tuple[Any, float, float, str]
 # A failed attempt that is retried on another pod and ejects this one. redis-py raises its
 # ConnectionError for a refused or reset connection and for a pod still starting (LOADING is its
 # BusyLoadingError), its TimeoutError for a reply that did not come.
@@ -187,7 +190,7 @@ class LoadGenerator:
 
     async def _attempts(
         self, what: str, send: Callable[[str], Awaitable[tuple[str, Any]]]
-    ) -> tuple[Any, float, float, str] | None:
+    ) -> Answer | None:
         """Run ``send(pod IP)`` until a pod answers, at most ``ATTEMPTS`` times (see the module
         docstring); ``send`` answers ``("ok", result)``, ``("retry", problem)`` or ``("error",
         problem)``, or raises one of ``CONNECTION_FAILURES``. (result, start of the first attempt,
@@ -235,8 +238,8 @@ class LoadGenerator:
         headers: dict[str, str],
         body: Any = None,
         expect: tuple[int, ...] = (200,),
-    ) -> tuple[int, Any, float, float, str] | None:
-        """An HTTP request with retries: (status, JSON body, start of the first attempt, start of the
+    ) -> Answer | None:
+        """An HTTP request with retries: ((status, JSON body), start of the first attempt, start of the
         answering attempt, the answering pod's IP), or None (the error is counted)."""
         session = self._session
         assert session is not None
@@ -257,11 +260,7 @@ class LoadGenerator:
                 return "error", f"HTTP {status}: {str(payload)[:200]}"
             return "ok", (status, payload)
 
-        answer = await self._attempts(f"{method} {path.split('?')[0][:40]}", send)
-        if answer is None:
-            return None
-        (status, payload), first, started, ip = answer
-        return status, payload, first, started, ip
+        return await self._attempts(f"{method} {path.split('?')[0][:40]}", send)
 
     def _resp_client(self, ip: str, role: str) -> redis.asyncio.Redis:
         """The Redis-protocol client of one pod and role (``read`` or ``write`` token), made on first
@@ -288,7 +287,7 @@ class LoadGenerator:
 
     async def _command(
         self, role: str, args: tuple[Any, ...], valid: Callable[[Any], bool]
-    ) -> tuple[Any, float, float, str] | None:
+    ) -> Answer | None:
         """A Redis-protocol command with retries: (reply, start of the first attempt, start of the
         answering attempt, the answering pod's IP), or None (the error is counted). An error reply
         (``-ERR ...``) or a reply ``valid`` refuses is an error returned to the client."""
@@ -316,7 +315,7 @@ class LoadGenerator:
         answer = await self._call("GET", f"/data/v1/keys/{quote(key)}", self.read_headers, expect=(200, 404))
         if answer is None:
             return
-        status, body, _, started, pod = answer
+        (status, body), _, started, pod = answer
         value = value_read_back(body.get("value"), body.get("encoding")) if status == 200 else None
         self._judge(key, started, value, pod)
 
@@ -325,7 +324,7 @@ class LoadGenerator:
         answer = await self._call("POST", "/data/v1/mget", self.read_headers, {"keys": keys})
         if answer is None:
             return
-        _, body, _, started, pod = answer
+        (_, body), _, started, pod = answer
         values = body.get("values") or {}
         encodings = body.get("encodings") or {}
         for key in keys:
@@ -387,20 +386,14 @@ class LoadGenerator:
             answer = await self._command(
                 "write", ("SET", key, text.encode(), "EX", self.settings.ttl_s), lambda reply: reply is True
             )
-            self._acknowledge_resp(key, seq, answer)
+            self._acknowledge([key], [seq], answer)
 
     async def resp_delete(self, key: str) -> None:
         """DEL ``key`` over the Redis protocol."""
         async with self.locks[key]:
             seq = self.ledger.begin_delete(key)
             answer = await self._command("write", ("DEL", key), lambda reply: reply in (0, 1))
-            self._acknowledge_resp(key, seq, answer)
-
-    def _acknowledge_resp(self, key: str, seq: int, answer: tuple[Any, float, float, str] | None) -> None:
-        # In _acknowledge's shape (status, body, first attempt, answering attempt, pod): a RESP reply
-        # has no body, so no "degraded" note (the ledger judges by the Redis fault windows anyway).
-        shaped = None if answer is None else (0, None, answer[1], answer[2], answer[3])
-        self._acknowledge([key], [seq], shaped)
+            self._acknowledge([key], [seq], answer)
 
     async def invalidate_group(self, group: int) -> None:
         """Pattern-invalidate every key of ``group`` on one pod (the others follow by coherence)."""
@@ -420,13 +413,15 @@ class LoadGenerator:
             for key in held:
                 self.locks[key].release()
 
-    def _acknowledge(
-        self, keys: list[str], seqs: list[int], answer: tuple[int, Any, float, float, str] | None
-    ) -> None:
+    def _acknowledge(self, keys: list[str], seqs: list[int], answer: Answer | None) -> None:
+        """Tell the ledger how the write or delete ``seqs`` of ``keys`` ended (None: failed). An HTTP
+        answer's body may say Redis did not take it; a RESP reply has no body (the ledger judges by
+        the Redis fault windows anyway, the note is for tracing)."""
         acked = time.monotonic() if answer is not None else None
-        started = answer[2] if answer is not None else time.monotonic()
-        pod = answer[4] if answer is not None else ""
-        body = answer[1] if answer is not None else None
+        started = answer[1] if answer is not None else time.monotonic()
+        pod = answer[3] if answer is not None else ""
+        result = answer[0] if answer is not None else None
+        body = result[1] if isinstance(result, tuple) else None  # HTTP: (status, body)
         note = "(degraded: Redis did not take it)" if isinstance(body, dict) and body.get("degraded") else ""
         for key, seq in zip(keys, seqs, strict=True):
             self.ledger.acknowledge(key, seq, started, acked, pod, note)
