@@ -129,6 +129,11 @@ class FloorServer:
         self.process = None
 
 
+def round_ratios(loads: list[dict[str, float]], anchors: list[dict[str, float]]) -> list[float]:
+    """Throughput of ``loads`` over ``anchors``, round by round (rounds ran back to back), sorted."""
+    return sorted(a["rps"] / b["rps"] for a, b in zip(loads, anchors, strict=True))
+
+
 def client_cpu_s() -> float:
     """CPU seconds of the load generators so far: this process, plus the redis-benchmark runs that
     finished (waited-for children; the servers it started are still running, so not counted)."""
@@ -362,8 +367,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             redis_name = f"{client} -> Redis GET (anchor)"
             if redis_name not in results:
                 continue
-            runtime_rounds, redis_rounds = results[runtime_name], results[redis_name]
-            per_round = sorted(a["rps"] / b["rps"] for a, b in zip(runtime_rounds, redis_rounds, strict=True))
+            per_round = round_ratios(results[runtime_name], results[redis_name])
             ratio = statistics.median(per_round)
             bound = ""
             if min(busy[runtime_name], busy[redis_name]) >= CLIENT_BOUND_BUSY:
@@ -388,9 +392,7 @@ async def bench(args: argparse.Namespace) -> list[Figure]:
             )
             floor_name = f"{client} -> Python floor GET"
             if floor_name in results:
-                floor_rounds = sorted(
-                    a["rps"] / b["rps"] for a, b in zip(results[floor_name], redis_rounds, strict=True)
-                )
+                floor_rounds = round_ratios(results[floor_name], results[redis_name])
                 figures.append(
                     Figure(
                         "R1",
